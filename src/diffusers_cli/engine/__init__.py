@@ -1,0 +1,1 @@
+"""The diffusion engine: plain tensors and callables; imports neither config nor cli."""

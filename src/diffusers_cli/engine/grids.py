@@ -1,0 +1,64 @@
+"""Time grids for samplers: pure functions from (sde, steps, eps) to a decreasing tensor t_0 = T > ... > t_N = eps."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+from diffusers_cli.engine.sde import SDE
+
+Grid = Callable[[SDE, int, float], Tensor]
+
+
+def uniform_time(sde: SDE, steps: int, eps: float) -> Tensor:
+    """Equal steps in t (score_sde's default)."""
+    return torch.linspace(sde.T, eps, steps + 1, dtype=torch.float64)
+
+
+def quadratic_time(sde: SDE, steps: int, eps: float) -> Tensor:
+    """Equal steps in sqrt(t): finer near the data (DPM-Solver's time_quadratic)."""
+    return torch.linspace(sde.T**0.5, eps**0.5, steps + 1, dtype=torch.float64) ** 2
+
+
+def uniform_log_snr(sde: SDE, steps: int, eps: float) -> Tensor:
+    """Equal steps in log-SNR lambda(t) (DPM-Solver's logSNR grid)."""
+    ends = sde.log_snr(torch.tensor([sde.T, eps], dtype=torch.float64))
+    lam = torch.linspace(float(ends[0]), float(ends[1]), steps + 1, dtype=torch.float64)
+    return _pin_ends(sde.t_from_log_snr(lam), sde.T, eps)
+
+
+def karras(sde: SDE, steps: int, eps: float, rho: float = 7.0) -> Tensor:
+    """Karras et al. (2022): equal steps in sigma^(1/rho), sigma = std / mean = exp(-lambda)."""
+    ends = torch.exp(-sde.log_snr(torch.tensor([sde.T, eps], dtype=torch.float64)))
+    ramp = torch.linspace(0.0, 1.0, steps + 1, dtype=torch.float64)
+    sigma = (ends[0] ** (1 / rho) + ramp * (ends[1] ** (1 / rho) - ends[0] ** (1 / rho))) ** rho
+    return _pin_ends(sde.t_from_log_snr(-torch.log(sigma)), sde.T, eps)
+
+
+def _pin_ends(t: Tensor, start: float, end: float) -> Tensor:
+    # Round trips through log-SNR lose a few ulps; the ends must be exactly where sampling starts and stops.
+    t = t.clone()
+    t[0], t[-1] = start, end
+    return t
+
+
+GRIDS: dict[str, Grid] = {
+    "uniform": uniform_time,
+    "quadratic": quadratic_time,
+    "logsnr": uniform_log_snr,
+    "karras": karras,
+}
+
+
+def time_grid(sde: SDE, steps: int, kind: str = "uniform", eps: float | None = None) -> Tensor:
+    """The grid named ``kind`` with ``steps`` intervals from T down to ``eps`` (the SDE's default if None)."""
+    if kind not in GRIDS:
+        raise ValueError(f"unknown time grid {kind!r}; use one of {sorted(GRIDS)}")
+    if steps < 1:
+        raise ValueError(f"steps must be at least 1, got {steps}")
+    end = sde.eps if eps is None else float(eps)
+    if not 0 < end < sde.T:
+        raise ValueError(f"eps must lie in (0, {sde.T}), got {end}")
+    return GRIDS[kind](sde, steps, end)

@@ -1,0 +1,43 @@
+"""Training losses: denoising score matching (Song et al. 2021) with optional likelihood weighting, and DDPM's eps loss."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from diffusers_cli.engine.score import ScoreModel
+from diffusers_cli.engine.utils import append_dims, randn_like
+
+Weighting = Literal["eps", "likelihood"]
+
+
+def dsm_loss(
+    model: ScoreModel,  # the preconditioned score model being trained
+    x0: Tensor,  # a batch of clean data [B, C, H, W] in [-1, 1]
+    generator: torch.Generator | None = None,  # source of t and noise; seeded runs reproduce
+    weighting: str = "eps",  # "eps": lambda(t) = std^2 (DDPM's eps loss); "likelihood": lambda(t) = g(t)^2
+    class_labels: Tensor | None = None,  # for a class-conditional network
+) -> Tensor:
+    """Per-example loss lambda(t) ||s(x_t, t) - grad log p(x_t | x_0)||^2, averaged over pixels ([B])."""
+    sde = model.sde
+    t = sde.train_times(x0.shape[0], generator, x0.device)
+    mean, std = sde.marginal(t)
+    eps = randn_like(x0, generator)
+    x_t = append_dims(mean, x0.ndim) * x0 + append_dims(std, x0.ndim) * eps
+    score = model.score(x_t, t, class_labels)
+    # std * (score - target) = std * score + eps: the eps-prediction error, well scaled at every t.
+    err = (append_dims(std, x0.ndim) * score + eps).pow(2).flatten(1).mean(dim=1)
+    if weighting == "eps":
+        return err
+    if weighting == "likelihood":
+        # lambda(t) = g(t)^2 makes the loss an upper bound on the negative log-likelihood (Song et al. 2021b).
+        _, g = sde.drift_diffusion(x0[:1], t)
+        return err * g**2 / std**2
+    raise ValueError(f"unknown loss weighting {weighting!r}; use 'eps' or 'likelihood'")
+
+
+def eps_loss(model: ScoreModel, x0: Tensor, generator: torch.Generator | None = None, class_labels: Tensor | None = None) -> Tensor:
+    """DDPM's simple loss ||eps_hat - eps||^2: DSM with lambda(t) = std(t)^2 on the SDE's training times."""
+    return dsm_loss(model, x0, generator, "eps", class_labels)

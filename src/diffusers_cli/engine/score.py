@@ -1,0 +1,83 @@
+"""Network output <-> score: the eps, score and x0 parameterisations and input preconditioning, in one place."""
+
+from __future__ import annotations
+
+from typing import Callable, Literal
+
+import torch
+from torch import Tensor, nn
+
+from diffusers_cli.engine.sde import SDE
+from diffusers_cli.engine.utils import append_dims
+
+#: (x [B, C, H, W], t [B]) -> grad_x log p_t(x): what every sampler, guidance and imputation takes.
+ScoreFn = Callable[[Tensor, Tensor], Tensor]
+Parameterization = Literal["eps", "score", "x0"]
+PARAMETERIZATIONS: tuple[str, ...] = ("eps", "score", "x0")
+
+#: Assumed data std for input scaling (EDM's sigma_data); images live in [-1, 1].
+SIGMA_DATA = 0.5
+
+
+def output_to_score(out: Tensor, x: Tensor, mean: Tensor, std: Tensor, parameterization: str) -> Tensor:
+    """Turn a network output at x_t into the score, given the marginal's mean and std at t ([B] each)."""
+    m, s = append_dims(mean, x.ndim), append_dims(std, x.ndim)
+    if parameterization == "eps":  # out predicts the noise: score = -eps / std
+        return -out / s
+    if parameterization == "score":  # out is std * score (NCSN++'s scale-by-sigma), well scaled at all t
+        return out / s
+    if parameterization == "x0":  # out predicts the clean image: score = (m x0 - x) / std^2
+        return (m * out - x) / (s * s)
+    raise ValueError(f"unknown parameterization {parameterization!r}; use one of {PARAMETERIZATIONS}")
+
+
+class ScoreModel(nn.Module):
+    """Preconditioning wrapper: scales inputs, feeds the noise label, and reads the output as a score."""
+
+    def __init__(
+        self,
+        net: nn.Module,  # maps (x_in, c_noise [B], class_labels | None) -> output shaped like x
+        sde: SDE,  # the forward process the model was trained for
+        parameterization: str = "eps",  # what the network output means
+    ) -> None:
+        super().__init__()
+        if parameterization not in PARAMETERIZATIONS:
+            raise ValueError(f"unknown parameterization {parameterization!r}; use one of {PARAMETERIZATIONS}")
+        self.net = net
+        self.sde = sde
+        self.parameterization = parameterization
+
+    def forward(self, x: Tensor, t: Tensor, class_labels: Tensor | None = None) -> Tensor:
+        """Raw network output at (x_t, t)."""
+        mean, std = self.sde.marginal(t)
+        # Unit-variance inputs at every noise level, whatever the SDE (VE reaches std 50).
+        c_in = torch.rsqrt((mean * SIGMA_DATA) ** 2 + std**2)
+        x_in = x * append_dims(c_in, x.ndim).to(x.dtype)
+        return self.net(x_in, self.sde.noise_label(t).to(x.dtype), class_labels)
+
+    def score(self, x: Tensor, t: Tensor, class_labels: Tensor | None = None) -> Tensor:
+        """grad_x log p_t(x) at (x, t)."""
+        mean, std = self.sde.marginal(t)
+        out = self(x, t, class_labels)
+        return output_to_score(out, x, mean.to(out.dtype), std.to(out.dtype), self.parameterization)
+
+
+def make_score_fn(model: ScoreModel, class_labels: Tensor | None = None) -> ScoreFn:
+    """A ScoreFn for a trained model (optionally for fixed class labels of a conditional net)."""
+
+    def score_fn(x: Tensor, t: Tensor) -> Tensor:
+        return model.score(x, t, class_labels)
+
+    return score_fn
+
+
+class NFECounter:
+    """Wraps a ScoreFn and counts its evaluations (the cost measure of every sampler)."""
+
+    def __init__(self, score_fn: ScoreFn) -> None:
+        self.score_fn = score_fn
+        self.nfe = 0
+
+    def __call__(self, x: Tensor, t: Tensor) -> Tensor:
+        self.nfe += 1
+        return self.score_fn(x, t)

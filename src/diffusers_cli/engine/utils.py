@@ -1,0 +1,21 @@
+"""Tiny tensor helpers shared by the engine: broadcasting per-example scalars and seeded noise."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def append_dims(v: Tensor, ndim: int) -> Tensor:
+    """Reshape a per-example vector [B] to [B, 1, ..., 1] with ``ndim`` dimensions in all."""
+    return v.reshape(v.shape + (1,) * (ndim - v.ndim))
+
+
+def randn_like(x: Tensor, generator: torch.Generator | None) -> Tensor:
+    """Standard normal noise shaped like ``x``, drawn from ``generator`` (same seed, same noise)."""
+    return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+
+
+def batch_norm(x: Tensor) -> Tensor:
+    """Per-example L2 norm of a batch [B, ...] -> [B]."""
+    return torch.linalg.vector_norm(x.reshape(x.shape[0], -1), dim=1)
