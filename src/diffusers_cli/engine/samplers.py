@@ -20,7 +20,8 @@ from diffusers_cli.engine.sde import SDE
 from diffusers_cli.engine.utils import append_dims, batch_norm, randn_like
 
 #: Receives {"x", "i", "t", "denoised"} after each step: progress bars, previews, trajectories hang off it.
-Callback = Callable[[dict[str, Any]], None]
+#: It may return a tensor to replace x (imputation re-imposes the known pixels this way), or None.
+Callback = Callable[[dict[str, Any]], "Tensor | None"]
 
 
 class Sampler(Protocol):
@@ -37,6 +38,14 @@ class Sampler(Protocol):
         callback: Callback | None = None,
         **options: Any,
     ) -> Tensor: ...
+
+
+def notify(callback: Callback | None, x: Tensor, i: int, t: float, denoised: Tensor) -> Tensor:
+    """Call the callback after step i (x now at time t) and return x, or the tensor it returned instead."""
+    if callback is None:
+        return x
+    out = callback({"x": x, "i": i, "t": t, "denoised": denoised})
+    return x if out is None else out
 
 
 def _vec(t: Tensor, x: Tensor) -> Tensor:
@@ -122,8 +131,8 @@ def _run_predictor(
         if corrector is not None:
             x = corrector(x, t, s)
         x, score = step_fn(sde, score_fn, x, t, s, generator)
-        if callback is not None:
-            callback({"x": x, "i": i, "t": float(ts[i + 1]), "denoised": sde.tweedie(x, s, score)})
+        if callback is not None:  # the Tweedie estimate costs a little; skip it when nobody listens
+            x = notify(callback, x, i, float(ts[i + 1]), sde.tweedie(x, t, score))
     return x
 
 
