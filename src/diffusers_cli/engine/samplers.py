@@ -130,9 +130,10 @@ def _run_predictor(
         t, s = _vec(ts[i], x), _vec(ts[i + 1], x)
         if corrector is not None:
             x = corrector(x, t, s)
-        x, score = step_fn(sde, score_fn, x, t, s, generator)
+        x_t = x
+        x, score = step_fn(sde, score_fn, x_t, t, s, generator)
         if callback is not None:  # the Tweedie estimate costs a little; skip it when nobody listens
-            x = notify(callback, x, i, float(ts[i + 1]), sde.tweedie(x, t, score))
+            x = notify(callback, x, i, float(ts[i + 1]), sde.tweedie(x_t, t, score))
     return x
 
 
