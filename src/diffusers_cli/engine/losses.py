@@ -7,7 +7,10 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from diffusers_cli.engine.score import ScoreModel
+from torch import nn
+
+from diffusers_cli.engine.score import ScoreModel, precondition_input
+from diffusers_cli.engine.sde import SDE
 from diffusers_cli.engine.utils import append_dims, randn_like
 
 Weighting = Literal["eps", "likelihood"]
@@ -19,12 +22,14 @@ def dsm_loss(
     generator: torch.Generator | None = None,  # source of t and noise; seeded runs reproduce
     weighting: str = "eps",  # "eps": lambda(t) = std^2 (DDPM's eps loss); "likelihood": lambda(t) = g(t)^2
     class_labels: Tensor | None = None,  # for a class-conditional network
+    t: Tensor | None = None,  # training times [B]; drawn from the SDE if None
+    eps: Tensor | None = None,  # the noise; drawn if None (distributed training passes slices of a global draw)
 ) -> Tensor:
     """Per-example loss lambda(t) ||s(x_t, t) - grad log p(x_t | x_0)||^2, averaged over pixels ([B])."""
     sde = model.sde
-    t = sde.train_times(x0.shape[0], generator, x0.device)
+    t = sde.train_times(x0.shape[0], generator, x0.device) if t is None else t
+    eps = randn_like(x0, generator) if eps is None else eps
     mean, std = sde.marginal(t)
-    eps = randn_like(x0, generator)
     x_t = append_dims(mean, x0.ndim) * x0 + append_dims(std, x0.ndim) * eps
     score = model.score(x_t, t, class_labels)
     # std * (score - target) = std * score + eps: the eps-prediction error, well scaled at every t.
@@ -36,6 +41,25 @@ def dsm_loss(
         _, g = sde.drift_diffusion(x0[:1], t)
         return err * g**2 / std**2
     raise ValueError(f"unknown loss weighting {weighting!r}; use 'eps' or 'likelihood'")
+
+
+def classifier_loss(
+    classifier: nn.Module,  # (x_in, c_noise) -> logits, e.g. the time-dependent WideResNet
+    sde: SDE,  # the process whose perturbed data the classifier must recognise
+    x0: Tensor,  # clean data [B, C, H, W]
+    labels: Tensor,  # class indices [B]
+    generator: torch.Generator | None = None,
+    t: Tensor | None = None,
+    eps: Tensor | None = None,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Cross-entropy of a noise-aware classifier on x_t ~ p_t(x | x_0): (per-example loss, correct?, t)."""
+    t = sde.train_times(x0.shape[0], generator, x0.device) if t is None else t
+    eps = randn_like(x0, generator) if eps is None else eps
+    mean, std = sde.marginal(t)
+    x_t = append_dims(mean, x0.ndim) * x0 + append_dims(std, x0.ndim) * eps
+    logits = classifier(*precondition_input(x_t, t, sde))
+    loss = nn.functional.cross_entropy(logits, labels, reduction="none")
+    return loss, (logits.argmax(dim=1) == labels), t
 
 
 def eps_loss(model: ScoreModel, x0: Tensor, generator: torch.Generator | None = None, class_labels: Tensor | None = None) -> Tensor:

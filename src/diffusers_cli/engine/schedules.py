@@ -110,7 +110,8 @@ class CosineSchedule(Schedule):
         return torch.where(t < self.t_cap, rate, torch.full_like(rate, self.rate_cap))
 
     def integral(self, t: Tensor) -> Tensor:
-        inside = self._b_unclipped(torch.clamp(t, max=self.t_cap))
+        # Rounding can make B(0) a hair below zero, and std = sqrt(1 - e^-B) would be NaN there.
+        inside = self._b_unclipped(torch.clamp(t, max=self.t_cap)).clamp_min(0.0)
         return torch.where(t < self.t_cap, inside, self._b_cap + self.rate_cap * (t - self.t_cap))
 
     def inverse_integral(self, b: Tensor) -> Tensor:

@@ -31,6 +31,14 @@ def output_to_score(out: Tensor, x: Tensor, mean: Tensor, std: Tensor, parameter
     raise ValueError(f"unknown parameterization {parameterization!r}; use one of {PARAMETERIZATIONS}")
 
 
+def precondition_input(x: Tensor, t: Tensor, sde: SDE) -> tuple[Tensor, Tensor]:
+    """Network inputs at (x_t, t): x scaled to unit variance at every noise level, and the noise label."""
+    mean, std = sde.marginal(t)
+    # Unit-variance inputs whatever the SDE (VE reaches std 50); score models and classifiers share this.
+    c_in = torch.rsqrt((mean * SIGMA_DATA) ** 2 + std**2)
+    return x * append_dims(c_in, x.ndim).to(x.dtype), sde.noise_label(t).to(x.dtype)
+
+
 class ScoreModel(nn.Module):
     """Preconditioning wrapper: scales inputs, feeds the noise label, and reads the output as a score."""
 
@@ -49,11 +57,8 @@ class ScoreModel(nn.Module):
 
     def forward(self, x: Tensor, t: Tensor, class_labels: Tensor | None = None) -> Tensor:
         """Raw network output at (x_t, t)."""
-        mean, std = self.sde.marginal(t)
-        # Unit-variance inputs at every noise level, whatever the SDE (VE reaches std 50).
-        c_in = torch.rsqrt((mean * SIGMA_DATA) ** 2 + std**2)
-        x_in = x * append_dims(c_in, x.ndim).to(x.dtype)
-        return self.net(x_in, self.sde.noise_label(t).to(x.dtype), class_labels)
+        x_in, c_noise = precondition_input(x, t, self.sde)
+        return self.net(x_in, c_noise, class_labels)
 
     def score(self, x: Tensor, t: Tensor, class_labels: Tensor | None = None) -> Tensor:
         """grad_x log p_t(x) at (x, t)."""

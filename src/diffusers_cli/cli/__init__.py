@@ -1,0 +1,35 @@
+"""The `diffuse` command line: one typer module per subcommand, each a thin layer over one job."""
+
+from __future__ import annotations
+
+import typer
+
+from diffusers_cli import __version__
+from diffusers_cli.cli.sample import sample_command
+from diffusers_cli.cli.train import train_command
+from diffusers_cli.cli.info import datasets_command, env_command
+
+app = typer.Typer(
+    name="diffuse",
+    help="Train, sample, condition, impute with and evaluate score-based diffusion models of images.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+app.command("train")(train_command)
+app.command("sample")(sample_command)
+app.command("datasets")(datasets_command)
+app.command("env")(env_command)
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"diffusers-cli {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
+) -> None:
+    """diffuse: score-based diffusion models from one command."""

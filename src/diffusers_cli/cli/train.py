@@ -1,0 +1,81 @@
+"""`diffuse train`: train a score model (or a noise-aware classifier) into a run directory."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from diffusers_cli.cli.common import EXIT_INTERRUPTED, emit_json, make_reporter, parse_kv, run_job
+from diffusers_cli.config import TrainConfig, build_config
+from diffusers_cli.runs import CONFIG_NAME, latest_run
+
+
+def train_command(
+    dataset: Annotated[Optional[str], typer.Option(help="shapes, mnist, fashion-mnist, cifar10, cars, folder, or a folder path.")] = None,
+    data_dir: Annotated[Optional[Path], typer.Option(help="Where the dataset's files are.")] = None,
+    split: Annotated[Optional[str], typer.Option(help="Dataset split: train, test or all.")] = None,
+    image_size: Annotated[Optional[int], typer.Option(help="Train at this resolution (pixels per side).")] = None,
+    task: Annotated[Optional[str], typer.Option(help="score (the diffusion model) or classifier (for `diffuse condition`).")] = None,
+    sde: Annotated[Optional[str], typer.Option(help="ve, vp, subvp or ddpm.")] = None,
+    schedule: Annotated[Optional[str], typer.Option(help="linear or cosine (VP, subVP, DDPM).")] = None,
+    preset: Annotated[Optional[str], typer.Option(help="Network size preset (tiny, small, base, ncsnpp-cifar10, cars64; wrn-* for classifiers).")] = None,
+    steps: Annotated[Optional[int], typer.Option(help="Total optimisation steps.")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Global batch size (split across processes under torchrun).")] = None,
+    lr: Annotated[Optional[float], typer.Option(help="Peak learning rate of AdamW.")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Folder that holds run directories.")] = None,
+    name: Annotated[Optional[str], typer.Option(help="Run name (default: dataset-sde-date).")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the run --name (or the latest run) from its saved state.")] = False,
+    config: Annotated[Optional[Path], typer.Option(help="YAML, JSON or TOML config; flags override its values.")] = None,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override any config key: --set optim.ema_decay=0.9999.")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Seed of data order, noise and initialisation.")] = None,
+    device: Annotated[Optional[str], typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = None,
+    precision: Annotated[Optional[str], typer.Option(help="fp32, bf16 or fp16 (autocast; fp16 with a grad scaler).")] = None,
+    compile_: Annotated[bool, typer.Option("--compile", help="torch.compile the training step.")] = False,
+    channels_last: Annotated[bool, typer.Option("--channels-last", help="Use the channels-last memory format.")] = False,
+    num_workers: Annotated[Optional[int], typer.Option(help="Data-loading worker processes (folders and Cars).")] = None,
+    sample_every: Annotated[Optional[int], typer.Option(help="Write a sample grid every N steps (0: only at the end).")] = None,
+    json_: Annotated[bool, typer.Option("--json", help="Print a JSON summary on stdout.")] = False,
+) -> None:
+    """Train a score model (or a classifier) and write a run directory with weights, state, logs and grids."""
+
+    def job() -> int:
+        file = config
+        overrides: dict[str, object] = {
+            "data.dataset": dataset, "data.data_dir": str(data_dir) if data_dir else None, "data.split": split,
+            "data.image_size": image_size, "data.num_workers": num_workers, "task": task,
+            "sde.kind": sde, "sde.schedule": schedule, "steps": steps, "batch_size": batch_size, "optim.lr": lr,
+            "out": str(out) if out else None, "name": name, "seed": seed, "device": device, "precision": precision,
+            "compile": True if compile_ else None, "channels_last": True if channels_last else None,
+            "sample_every": sample_every,
+        }
+        if preset is not None:
+            overrides["classifier.preset" if (task == "classifier" or preset.startswith("wrn")) else "network.preset"] = preset
+        if resume:
+            # The saved config is the base; flags given now (e.g. more --steps) override it.
+            runs = out or Path("runs")
+            run = runs / name if name else latest_run(runs)
+            if run is None or not (run / CONFIG_NAME).is_file():
+                raise ValueError(f"nothing to resume: no run {'named ' + repr(name) if name else 'at all'} under {runs}/")
+            file = run / CONFIG_NAME
+            overrides.update({"name": run.name, "out": str(run.parent), "resume": True})
+        overrides.update(parse_kv(set_))
+        cfg = build_config(TrainConfig, file, overrides)
+        from diffusers_cli.jobs.train import train
+
+        result = train(cfg, make_reporter(json_))
+        summary = {
+            "run_dir": str(result.run_dir), "task": cfg.task, "steps": result.step, "start_step": result.start_step,
+            "loss": result.loss, "seconds": round(result.seconds, 3), "parameters": result.parameters,
+            "interrupted": result.interrupted, "weights": str(result.run_dir / "model.safetensors"),
+        }
+        if json_:
+            emit_json(summary)
+        else:
+            print(f"trained {result.run_dir} to step {result.step} in {result.seconds:.0f}s (loss {result.loss:.4f})")
+        return EXIT_INTERRUPTED if result.interrupted else 0
+
+    code = run_job(job)
+    if code:
+        raise typer.Exit(code)

@@ -1,0 +1,283 @@
+"""Validated configuration: pydantic v2 models (extra="forbid") for every job, loaded from YAML/JSON/TOML plus flag overrides."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, ValidationError, model_validator
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
+
+class ConfigError(ValueError):
+    """A config file or value is invalid; the message is one line naming the key and the fix."""
+
+
+class Strict(BaseModel):
+    """Base model: unknown keys are errors, so a typo is never a silent default."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+# ---- the forward process -------------------------------------------------------------
+
+
+class VEConfig(Strict):
+    """Variance-exploding SDE."""
+
+    kind: Literal["ve"] = "ve"
+    sigma_min: PositiveFloat = 0.01
+    sigma_max: PositiveFloat = 50.0
+
+    @model_validator(mode="after")
+    def _order(self) -> "VEConfig":
+        if self.sigma_min >= self.sigma_max:
+            raise ValueError("sigma_min must be smaller than sigma_max")
+        return self
+
+
+class _Scheduled(Strict):
+    schedule: Literal["linear", "cosine"] = "linear"
+    beta_min: PositiveFloat = 0.1
+    beta_max: PositiveFloat = 20.0
+    cosine_s: float = Field(0.008, ge=0.0, lt=1.0)
+
+    @model_validator(mode="after")
+    def _order(self) -> "_Scheduled":
+        if self.beta_min >= self.beta_max:
+            raise ValueError("beta_min must be smaller than beta_max")
+        return self
+
+
+class VPConfig(_Scheduled):
+    """Variance-preserving SDE."""
+
+    kind: Literal["vp"] = "vp"
+
+
+class SubVPConfig(_Scheduled):
+    """Sub-VP SDE."""
+
+    kind: Literal["subvp"] = "subvp"
+
+
+class DDPMConfig(_Scheduled):
+    """DDPM: the discrete T-step chain."""
+
+    kind: Literal["ddpm"] = "ddpm"
+    num_steps: PositiveInt = 1000
+
+
+SDEConfig = Annotated[Union[VEConfig, VPConfig, SubVPConfig, DDPMConfig], Field(discriminator="kind")]
+SDE_KINDS = ("ve", "vp", "subvp", "ddpm")
+
+
+# ---- the network ---------------------------------------------------------------------
+
+
+class NetworkConfig(Strict):
+    """U-Net score model; ``preset`` fills the fields left unset."""
+
+    preset: str = "tiny"
+    base_channels: PositiveInt | None = None
+    channel_mult: list[PositiveInt] | None = None
+    num_res_blocks: PositiveInt | None = None
+    attn_resolutions: list[PositiveInt] | None = None
+    dropout: float | None = Field(None, ge=0.0, lt=1.0)
+    embedding: Literal["fourier", "positional"] | None = None
+    fourier_scale: PositiveFloat | None = None
+    parameterization: Literal["eps", "score", "x0"] = "eps"
+
+
+class ClassifierConfig(Strict):
+    """Time-dependent WideResNet classifier; ``preset`` fills the fields left unset."""
+
+    preset: str = "wrn-tiny"
+    depth: PositiveInt | None = None
+    widen: PositiveInt | None = None
+    dropout: float | None = Field(None, ge=0.0, lt=1.0)
+    fourier_scale: PositiveFloat | None = None
+
+
+# ---- data ----------------------------------------------------------------------------
+
+
+class DataConfig(Strict):
+    """Which images to train or evaluate on."""
+
+    dataset: str = "shapes"
+    data_dir: Path | None = None
+    image_size: PositiveInt = 32
+    split: Literal["train", "test", "all"] = "train"
+    num_examples: PositiveInt | None = None
+    channels: Literal[1, 3] | None = None
+    flip: bool = False
+    download: bool = False
+    num_workers: int = Field(0, ge=0)
+
+
+# ---- sampling ------------------------------------------------------------------------
+
+
+class SamplerConfig(Strict):
+    """A sampler and its options; options left unset take the sampler's defaults."""
+
+    name: str = "pc"
+    steps: PositiveInt = 1000
+    grid: str | None = None
+    eps: PositiveFloat | None = None
+    final_denoise: bool = True
+    snr: PositiveFloat | None = None
+    corrector_steps: int | None = Field(None, ge=0)
+    predictor: str | None = None
+    order: int | None = Field(None, ge=1, le=3)
+    mode: str | None = None
+    eta: float | None = Field(None, ge=0.0)
+    rtol: PositiveFloat | None = None
+    atol: PositiveFloat | None = None
+
+    def options(self) -> dict[str, Any]:
+        """The sampler-specific options that were set."""
+        keys = ("snr", "corrector_steps", "predictor", "order", "mode", "eta", "rtol", "atol")
+        return {k: getattr(self, k) for k in keys if getattr(self, k) is not None}
+
+
+Device = str
+Precision = Literal["fp32", "bf16", "fp16"]
+
+
+# ---- jobs ----------------------------------------------------------------------------
+
+
+class OptimConfig(Strict):
+    """AdamW with linear warm-up, gradient clipping and EMA."""
+
+    lr: PositiveFloat = 2e-4
+    weight_decay: float = Field(0.0, ge=0.0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    warmup: int = Field(500, ge=0)
+    grad_clip: float = Field(1.0, ge=0.0)
+    ema_decay: float = Field(0.999, ge=0.0, lt=1.0)
+    ema_warmup: bool = True
+
+
+class TrainConfig(Strict):
+    """``diffuse train``: everything that defines a run."""
+
+    task: Literal["score", "classifier"] = "score"
+    sde: SDEConfig = Field(default_factory=VPConfig)
+    network: NetworkConfig = Field(default_factory=NetworkConfig)
+    classifier: ClassifierConfig = Field(default_factory=ClassifierConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    loss_weighting: Literal["eps", "likelihood"] = "eps"
+    steps: PositiveInt = 3000
+    batch_size: PositiveInt = 64
+    seed: int = 0
+    device: Device = "auto"
+    precision: Precision = "fp32"
+    compile: bool = False
+    channels_last: bool = False
+    out: Path = Path("runs")
+    name: str | None = None
+    resume: bool = False
+    log_every: PositiveInt = 50
+    sample_every: int = Field(1000, ge=0)
+    checkpoint_every: PositiveInt = 500
+    sample_n: PositiveInt = 64
+    sampler: SamplerConfig = Field(default_factory=lambda: SamplerConfig(name="ei", steps=30))
+
+
+class SampleConfig(Strict):
+    """``diffuse sample``."""
+
+    model: Path | None = None
+    sampler: SamplerConfig = Field(default_factory=SamplerConfig)
+    n: PositiveInt = 64
+    batch_size: PositiveInt = 64
+    out: Path = Path("samples.png")
+    individual: bool = False
+    trajectory: Path | None = None
+    seed: int = 0
+    device: Device = "auto"
+    use_ema: bool = True
+    runs_dir: Path = Path("runs")
+
+
+# ---- loading -------------------------------------------------------------------------
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    """Read a YAML, JSON or TOML config file into a dict (by extension)."""
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist; pass an existing YAML, JSON or TOML file to --config")
+    text = path.read_text(encoding="utf-8")
+    suffix = path.suffix.lower()
+    try:
+        if suffix in (".yaml", ".yml"):
+            data = yaml.safe_load(text)
+        elif suffix == ".json":
+            data = json.loads(text)
+        elif suffix == ".toml":
+            data = tomllib.loads(text)
+        else:
+            raise ConfigError(f"config file {path} has an unknown extension; use .yaml, .yml, .json or .toml")
+    except (yaml.YAMLError, json.JSONDecodeError, tomllib.TOMLDecodeError) as err:
+        first = str(err).splitlines()[0]
+        raise ConfigError(f"config file {path} is not valid {suffix[1:].upper()}: {first}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of keys to values at the top level")
+    return data
+
+
+def set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
+    """Set ``data["a"]["b"] = value`` for key "a.b", creating levels as needed."""
+    parts = key.split(".")
+    node = data
+    for p in parts[:-1]:
+        nxt = node.get(p)
+        if not isinstance(nxt, dict):
+            nxt = {}
+            node[p] = nxt
+        node = nxt
+    node[parts[-1]] = value
+
+
+def format_validation_error(err: ValidationError, where: str) -> str:
+    """One line naming the first invalid key, what is wrong, and the offending value."""
+    e = err.errors()[0]
+    loc = ".".join(str(p) for p in e["loc"] if not (isinstance(p, str) and p in SDE_KINDS)) or "(top level)"
+    msg = e["msg"]
+    if e["type"] == "extra_forbidden":
+        return f"invalid {where}: unknown key {loc!r} (check its spelling; unknown keys are not ignored)"
+    if e["type"] == "union_tag_invalid":
+        return f"invalid {where}: {loc}.kind must be one of {', '.join(SDE_KINDS)}"
+    got = e.get("input")
+    shown = f" (got {got!r})" if got is not None and not isinstance(got, dict) else ""
+    return f"invalid {where}: {loc}: {msg}{shown}"
+
+
+def build_config(model: type[Strict], file: Path | None, overrides: dict[str, Any]) -> Any:
+    """Validate file values with flag overrides (dotted keys; None means "not given") on top."""
+    data: dict[str, Any] = read_config_file(file) if file is not None else {}
+    for key, value in overrides.items():
+        if value is not None:
+            set_dotted(data, key, value)
+    try:
+        return model.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(format_validation_error(err, "config")) from None
+
+
+def dump_config(cfg: BaseModel) -> dict[str, Any]:
+    """The config as plain JSON-able data (paths as strings)."""
+    return cfg.model_dump(mode="json")

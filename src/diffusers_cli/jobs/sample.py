@@ -1,0 +1,151 @@
+"""The sampling job: load a model, draw images in seeded batches (sharded across ranks), write a grid or PNGs."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import Tensor
+
+from diffusers_cli import build
+from diffusers_cli.config import SampleConfig, SamplerConfig
+from diffusers_cli.distributed import World, gather_rows, init_world, shutdown
+from diffusers_cli.engine.samplers import SAMPLERS, sample, sampler_options
+from diffusers_cli.engine.score import NFECounter, ScoreFn, make_score_fn
+from diffusers_cli.engine.sde import SDE
+from diffusers_cli.files import check_writable
+from diffusers_cli.jobs.report import Reporter, SilentReporter
+from diffusers_cli.runs import make_grid, save_grid, save_individual, save_png
+
+#: Columns of the --trajectory strip (x_t at evenly spaced steps, plus the result).
+TRAJECTORY_FRAMES = 10
+
+
+@dataclass
+class SampleResult:
+    """What a sampling job produced."""
+
+    images: Tensor
+    outputs: list[Path]
+    nfe: int
+    seconds: float
+    model: Path
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+def check_sampler(s: SamplerConfig) -> None:
+    """Reject an unknown sampler or an option it does not take, before any work."""
+    if s.name not in SAMPLERS:
+        raise ValueError(f"unknown sampler {s.name!r}; use one of {', '.join(sorted(SAMPLERS))}")
+    allowed = sampler_options(s.name)
+    for key in s.options():
+        if key not in allowed:
+            raise ValueError(f"sampler {s.name!r} has no option {key!r}; its options are {', '.join(sorted(allowed)) or 'none'}")
+
+
+def batch_generator(seed: int, batch: int, device: torch.device) -> torch.Generator:
+    """The generator of batch ``batch``: a pure function of (seed, batch), so any rank draws the same batch alike."""
+    return build.make_generator(seed * 1_000_003 + batch, device)
+
+
+def draw(
+    sde: SDE,
+    score_fn: ScoreFn,
+    shape: tuple[int, ...],
+    n: int,
+    batch_size: int,
+    seed: int,
+    s: SamplerConfig,
+    device: torch.device,
+    world: World,
+    reporter: Reporter,
+    callback_for: Callable[[int], Any] | None = None,
+) -> tuple[Tensor, int]:
+    """n samples in batches (batch b seeded by (seed, b)), batches split across ranks; returns (images, NFE per sample)."""
+    n_batches = -(-n // batch_size)
+    mine = [b for b in range(n_batches) if b % world.size == world.rank]
+    counter = NFECounter(score_fn)
+    reporter.start(len(mine), f"sampling {n} images with {s.name}")
+    parts: dict[int, Tensor] = {}
+    nfe_per_batch = 0
+    for b in mine:
+        size = min(batch_size, n - b * batch_size)
+        before = counter.nfe
+        x = sample(sde, counter, (size, *shape), s.name, s.steps, batch_generator(seed, b, device), device=device,
+                   grid=s.grid, eps=s.eps, final_denoise=s.final_denoise,
+                   callback=callback_for(b) if callback_for else None, **s.options())
+        nfe_per_batch = counter.nfe - before
+        parts[b] = x.float().cpu()
+        reporter.advance(1, nfe=nfe_per_batch)
+    reporter.finish()
+    if not world.distributed:
+        return torch.cat([parts[b] for b in sorted(parts)]), nfe_per_batch
+    # Round-robin batches: gather each round's batches in rank order.
+    gathered = []
+    for r in range(-(-n_batches // world.size)):
+        b = r * world.size + world.rank
+        local = parts.get(b, torch.zeros((0, *shape)))
+        size_round = sum(min(batch_size, n - bb * batch_size) for bb in range(r * world.size, min(n_batches, (r + 1) * world.size)))
+        gathered.append(gather_rows(local.to(device), size_round, _round_world(world, r, n_batches, n, batch_size)).cpu())
+    return torch.cat(gathered)[:n], nfe_per_batch
+
+
+def _round_world(world: World, r: int, n_batches: int, n: int, batch_size: int) -> World:
+    # gather_rows pads to equal blocks; batches in one round are equal-sized except possibly the very last one.
+    return world
+
+
+class Trajectory:
+    """Collects x_t of the first images at evenly spaced steps for the --trajectory strip."""
+
+    def __init__(self, steps: int, rows: int = 8) -> None:
+        self.every = max(1, steps // TRAJECTORY_FRAMES)
+        self.rows = rows
+        self.frames: list[Tensor] = []
+
+    def __call__(self, info: dict[str, Any]) -> None:
+        if info["i"] % self.every == 0:
+            self.frames.append(info["x"][: self.rows].float().cpu())
+
+    def strip(self, final: Tensor) -> Tensor:
+        """Rows = samples, columns = time (noise on the left, the result on the right), as a uint8 grid."""
+        frames = [f.clamp(-1, 1) for f in self.frames] + [final[: self.rows]]
+        stacked = torch.stack(frames, dim=1)  # [rows, frames, C, H, W]
+        return make_grid(stacked.flatten(0, 1), nrow=len(frames))
+
+
+def sample_images(cfg: SampleConfig, reporter: Reporter | None = None) -> SampleResult:
+    """Run ``diffuse sample``: returns the images (in [-1, 1]) and where they were written."""
+    reporter = reporter or SilentReporter()
+    check_sampler(cfg.sampler)
+    check_writable(cfg.out)
+    if cfg.trajectory is not None:
+        check_writable(cfg.trajectory)
+    device = build.resolve_device(cfg.device)
+    world, device = init_world(device)
+    try:
+        path = build.resolve_model_path(cfg.model, cfg.runs_dir)
+        model, meta = build.load_score_model(path, cfg.use_ema)
+        model.to(device)
+        shape = (meta["channels"], meta["image_size"], meta["image_size"])
+        traj = Trajectory(cfg.sampler.steps) if cfg.trajectory is not None else None
+        t0 = time.perf_counter()
+        images, nfe = draw(model.sde, make_score_fn(model), shape, cfg.n, cfg.batch_size, cfg.seed, cfg.sampler,
+                           device, world, reporter, (lambda b: traj if b == 0 else None) if traj else None)
+        seconds = time.perf_counter() - t0
+        outputs: list[Path] = []
+        if world.is_main:
+            if cfg.individual:
+                outputs = save_individual(images, cfg.out)
+            else:
+                save_grid(images, cfg.out)
+                outputs = [cfg.out]
+            if traj is not None and cfg.trajectory is not None:
+                save_png(traj.strip(images), cfg.trajectory)
+                outputs.append(cfg.trajectory)
+        return SampleResult(images, outputs, nfe, seconds, path, meta)
+    finally:
+        shutdown(world)

@@ -1,0 +1,136 @@
+"""Run directories and images: names, the metrics log, sample grids, individual PNGs and the loss plot."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any, Iterable
+
+import torch
+from PIL import Image, ImageDraw
+from torch import Tensor
+
+from diffusers_cli.files import atomic_path, check_writable
+
+METRICS_NAME = "metrics.jsonl"
+CONFIG_NAME = "config.json"
+LOSS_PLOT_NAME = "loss.png"
+
+
+def new_run_name(dataset: str, sde: str) -> str:
+    """A readable, sortable, unique-enough run name: dataset-sde-YYYYmmdd-HHMMSS."""
+    return f"{Path(dataset).name}-{sde}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def latest_run(runs_dir: Path) -> Path | None:
+    """The most recently modified run directory under ``runs_dir`` that has a config."""
+    runs = [p.parent for p in runs_dir.glob(f"*/{CONFIG_NAME}")] if runs_dir.is_dir() else []
+    return max(runs, key=lambda p: p.stat().st_mtime) if runs else None
+
+
+def to_uint8(x: Tensor) -> Tensor:
+    """Images in [-1, 1] -> uint8 [B, C, H, W] (clamped, rounded)."""
+    return ((x.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+
+
+def to_pil(img: Tensor) -> Image.Image:
+    """One uint8 image [C, H, W] (1 or 3 channels) as a PIL image."""
+    arr = img.permute(1, 2, 0).numpy()
+    return Image.fromarray(arr[..., 0], "L") if arr.shape[2] == 1 else Image.fromarray(arr, "RGB")
+
+
+def make_grid(x: Tensor, nrow: int | None = None, padding: int = 2) -> Tensor:
+    """Tile images in [-1, 1] into one uint8 image [C, H', W'] with ``nrow`` per row (square by default)."""
+    imgs = to_uint8(x)
+    b, c, h, w = imgs.shape
+    nrow = nrow or max(1, math.ceil(math.sqrt(b)))
+    rows = math.ceil(b / nrow)
+    grid = torch.zeros(c, rows * (h + padding) + padding, nrow * (w + padding) + padding, dtype=torch.uint8)
+    for i in range(b):
+        r, col = divmod(i, nrow)
+        top, left = padding + r * (h + padding), padding + col * (w + padding)
+        grid[:, top : top + h, left : left + w] = imgs[i]
+    return grid
+
+
+def save_png(img: Tensor, path: Path) -> None:
+    """Write one uint8 image [C, H, W] as PNG, atomically."""
+    with atomic_path(path) as tmp:
+        to_pil(img).save(tmp, format="PNG")
+
+
+def save_grid(x: Tensor, path: Path, nrow: int | None = None) -> None:
+    """Write images in [-1, 1] as one grid PNG."""
+    save_png(make_grid(x, nrow), path)
+
+
+def save_individual(x: Tensor, path: Path) -> list[Path]:
+    """Write each image as ``<stem>_<i>.png`` beside ``path``; returns the paths."""
+    check_writable(path)
+    out = []
+    for i, img in enumerate(to_uint8(x)):
+        p = path.with_name(f"{path.stem}_{i:05d}.png")
+        save_png(img, p)
+        out.append(p)
+    return out
+
+
+class MetricsLog:
+    """Append-only JSON-lines log of training metrics (one object per line, flushed each write)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def write(self, record: dict[str, Any]) -> None:
+        """Append one record."""
+        with self.path.open("a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def read(self) -> list[dict[str, Any]]:
+        """All records so far (a torn last line from a crash is skipped)."""
+        if not self.path.is_file():
+            return []
+        rows = []
+        for line in self.path.read_text(encoding="utf-8").splitlines():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+        return rows
+
+    def truncate_after(self, step: int) -> None:
+        """Drop records past ``step`` (a resumed run re-does them)."""
+        keep = [r for r in self.read() if r.get("step", 0) <= step]
+        with atomic_path(self.path) as tmp:
+            tmp.write_text("".join(json.dumps(r) + "\n" for r in keep), encoding="utf-8")
+
+
+def plot_series(points: Iterable[tuple[float, float]], path: Path, title: str = "loss", size: tuple[int, int] = (640, 400)) -> None:
+    """A minimal line plot (log-scaled y when positive) drawn with PIL, so no plotting library is needed."""
+    pts = [(float(x), float(y)) for x, y in points if math.isfinite(y)]
+    w, h = size
+    img = Image.new("RGB", size, "white")
+    draw = ImageDraw.Draw(img)
+    left, right, top, bottom = 60, w - 20, 30, h - 40
+    draw.rectangle([left, top, right, bottom], outline="black")
+    draw.text((left, 8), title, fill="black")
+    if len(pts) >= 2:
+        use_log = all(y > 0 for _, y in pts)
+        ys = [math.log10(y) if use_log else y for _, y in pts]
+        xs = [x for x, _ in pts]
+        x0, x1 = min(xs), max(xs) or 1.0
+        y0, y1 = min(ys), max(ys)
+        if y1 - y0 < 1e-12:
+            y0, y1 = y0 - 1, y1 + 1
+        sx = lambda v: left + (v - x0) / max(x1 - x0, 1e-12) * (right - left)  # noqa: E731
+        sy = lambda v: bottom - (v - y0) / (y1 - y0) * (bottom - top)  # noqa: E731
+        draw.line([(sx(x), sy(y)) for x, y in zip(xs, ys)], fill=(31, 119, 180), width=2)
+        fmt = (lambda v: f"{10 ** v:.3g}") if use_log else (lambda v: f"{v:.3g}")
+        draw.text((4, top), fmt(y1), fill="black")
+        draw.text((4, bottom - 10), fmt(y0), fill="black")
+        draw.text((left, bottom + 6), f"{x0:g}", fill="black")
+        draw.text((right - 40, bottom + 6), f"{x1:g}", fill="black")
+    with atomic_path(path) as tmp:
+        img.save(tmp, format="PNG")
