@@ -132,7 +132,8 @@ def resolve_model_path(model: Path | None, runs_dir: Path) -> Path:
 
 
 def load_score_model(path: Path, use_ema: bool = True) -> tuple[ScoreModel, dict[str, Any]]:
-    """The score model stored at ``path`` (EMA weights by default) and its metadata."""
+    """The score model stored at ``path`` (a run directory or weights file; EMA weights by default) and its metadata."""
+    path = resolve_model_path(Path(path), Path("runs"))
     tensors, meta = load_weights(path)
     if meta.get("kind") != "score":
         raise CheckpointError(f"{path} holds a {meta.get('kind', 'unknown')} model, not a score model; pass the score model's run")
@@ -145,6 +146,7 @@ def load_score_model(path: Path, use_ema: bool = True) -> tuple[ScoreModel, dict
 
 def load_classifier(path: Path) -> tuple[nn.Module, SDE, dict[str, Any]]:
     """A time-dependent classifier, the SDE it was trained for, and its metadata."""
+    path = resolve_model_path(Path(path), Path("runs"))
     tensors, meta = load_weights(path)
     if meta.get("kind") != "classifier":
         raise CheckpointError(f"{path} holds a {meta.get('kind', 'unknown')} model, not a classifier; pass a run of `diffuse train --task classifier`")

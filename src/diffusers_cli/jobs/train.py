@@ -208,6 +208,7 @@ def _train(cfg: TrainConfig, reporter: Reporter, device: torch.device, world: Wo
     if cfg.task == "classifier" and info.num_classes < 2:
         raise ConfigError(f"dataset {info.name} has {info.num_classes} class; a classifier needs at least 2 (use class subfolders)")
     sde = build.build_sde(cfg.sde)
+    torch.manual_seed(cfg.seed)  # the initial weights, and later dropout, draw from the global generator
     if cfg.task == "score":
         net_kwargs = build.network_kwargs(cfg.network)
         net = build.build_unet(net_kwargs, d.image_size, info.channels)
@@ -220,7 +221,6 @@ def _train(cfg: TrainConfig, reporter: Reporter, device: torch.device, world: Wo
     ema = EMA(net, cfg.optim.ema_decay, cfg.optim.ema_warmup)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.optim.lr, betas=cfg.optim.betas, weight_decay=cfg.optim.weight_decay)
     gen = build.make_generator(cfg.seed, device)
-    torch.manual_seed(cfg.seed)  # dropout draws from the global generator
 
     start = _resume(run_dir, net, ema, opt, gen) if cfg.resume else 0
     log = MetricsLog(run_dir / METRICS_NAME)

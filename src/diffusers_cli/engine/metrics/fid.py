@@ -1,0 +1,93 @@
+"""Frechet Inception Distance (Heusel et al. 2017), computed exactly as pytorch-fid computes it, in float64."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+from scipy import linalg
+
+from diffusers_cli.engine.metrics.errors import MetricsError
+from diffusers_cli.engine.metrics.inception import FEATURE_DIM
+
+#: The sample count published FIDs use; smaller sets give an upward-biased FID.
+RECOMMENDED_SAMPLES = 50_000
+
+
+def check_sample_count(n: int, dims: int = FEATURE_DIM, allow_few: bool = False) -> str | None:
+    """Refuse n <= dims (singular covariance) unless ``allow_few``; return a warning line for n < 50,000, else None."""
+    if n <= dims and not allow_few:
+        raise MetricsError(
+            f"FID needs more images than feature dimensions: got {n:,}, need at least {dims + 1:,} "
+            f"(with n <= {dims} the {dims}x{dims} covariance is singular and FID is meaningless; "
+            f"{RECOMMENDED_SAMPLES:,} is standard)"
+        )
+    if n <= dims:
+        return (
+            f"FID from {n:,} samples is meaningless: the {dims}x{dims} covariance is singular "
+            f"below {dims + 1:,} samples; use it only to test the pipeline"
+        )
+    if n < RECOMMENDED_SAMPLES:
+        return (
+            f"FID from {n:,} samples is biased upward (published FIDs use {RECOMMENDED_SAMPLES:,}); "
+            f"compare only FIDs computed from the same number of samples"
+        )
+    return None
+
+
+def compute_statistics(features: np.ndarray, allow_few: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Mean [D] and covariance [D, D] of features [N, D] in float64 (np.mean, np.cov rowvar=False, as pytorch-fid)."""
+    act = np.asarray(features, dtype=np.float64)
+    if act.ndim != 2 or act.shape[0] < 2:
+        raise MetricsError(f"features must be an array [N >= 2, D]; got shape {act.shape}")
+    if not np.isfinite(act).all():
+        raise MetricsError("features contain NaN or infinity (check the images and the Inception weights)")
+    check_sample_count(act.shape[0], dims=act.shape[1], allow_few=allow_few)
+    return np.mean(act, axis=0), np.cov(act, rowvar=False)
+
+
+def frechet_distance(
+    mu1: np.ndarray,
+    sigma1: np.ndarray,
+    mu2: np.ndarray,
+    sigma2: np.ndarray,
+    eps: float = 1e-6,
+) -> float:
+    """d^2 = |mu1 - mu2|^2 + Tr(S1 + S2 - 2 sqrt(S1 S2)); pytorch-fid's calculate_frechet_distance, errors as MetricsError."""
+    mu1, mu2 = np.atleast_1d(mu1), np.atleast_1d(mu2)
+    sigma1, sigma2 = np.atleast_2d(sigma1), np.atleast_2d(sigma2)
+    if mu1.shape != mu2.shape:
+        raise MetricsError(f"the two mean vectors differ in length: {mu1.shape} vs {mu2.shape} (statistics of different features?)")
+    if sigma1.shape != sigma2.shape or sigma1.shape != (mu1.shape[0],) * 2:
+        raise MetricsError(f"covariances {sigma1.shape} and {sigma2.shape} do not match means of length {mu1.shape[0]}")
+    diff = mu1 - mu2
+    covmean = _sqrtm(sigma1.dot(sigma2))
+    if not np.isfinite(covmean).all():
+        # The product is (almost) singular: pytorch-fid retries with eps added to both diagonals.
+        warnings.warn(
+            f"FID: singular product of covariances; adding {eps} to their diagonals", RuntimeWarning, stacklevel=2
+        )
+        offset = np.eye(sigma1.shape[0]) * eps
+        covmean = _sqrtm((sigma1 + offset).dot(sigma2 + offset))
+    if np.iscomplexobj(covmean):
+        # Rounding may leave a tiny imaginary part; a large one means the covariances are not valid.
+        if not np.allclose(np.diagonal(covmean).imag, 0, atol=1e-3):
+            m = np.max(np.abs(covmean.imag))
+            raise MetricsError(
+                f"FID is undefined here: sqrt(sigma1 sigma2) has an imaginary component {m:.3g} "
+                f"(covariances singular or not positive semi-definite; use more samples)"
+            )
+        covmean = covmean.real
+    tr_covmean = np.trace(covmean)
+    return float(diff.dot(diff) + np.trace(sigma1) + np.trace(sigma2) - 2 * tr_covmean)
+
+
+def _sqrtm(a: np.ndarray) -> np.ndarray:
+    """scipy's matrix square root (the same Schur algorithm pytorch-fid calls, without its deprecated ``disp``)."""
+    out = linalg.sqrtm(a)
+    return out[0] if isinstance(out, tuple) else out
+
+
+def fid_from_features(features1: np.ndarray, features2: np.ndarray, allow_few: bool = False) -> float:
+    """FID between two feature sets [N, D] (statistics of each, then the Frechet distance)."""
+    return frechet_distance(*compute_statistics(features1, allow_few), *compute_statistics(features2, allow_few))

@@ -1,0 +1,43 @@
+"""Shared fixtures: a tiny trained run (8x8 shapes) reused by CLI, sampling, imputation and evaluation tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+SHARED_MNIST = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
+
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+def tiny_train_config(tmp: Path, **over: Any) -> Any:
+    """A TrainConfig that trains in seconds on 8x8 shapes."""
+    from diffusers_cli.config import TrainConfig
+
+    data = {
+        "data": {"dataset": "shapes", "image_size": 8, "num_examples": 64},
+        "network": {"preset": "tiny", "base_channels": 16},
+        "steps": 6, "batch_size": 8, "log_every": 1, "sample_every": 0, "checkpoint_every": 100,
+        "sample_n": 4, "sampler": {"name": "ddpm", "steps": 4}, "out": str(tmp), "name": "tiny", "device": "cpu",
+        "optim": {"warmup": 2, "lr": 1e-3},
+    }
+    for key, value in over.items():
+        node = data
+        parts = key.split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+        node[parts[-1]] = value
+    return TrainConfig.model_validate(data)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A trained tiny score model's run directory (shared, read-only for tests)."""
+    from diffusers_cli.jobs.train import train
+
+    tmp = tmp_path_factory.mktemp("runs")
+    result = train(tiny_train_config(tmp, steps=20))
+    return result.run_dir

@@ -1,0 +1,171 @@
+"""The command line: wiring on tiny real runs, --json summaries, reproducibility, exit codes and one-line errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import save_file
+from typer.testing import CliRunner
+
+from diffusers_cli.cli import app
+
+runner = CliRunner()
+TINY = ["--image-size", "8", "--batch-size", "8", "--set", "data.num_examples=64", "--set", "network.base_channels=16",
+        "--set", "sampler.name=ddpm", "--set", "sampler.steps=3", "--set", "sample_n=4", "--device", "cpu"]
+
+
+def invoke(*args: str) -> "object":
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def one_error_line(result: object, code: int = 2) -> str:
+    """Assert the exit code and that stderr is exactly one 'diffuse: error:' line (no traceback); return it."""
+    assert result.exit_code == code, (result.exit_code, result.stdout, result.stderr)
+    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("diffuse: error: ")
+    assert "Traceback" not in result.stderr
+    return lines[0]
+
+
+def test_version() -> None:
+    res = invoke("--version")
+    assert res.exit_code == 0 and res.stdout.startswith("diffusers-cli ")
+
+
+def test_train_with_config_file_and_override(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("steps: 50\nseed: 3\noptim:\n  lr: 0.001\n")
+    res = invoke("train", "--config", cfg, "--steps", "2", "--out", tmp_path / "runs", "--name", "r", "--json", *TINY)
+    assert res.exit_code == 0, res.stderr
+    summary = json.loads(res.stdout)
+    assert summary["steps"] == 2 and summary["interrupted"] is False
+    saved = json.loads((tmp_path / "runs" / "r" / "config.json").read_text())
+    assert saved["steps"] == 2 and saved["seed"] == 3 and saved["optim"]["lr"] == 0.001  # flag beats file
+    assert (tmp_path / "runs" / "r" / "model.safetensors").is_file()
+    assert (tmp_path / "runs" / "r" / "loss.png").is_file()
+    # --resume with more steps continues from step 2.
+    res = invoke("train", "--resume", "--out", tmp_path / "runs", "--name", "r", "--steps", "3", "--json")
+    assert res.exit_code == 0, res.stderr
+    assert json.loads(res.stdout)["start_step"] == 2 and json.loads(res.stdout)["steps"] == 3
+
+
+def test_sample_grid_json_and_reproducible(tiny_run: Path, tmp_path: Path) -> None:
+    out = tmp_path / "g.png"
+    res = invoke("sample", "--model", tiny_run, "--sampler", "ddpm", "--steps", "5", "-n", "4", "--out", out, "--seed", "1", "--json")
+    assert res.exit_code == 0, res.stderr
+    s = json.loads(res.stdout)
+    assert s["n"] == 4 and s["nfe"] == 6 and s["sampler"] == "ddpm"  # 5 steps + the final denoising step
+    assert Image.open(out).size == (22, 22)  # 2 x 2 tiles of 8 px with 2 px padding
+    first = out.read_bytes()
+    res = invoke("sample", "--model", tiny_run, "--sampler", "ddpm", "--steps", "5", "-n", "4", "--out", out, "--seed", "1")
+    assert res.exit_code == 0 and out.read_bytes() == first
+    res = invoke("sample", "--model", tiny_run, "--sampler", "ddpm", "--steps", "5", "-n", "4", "--out", out, "--seed", "2")
+    assert out.read_bytes() != first
+
+
+def test_sample_individual_and_trajectory(tiny_run: Path, tmp_path: Path) -> None:
+    res = invoke("sample", "--model", tiny_run / "model.safetensors", "--sampler", "em", "--steps", "10", "-n", "3",
+                 "--out", tmp_path / "img.png", "--individual", "--trajectory", tmp_path / "traj.png")
+    assert res.exit_code == 0, res.stderr
+    assert sorted(p.name for p in tmp_path.glob("img_*.png")) == ["img_00000.png", "img_00001.png", "img_00002.png"]
+    assert Image.open(tmp_path / "img_00000.png").size == (8, 8)
+    w, h = Image.open(tmp_path / "traj.png").size
+    assert h == 3 * 10 + 2 and w == 11 * 10 + 2  # 3 samples x (10 frames + result)
+
+
+def test_sample_pc_predictor_option_via_set(tiny_run: Path, tmp_path: Path) -> None:
+    res = invoke("sample", "--model", tiny_run, "--sampler", "pc", "--steps", "3", "-n", "2", "--out", tmp_path / "a.png",
+                 "--set", "sampler.predictor=ancestral", "--snr", "0.1", "--json")
+    assert res.exit_code == 0, res.stderr
+    assert json.loads(res.stdout)["nfe"] == 7  # 3 x (corrector + predictor) + denoise
+
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["sample", "--sampler", "nope"], "unknown sampler 'nope'"),
+        (["sample", "--sampler", "em", "--snr", "0.2"], "sampler 'em' has no option 'snr'"),
+        (["train", "--dataset", "nope", "--steps", "1"], "nope"),
+        (["train", "--steps", "-5"], "steps"),
+        (["train", "--sde", "vq"], "sde.kind must be one of ve, vp, subvp, ddpm"),
+        (["train", "--dataset", "mnist", "--data-dir", "/nonexistent/mnist", "--steps", "1"], "/nonexistent/mnist"),
+        (["train", "--set", "optim.lrr=1"], "unknown key 'optim.lrr'"),
+        (["train", "--preset", "huge"], "unknown network preset 'huge'"),
+        (["sample", "--model", "/nonexistent/run"], "does not exist"),
+        (["train", "--device", "cuda:7", "--steps", "1"], "CUDA is not available"),
+    ],
+)
+def test_bad_input_exits_2_with_one_line(args: list[str], needle: str, tmp_path: Path, tiny_run: Path) -> None:
+    if args[0] == "sample" and "--model" not in args:
+        args = [*args, "--model", str(tiny_run), "--out", str(tmp_path / "x.png")]
+    if args[0] == "train":
+        args = [*args, "--out", str(tmp_path / "runs")]
+    line = one_error_line(invoke(*args))
+    assert needle in line
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").rglob("*.safetensors"))
+
+
+def test_bad_config_files(tmp_path: Path) -> None:
+    bad_key = tmp_path / "k.json"
+    bad_key.write_text(json.dumps({"stepz": 3}))
+    assert "unknown key 'stepz'" in one_error_line(invoke("train", "--config", bad_key))
+    bad_val = tmp_path / "v.toml"
+    bad_val.write_text('batch_size = "many"\n')
+    assert "batch_size" in one_error_line(invoke("train", "--config", bad_val))
+    broken = tmp_path / "b.yaml"
+    broken.write_text("steps: [1, 2\n")
+    assert "is not valid YAML" in one_error_line(invoke("train", "--config", broken))
+    assert "does not exist" in one_error_line(invoke("train", "--config", tmp_path / "missing.yaml"))
+
+
+def test_corrupt_and_foreign_checkpoints(tmp_path: Path) -> None:
+    corrupt = tmp_path / "c.safetensors"
+    corrupt.write_bytes(os.urandom(64))
+    assert "not a readable safetensors file" in one_error_line(invoke("sample", "--model", corrupt, "--out", tmp_path / "o.png"))
+    foreign = tmp_path / "f.safetensors"
+    save_file({"unet.conv.weight": torch.zeros(1)}, str(foreign))
+    assert "not a diffusers-cli checkpoint" in one_error_line(invoke("sample", "--model", foreign, "--out", tmp_path / "o.png"))
+    assert not (tmp_path / "o.png").exists()
+
+
+def test_unwritable_output(tiny_run: Path, tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    line = one_error_line(invoke("sample", "--model", tiny_run, "--steps", "2", "--out", blocker / "sub" / "x.png"))
+    assert "cannot create the folder" in line
+    line = one_error_line(invoke("sample", "--model", tiny_run, "--steps", "2", "--out", tmp_path))
+    assert "is a directory" in line
+
+
+def test_ctrl_c_saves_and_resumes(tmp_path: Path) -> None:
+    """A real SIGINT mid-run: exit 130, a consistent saved state, and --resume finishes the run."""
+    cmd = [sys.executable, "-m", "diffusers_cli", "train", "--steps", "100000", "--out", str(tmp_path), "--name", "c", *TINY]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+    log = tmp_path / "c" / "metrics.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (log.is_file() and log.read_text().count("\n") >= 3):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "interrupted at step" in err and "Traceback" not in err
+    meta = json.loads(subprocess.run([sys.executable, "-c", (
+        "import json,sys; from diffusers_cli.checkpoints import read_meta; "
+        f"print(json.dumps(read_meta(sys.argv[1])))"), str(tmp_path / "c" / "model.safetensors")],
+        capture_output=True, text=True, check=True).stdout)
+    stopped = meta["step"]
+    assert 3 <= stopped < 100000
+    res = invoke("train", "--resume", "--out", tmp_path, "--name", "c", "--steps", str(stopped + 2), "--json")
+    assert res.exit_code == 0, res.stderr
+    assert json.loads(res.stdout)["start_step"] == stopped
