@@ -1,0 +1,51 @@
+"""torchrun + DDP on the CPU (gloo): 2 processes equal 1 process with the same global batch, and resume across world sizes."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from diffusers_cli.checkpoints import load_weights
+
+ARGS = ["train", "--image-size", "8", "--batch-size", "8", "--set", "data.num_examples=64", "--set", "network.base_channels=16",
+        "--set", "sampler.name=ddpm", "--set", "sampler.steps=2", "--set", "sample_n=2", "--set", "data.flip=true",
+        "--set", "optim.warmup=2", "--device", "cpu", "--sample-every", "0"]
+
+
+def run(cmd: list[str]) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+
+
+@pytest.mark.slow
+def test_two_processes_equal_one_and_resume_with_one(tmp_path: Path) -> None:
+    single = run([sys.executable, "-m", "diffusers_cli", *ARGS, "--steps", "4", "--out", str(tmp_path), "--name", "one"])
+    assert single.returncode == 0, single.stderr
+    dist = run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                "-m", "diffusers_cli", *ARGS, "--steps", "4", "--out", str(tmp_path), "--name", "two"])
+    assert dist.returncode == 0, dist.stderr
+    w1, m1 = load_weights(tmp_path / "one" / "model.safetensors")
+    w2, m2 = load_weights(tmp_path / "two" / "model.safetensors")
+    assert m1["step"] == m2["step"] == 4
+    worst = max((w1[k] - w2[k]).abs().max().item() for k in w1)
+    assert worst < 1e-5, worst  # same data, noise and flips per example; only the reduction order differs
+    # The agreement is meaningful: two more training steps move the weights far more than the 1-vs-2 gap.
+    short = run([sys.executable, "-m", "diffusers_cli", *ARGS, "--steps", "2", "--out", str(tmp_path), "--name", "short"])
+    assert short.returncode == 0, short.stderr
+    w0, _ = load_weights(tmp_path / "short" / "model.safetensors")
+    moved = max((w1[k] - w0[k]).abs().max().item() for k in w1)
+    assert moved > 100 * max(worst, 1e-7), (moved, worst)
+
+    # Resume the 2-process run with 1 process: it continues from step 4 and matches the 1-process run continued alike.
+    for name in ("one", "two"):
+        res = run([sys.executable, "-m", "diffusers_cli", "train", "--resume", "--out", str(tmp_path), "--name", name, "--steps", "6"])
+        assert res.returncode == 0, res.stderr
+    r1, _ = load_weights(tmp_path / "one" / "model.safetensors")
+    r2, meta = load_weights(tmp_path / "two" / "model.safetensors")
+    assert meta["step"] == 6
+    assert max((r1[k] - r2[k]).abs().max().item() for k in r1) < 1e-4
