@@ -99,7 +99,7 @@ class NetworkConfig(Strict):
 class ClassifierConfig(Strict):
     """Time-dependent WideResNet classifier; ``preset`` fills the fields left unset."""
 
-    preset: str = "wrn-tiny"
+    preset: str = "wrn-28-10"
     depth: PositiveInt | None = None
     widen: PositiveInt | None = None
     dropout: float | None = Field(None, ge=0.0, lt=1.0)
@@ -209,6 +209,54 @@ class SampleConfig(Strict):
     device: Device = "auto"
     use_ema: bool = True
     runs_dir: Path = Path("runs")
+
+
+class ConditionConfig(Strict):
+    """``diffuse condition``: classifier guidance toward one class."""
+
+    model: Path | None = None
+    classifier: Path
+    label: str = Field(alias="class")
+    scale: float = Field(1.0, ge=0.0)
+    sampler: SamplerConfig = Field(default_factory=lambda: SamplerConfig(name="pc", steps=1000))
+    n: PositiveInt = 64
+    batch_size: PositiveInt = 64
+    out: Path = Path("conditioned.png")
+    individual: bool = False
+    seed: int = 0
+    device: Device = "auto"
+    use_ema: bool = True
+    runs_dir: Path = Path("runs")
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class ImputeConfig(Strict):
+    """``diffuse impute``: fill the masked pixels of one image."""
+
+    image: Path
+    mask: Path | None = None
+    mask_kind: Literal["box", "outpaint", "half", "random-pixels"] | None = None
+    mask_fraction: float | None = Field(None, gt=0.0, lt=1.0)
+    mask_side: Literal["left", "right", "top", "bottom"] | None = None
+    model: Path | None = None
+    method: Literal["smc", "replacement", "repaint"] = "smc"
+    particles: PositiveInt | None = None
+    jump_length: PositiveInt | None = None
+    resample: PositiveInt | None = None
+    sampler: SamplerConfig = Field(default_factory=lambda: SamplerConfig(name="ddpm", steps=200))
+    n: PositiveInt = 1
+    out: Path = Path("filled.png")
+    seed: int = 0
+    device: Device = "auto"
+    use_ema: bool = True
+    runs_dir: Path = Path("runs")
+
+    @model_validator(mode="after")
+    def _one_mask(self) -> "ImputeConfig":
+        if (self.mask is None) == (self.mask_kind is None):
+            raise ValueError("give exactly one of a MASK image or --mask box|half|random-pixels|outpaint")
+        return self
 
 
 # ---- loading -------------------------------------------------------------------------

@@ -5,6 +5,8 @@ from __future__ import annotations
 import typer
 
 from diffusers_cli import __version__
+from diffusers_cli.cli.condition import condition_command
+from diffusers_cli.cli.impute import impute_command
 from diffusers_cli.cli.sample import sample_command
 from diffusers_cli.cli.train import train_command
 from diffusers_cli.cli.info import datasets_command, env_command
@@ -18,6 +20,8 @@ app = typer.Typer(
 )
 app.command("train")(train_command)
 app.command("sample")(sample_command)
+app.command("condition")(condition_command)
+app.command("impute")(impute_command)
 app.command("datasets")(datasets_command)
 app.command("env")(env_command)
 

@@ -61,7 +61,7 @@ class LineReporter:
 
     def start(self, total: int, description: str) -> None:
         """Begin a task."""
-        self.total, self.done, self.desc, self.fields = total, 0, description, {}
+        self.total, self.done, self.desc, self.fields, self._printed = total, 0, description, {}, -1
         self._t0 = self._last = time.perf_counter()
         print(f"{description}: {total} steps", file=sys.stderr, flush=True)
 
@@ -72,6 +72,7 @@ class LineReporter:
         now = time.perf_counter()
         if now - self._last >= self.every:
             self._last = now
+            self._printed = self.done
             print(self._line(now), file=sys.stderr, flush=True)
 
     def _line(self, now: float) -> str:
@@ -81,8 +82,9 @@ class LineReporter:
         return f"{self.desc}: {self.done}/{self.total} {extra} {rate:.2f} it/s eta {eta:.0f}s".replace("  ", " ")
 
     def finish(self) -> None:
-        """End the task with a last line."""
-        print(self._line(time.perf_counter()), file=sys.stderr, flush=True)
+        """End the task with a last line (unless that line was just printed)."""
+        if getattr(self, "_printed", -1) != self.done:
+            print(self._line(time.perf_counter()), file=sys.stderr, flush=True)
 
     def message(self, text: str) -> None:
         """An informational line."""

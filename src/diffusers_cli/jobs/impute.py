@@ -1,0 +1,135 @@
+"""The imputation job: read an image and a mask (or make one), fill the masked pixels at the model's resolution, paste back."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, UnidentifiedImageError
+from torch import Tensor
+
+from diffusers_cli import build
+from diffusers_cli.config import ImputeConfig
+from diffusers_cli.engine.imputation import impute
+from diffusers_cli.engine.masks import make_mask, mask_from_image
+from diffusers_cli.engine.score import NFECounter, make_score_fn
+from diffusers_cli.files import check_writable
+from diffusers_cli.jobs.report import Reporter, SilentReporter
+from diffusers_cli.runs import save_png, to_uint8
+
+
+@dataclass
+class ImputeResult:
+    """What an imputation job produced."""
+
+    outputs: list[Path]
+    nfe: int
+    seconds: float
+    model: Path
+    image_size: tuple[int, int]
+    notes: list[str] = field(default_factory=list)
+
+
+def read_image(path: Path, channels: int, notes: list[str]) -> Tensor:
+    """An image file as float [1, C, H, W] in [-1, 1] with the model's channels (converting, and saying so)."""
+    if not path.is_file():
+        raise ValueError(f"image {path} does not exist")
+    try:
+        img = Image.open(path)
+        img.load()
+    except (UnidentifiedImageError, OSError) as err:
+        raise ValueError(f"cannot read image {path}: {err}") from None
+    mode = "L" if channels == 1 else "RGB"
+    if img.mode in ("RGBA", "LA", "P") and mode == "RGB":
+        img = img.convert("RGBA")
+        background = Image.new("RGBA", img.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(background, img)
+    if (img.mode in ("L", "LA", "1", "I", "I;16") and mode == "RGB") or (img.mode not in ("L", "1") and mode == "L"):
+        notes.append(f"converted the {img.mode} image {path.name} to {mode} for a {channels}-channel model")
+    arr = torch.from_numpy(np.asarray(img.convert(mode), dtype="uint8").copy())
+    x = arr[None] if arr.ndim == 2 else arr.permute(2, 0, 1)
+    return x[None].float() / 127.5 - 1.0
+
+
+def read_mask(path: Path, like: Tensor) -> Tensor:
+    """A mask PNG (white = fill) as an engine mask [1, 1, H, W] with 1 = known."""
+    if not path.is_file():
+        raise ValueError(f"mask {path} does not exist")
+    try:
+        img = Image.open(path)
+        img.load()
+    except (UnidentifiedImageError, OSError) as err:
+        raise ValueError(f"cannot read mask {path}: {err}") from None
+    arr = torch.from_numpy(np.asarray(img.convert("L"), dtype="uint8").copy())
+    return mask_from_image(arr, like=like)
+
+
+def to_model_resolution(x: Tensor, known: Tensor, size: int) -> tuple[Tensor, Tensor]:
+    """Resize image and mask to the model's square resolution; a model pixel is known only if all its source pixels are."""
+    if tuple(x.shape[-2:]) == (size, size):
+        return x, known
+    xs = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    ks = (F.interpolate(known, size=(size, size), mode="area") > 1 - 1e-6).float()
+    if ks.sum() == 0:
+        raise ValueError(f"at the model's {size}x{size} resolution no pixel is fully known; mask less of the image")
+    return xs, ks
+
+
+def impute_image(cfg: ImputeConfig, reporter: Reporter | None = None) -> ImputeResult:
+    """Run ``diffuse impute``: n filled candidates at the image's original size; known pixels are the input's exactly."""
+    reporter = reporter or SilentReporter()
+    check_writable(cfg.out)
+    device = build.resolve_device(cfg.device)
+    model_path = build.resolve_model_path(cfg.model, cfg.runs_dir)
+    model, meta = build.load_score_model(model_path, cfg.use_ema)
+    notes: list[str] = []
+    image = read_image(cfg.image, meta["channels"], notes)
+    if cfg.mask is not None:
+        known = read_mask(cfg.mask, image)
+    else:
+        opts: dict[str, Any] = {}
+        if cfg.mask_fraction is not None:
+            opts["fraction"] = cfg.mask_fraction
+        if cfg.mask_side is not None:
+            opts["side"] = cfg.mask_side
+        known = make_mask(str(cfg.mask_kind), (1, 1, *image.shape[-2:]), torch.Generator().manual_seed(cfg.seed), **opts)
+    for note in notes:
+        reporter.message(note)
+    size = meta["image_size"]
+    x_small, known_small = to_model_resolution(image, known, size)
+    model.to(device)
+    counter = NFECounter(make_score_fn(model))
+    s = cfg.sampler
+    options: dict[str, Any] = {"steps": s.steps, "grid": s.grid, "eps": s.eps}
+    if cfg.method == "replacement":
+        options.update(sampler=s.name, **s.options())
+    elif cfg.method == "repaint":
+        options.update({k: v for k, v in (("jump_length", cfg.jump_length), ("resample", cfg.resample)) if v is not None})
+        options["grid"] = s.grid or "uniform"
+    else:
+        options["particles"] = cfg.particles or 16
+        options["grid"] = s.grid or "uniform"
+    options = {k: v for k, v in options.items() if v is not None}
+    t0 = time.perf_counter()
+    reporter.start(1, f"imputing {cfg.image.name} with {cfg.method}")
+    filled = impute(model.sde, counter, x_small.to(device), known_small.to(device), method=cfg.method, n=cfg.n,
+                    generator=build.make_generator(cfg.seed, device), **options).float().cpu()
+    reporter.advance(1)
+    reporter.finish()
+    seconds = time.perf_counter() - t0
+    # Back to the original size; known pixels come from the input itself, untouched by any resizing.
+    if tuple(filled.shape[-2:]) != tuple(image.shape[-2:]):
+        filled = F.interpolate(filled, size=tuple(image.shape[-2:]), mode="bicubic", align_corners=False)
+    out = torch.where(known.bool(), image, filled.clamp(-1, 1))
+    outputs = []
+    for i, img in enumerate(to_uint8(out)):
+        path = cfg.out if cfg.n == 1 else cfg.out.with_name(f"{cfg.out.stem}_{i:02d}{cfg.out.suffix or '.png'}")
+        save_png(img, path)
+        outputs.append(path)
+    return ImputeResult(outputs, counter.nfe, seconds, model_path, tuple(image.shape[-2:]), notes)
+
