@@ -41,3 +41,13 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     tmp = tmp_path_factory.mktemp("runs")
     result = train(tiny_train_config(tmp, steps=20))
     return result.run_dir
+
+
+@pytest.fixture(scope="session")
+def tiny_classifier(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A trained tiny time-dependent classifier for the tiny run's SDE and 8x8 shapes."""
+    from diffusers_cli.jobs.train import train
+
+    tmp = tmp_path_factory.mktemp("clf")
+    cfg = tiny_train_config(tmp, steps=10, task="classifier", name="clf", **{"classifier.preset": "wrn-10-2", "classifier.widen": 1})
+    return train(cfg).run_dir
