@@ -77,6 +77,14 @@ def save_individual(x: Tensor, path: Path) -> list[Path]:
     return out
 
 
+def write_images(x: Tensor, out: Path, individual: bool) -> list[Path]:
+    """Write images in [-1, 1] as one grid PNG at ``out``, or one PNG each beside it; returns the paths."""
+    if individual:
+        return save_individual(x, out)
+    save_grid(x, out)
+    return [out]
+
+
 class MetricsLog:
     """Append-only JSON-lines log of training metrics (one object per line, flushed each write)."""
 

@@ -16,7 +16,7 @@ from diffusers_cli.engine.score import make_score_fn
 from diffusers_cli.files import check_writable
 from diffusers_cli.jobs.report import Reporter, SilentReporter
 from diffusers_cli.jobs.sample import check_sampler, draw
-from diffusers_cli.runs import save_grid, save_individual
+from diffusers_cli.runs import write_images
 
 
 @dataclass
@@ -65,13 +65,7 @@ def condition(cfg: ConditionConfig, reporter: Reporter | None = None) -> Conditi
         t0 = time.perf_counter()
         images, nfe = draw(model.sde, score_fn, shape, cfg.n, cfg.batch_size, cfg.seed, cfg.sampler, device, world, reporter)
         seconds = time.perf_counter() - t0
-        outputs: list[Path] = []
-        if world.is_main:
-            if cfg.individual:
-                outputs = save_individual(images, cfg.out)
-            else:
-                save_grid(images, cfg.out)
-                outputs = [cfg.out]
+        outputs = write_images(images, cfg.out, cfg.individual) if world.is_main else []
         return ConditionResult(outputs, label, names[label], nfe, seconds, model_path, clf_path)
     finally:
         shutdown(world)

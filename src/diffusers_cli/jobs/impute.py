@@ -35,15 +35,21 @@ class ImputeResult:
     notes: list[str] = field(default_factory=list)
 
 
-def read_image(path: Path, channels: int, notes: list[str]) -> Tensor:
-    """An image file as float [1, C, H, W] in [-1, 1] with the model's channels (converting, and saying so)."""
+def open_image(path: Path, what: str) -> Image.Image:
+    """Open and decode an image file, or fail with one line naming it."""
     if not path.is_file():
-        raise ValueError(f"image {path} does not exist")
+        raise ValueError(f"{what} {path} does not exist")
     try:
         img = Image.open(path)
         img.load()
     except (UnidentifiedImageError, OSError) as err:
-        raise ValueError(f"cannot read image {path}: {err}") from None
+        raise ValueError(f"cannot read {what} {path}: {err}") from None
+    return img
+
+
+def read_image(path: Path, channels: int, notes: list[str]) -> Tensor:
+    """An image file as float [1, C, H, W] in [-1, 1] with the model's channels (converting, and saying so)."""
+    img = open_image(path, "image")
     mode = "L" if channels == 1 else "RGB"
     if img.mode in ("RGBA", "LA", "P") and mode == "RGB":
         img = img.convert("RGBA")
@@ -58,13 +64,7 @@ def read_image(path: Path, channels: int, notes: list[str]) -> Tensor:
 
 def read_mask(path: Path, like: Tensor) -> Tensor:
     """A mask PNG (white = fill) as an engine mask [1, 1, H, W] with 1 = known."""
-    if not path.is_file():
-        raise ValueError(f"mask {path} does not exist")
-    try:
-        img = Image.open(path)
-        img.load()
-    except (UnidentifiedImageError, OSError) as err:
-        raise ValueError(f"cannot read mask {path}: {err}") from None
+    img = open_image(path, "mask")
     arr = torch.from_numpy(np.asarray(img.convert("L"), dtype="uint8").copy())
     return mask_from_image(arr, like=like)
 

@@ -18,7 +18,7 @@ from diffusers_cli.engine.score import NFECounter, ScoreFn, make_score_fn
 from diffusers_cli.engine.sde import SDE
 from diffusers_cli.files import check_writable
 from diffusers_cli.jobs.report import Reporter, SilentReporter
-from diffusers_cli.runs import make_grid, save_grid, save_individual, save_png
+from diffusers_cli.runs import make_grid, save_png, write_images
 
 #: Columns of the --trajectory strip (x_t at evenly spaced steps, plus the result).
 TRAJECTORY_FRAMES = 10
@@ -138,11 +138,7 @@ def sample_images(cfg: SampleConfig, reporter: Reporter | None = None) -> Sample
         seconds = time.perf_counter() - t0
         outputs: list[Path] = []
         if world.is_main:
-            if cfg.individual:
-                outputs = save_individual(images, cfg.out)
-            else:
-                save_grid(images, cfg.out)
-                outputs = [cfg.out]
+            outputs = write_images(images, cfg.out, cfg.individual)
             if traj is not None and cfg.trajectory is not None:
                 save_png(traj.strip(images), cfg.trajectory)
                 outputs.append(cfg.trajectory)
