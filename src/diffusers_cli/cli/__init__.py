@@ -6,6 +6,7 @@ import typer
 
 from diffusers_cli import __version__
 from diffusers_cli.cli.condition import condition_command
+from diffusers_cli.cli.evaluate import evaluate_command
 from diffusers_cli.cli.impute import impute_command
 from diffusers_cli.cli.sample import sample_command
 from diffusers_cli.cli.train import train_command
@@ -20,6 +21,7 @@ app = typer.Typer(
 )
 app.command("train")(train_command)
 app.command("sample")(sample_command)
+app.command("evaluate")(evaluate_command)
 app.command("condition")(condition_command)
 app.command("impute")(impute_command)
 app.command("datasets")(datasets_command)

@@ -8,7 +8,7 @@ import sys
 import time
 import traceback
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Annotated, Any, Callable, Optional, TypeVar
 
 import typer
 
@@ -151,3 +151,21 @@ def parse_kv(items: list[str] | None) -> dict[str, Any]:
         key, value = item.split("=", 1)
         out[key.strip()] = yaml.safe_load(value)
     return out
+
+
+# Options shared by several subcommands: declared once so their names and help read alike everywhere.
+ConfigOpt = Annotated[Optional[Path], typer.Option("--config", help="YAML, JSON or TOML config; flags override its values.")]
+SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="Override any config key: --set sampler.snr=0.1.")]
+SeedOpt = Annotated[Optional[int], typer.Option("--seed", help="Seed; the same seed gives the same result.")]
+DeviceOpt = Annotated[Optional[str], typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print a JSON summary on stdout.")]
+ModelOpt = Annotated[Optional[Path], typer.Option("--model", help="Run directory or .safetensors file (default: the newest run under ./runs).")]
+SamplerOpt = Annotated[Optional[str], typer.Option("--sampler", help="em, pc, ddpm, ode, euler, heun, ei, ddim.")]
+StepsOpt = Annotated[Optional[int], typer.Option("--steps", help="Sampler steps (the ode sampler adapts its own).")]
+NumOpt = Annotated[Optional[int], typer.Option("-n", "--num-samples", help="How many images.")]
+BatchOpt = Annotated[Optional[int], typer.Option("--batch-size", help="Images per batch.")]
+GridOpt = Annotated[Optional[str], typer.Option("--grid", help="Time grid: uniform, quadratic, logsnr, karras.")]
+SnrOpt = Annotated[Optional[float], typer.Option("--snr", help="Langevin signal-to-noise ratio (pc).")]
+OrderOpt = Annotated[Optional[int], typer.Option("--order", help="Solver order (ei).")]
+EtaOpt = Annotated[Optional[float], typer.Option("--eta", help="DDIM stochasticity (ddim).")]
+IndividualOpt = Annotated[bool, typer.Option("--individual", help="One PNG per image instead of a grid.")]

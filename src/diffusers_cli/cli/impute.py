@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from diffusers_cli.cli.common import emit_json, make_reporter, parse_kv, run_job
+from diffusers_cli.cli.common import ConfigOpt, DeviceOpt, JsonOpt, ModelOpt, SeedOpt, SetOpt, StepsOpt, emit_json, make_reporter, parse_kv, run_job
 from diffusers_cli.cli.sample import sampler_overrides
 from diffusers_cli.config import ImputeConfig, build_config
 
@@ -18,18 +18,18 @@ def impute_command(
     mask_kind: Annotated[Optional[str], typer.Option("--mask", help="Instead of a mask file: box, outpaint, half or random-pixels.")] = None,
     mask_fraction: Annotated[Optional[float], typer.Option(help="box/outpaint: area fraction; random-pixels: fraction kept.")] = None,
     mask_side: Annotated[Optional[str], typer.Option(help="half: the side to fill (left, right, top, bottom).")] = None,
-    model: Annotated[Optional[Path], typer.Option(help="Score model run or .safetensors (default: the newest run).")] = None,
+    model: ModelOpt = None,
     method: Annotated[Optional[str], typer.Option(help="smc (default: asymptotically exact), replacement (fast, biased), repaint.")] = None,
     particles: Annotated[Optional[int], typer.Option(help="smc: particles per candidate (more is closer to the exact posterior).")] = None,
     sampler: Annotated[Optional[str], typer.Option(help="replacement: any sampler of `diffuse sample`.")] = None,
-    steps: Annotated[Optional[int], typer.Option(help="Reverse-process steps.")] = None,
+    steps: StepsOpt = None,
     n: Annotated[Optional[int], typer.Option("-n", "--num-samples", help="How many candidates.")] = None,
     out: Annotated[Optional[Path], typer.Option(help="Output PNG (with -n > 1: <stem>_NN.png).")] = None,
-    config: Annotated[Optional[Path], typer.Option(help="YAML, JSON or TOML config; flags override its values.")] = None,
-    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override any config key.")] = None,
-    seed: Annotated[Optional[int], typer.Option(help="Seed.")] = None,
-    device: Annotated[Optional[str], typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = None,
-    json_: Annotated[bool, typer.Option("--json", help="Print a JSON summary on stdout.")] = False,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    seed: SeedOpt = None,
+    device: DeviceOpt = None,
+    json_: JsonOpt = False,
 ) -> None:
     """Fill the masked pixels of IMAGE; the known pixels of the output are exactly the input's."""
 

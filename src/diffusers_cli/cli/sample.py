@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from diffusers_cli.cli.common import emit_json, make_reporter, parse_kv, run_job
+from diffusers_cli.cli.common import BatchOpt, ConfigOpt, DeviceOpt, EtaOpt, GridOpt, IndividualOpt, JsonOpt, ModelOpt, NumOpt, OrderOpt, SamplerOpt, SeedOpt, SetOpt, SnrOpt, StepsOpt, emit_json, make_reporter, parse_kv, run_job
 from diffusers_cli.config import SampleConfig, build_config
 
 
@@ -24,28 +24,28 @@ def sampler_overrides(
 
 
 def sample_command(
-    model: Annotated[Optional[Path], typer.Option(help="Run directory or .safetensors file (default: the newest run under ./runs).")] = None,
-    sampler: Annotated[Optional[str], typer.Option(help="em, pc, ddpm, ode, euler, heun, ei, ddim.")] = None,
-    steps: Annotated[Optional[int], typer.Option(help="Number of sampler steps (the ode sampler adapts its own).")] = None,
-    n: Annotated[Optional[int], typer.Option("-n", "--num-samples", help="How many images.")] = None,
-    batch_size: Annotated[Optional[int], typer.Option(help="Images per batch.")] = None,
+    model: ModelOpt = None,
+    sampler: SamplerOpt = None,
+    steps: StepsOpt = None,
+    n: NumOpt = None,
+    batch_size: BatchOpt = None,
     out: Annotated[Optional[Path], typer.Option(help="Output PNG (a grid, or a name stem with --individual).")] = None,
-    individual: Annotated[bool, typer.Option("--individual", help="One PNG per image instead of a grid.")] = False,
+    individual: IndividualOpt = False,
     trajectory: Annotated[Optional[Path], typer.Option(help="Also save a strip of x_t along the way to this PNG.")] = None,
-    grid: Annotated[Optional[str], typer.Option(help="Time grid: uniform, quadratic, logsnr, karras.")] = None,
+    grid: GridOpt = None,
     eps: Annotated[Optional[float], typer.Option(help="End time of sampling (default: the SDE's).")] = None,
-    snr: Annotated[Optional[float], typer.Option(help="Langevin signal-to-noise ratio (pc).")] = None,
-    order: Annotated[Optional[int], typer.Option(help="Solver order (ei).")] = None,
-    eta: Annotated[Optional[float], typer.Option(help="DDIM stochasticity (ddim).")] = None,
+    snr: SnrOpt = None,
+    order: OrderOpt = None,
+    eta: EtaOpt = None,
     rtol: Annotated[Optional[float], typer.Option(help="Relative tolerance (ode).")] = None,
     atol: Annotated[Optional[float], typer.Option(help="Absolute tolerance (ode).")] = None,
     no_denoise: Annotated[bool, typer.Option("--no-denoise", help="Skip the final denoising step.")] = False,
     no_ema: Annotated[bool, typer.Option("--no-ema", help="Use the online weights instead of the EMA.")] = False,
-    config: Annotated[Optional[Path], typer.Option(help="YAML, JSON or TOML config; flags override its values.")] = None,
-    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override any config key: --set sampler.predictor=ancestral.")] = None,
-    seed: Annotated[Optional[int], typer.Option(help="Seed; the same seed gives the same images.")] = None,
-    device: Annotated[Optional[str], typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = None,
-    json_: Annotated[bool, typer.Option("--json", help="Print a JSON summary on stdout.")] = False,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    seed: SeedOpt = None,
+    device: DeviceOpt = None,
+    json_: JsonOpt = False,
 ) -> None:
     """Generate images with a trained model."""
 

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from diffusers_cli.cli.common import EXIT_INTERRUPTED, emit_json, make_reporter, parse_kv, run_job
+from diffusers_cli.cli.common import ConfigOpt, DeviceOpt, JsonOpt, SeedOpt, SetOpt, EXIT_INTERRUPTED, emit_json, make_reporter, parse_kv, run_job
 from diffusers_cli.config import TrainConfig, build_config
 from diffusers_cli.runs import CONFIG_NAME, latest_run
 
@@ -27,16 +27,16 @@ def train_command(
     out: Annotated[Optional[Path], typer.Option(help="Folder that holds run directories.")] = None,
     name: Annotated[Optional[str], typer.Option(help="Run name (default: dataset-sde-date).")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run --name (or the latest run) from its saved state.")] = False,
-    config: Annotated[Optional[Path], typer.Option(help="YAML, JSON or TOML config; flags override its values.")] = None,
-    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override any config key: --set optim.ema_decay=0.9999.")] = None,
-    seed: Annotated[Optional[int], typer.Option(help="Seed of data order, noise and initialisation.")] = None,
-    device: Annotated[Optional[str], typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    seed: SeedOpt = None,
+    device: DeviceOpt = None,
     precision: Annotated[Optional[str], typer.Option(help="fp32, bf16 or fp16 (autocast; fp16 with a grad scaler).")] = None,
     compile_: Annotated[bool, typer.Option("--compile", help="torch.compile the training step.")] = False,
     channels_last: Annotated[bool, typer.Option("--channels-last", help="Use the channels-last memory format.")] = False,
     num_workers: Annotated[Optional[int], typer.Option(help="Data-loading worker processes (folders and Cars).")] = None,
     sample_every: Annotated[Optional[int], typer.Option(help="Write a sample grid every N steps (0: only at the end).")] = None,
-    json_: Annotated[bool, typer.Option("--json", help="Print a JSON summary on stdout.")] = False,
+    json_: JsonOpt = False,
 ) -> None:
     """Train a score model (or a classifier) and write a run directory with weights, state, logs and grids."""
 

@@ -1,0 +1,121 @@
+"""`diffuse evaluate`: FID and Inception Score of a model's samples (or a folder of images), and bits/dim on a data split."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from diffusers_cli.cli.common import emit_json, make_reporter, parse_kv, run_job
+from diffusers_cli.cli.sample import sampler_overrides
+from diffusers_cli.config import EvaluateConfig, build_config
+
+def evaluate_command(
+    model: Annotated[Optional[Path], typer.Option(help="Run directory or .safetensors file (default: the newest run under ./runs).")] = None,
+    images: Annotated[Optional[Path], typer.Option(help="Evaluate this folder of images (recursive) instead of generating samples.")] = None,
+    metrics: Annotated[Optional[str], typer.Option(help="Comma-separated: fid, is, bpd (default fid,is).")] = None,
+    n: Annotated[Optional[int], typer.Option("-n", "--num-samples", help="Images to generate (default 50,000), or the first N of --images.")] = None,
+    reference: Annotated[Optional[str], typer.Option(help="FID reference: dataset name, image folder or statistics .npz (default: the model's dataset).")] = None,
+    data_dir: Annotated[Optional[Path], typer.Option(help="Where the reference (and bits/dim) dataset's files are.")] = None,
+    split: Annotated[Optional[str], typer.Option(help="Reference dataset split: train, test or all (default train).")] = None,
+    image_size: Annotated[Optional[int], typer.Option(help="Resolution of the reference dataset (default: the model's).")] = None,
+    reference_examples: Annotated[Optional[int], typer.Option(help="Use a seeded subset of this many reference dataset images.")] = None,
+    save_reference_stats: Annotated[Optional[Path], typer.Option(help="Cache the reference statistics in this .npz; reused when it matches (see below).")] = None,
+    inception_weights: Annotated[Optional[Path], typer.Option(help="pytorch-fid's Inception weights (.pth, checked by SHA-256) or a .safetensors of them.")] = None,
+    allow_few: Annotated[bool, typer.Option("--allow-few", help="Allow FID from <= 2048 images (meaningless; to test a pipeline) and IS in one split.")] = False,
+    is_splits: Annotated[Optional[int], typer.Option(help="Inception Score splits (default 10).")] = None,
+    sampler: Annotated[Optional[str], typer.Option(help="em, pc, ddpm, ode, euler, heun, ei, ddim.")] = None,
+    steps: Annotated[Optional[int], typer.Option(help="Number of sampler steps (the ode sampler adapts its own).")] = None,
+    grid: Annotated[Optional[str], typer.Option(help="Time grid: uniform, quadratic, logsnr, karras.")] = None,
+    eps: Annotated[Optional[float], typer.Option(help="End time of sampling (default: the SDE's).")] = None,
+    snr: Annotated[Optional[float], typer.Option(help="Langevin signal-to-noise ratio (pc).")] = None,
+    order: Annotated[Optional[int], typer.Option(help="Solver order (ei).")] = None,
+    eta: Annotated[Optional[float], typer.Option(help="DDIM stochasticity (ddim).")] = None,
+    rtol: Annotated[Optional[float], typer.Option(help="Relative tolerance of the ode sampler.")] = None,
+    atol: Annotated[Optional[float], typer.Option(help="Absolute tolerance of the ode sampler.")] = None,
+    no_denoise: Annotated[bool, typer.Option("--no-denoise", help="Skip the final denoising step.")] = False,
+    no_ema: Annotated[bool, typer.Option("--no-ema", help="Use the online weights instead of the EMA.")] = False,
+    batch_size: Annotated[Optional[int], typer.Option(help="Images per batch (sampling, Inception and bits/dim).")] = None,
+    bpd_runs: Annotated[Optional[int], typer.Option(help="Runs of the bits/dim trace estimator; reports their mean and spread.")] = None,
+    bpd_examples: Annotated[Optional[int], typer.Option(help="Dataset examples for bits/dim (default: the whole split).")] = None,
+    bpd_dataset: Annotated[Optional[str], typer.Option(help="Dataset for bits/dim (default: the model's own).")] = None,
+    bpd_split: Annotated[Optional[str], typer.Option(help="Split for bits/dim: train, test or all (default test).")] = None,
+    bpd_rtol: Annotated[Optional[float], typer.Option(help="Relative tolerance of the bits/dim ODE solve (default 1e-5).")] = None,
+    bpd_atol: Annotated[Optional[float], typer.Option(help="Absolute tolerance of the bits/dim ODE solve (default 1e-5).")] = None,
+    bpd_probe: Annotated[Optional[str], typer.Option(help="Trace estimator: rademacher, gaussian or exact.")] = None,
+    config: Annotated[Optional[Path], typer.Option(help="YAML, JSON or TOML config; flags override its values.")] = None,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override any config key: --set sampler.predictor=ancestral.")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Seed of the samples and of the bits/dim estimator.")] = None,
+    device: Annotated[Optional[str], typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = None,
+    json_: Annotated[bool, typer.Option("--json", help="Print a JSON summary on stdout.")] = False,
+) -> None:
+    """Measure FID, Inception Score and bits/dim of a model (or FID/IS of a folder of images).
+
+    Reference (--reference): a dataset name, read as training reads it (at --image-size, default the
+    model's; with --data-dir, --split, --reference-examples); a folder of images, read as pytorch-fid
+    reads it (recursively; mixed sizes are resized); or a statistics .npz (pytorch-fid's keys mu, sigma).
+    Default: the model's own dataset, train split.
+
+    Statistics cache (--save-reference-stats PATH): the reference's statistics are written to PATH as an
+    .npz that pytorch-fid reads too, recording the reference and the SHA-256 of the Inception weights.
+    A later run with the same PATH, reference and weights reuses them instead of recomputing; another
+    reference or other weights recompute and overwrite PATH; a file there that diffuse evaluate did not
+    write is never overwritten. Delete PATH to force a recompute.
+
+    Inception weights: --inception-weights PATH, else $DIFFUSE_INCEPTION_WEIGHTS, else torch's hub cache
+    (where pytorch-fid keeps pt_inception-2015-12-05-6726825d.pth). Nothing is downloaded.
+
+    Bits/dim: on --bpd-split (test) of the model's dataset, averaged over --bpd-runs runs of the trace
+    estimator; bpd_std is the standard deviation of the runs' means.
+
+    Under torchrun, sampling and bits/dim are split across processes; Inception runs on rank 0.
+    """
+
+    def job() -> None:
+        overrides: dict[str, object] = {
+            "model": str(model) if model else None, "images": str(images) if images else None, "metrics": metrics,
+            "num_samples": n, "reference": reference, "data_dir": str(data_dir) if data_dir else None, "split": split,
+            "image_size": image_size, "reference_examples": reference_examples,
+            "save_reference_stats": str(save_reference_stats) if save_reference_stats else None,
+            "inception_weights": str(inception_weights) if inception_weights else None,
+            "allow_few": True if allow_few else None, "is_splits": is_splits, "batch_size": batch_size,
+            "bpd_runs": bpd_runs, "bpd_examples": bpd_examples, "bpd_dataset": bpd_dataset, "bpd_split": bpd_split,
+            "bpd_rtol": bpd_rtol, "bpd_atol": bpd_atol, "bpd_probe": bpd_probe,
+            "seed": seed, "device": device, "use_ema": False if no_ema else None,
+            **sampler_overrides(sampler, steps, grid, eps, snr, order, eta, rtol, atol, no_denoise),
+        }
+        overrides.update(parse_kv(set_))
+        cfg = build_config(EvaluateConfig, config, overrides)
+        from diffusers_cli.jobs.evaluate import evaluate
+
+        res = evaluate(cfg, make_reporter(json_))
+        if not res.is_main:
+            return
+        if json_:
+            emit_json(res.summary())
+        else:
+            for line in human_lines(res.summary()):
+                print(line)
+        for line in res.warnings:
+            print(f"diffuse: warning: {line}", file=sys.stderr)
+
+    run_job(job)
+
+
+
+def human_lines(s: dict[str, object]) -> list[str]:
+    """The figures of a summary as short lines for a terminal."""
+    lines = []
+    source = f"{s['num_samples']:,} images in {s['images']}" if s["images"] else f"{s['num_samples']:,} samples ({s['sampler']}, {s['steps']} steps, {s['nfe']} NFE)"
+    if s["fid"] is not None:
+        lines.append(f"FID {s['fid']:.4f}  ({source} vs {s['reference']})")
+    if s["is_mean"] is not None:
+        lines.append(f"IS {s['is_mean']:.4f} +- {s['is_std']:.4f}  ({source}, {s['is_splits']} split(s))")
+    if s["bpd_mean"] is not None:
+        lines.append(f"bits/dim {s['bpd_mean']:.4f} +- {s['bpd_std']:.4f}  (std over {s['bpd_runs']} run(s); {s['bpd_examples']:,} examples of {s['bpd_data']})")
+    if s["inception_weights"] is not None:
+        lines.append(f"Inception weights {s['inception_weights']} (SHA-256 {str(s['inception_sha256'])[:12]}..., "
+                     f"{'official' if s['inception_official'] else 'NOT the official pytorch-fid weights'})")
+    return lines
