@@ -10,7 +10,9 @@ import torch
 
 SHARED_MNIST = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
 
-torch.set_num_threads(min(2, torch.get_num_threads()))
+# One thread: the tests use tiny tensors, where thread start-up costs more than it buys, and
+# subprocess tests (torchrun, Ctrl-C) run beside the main process on a 2-core machine.
+torch.set_num_threads(1)
 
 
 def tiny_train_config(tmp: Path, **over: Any) -> Any:

@@ -137,7 +137,7 @@ class SamplerConfig(Strict):
     snr: PositiveFloat | None = None
     corrector_steps: int | None = Field(None, ge=0)
     predictor: str | None = None
-    order: int | None = Field(None, ge=1, le=3)
+    order: int | None = Field(None, ge=1, le=4)
     mode: str | None = None
     eta: float | None = Field(None, ge=0.0)
     rtol: PositiveFloat | None = None
@@ -329,3 +329,46 @@ def build_config(model: type[Strict], file: Path | None, overrides: dict[str, An
 def dump_config(cfg: BaseModel) -> dict[str, Any]:
     """The config as plain JSON-able data (paths as strings)."""
     return cfg.model_dump(mode="json")
+
+
+# ---- evaluation ----------------------------------------------------------------------
+
+
+class EvaluateConfig(Strict):
+    """``diffuse evaluate``: FID and Inception Score of generated (or given) images, bits/dim of a model."""
+
+    model: Path | None = None                             # run directory or .safetensors; None: the newest run
+    images: Path | None = None                            # evaluate this folder of images instead of generating
+    metrics: list[str] = Field(default_factory=lambda: ["fid", "is"])
+    num_samples: PositiveInt | None = None                # images to generate (None: 50,000) or to take from --images
+    reference: str | None = None                          # dataset name, image folder or statistics .npz
+    data_dir: Path | None = None                          # where the reference (and bits/dim) dataset's files are
+    split: Literal["train", "test", "all"] = "train"      # reference dataset split
+    image_size: PositiveInt | None = None                 # reference dataset resolution (None: the model's)
+    reference_examples: PositiveInt | None = None         # a seeded subset of the reference dataset
+    download: bool = False                                # let torchvision download a missing dataset
+    save_reference_stats: Path | None = None              # cache of the reference statistics (.npz, pytorch-fid keys)
+    inception_weights: Path | None = None                 # None: $DIFFUSE_INCEPTION_WEIGHTS, then torch's hub cache
+    allow_few: bool = False                               # permit FID from <= 2048 images (and IS in one split)
+    is_splits: PositiveInt = 10
+    sampler: SamplerConfig = Field(default_factory=SamplerConfig)
+    batch_size: PositiveInt = 64
+    seed: int = 0
+    device: Device = "auto"
+    use_ema: bool = True
+    runs_dir: Path = Path("runs")
+    bpd_dataset: str | None = None                        # None: the model's own dataset
+    bpd_split: Literal["train", "test", "all"] = "test"
+    bpd_examples: PositiveInt | None = None               # None: the whole split
+    bpd_runs: PositiveInt = 1                             # runs of the trace estimator (mean and spread over runs)
+    bpd_rtol: PositiveFloat = 1e-5
+    bpd_atol: PositiveFloat = 1e-5
+    bpd_probe: Literal["rademacher", "gaussian", "exact"] = "rademacher"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _split_metrics(cls, data: Any) -> Any:
+        """Accept metrics as "fid,is,bpd" as well as a list."""
+        if isinstance(data, dict) and isinstance(data.get("metrics"), str):
+            data = {**data, "metrics": [m.strip().lower() for m in data["metrics"].split(",") if m.strip()]}
+        return data

@@ -160,7 +160,7 @@ SeedOpt = Annotated[Optional[int], typer.Option("--seed", help="Seed; the same s
 DeviceOpt = Annotated[Optional[str], typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print a JSON summary on stdout.")]
 ModelOpt = Annotated[Optional[Path], typer.Option("--model", help="Run directory or .safetensors file (default: the newest run under ./runs).")]
-SamplerOpt = Annotated[Optional[str], typer.Option("--sampler", help="em, pc, ddpm, ode, euler, heun, ei, ddim.")]
+SamplerOpt = Annotated[Optional[str], typer.Option("--sampler", help="em, pc, ddpm, ode, euler, heun, ei, ddim, ipndm.")]
 StepsOpt = Annotated[Optional[int], typer.Option("--steps", help="Sampler steps (the ode sampler adapts its own).")]
 NumOpt = Annotated[Optional[int], typer.Option("-n", "--num-samples", help="How many images.")]
 BatchOpt = Annotated[Optional[int], typer.Option("--batch-size", help="Images per batch.")]

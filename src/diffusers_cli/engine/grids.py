@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
@@ -19,7 +19,7 @@ def uniform_time(sde: SDE, steps: int, eps: float) -> Tensor:
 
 def quadratic_time(sde: SDE, steps: int, eps: float) -> Tensor:
     """Equal steps in sqrt(t): finer near the data (DPM-Solver's time_quadratic)."""
-    return torch.linspace(sde.T**0.5, eps**0.5, steps + 1, dtype=torch.float64) ** 2
+    return _pin_ends(torch.linspace(sde.T**0.5, eps**0.5, steps + 1, dtype=torch.float64) ** 2, sde.T, eps)
 
 
 def uniform_log_snr(sde: SDE, steps: int, eps: float) -> Tensor:

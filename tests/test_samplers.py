@@ -1,0 +1,303 @@
+"""Samplers against analytic densities: moments, mode weights, convergence orders, golden values, callbacks.
+
+Every test that loops over samplers is parametrised over SAMPLERS itself, so a new sampler is
+picked up (and must be given a golden value) automatically.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import torch
+from scipy.integrate import quad
+from torch import Tensor
+
+from diffusers_cli.engine.analytic import GaussianMixture, gaussian
+from diffusers_cli.engine.grids import time_grid
+from diffusers_cli.engine.samplers import (
+    DEFAULT_GRIDS,
+    SAMPLERS,
+    _ei_step,
+    sample,
+    sampler_options,
+)
+from diffusers_cli.engine.schedules import CosineSchedule
+from diffusers_cli.engine.score import NFECounter
+from diffusers_cli.engine.sde import SDE, VESDE, VPSDE, SubVPSDE
+
+SDES: dict[str, SDE] = {
+    "ve": VESDE(),
+    "vp": VPSDE(),
+    "subvp": SubVPSDE(),
+    "vp-cosine": VPSDE(CosineSchedule()),
+}
+SHAPE = (1, 4, 4)
+N = 2000  # samples per moment test: 4 standard errors of a variance are 4 sqrt(2 / N) = 12.6 %
+MEAN = torch.linspace(-1.0, 1.0, 16, dtype=torch.float64).reshape(SHAPE)
+VAR = torch.logspace(-2.0, 0.0, 16, dtype=torch.float64).reshape(SHAPE)  # 1e-2 .. 1: very different scales
+GAUSS = gaussian(MEAN, VAR)
+MIX_WEIGHT = 0.3  # of the first component
+MIXTURE = GaussianMixture(
+    torch.stack([torch.full(SHAPE, -1.0), torch.full(SHAPE, 1.0)]).double(),
+    torch.tensor(0.05),
+    torch.tensor([MIX_WEIGHT, 1.0 - MIX_WEIGHT]),
+)
+
+# Steps per sampler for the moment tests (a generous NFE, sized to keep the file fast); a new
+# sampler gets DEFAULT_STEPS. DDPM runs on the log-SNR grid: its beta-tilde reverse variance
+# under-disperses by O(h) (Bao et al. 2022), -24 % in variance at 200 uniform steps for v = 1e-2.
+STEPS: dict[str, int] = {"em": 200, "pc": 100, "ddpm": 200, "ddim": 100, "euler": 200, "heun": 50, "ei": 30, "ipndm": 30}
+GRIDS: dict[str, str] = {"ddpm": "logsnr"}
+DEFAULT_STEPS = 100
+# Euler in t on VE contracts x by (1 - c dt) per step, c = log(sigma_max / sigma_min) = 8.5:
+# its relative error c^2 / (2 steps) needs ~10x more steps than elsewhere.
+STEPS_FOR: dict[tuple[str, str], int] = {("euler", "ve"): 800}
+# Allowed relative variance error beyond 4 standard errors: the discretisation at these steps,
+# and for PC the known O(snr^2) bias of one unadjusted Langevin step per level, which inflates
+# the variance of the narrowest pixels by about eps / (2 v) ~ 12 % at snr = 0.16 (score_sde).
+VAR_ALLOWANCE: dict[str, float] = {"pc": 0.15}
+DEFAULT_VAR_ALLOWANCE = 0.05
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread() -> Iterator[None]:
+    """These tensors are small: a second intra-op thread only adds contention on a shared 2-core box."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _budget(name: str, sde_name: str) -> tuple[int, str | None]:
+    return STEPS_FOR.get((name, sde_name), STEPS.get(name, DEFAULT_STEPS)), GRIDS.get(name)
+
+
+def _exact_flow(sde: SDE, x_T: Tensor, t: float) -> Tensor:
+    """The probability-flow ODE map of GAUSS from T to t: linear, per pixel."""
+    m_T, s_T = sde.marginal(torch.tensor(sde.T, dtype=torch.float64))
+    m, s = sde.marginal(torch.tensor(t, dtype=torch.float64))
+    ratio = ((m * m * VAR + s * s) / (m_T * m_T * VAR + s_T * s_T)).sqrt()
+    return m * MEAN + (x_T - m_T * MEAN) * ratio
+
+
+
+@pytest.mark.parametrize("sde_name", sorted(SDES))
+@pytest.mark.parametrize("name", sorted(SAMPLERS))
+def test_gaussian_moments_per_pixel(name: str, sde_name: str) -> None:
+    sde = SDES[sde_name]
+    steps, grid = _budget(name, sde_name)
+    x = sample(sde, GAUSS.score_fn(sde), (N, *SHAPE), name, steps, torch.Generator().manual_seed(0), grid=grid).double()
+    # 4 standard errors of the sample mean and of the sample variance, pixel by pixel.
+    mean_tol = 4.0 * (VAR / N).sqrt()
+    var_tol = 4.0 * math.sqrt(2.0 / N) + VAR_ALLOWANCE.get(name, DEFAULT_VAR_ALLOWANCE)
+    mean_err = (x.mean(0) - MEAN).abs()
+    var_err = (x.var(0) / VAR - 1.0).abs()
+    assert bool((mean_err <= mean_tol).all()), f"mean off by {float((mean_err / mean_tol).max()):.2f} x tolerance"
+    assert float(var_err.max()) <= var_tol, f"variance off by {float(var_err.max()):.3f} > {var_tol:.3f}"
+
+
+@pytest.mark.parametrize("sde_name", sorted(SDES))
+@pytest.mark.parametrize("name", sorted(SAMPLERS))
+def test_mixture_mode_weights(name: str, sde_name: str) -> None:
+    sde = SDES[sde_name]
+    steps, grid = _budget(name, sde_name)
+    x = sample(sde, MIXTURE.score_fn(sde), (N, *SHAPE), name, steps, torch.Generator().manual_seed(1), grid=grid)
+    share = float((MIXTURE.class_posterior(x.double()).argmax(1) == 0).double().mean())
+    assert abs(share - MIX_WEIGHT) <= 4.0 * math.sqrt(MIX_WEIGHT * (1 - MIX_WEIGHT) / N), share
+
+
+# First numbers of a fixed-seed 2x1x4x4 draw on VP with 6 steps of each sampler's default grid,
+# float64: they catch silent changes. A new sampler must pin its own (the failure prints them).
+GOLDEN: dict[str, list[float]] = {
+    "ddim": [-1.141163, -0.894016, -0.82824, -0.491703],
+    "ddpm": [-0.99761, -0.901209, -0.725101, -0.600825],
+    "ei": [-1.209659, -0.906067, -0.866942, -0.449943],
+    "em": [-2.528911, 1.065531, -2.89545, -0.124745],  # 6 Euler-Maruyama steps on VP are far from converged
+    "euler": [-1.359699, -0.931865, -0.947272, -0.361054],
+    "heun": [-1.425315, -0.94606, -1.00148, -0.300611],
+    "ipndm": [-1.22694, -0.908974, -0.8756, -0.441546],
+    "ode": [-1.22907, -0.909341, -0.876448, -0.441311],
+    "pc": [-0.796236, -0.527958, -0.558987, 0.350155],
+}
+
+
+@pytest.mark.parametrize("name", sorted(SAMPLERS))
+def test_golden_values(name: str) -> None:
+    sde = SDES["vp"]
+    x = sample(sde, GAUSS.score_fn(sde), (2, *SHAPE), name, 6, torch.Generator().manual_seed(0), dtype=torch.float64)
+    got = [round(v, 6) for v in x.flatten()[:4].tolist()]
+    assert name in GOLDEN, f"no golden value for sampler {name!r}: pin {got}"
+    torch.testing.assert_close(torch.tensor(got, dtype=torch.float64), torch.tensor(GOLDEN[name], dtype=torch.float64), rtol=0, atol=2e-6)
+
+
+@pytest.mark.parametrize("name", sorted(SAMPLERS))
+def test_same_seed_same_output(name: str) -> None:
+    sde = SDES["vp"]
+
+    def draw(seed: int) -> Tensor:
+        return sample(sde, MIXTURE.score_fn(sde), (4, *SHAPE), name, 5, torch.Generator().manual_seed(seed))
+
+    first, again, other = draw(3), draw(3), draw(4)
+    assert torch.equal(first, again)
+    assert not torch.equal(first, other)
+
+
+@pytest.mark.parametrize("name", sorted(SAMPLERS))
+def test_callback_sees_every_step_and_can_replace_x(name: str) -> None:
+    sde = SDES["vp"]
+    ts = time_grid(sde, 5, DEFAULT_GRIDS.get(name, "uniform"))
+    seen: list[dict[str, Any]] = []
+    fixed = torch.full((3, *SHAPE), 0.25)
+
+    def callback(info: dict[str, Any]) -> Tensor:
+        seen.append(info)
+        assert {"x", "i", "t", "denoised"} <= set(info) and info["denoised"].shape == fixed.shape
+        return fixed.clone()
+
+    out = sample(sde, GAUSS.score_fn(sde), (3, *SHAPE), name, 5, torch.Generator().manual_seed(0), final_denoise=False, callback=callback)
+    # Whatever the callback returns is the state the sampler carries on from, to the very end.
+    torch.testing.assert_close(out, fixed)
+    assert [s["i"] for s in seen] == list(range(len(seen)))
+    assert seen[-1]["t"] == pytest.approx(float(ts[-1]))
+    if name != "ode":  # the adaptive solver picks its own steps; the fixed-step ones report the grid's
+        assert [s["t"] for s in seen] == pytest.approx(ts[1:].tolist())
+
+
+def test_ddim_eta_one_is_ddpm_on_the_same_grid() -> None:
+    sde = SDES["vp"]
+    score_fn = GAUSS.score_fn(sde)
+    for grid in ("uniform", "logsnr"):
+        kw: dict[str, Any] = {"grid": grid, "dtype": torch.float64}
+        ddpm = sample(sde, score_fn, (64, *SHAPE), "ddpm", 20, torch.Generator().manual_seed(5), **kw)
+        ddim = sample(sde, score_fn, (64, *SHAPE), "ddim", 20, torch.Generator().manual_seed(5), eta=1.0, **kw)
+        torch.testing.assert_close(ddim, ddpm, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("mode", ["data", "noise"])
+def test_first_order_ei_is_deterministic_ddim(mode: str) -> None:
+    sde = SDES["ve"]
+    kw: dict[str, Any] = {"grid": "logsnr", "dtype": torch.float64}
+    ddim = sample(sde, GAUSS.score_fn(sde), (16, *SHAPE), "ddim", 12, torch.Generator().manual_seed(2), **kw)
+    ei = sample(sde, GAUSS.score_fn(sde), (16, *SHAPE), "ei", 12, torch.Generator().manual_seed(2), order=1, mode=mode, **kw)
+    torch.testing.assert_close(ei, ddim, rtol=1e-9, atol=1e-9)
+
+
+def _alpha(lam: float) -> float:
+    return 1.0 / math.sqrt(1.0 + math.exp(-2.0 * lam))
+
+
+def _ei_local_error(order: int, data: bool, degree: int, scale: float = 1.0) -> float:
+    """|one _ei_step - the exact integral| for a model output (lambda + 0.4)^degree, on uneven nodes scaled by ``scale``."""
+    lam = [scale * v for v in (-1.0, -0.6, -0.3, 0.1)][3 - order :]
+    lt, l0 = lam[-1], lam[-2]
+    sig = lambda v: _alpha(v) * math.exp(-v)
+    poly = lambda v: (v + 0.4) ** degree
+    outs = [torch.tensor(poly(v), dtype=torch.float64) for v in lam[:-1]]
+    zero = torch.tensor(0.0, dtype=torch.float64)
+    if data:  # x_t = sigma_t / sigma_s x_s + sigma_t int e^lam x0(lam) dlam
+        exact = sig(lt) * quad(lambda v: math.exp(v) * poly(v), l0, lt, epsabs=1e-14)[0]
+        got = float(_ei_step(zero, outs, lam, sig(lt) / sig(l0), -_alpha(lt), True))
+    else:  # x_t = alpha_t / alpha_s x_s - alpha_t int e^-lam eps(lam) dlam
+        exact = -_alpha(lt) * quad(lambda v: math.exp(-v) * poly(v), l0, lt, epsabs=1e-14)[0]
+        got = float(_ei_step(zero, outs, lam, _alpha(lt) / _alpha(l0), -sig(lt), False))
+    return abs(got - exact)
+
+
+@pytest.mark.parametrize("data", [True, False])
+@pytest.mark.parametrize("order", [1, 3])
+def test_ei_step_is_exact_for_polynomial_outputs(order: int, data: bool) -> None:
+    # Orders 1 and 3 integrate exactly when the model output is a polynomial of degree < order in
+    # lambda, on uneven nodes (the 3M weight of the second difference is 2 psi_3, see _ei_step).
+    for degree in range(order):
+        assert _ei_local_error(order, data, degree) < 1e-12
+    assert _ei_local_error(order, data, order) > 1e-6
+
+
+@pytest.mark.parametrize("data", [True, False])
+def test_ei_2m_step_has_third_order_local_error(data: bool) -> None:
+    # The papers' 2M step weights the difference by psi_1 / 2, not the exact psi_2: exact for
+    # constants, and for a linear output its local error falls as h^3.
+    assert _ei_local_error(2, data, 0) < 1e-12
+    ratio = _ei_local_error(2, data, 1, 0.5) / _ei_local_error(2, data, 1, 0.25)
+    assert 7.0 < ratio < 9.0, ratio
+
+
+# Observed global order of accuracy on the Gaussian's exact flow map: halving the step divides
+# the error by 2^order. ei order 3 shows 4 here (its leading error term nearly vanishes on a
+# Gaussian); iPNDM's equal-step weights on the log-SNR grid are exact only to second order.
+ORDERS: list[tuple[str, dict[str, Any], float]] = [
+    ("ddim", {}, 1.0),
+    ("euler", {}, 1.0),
+    ("heun", {}, 2.0),
+    ("ei", {"order": 1}, 1.0),
+    ("ei", {"order": 2}, 2.0),
+    ("ei", {"order": 2, "mode": "noise"}, 2.0),
+    ("ei", {"order": 2, "corrector": True}, 3.0),
+    ("ei", {"order": 3}, 3.0),
+    ("ei", {"order": 3, "mode": "noise"}, 3.0),
+    ("ipndm", {}, 2.0),
+]
+
+
+@pytest.mark.parametrize(("name", "options", "order"), ORDERS, ids=[f"{n}-{o}" for n, o, _ in ORDERS])
+def test_convergence_order(name: str, options: dict[str, Any], order: float) -> None:
+    sde = SDES["vp"]
+    x_T = sde.prior_sample((8, *SHAPE), torch.Generator().manual_seed(0), dtype=torch.float64)
+    exact = _exact_flow(sde, x_T, sde.eps)
+    grid = "logsnr" if name != "euler" else "quadratic"
+
+    def err(steps: int) -> float:
+        x = sample(sde, GAUSS.score_fn(sde), x_T.shape, name, steps, None, x_init=x_T, grid=grid, final_denoise=False, **options)
+        return float((x - exact).pow(2).mean().sqrt())
+
+    rate = math.log2(err(40) / err(80))
+    assert rate > order - 0.3, f"observed order {rate:.2f}, expected {order}"
+
+
+def test_ode_reports_its_cost_and_tightens_with_tolerance() -> None:
+    sde = SDES["vp"]
+    x_T = sde.prior_sample((32, *SHAPE), torch.Generator().manual_seed(0), dtype=torch.float64)
+    exact = _exact_flow(sde, x_T, sde.eps)
+    results = []
+    for tol in (1e-3, 1e-6):
+        counter = NFECounter(GAUSS.score_fn(sde))
+        info: list[dict[str, Any]] = []
+        x = sample(sde, counter, x_T.shape, "ode", 1, None, x_init=x_T, final_denoise=False, callback=info.append, rtol=tol, atol=tol)
+        last = info[-1]
+        # Dormand-Prince: 6 evaluations per step tried (FSAL), 1 to start and 1 for the initial step size.
+        assert counter.nfe == last["nfe"] == 6 * (last["accepted"] + last["rejected"]) + 2
+        assert last["accepted"] == len(info)
+        results.append((counter.nfe, float((x - exact).abs().max())))
+    (nfe_loose, err_loose), (nfe_tight, err_tight) = results
+    assert nfe_tight > nfe_loose and err_tight < err_loose
+    assert err_tight < 1e-4
+
+
+def test_ode_uses_only_the_ends_of_the_grid() -> None:
+    sde = SDES["ve"]
+    runs = [sample(sde, GAUSS.score_fn(sde), (4, *SHAPE), "ode", steps, torch.Generator().manual_seed(0), grid=grid) for steps, grid in ((1, "uniform"), (50, "karras"))]
+    assert torch.equal(runs[0], runs[1])
+
+
+def test_options_are_listed_and_validated() -> None:
+    assert sampler_options("ei") == {"order": 2, "mode": "data", "lower_order_final": True, "corrector": False}
+    assert sampler_options("ddim") == {"eta": 0.0}
+    assert sampler_options("ode") == {"rtol": 1e-5, "atol": 1e-5}
+    assert sampler_options("ipndm") == {"order": 3}
+    assert sampler_options("heun") == {} and sampler_options("euler") == {}
+    sde, fn = SDES["vp"], GAUSS.score_fn(SDES["vp"])
+    cases = [
+        ("ei", {"order": 4}, "order must be 1, 2 or 3, got 4"),
+        ("ei", {"mode": "x0"}, "unknown mode 'x0'; use one of ['data', 'noise']"),
+        ("ddim", {"eta": 1.5}, "eta must lie in [0, 1], got 1.5"),
+        ("ipndm", {"order": 5}, "order must be 1, 2, 3 or 4, got 5"),
+        ("ode", {"rtol": 0.0}, "need rtol > 0 and atol > 0, got 0.0, 1e-05"),
+        ("heun", {"eta": 0.5}, "sampler 'heun' takes no option 'eta'; it takes none"),
+    ]
+    for name, options, message in cases:
+        with pytest.raises(ValueError, match=re.escape(message)):
+            sample(sde, fn, (1, *SHAPE), name, 3, None, **options)
