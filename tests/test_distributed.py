@@ -49,3 +49,15 @@ def test_two_processes_equal_one_and_resume_with_one(tmp_path: Path) -> None:
     r2, meta = load_weights(tmp_path / "two" / "model.safetensors")
     assert meta["step"] == 6
     assert max((r1[k] - r2[k]).abs().max().item() for k in r1) < 1e-4
+
+
+@pytest.mark.slow
+def test_sampling_sharded_over_two_processes_gives_the_same_images(tiny_run: Path, tmp_path: Path) -> None:
+    """6 images in batches of 4 over 2 ranks (uneven shares): the same grid as one process makes."""
+    common = ["sample", "--model", str(tiny_run), "--sampler", "ddpm", "--steps", "3", "-n", "6", "--batch-size", "4", "--device", "cpu"]
+    one = run([sys.executable, "-m", "diffusers_cli", *common, "--out", str(tmp_path / "one.png")])
+    assert one.returncode == 0, one.stderr
+    two = run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               "-m", "diffusers_cli", *common, "--out", str(tmp_path / "two.png")])
+    assert two.returncode == 0, two.stderr
+    assert (tmp_path / "one.png").read_bytes() == (tmp_path / "two.png").read_bytes()

@@ -63,22 +63,13 @@ def barrier(world: World) -> None:
         dist.barrier()
 
 
-def shard(n: int, world: World) -> range:
-    """The indices of ``n`` items this rank handles: a contiguous block, so gathering keeps the order."""
-    per = -(-n // world.size)
-    return range(min(n, world.rank * per), min(n, (world.rank + 1) * per))
-
-
-def gather_rows(x: Tensor, n: int, world: World) -> Tensor:
-    """Concatenate every rank's block of rows (blocks from ``shard``) into all ``n`` rows, in order."""
+def all_gather(x: Tensor, world: World) -> list[Tensor]:
+    """Every rank's copy of the same-shaped tensor ``x``, in rank order (``[x]`` in a world of one)."""
     if not world.distributed:
-        return x
-    per = -(-n // world.size)
-    padded = torch.zeros((per, *x.shape[1:]), dtype=x.dtype, device=x.device)
-    padded[: x.shape[0]] = x
-    parts = [torch.empty_like(padded) for _ in range(world.size)]
-    dist.all_gather(parts, padded)
-    return torch.cat(parts)[:n]
+        return [x]
+    parts = [torch.empty_like(x) for _ in range(world.size)]
+    dist.all_gather(parts, x.contiguous())
+    return parts
 
 
 def broadcast_object(obj: object, world: World) -> object:

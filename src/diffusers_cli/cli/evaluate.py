@@ -8,12 +8,13 @@ from typing import Annotated, Optional
 
 import typer
 
-from diffusers_cli.cli.common import emit_json, make_reporter, parse_kv, run_job
+from diffusers_cli.cli.common import BatchOpt, ConfigOpt, DeviceOpt, EtaOpt, GridOpt, JsonOpt, ModelOpt, OrderOpt, SamplerOpt, SeedOpt, SetOpt, SnrOpt, StepsOpt, emit_json, make_reporter, parse_kv, run_job
 from diffusers_cli.cli.sample import sampler_overrides
 from diffusers_cli.config import EvaluateConfig, build_config
 
+
 def evaluate_command(
-    model: Annotated[Optional[Path], typer.Option(help="Run directory or .safetensors file (default: the newest run under ./runs).")] = None,
+    model: ModelOpt = None,
     images: Annotated[Optional[Path], typer.Option(help="Evaluate this folder of images (recursive) instead of generating samples.")] = None,
     metrics: Annotated[Optional[str], typer.Option(help="Comma-separated: fid, is, bpd (default fid,is).")] = None,
     n: Annotated[Optional[int], typer.Option("-n", "--num-samples", help="Images to generate (default 50,000), or the first N of --images.")] = None,
@@ -22,22 +23,23 @@ def evaluate_command(
     split: Annotated[Optional[str], typer.Option(help="Reference dataset split: train, test or all (default train).")] = None,
     image_size: Annotated[Optional[int], typer.Option(help="Resolution of the reference dataset (default: the model's).")] = None,
     reference_examples: Annotated[Optional[int], typer.Option(help="Use a seeded subset of this many reference dataset images.")] = None,
+    download: Annotated[bool, typer.Option("--download", help="Let torchvision download a missing reference or bits/dim dataset.")] = False,
     save_reference_stats: Annotated[Optional[Path], typer.Option(help="Cache the reference statistics in this .npz; reused when it matches (see below).")] = None,
     inception_weights: Annotated[Optional[Path], typer.Option(help="pytorch-fid's Inception weights (.pth, checked by SHA-256) or a .safetensors of them.")] = None,
     allow_few: Annotated[bool, typer.Option("--allow-few", help="Allow FID from <= 2048 images (meaningless; to test a pipeline) and IS in one split.")] = False,
     is_splits: Annotated[Optional[int], typer.Option(help="Inception Score splits (default 10).")] = None,
-    sampler: Annotated[Optional[str], typer.Option(help="em, pc, ddpm, ode, euler, heun, ei, ddim.")] = None,
-    steps: Annotated[Optional[int], typer.Option(help="Number of sampler steps (the ode sampler adapts its own).")] = None,
-    grid: Annotated[Optional[str], typer.Option(help="Time grid: uniform, quadratic, logsnr, karras.")] = None,
+    sampler: SamplerOpt = None,
+    steps: StepsOpt = None,
+    grid: GridOpt = None,
     eps: Annotated[Optional[float], typer.Option(help="End time of sampling (default: the SDE's).")] = None,
-    snr: Annotated[Optional[float], typer.Option(help="Langevin signal-to-noise ratio (pc).")] = None,
-    order: Annotated[Optional[int], typer.Option(help="Solver order (ei).")] = None,
-    eta: Annotated[Optional[float], typer.Option(help="DDIM stochasticity (ddim).")] = None,
+    snr: SnrOpt = None,
+    order: OrderOpt = None,
+    eta: EtaOpt = None,
     rtol: Annotated[Optional[float], typer.Option(help="Relative tolerance of the ode sampler.")] = None,
     atol: Annotated[Optional[float], typer.Option(help="Absolute tolerance of the ode sampler.")] = None,
     no_denoise: Annotated[bool, typer.Option("--no-denoise", help="Skip the final denoising step.")] = False,
     no_ema: Annotated[bool, typer.Option("--no-ema", help="Use the online weights instead of the EMA.")] = False,
-    batch_size: Annotated[Optional[int], typer.Option(help="Images per batch (sampling, Inception and bits/dim).")] = None,
+    batch_size: BatchOpt = None,
     bpd_runs: Annotated[Optional[int], typer.Option(help="Runs of the bits/dim trace estimator; reports their mean and spread.")] = None,
     bpd_examples: Annotated[Optional[int], typer.Option(help="Dataset examples for bits/dim (default: the whole split).")] = None,
     bpd_dataset: Annotated[Optional[str], typer.Option(help="Dataset for bits/dim (default: the model's own).")] = None,
@@ -45,11 +47,11 @@ def evaluate_command(
     bpd_rtol: Annotated[Optional[float], typer.Option(help="Relative tolerance of the bits/dim ODE solve (default 1e-5).")] = None,
     bpd_atol: Annotated[Optional[float], typer.Option(help="Absolute tolerance of the bits/dim ODE solve (default 1e-5).")] = None,
     bpd_probe: Annotated[Optional[str], typer.Option(help="Trace estimator: rademacher, gaussian or exact.")] = None,
-    config: Annotated[Optional[Path], typer.Option(help="YAML, JSON or TOML config; flags override its values.")] = None,
-    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override any config key: --set sampler.predictor=ancestral.")] = None,
-    seed: Annotated[Optional[int], typer.Option(help="Seed of the samples and of the bits/dim estimator.")] = None,
-    device: Annotated[Optional[str], typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = None,
-    json_: Annotated[bool, typer.Option("--json", help="Print a JSON summary on stdout.")] = False,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    seed: SeedOpt = None,
+    device: DeviceOpt = None,
+    json_: JsonOpt = False,
 ) -> None:
     """Measure FID, Inception Score and bits/dim of a model (or FID/IS of a folder of images).
 
@@ -77,7 +79,7 @@ def evaluate_command(
         overrides: dict[str, object] = {
             "model": str(model) if model else None, "images": str(images) if images else None, "metrics": metrics,
             "num_samples": n, "reference": reference, "data_dir": str(data_dir) if data_dir else None, "split": split,
-            "image_size": image_size, "reference_examples": reference_examples,
+            "image_size": image_size, "reference_examples": reference_examples, "download": True if download else None,
             "save_reference_stats": str(save_reference_stats) if save_reference_stats else None,
             "inception_weights": str(inception_weights) if inception_weights else None,
             "allow_few": True if allow_few else None, "is_splits": is_splits, "batch_size": batch_size,

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import time
 import warnings
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -26,6 +27,7 @@ from diffusers_cli.config import EvaluateConfig
 from diffusers_cli.data import DATASETS, DataError, load_dataset, resolve_name
 from diffusers_cli.distributed import World, init_world, shutdown
 from diffusers_cli.engine.likelihood import bits_per_dim
+from diffusers_cli.engine.metrics.fid import frechet_distance_low_rank
 from diffusers_cli.engine.metrics import (
     FEATURE_DIM,
     RECOMMENDED_SAMPLES,
@@ -160,37 +162,6 @@ def check_is_splits(n: int, splits: int, allow_few: bool) -> tuple[int, str | No
 # ---- FID -----------------------------------------------------------------------------------
 
 
-def frechet_distance_low_rank(features: np.ndarray, mu: np.ndarray, sigma: np.ndarray) -> float:
-    """FID between features [n, D] and statistics (mu [D], sigma [D, D]), exact for any n, cheap for n <= D.
-
-    With A = U diag(s) V^T the centred features, S1 = V diag(s^2) V^T / (n - 1), and the non-zero
-    eigenvalues of S1 sigma are those of the symmetric r x r matrix diag(s) V^T sigma V diag(s) / (n - 1)
-    (r = rank of A). So Tr sqrt(S1 sigma) is the sum of the square roots of its eigenvalues. With
-    n <= D, S1 is singular, where scipy's sqrtm (pytorch-fid's route) is slow and inaccurate
-    (an image folder against itself gives |FID| ~ 1e-3); here it is exact to rounding.
-    """
-    x = np.asarray(features, dtype=np.float64)
-    mu, sigma = np.asarray(mu, dtype=np.float64), np.asarray(sigma, dtype=np.float64)
-    if x.ndim != 2 or x.shape[0] < 2:
-        raise MetricsError(f"features must be an array [N >= 2, D]; got shape {x.shape}")
-    n, d = x.shape
-    if mu.shape != (d,) or sigma.shape != (d, d):
-        raise MetricsError(f"statistics mu {mu.shape} and sigma {sigma.shape} do not match features of dimension {d}")
-    mu1 = np.mean(x, axis=0)
-    a = x - mu1
-    _, s, vt = np.linalg.svd(a, full_matrices=False)
-    # Directions with s ~ 0 (one is always lost to centring) carry no variance; keeping them would add sqrt(rounding).
-    keep = s > s.max(initial=0.0) * max(n, d) * np.finfo(np.float64).eps
-    s, vt = s[keep], vt[keep]
-    w = s[:, None] * (vt @ sigma @ vt.T) * s[None, :] / (n - 1)
-    ev = np.linalg.eigvalsh((w + w.T) / 2) if s.size else np.zeros(0)
-    if ev.size and ev.min() < -1e-8 * np.abs(ev).max():
-        raise MetricsError(f"FID is undefined here: the reference covariance is not positive semi-definite (eigenvalue {ev.min():.3g})")
-    diff = mu1 - mu
-    tr1 = float(np.sum(a * a)) / (n - 1)
-    return float(diff.dot(diff) + tr1 + np.trace(sigma) - 2 * np.sqrt(np.clip(ev, 0.0, None)).sum())
-
-
 def fid_against(features: np.ndarray, mu: np.ndarray, sigma: np.ndarray, ref_features: np.ndarray | None) -> tuple[float, list[str]]:
     """FID of features against reference statistics, and any numerical warnings.
 
@@ -241,8 +212,9 @@ def resolve_reference(cfg: EvaluateConfig, meta: dict[str, Any] | None, files: l
     path = Path(str(name)).expanduser()
     if path.is_file() or path.suffix.lower() == ".npz":
         stats = load_statistics(path)
-        count = stats.extra.get("num_samples")
-        return Reference(f"statistics {path}", int(count) if count is not None else None, stats=stats)
+        count, of = stats.extra.get("num_samples"), stats.extra.get("reference")
+        desc = f"statistics {path}" + (f" of {of}" if of is not None else "")
+        return Reference(desc, int(count) if count is not None else None, stats=stats)
     key = str(name).strip().lower()
     if path.is_dir() and key not in DATASETS:
         ref_files = folder_images(path, recursive=True)
@@ -258,7 +230,7 @@ def resolve_reference(cfg: EvaluateConfig, meta: dict[str, Any] | None, files: l
     if size is None:
         raise ValueError(f"pass --image-size to say at what resolution to read the reference dataset {canonical}")
     channels = (meta or {}).get("channels") if meta and meta.get("dataset") == canonical else None
-    ds, info = load_dataset(canonical, size, cfg.data_dir, cfg.split, DATA_SEED, cfg.reference_examples, channels)
+    ds, info = load_dataset(canonical, size, cfg.data_dir, cfg.split, DATA_SEED, cfg.reference_examples, channels, cfg.download)
     where = f" from {Path(cfg.data_dir).resolve() if cfg.data_dir else 'data'}" if canonical == "folder" else ""
     desc = f"{info.name}{where} {cfg.split} at {size}x{size} ({len(ds):,})"  # type: ignore[arg-type]
     return Reference(desc, len(ds), batches=lambda: dataset_batches(ds, cfg.batch_size))  # type: ignore[arg-type]
@@ -273,8 +245,8 @@ def attach_cache(ref: Reference, cache: Path, weights: InceptionWeights) -> str 
     if ref.batches is None:
         raise ValueError(f"--save-reference-stats caches statistics computed from a dataset or folder; the reference is already {ref.description}")
     ref.cache_path = cache
-    if not cache.exists():
-        check_writable(cache)
+    if not cache.is_file():
+        check_writable(cache)  # a folder, or a place that cannot be written, fails here
         ref.cache = cache
         return None
     stats = load_statistics(cache)
@@ -324,7 +296,8 @@ def progress_for(reporter: Reporter, total: int, description: str) -> Callable[[
 
 def bpd_generator(seed: int, run: int, batch: int, device: torch.device) -> torch.Generator:
     """The generator of bits/dim batch ``batch`` in run ``run``: a pure function of its arguments, so sharding changes nothing."""
-    state = np.random.SeedSequence([seed, run, batch]).generate_state(1, dtype=np.uint64)[0]
+    # SeedSequence takes non-negative integers; the mask maps a negative --seed to one.
+    state = np.random.SeedSequence([seed & (2**64 - 1), run, batch]).generate_state(1, dtype=np.uint64)[0]
     return build.make_generator(int(state) >> 1, device)
 
 
@@ -372,7 +345,7 @@ def _evaluate(cfg: EvaluateConfig, metrics: list[str], device: torch.device, wor
     image_metrics = [m for m in metrics if m in ("fid", "is")]
     generate = bool(image_metrics) and cfg.images is None
 
-    # Everything is checked before any long work.
+    # Everything is checked before any long work, cheapest first.
     meta: dict[str, Any] | None = None
     if generate or "bpd" in metrics or cfg.model is not None:
         res.model = build.resolve_model_path(cfg.model, cfg.runs_dir)
@@ -380,53 +353,12 @@ def _evaluate(cfg: EvaluateConfig, metrics: list[str], device: torch.device, wor
     if generate:
         check_sampler(cfg.sampler)
         res.sampler, res.steps = cfg.sampler.name, cfg.sampler.steps
-    files: list[Path] | None = None
-    splits = cfg.is_splits
-    if image_metrics:
-        if cfg.images is not None:
-            files = folder_images(cfg.images, recursive=True)
-            if cfg.num_samples is not None:
-                if cfg.num_samples > len(files):
-                    raise MetricsError(f"--num-samples {cfg.num_samples} but {cfg.images} holds only {len(files)} images")
-                files = files[: cfg.num_samples]
-            res.images, res.num_samples = cfg.images, len(files)
-        else:
-            res.num_samples = cfg.num_samples or RECOMMENDED_SAMPLES
-        if "fid" in metrics:
-            res.warnings += [w for w in [check_fid_count(res.num_samples, "evaluated images", cfg.allow_few)] if w]
-        if "is" in metrics:
-            splits, line = check_is_splits(res.num_samples, cfg.is_splits, cfg.allow_few)
-            res.warnings += [line] if line else []
-    ref: Reference | None = None
-    if "fid" in metrics:
-        ref = resolve_reference(cfg, meta, files)
-        res.reference, res.reference_num_samples = ref.description, ref.num_samples
-        if ref.num_samples is not None:
-            res.warnings += [w for w in [check_fid_count(ref.num_samples, "reference images", cfg.allow_few)] if w]
-    net: InceptionV3Features | None = None
-    notes: list[str] = []
-    if image_metrics:
-        net = load_inception(cfg.inception_weights, device)
-        assert net.weights_info is not None
-        res.weights = net.weights_info
-        if not res.weights.official:
-            res.warnings.append(f"Inception weights {res.weights.path} are not pytorch-fid's official ones: figures are not comparable to published FID/IS")
-        if ref is not None and ref.stats is not None and "inception_sha256" in ref.stats.extra \
-                and str(ref.stats.extra["inception_sha256"]) != res.weights.sha256:
-            res.warnings.append(f"the reference statistics were computed with other Inception weights (SHA-256 {str(ref.stats.extra['inception_sha256'])[:12]}...): FID is not meaningful")
-        if ref is not None and cfg.save_reference_stats is not None:
-            note = attach_cache(ref, cfg.save_reference_stats, res.weights)
-            notes += [note] if note else []
-            res.reference_stats, res.reference_stats_reused = ref.cache_path, ref.reused
-    bpd_data: Dataset | None = None
-    if "bpd" in metrics:
-        assert meta is not None
-        name = cfg.bpd_dataset or meta["dataset"]
-        bpd_data, info = load_dataset(name, meta["image_size"], cfg.data_dir, cfg.bpd_split, DATA_SEED, cfg.bpd_examples, meta["channels"])
-        res.bpd_data = f"{info.name} {cfg.bpd_split} at {meta['image_size']}x{meta['image_size']}"
-        res.bpd_examples, res.bpd_runs = len(bpd_data), cfg.bpd_runs  # type: ignore[arg-type]
+    files, splits = _images_to_score(cfg, metrics, res) if image_metrics else (None, cfg.is_splits)
+    ref = _reference(cfg, meta, files, res) if "fid" in metrics else None
+    net, notes = _inception(cfg, device, ref, res) if image_metrics else (None, [])
+    bpd_data = _bpd_data(cfg, meta, res) if "bpd" in metrics else None
     model: ScoreModel | None = None
-    if generate or "bpd" in metrics:
+    if generate or bpd_data is not None:
         assert res.model is not None
         model, meta = build.load_score_model(res.model, cfg.use_ema)
         model.to(device).requires_grad_(False)
@@ -436,9 +368,9 @@ def _evaluate(cfg: EvaluateConfig, metrics: list[str], device: torch.device, wor
     # Sampling and bits/dim, sharded across ranks.
     samples: Tensor | None = None
     if generate:
-        assert model is not None and meta is not None and res.num_samples is not None
+        assert model is not None and res.num_samples is not None
         t0 = time.perf_counter()
-        shape = (meta["channels"], meta["image_size"], meta["image_size"])
+        shape = (meta["channels"], meta["image_size"], meta["image_size"])  # type: ignore[index]
         x, res.nfe = draw(model.sde, make_score_fn(model), shape, res.num_samples, cfg.batch_size, cfg.seed,
                           cfg.sampler, device, world, reporter)
         samples = to_uint8(x)  # exactly what `diffuse sample --individual` writes as PNGs
@@ -446,27 +378,90 @@ def _evaluate(cfg: EvaluateConfig, metrics: list[str], device: torch.device, wor
     if bpd_data is not None:
         assert model is not None
         t0 = time.perf_counter()
-        table = bpd_table(model, bpd_data, cfg, device, world, reporter)
-        per_run = table.mean(axis=1)
+        per_run = bpd_table(model, bpd_data, cfg, device, world, reporter).mean(axis=1)
         res.bpd_per_run = [float(v) for v in per_run]
         res.bpd_mean, res.bpd_std = float(per_run.mean()), float(per_run.std())
         res.seconds["bpd"] = time.perf_counter() - t0
-    if not world.is_main or net is None:
-        return res
 
     # Inception metrics on rank 0.
+    if world.is_main and net is not None:
+        t0 = time.perf_counter()
+        batches = image_batches(files, cfg.batch_size) if files is not None else tensor_batches(samples, cfg.batch_size)  # type: ignore[arg-type]
+        _inception_metrics(net, batches, f"images in {cfg.images}" if files is not None else "the samples", splits, ref, res, reporter)
+        res.seconds["inception"] = time.perf_counter() - t0
+    return res
+
+
+def _images_to_score(cfg: EvaluateConfig, metrics: list[str], res: EvaluateResult) -> tuple[list[Path] | None, int]:
+    """The --images files (None when generating) and the IS splits; sets num_samples and count warnings."""
+    files: list[Path] | None = None
+    if cfg.images is not None:
+        files = folder_images(cfg.images, recursive=True)
+        if cfg.num_samples is not None:
+            if cfg.num_samples > len(files):
+                raise MetricsError(f"--num-samples {cfg.num_samples} but {cfg.images} holds only {len(files)} images")
+            files = files[: cfg.num_samples]
+        res.images, res.num_samples = cfg.images, len(files)
+    else:
+        res.num_samples = cfg.num_samples or RECOMMENDED_SAMPLES
+    splits = cfg.is_splits
+    if "fid" in metrics:
+        res.warnings += [w for w in [check_fid_count(res.num_samples, "evaluated images", cfg.allow_few)] if w]
+    if "is" in metrics:
+        splits, line = check_is_splits(res.num_samples, cfg.is_splits, cfg.allow_few)
+        res.warnings += [line] if line else []
+    return files, splits
+
+
+def _reference(cfg: EvaluateConfig, meta: dict[str, Any] | None, files: list[Path] | None, res: EvaluateResult) -> Reference:
+    """The FID reference, its count checked."""
+    ref = resolve_reference(cfg, meta, files)
+    res.reference, res.reference_num_samples = ref.description, ref.num_samples
+    if ref.num_samples is not None:
+        res.warnings += [w for w in [check_fid_count(ref.num_samples, "reference images", cfg.allow_few)] if w]
+    return ref
+
+
+def _inception(cfg: EvaluateConfig, device: torch.device, ref: Reference | None,
+               res: EvaluateResult) -> tuple[InceptionV3Features, list[str]]:
+    """The Inception network (every rank loads it, so missing weights fail everywhere alike) and lines about the cache."""
+    net = load_inception(cfg.inception_weights, device)
+    assert net.weights_info is not None
+    weights = res.weights = net.weights_info
+    if not weights.official:
+        res.warnings.append(f"Inception weights {weights.path} are not pytorch-fid's official ones: figures are not comparable to published FID/IS")
+    recorded = str(ref.stats.extra.get("inception_sha256", "")) if ref is not None and ref.stats is not None else ""
+    if recorded and recorded != weights.sha256:
+        res.warnings.append(f"the reference statistics were computed with other Inception weights (SHA-256 {recorded[:12]}...): FID is not meaningful")
+    notes: list[str] = []
+    if ref is not None and cfg.save_reference_stats is not None:
+        note = attach_cache(ref, cfg.save_reference_stats, weights)
+        notes += [note] if note else []
+        res.reference_stats, res.reference_stats_reused = ref.cache_path, ref.reused
+    return net, notes
+
+
+def _bpd_data(cfg: EvaluateConfig, meta: dict[str, Any] | None, res: EvaluateResult) -> Dataset:
+    """The bits/dim examples: a split of the model's own dataset (or --bpd-dataset) at the model's size and channels."""
+    assert meta is not None
+    size = meta["image_size"]
+    data, info = load_dataset(cfg.bpd_dataset or meta["dataset"], size, cfg.data_dir, cfg.bpd_split, DATA_SEED,
+                              cfg.bpd_examples, meta["channels"], cfg.download)
+    res.bpd_data = f"{info.name} {cfg.bpd_split} at {size}x{size}"
+    res.bpd_examples, res.bpd_runs = len(data), cfg.bpd_runs  # type: ignore[arg-type]
+    return data
+
+
+def _inception_metrics(net: InceptionV3Features, batches: Iterator[Tensor], what: str, splits: int,
+                       ref: Reference | None, res: EvaluateResult, reporter: Reporter) -> None:
+    """IS and FID of the images in ``batches`` (rank 0 only)."""
     assert res.weights is not None and res.num_samples is not None
-    t0 = time.perf_counter()
-    batches = image_batches(files, cfg.batch_size) if files is not None else tensor_batches(samples, cfg.batch_size)  # type: ignore[arg-type]
-    what = f"images in {cfg.images}" if files is not None else "the samples"
     features, logits = extract_features(net, batches, progress_for(reporter, res.num_samples, f"Inception features of {what}"))
     reporter.finish()
-    if "is" in metrics:
+    if "is" in res.metrics:
         res.is_mean, res.is_std = inception_score(logits, splits)
         res.is_splits = splits
     if ref is not None:
         mu, sigma, ref_features = reference_statistics(ref, net, res.weights, reporter)
         res.fid, numeric = fid_against(features, mu, sigma, ref_features)
         res.warnings += numeric
-    res.seconds["inception"] = time.perf_counter() - t0
-    return res

@@ -12,7 +12,7 @@ from torch import Tensor
 
 from diffusers_cli import build
 from diffusers_cli.config import SampleConfig, SamplerConfig
-from diffusers_cli.distributed import World, gather_rows, init_world, shutdown
+from diffusers_cli.distributed import World, all_gather, init_world, shutdown
 from diffusers_cli.engine.samplers import SAMPLERS, sample, sampler_options
 from diffusers_cli.engine.score import NFECounter, ScoreFn, make_score_fn
 from diffusers_cli.engine.sde import SDE
@@ -83,19 +83,17 @@ def draw(
     reporter.finish()
     if not world.distributed:
         return torch.cat([parts[b] for b in sorted(parts)]), nfe_per_batch
-    # Round-robin batches: gather each round's batches in rank order.
-    gathered = []
-    for r in range(-(-n_batches // world.size)):
+    # Batches went round-robin: rank k made batches k, k + size, ... Every rank pads its share to
+    # full batches, all ranks gather, and the batches are put back in order with their true sizes.
+    rounds = -(-n_batches // world.size)
+    mine_padded = torch.zeros((rounds, batch_size, *shape), device=device)
+    for r in range(rounds):
         b = r * world.size + world.rank
-        local = parts.get(b, torch.zeros((0, *shape)))
-        size_round = sum(min(batch_size, n - bb * batch_size) for bb in range(r * world.size, min(n_batches, (r + 1) * world.size)))
-        gathered.append(gather_rows(local.to(device), size_round, _round_world(world, r, n_batches, n, batch_size)).cpu())
-    return torch.cat(gathered)[:n], nfe_per_batch
-
-
-def _round_world(world: World, r: int, n_batches: int, n: int, batch_size: int) -> World:
-    # gather_rows pads to equal blocks; batches in one round are equal-sized except possibly the very last one.
-    return world
+        if b in parts:
+            mine_padded[r, : parts[b].shape[0]] = parts[b].to(device)
+    everyone = all_gather(mine_padded, world)
+    ordered = [everyone[b % world.size][b // world.size, : min(batch_size, n - b * batch_size)] for b in range(n_batches)]
+    return torch.cat(ordered).cpu(), nfe_per_batch
 
 
 class Trajectory:
