@@ -52,20 +52,20 @@ def test_batch_indices_cover_each_epoch_once() -> None:
 def test_loss_decreases_on_a_tiny_problem() -> None:
     torch.manual_seed(0)
     net = UNet(image_size=8, in_channels=1, base_channels=16, channel_mult=(1, 2), num_res_blocks=1, attn_resolutions=(), dropout=0.0)
-    model = ScoreModel(net, VPSDE())
+    model = ScoreModel(net, VPSDE(), "eps")
     # Data: two fixed 8x8 images (a memorisable distribution).
     data = torch.stack([torch.ones(1, 8, 8) * 0.8, -torch.ones(1, 8, 8) * 0.8])
     batch = data.repeat(16, 1, 1, 1)
 
     def eval_loss() -> float:
         with torch.no_grad():
-            return dsm_loss(model, batch.repeat(4, 1, 1, 1), torch.Generator().manual_seed(123)).mean().item()
+            return dsm_loss(model, batch.repeat(4, 1, 1, 1), torch.Generator().manual_seed(123), "eps").mean().item()
 
     before = eval_loss()
     opt = torch.optim.Adam(net.parameters(), lr=2e-3)
     g = torch.Generator().manual_seed(0)
     for _ in range(80):
-        loss = dsm_loss(model, batch, g).mean()
+        loss = dsm_loss(model, batch, g, "eps").mean()
         opt.zero_grad()
         loss.backward()
         opt.step()

@@ -93,7 +93,7 @@ class NetworkConfig(Strict):
     dropout: float | None = Field(None, ge=0.0, lt=1.0)
     embedding: Literal["fourier", "positional"] | None = None
     fourier_scale: PositiveFloat | None = None
-    parameterization: Literal["eps", "score", "x0"] = "eps"
+    parameterization: Literal["edm", "eps", "score", "x0"] = "edm"
 
 
 class ClassifierConfig(Strict):
@@ -162,7 +162,7 @@ class OptimConfig(Strict):
     lr: PositiveFloat = 2e-4
     weight_decay: float = Field(0.0, ge=0.0)
     betas: tuple[float, float] = (0.9, 0.999)
-    warmup: int = Field(500, ge=0)
+    warmup: int = Field(200, ge=0)
     grad_clip: float = Field(1.0, ge=0.0)
     ema_decay: float = Field(0.999, ge=0.0, lt=1.0)
     ema_warmup: bool = True
@@ -177,7 +177,8 @@ class TrainConfig(Strict):
     classifier: ClassifierConfig = Field(default_factory=ClassifierConfig)
     data: DataConfig = Field(default_factory=DataConfig)
     optim: OptimConfig = Field(default_factory=OptimConfig)
-    loss_weighting: Literal["eps", "likelihood"] = "eps"
+    loss_weighting: Literal["edm", "eps", "likelihood"] = "edm"
+    time_sampling: Literal["lognormal", "uniform"] = "lognormal"
     steps: PositiveInt = 3000
     batch_size: PositiveInt = 64
     seed: int = 0

@@ -9,18 +9,18 @@ from torch import Tensor
 
 from torch import nn
 
-from diffusers_cli.engine.score import ScoreModel, precondition_input
+from diffusers_cli.engine.score import SIGMA_DATA, ScoreModel, precondition_input
 from diffusers_cli.engine.sde import SDE
 from diffusers_cli.engine.utils import append_dims, randn_like
 
-Weighting = Literal["eps", "likelihood"]
+Weighting = Literal["edm", "eps", "likelihood"]
 
 
 def dsm_loss(
     model: ScoreModel,  # the preconditioned score model being trained
     x0: Tensor,  # a batch of clean data [B, C, H, W] in [-1, 1]
     generator: torch.Generator | None = None,  # source of t and noise; seeded runs reproduce
-    weighting: str = "eps",  # "eps": lambda(t) = std^2 (DDPM's eps loss); "likelihood": lambda(t) = g(t)^2
+    weighting: str = "edm",  # "edm": unit weight on the EDM network target; "eps": lambda = std^2 (DDPM); "likelihood": g^2
     class_labels: Tensor | None = None,  # for a class-conditional network
     t: Tensor | None = None,  # training times [B]; drawn from the SDE if None
     eps: Tensor | None = None,  # the noise; drawn if None (distributed training passes slices of a global draw)
@@ -36,11 +36,14 @@ def dsm_loss(
     err = (append_dims(std, x0.ndim) * score + eps).pow(2).flatten(1).mean(dim=1)
     if weighting == "eps":
         return err
+    if weighting == "edm":
+        # lambda = std^2 (1 + sigma^2 / sigma_data^2): the squared error of EDM's F-target, O(1) at every level.
+        return err * (1.0 + (std / mean) ** 2 / SIGMA_DATA**2)
     if weighting == "likelihood":
         # lambda(t) = g(t)^2 makes the loss an upper bound on the negative log-likelihood (Song et al. 2021b).
         _, g = sde.drift_diffusion(x0[:1], t)
         return err * g**2 / std**2
-    raise ValueError(f"unknown loss weighting {weighting!r}; use 'eps' or 'likelihood'")
+    raise ValueError(f"unknown loss weighting {weighting!r}; use 'edm', 'eps' or 'likelihood'")
 
 
 def classifier_loss(

@@ -12,8 +12,8 @@ from diffusers_cli.engine.utils import append_dims
 
 #: (x [B, C, H, W], t [B]) -> grad_x log p_t(x): what every sampler, guidance and imputation takes.
 ScoreFn = Callable[[Tensor, Tensor], Tensor]
-Parameterization = Literal["eps", "score", "x0"]
-PARAMETERIZATIONS: tuple[str, ...] = ("eps", "score", "x0")
+Parameterization = Literal["edm", "eps", "score", "x0"]
+PARAMETERIZATIONS: tuple[str, ...] = ("edm", "eps", "score", "x0")
 
 #: Assumed data std for input scaling (EDM's sigma_data); images live in [-1, 1].
 SIGMA_DATA = 0.5
@@ -28,6 +28,9 @@ def output_to_score(out: Tensor, x: Tensor, mean: Tensor, std: Tensor, parameter
         return out / s
     if parameterization == "x0":  # out predicts the clean image: score = (m x0 - x) / std^2
         return (m * out - x) / (s * s)
+    if parameterization == "edm":  # Karras et al. 2022: x0 = c_skip x/m + c_out out, in sigma = std/m
+        c_skip, c_out = edm_coefficients(s / m)
+        return (m * (c_skip * x / m + c_out * out) - x) / (s * s)
     raise ValueError(f"unknown parameterization {parameterization!r}; use one of {PARAMETERIZATIONS}")
 
 
@@ -46,7 +49,7 @@ class ScoreModel(nn.Module):
         self,
         net: nn.Module,  # maps (x_in, c_noise [B], class_labels | None) -> output shaped like x
         sde: SDE,  # the forward process the model was trained for
-        parameterization: str = "eps",  # what the network output means
+        parameterization: str = "edm",  # what the network output means
     ) -> None:
         super().__init__()
         if parameterization not in PARAMETERIZATIONS:
@@ -74,6 +77,17 @@ def make_score_fn(model: ScoreModel, class_labels: Tensor | None = None) -> Scor
         return model.score(x, t, class_labels)
 
     return score_fn
+
+
+def edm_coefficients(sigma: Tensor) -> tuple[Tensor, Tensor]:
+    """EDM's c_skip and c_out at noise level sigma = std / mean.
+
+    The network predicts a unit-variance blend of signal and noise at every level, so its errors
+    stay O(sigma_data) in x_0 even at the highest noise, where an eps-prediction's error is
+    amplified by 1 / mean (about 150 at t = 1 of the VP SDE) and derails samplers.
+    """
+    d2 = SIGMA_DATA**2
+    return d2 / (sigma**2 + d2), sigma * SIGMA_DATA / torch.sqrt(sigma**2 + d2)
 
 
 class NFECounter:

@@ -81,6 +81,19 @@ class SDE(ABC):
         u = torch.rand(batch, generator=generator, device=device)
         return self.eps + (self.T - self.eps) * u
 
+    def lognormal_times(
+        self,
+        batch: int,
+        generator: torch.Generator | None,
+        device: torch.device | str,
+        p_mean: float = -1.2,  # EDM's log-normal over sigma = std / mean: where the loss can still be reduced
+        p_std: float = 1.2,
+    ) -> Tensor:
+        """Training times with ln(std / mean) ~ N(p_mean, p_std^2) (Karras et al. 2022), kept in [eps, T]."""
+        z = torch.randn(batch, generator=generator, device=device, dtype=torch.float64)
+        t = self.t_from_log_snr(-(p_mean + p_std * z))
+        return t.clamp(self.eps, self.T).to(torch.float32)
+
     def tweedie(self, x: Tensor, t: Tensor, score: Tensor) -> Tensor:
         """Posterior mean E[x_0 | x_t] = (x + std^2 score) / mean (Tweedie's formula)."""
         m, s = self.marginal(t)

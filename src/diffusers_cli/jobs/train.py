@@ -24,7 +24,7 @@ from diffusers_cli.distributed import World, barrier, init_world, shutdown
 from diffusers_cli.engine.losses import classifier_loss, dsm_loss
 from diffusers_cli.engine.samplers import sample
 from diffusers_cli.engine.score import ScoreModel, make_score_fn
-from diffusers_cli.engine.sde import SDE
+from diffusers_cli.engine.sde import DDPM, SDE
 from diffusers_cli.engine.training import EMA, batch_indices, warmup_lr
 from diffusers_cli.engine.utils import append_dims
 from diffusers_cli.files import write_text_atomic
@@ -265,7 +265,10 @@ def _train(cfg: TrainConfig, reporter: Reporter, device: torch.device, world: Wo
             if d.flip:
                 flip = torch.rand(x.shape[0], generator=gen, device=device) < 0.5
                 x = torch.where(append_dims(flip, x.ndim), x.flip(-1), x)
-            t = sde.train_times(x.shape[0], gen, device)
+            if cfg.time_sampling == "lognormal" and not isinstance(sde, DDPM):
+                t = sde.lognormal_times(x.shape[0], gen, device)
+            else:  # the SDE's own: uniform on [eps, T], or DDPM's integer steps
+                t = sde.train_times(x.shape[0], gen, device)
             eps = torch.randn(x.shape, generator=gen, device=device, dtype=x.dtype)
             x, y, t, eps = x[local], y[local], t[local], eps[local]
             if cfg.channels_last:

@@ -196,24 +196,27 @@ class AttnBlock(nn.Module):
 
 
 class Downsample(nn.Module):
-    """Halve the resolution with a stride-2 3x3 convolution."""
+    """Halve the resolution: a stride-2 3x3 convolution, or 2x2 average pooling (cheaper, no parameters)."""
 
-    def __init__(self, channels: int) -> None:
+    def __init__(self, channels: int, with_conv: bool = True) -> None:
         super().__init__()
-        self.conv = conv3x3(channels, channels, stride=2)
+        self.conv = conv3x3(channels, channels, stride=2) if with_conv else None
 
     def forward(self, x: Tensor, emb: Tensor | None = None) -> Tensor:
         """x [B, C, H, W] -> [B, C, H/2, W/2] (emb unused: same call as a resampling ResBlock)."""
-        return self.conv(x)
+        return self.conv(x) if self.conv is not None else F.avg_pool2d(x, 2)
 
 
 class Upsample(nn.Module):
-    """Double the resolution: nearest neighbour, then a 3x3 convolution."""
+    """Double the resolution: nearest neighbour, then (optionally) a 3x3 convolution."""
 
-    def __init__(self, channels: int) -> None:
+    def __init__(self, channels: int, with_conv: bool = True) -> None:
         super().__init__()
-        self.conv = conv3x3(channels, channels)
+        # The convolution runs at the high resolution on the lower level's width: on small
+        # CPU networks it is the costliest single layer, hence the option to skip it.
+        self.conv = conv3x3(channels, channels) if with_conv else None
 
     def forward(self, x: Tensor, emb: Tensor | None = None) -> Tensor:
         """x [B, C, H, W] -> [B, C, 2H, 2W] (emb unused: same call as a resampling ResBlock)."""
-        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+        x = F.interpolate(x, scale_factor=2.0, mode="nearest")
+        return self.conv(x) if self.conv is not None else x

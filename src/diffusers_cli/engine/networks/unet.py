@@ -32,12 +32,12 @@ UNET_PRESETS: dict[str, dict[str, object]] = {
         "attn_resolutions": (),
         "dropout": 0.0,
     },
-    # ~3.3M params, 32x32: a longer CPU run or a quick GPU one.
+    # ~3.3M params, 32x32 or 28x28 (MNIST): a longer CPU run or a quick GPU one.
     "small": {
         "base_channels": 48,
         "channel_mult": (1, 2, 2),
         "num_res_blocks": 2,
-        "attn_resolutions": (8,),
+        "attn_resolutions": (),
         "dropout": 0.0,
     },
     # ~15M params, 32x32: DDPM++'s layout at half the width and half the depth.
@@ -122,7 +122,8 @@ class UNet(nn.Module):
         fourier_scale: float = 16.0,  # std of the Fourier frequencies
         num_classes: int | None = None,  # number of classes for a class-conditional net
         skip_rescale: bool = True,  # scale residual sums by 1/sqrt(2)
-        resblock_updown: bool = False,  # resample with residual blocks (BigGAN) instead of plain convs
+        resblock_updown: bool = False,  # resample with residual blocks (BigGAN) instead of plain layers
+        resample_with_conv: bool = True,  # plain resampling with a 3x3 conv (else avg-pool / nearest only)
     ) -> None:
         super().__init__()
         channel_mult, attn_resolutions = tuple(channel_mult), tuple(attn_resolutions)
@@ -145,6 +146,7 @@ class UNet(nn.Module):
             "num_classes": num_classes,
             "skip_rescale": skip_rescale,
             "resblock_updown": resblock_updown,
+            "resample_with_conv": resample_with_conv,
         }
         self.image_size, self.in_channels, self.out_channels = image_size, in_channels, out_channels
         self.num_classes = num_classes
@@ -173,7 +175,7 @@ class UNet(nn.Module):
                 ch = base_channels * mult
                 skips.append(ch)
             if i < len(channel_mult) - 1:
-                self.down.append(res(ch, ch, "down") if resblock_updown else Downsample(ch))
+                self.down.append(res(ch, ch, "down") if resblock_updown else Downsample(ch, resample_with_conv))
                 skips.append(ch)
 
         self.mid_res0 = res(ch, ch)
@@ -189,7 +191,7 @@ class UNet(nn.Module):
                 self._takes_skip.append(True)
                 ch = base_channels * channel_mult[i]
             if i > 0:
-                self.up.append(res(ch, ch, "up") if resblock_updown else Upsample(ch))
+                self.up.append(res(ch, ch, "up") if resblock_updown else Upsample(ch, resample_with_conv))
                 self._takes_skip.append(False)
 
         self.norm_out = group_norm(ch)
