@@ -56,6 +56,8 @@ def diffusers_twin(cfg: dict[str, Any], image_size: int, channels: int) -> nn.Mo
         from diffusers import UNet2DModel
     except ImportError:
         raise SystemExit("diffusers is not installed: `pip install diffusers` to compare against it") from None
+    if not cfg.get("resample_with_conv", True):
+        raise SystemExit("UNet2DModel has no conv-free resampling to match resample_with_conv=False")
     mult, base = cfg["channel_mult"], cfg["base_channels"]
     res = [image_size // 2**i for i in range(len(mult))]
     attn = [r in cfg["attn_resolutions"] for r in res]
@@ -165,20 +167,34 @@ def run_one(args: argparse.Namespace) -> dict[str, Any]:
         times.append(time.perf_counter() - t0)
     if not math.isfinite(float(loss)):
         raise SystemExit(f"{args.worker}: loss is not finite")
-    med = statistics.median(times)
-    q = statistics.quantiles(times, n=4) if len(times) >= 2 else [med, med, med]
-    ips = args.batch_size / med
     return {
         "model": args.worker,
         "params_M": params / 1e6,
         "gflop_per_image": gflops,
+        "step_s": times,
+        "peak_memory_MB": peak_memory_mb(device, rss0),
+    }
+
+
+def summarise(runs: list[dict[str, Any]], batch_size: int) -> dict[str, Any]:
+    """Pool one model's rounds: median step time, throughput, and the largest peak memory."""
+    times = [t for r in runs for t in r["step_s"]]
+    med = statistics.median(times)
+    q = statistics.quantiles(times, n=4) if len(times) >= 2 else [med, med, med]
+    params, gflops = runs[0]["params_M"], runs[0]["gflop_per_image"]
+    ips = batch_size / med
+    return {
+        "model": runs[0]["model"],
+        "params_M": params,
+        "gflop_per_image": gflops,
+        "timed_steps": len(times),
         "step_ms_median": med * 1e3,
         "step_ms_iqr": (q[2] - q[0]) * 1e3,
         "images_per_s": ips,
-        "images_per_s_per_Mparam": ips / (params / 1e6),
-        "Mparam_images_per_s": ips * params / 1e6,
+        "images_per_s_per_Mparam": ips / params,
+        "Mparam_images_per_s": ips * params,
         "achieved_gflops": ips * gflops,
-        "peak_memory_MB": peak_memory_mb(device, rss0),
+        "peak_memory_MB": max(r["peak_memory_MB"] for r in runs),
     }
 
 
@@ -197,7 +213,8 @@ def print_table(rows: list[dict[str, Any]], args: argparse.Namespace, device: st
     print(
         f"train step, preset {args.preset}, {args.image_size}x{args.image_size}x{args.channels}, batch {args.batch_size}, "
         f"{args.precision}, device {device}, threads {args.threads or torch.get_num_threads()}, compile {args.compile}, "
-        f"channels_last {args.channels_last}; median of {args.steps} steps after {args.warmup} warm-up"
+        f"channels_last {args.channels_last}; median of {args.rounds} rounds x {args.steps} steps, "
+        f"each round a fresh process with {args.warmup} warm-up steps"
     )
     head = f"{'model':<10}{'params':>9}{'GFLOP/img':>11}{'step ms':>10}{'IQR ms':>9}{'img/s':>9}{'img/s/Mp':>10}{'Mp*img/s':>10}{'GFLOP/s':>9}{'peak MB':>9}"
     print(head)
@@ -216,8 +233,9 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
     p.add_argument("--precision", choices=sorted(PRECISIONS), default="fp32", help="autocast dtype (weights stay fp32)")
     p.add_argument("--compile", action="store_true", help="torch.compile the training step")
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--steps", type=int, default=7, help="timed steps (the median is reported)")
-    p.add_argument("--warmup", type=int, default=3, help="untimed steps first")
+    p.add_argument("--steps", type=int, default=5, help="timed steps per round (the median over all rounds is reported)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed steps at the start of each round")
+    p.add_argument("--rounds", type=int, default=3, help="fresh processes per model, alternating between models")
     p.add_argument("--preset", choices=sorted(UNET_PRESETS), default="tiny", help="our U-Net config; diffusers' is matched to it")
     p.add_argument("--image-size", type=int, default=32)
     p.add_argument("--channels", type=int, default=3)
@@ -229,8 +247,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
     args = p.parse_args(argv)
     if args.device == "auto":
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
-    if args.steps < 1 or args.batch_size < 1:
-        p.error("--steps and --batch-size must be >= 1")
+    if min(args.steps, args.batch_size, args.rounds) < 1:
+        p.error("--steps, --batch-size and --rounds must be >= 1")
     raw = list(sys.argv[1:] if argv is None else argv)
     raw = [a for a in raw if a != "--json"] + ["--device", args.device]
     return args, raw
@@ -252,7 +270,14 @@ def main(argv: list[str] | None = None) -> None:
         except ImportError:
             print("diffusers is not installed: timing only our U-Net (`pip install diffusers` to compare)", file=sys.stderr)
             models.remove("diffusers")
-    rows = [r for r in (run_in_subprocess(m, raw) for m in models) if r is not None]
+    # Rounds alternate the models, so that load from other processes falls on both alike.
+    runs: dict[str, list[dict[str, Any]]] = {m: [] for m in models}
+    for _ in range(args.rounds):
+        for m in models:
+            r = run_in_subprocess(m, raw)
+            if r is not None:
+                runs[m].append(r)
+    rows = [summarise(rs, args.batch_size) for rs in runs.values() if rs]
     if args.json:
         print(json.dumps({"config": {k: v for k, v in vars(args).items() if k != "worker"}, "results": rows}, indent=2))
     else:
