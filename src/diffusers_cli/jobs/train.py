@@ -265,7 +265,8 @@ def _train(cfg: TrainConfig, reporter: Reporter, device: torch.device, world: Wo
             if d.flip:
                 flip = torch.rand(x.shape[0], generator=gen, device=device) < 0.5
                 x = torch.where(append_dims(flip, x.ndim), x.flip(-1), x)
-            if cfg.time_sampling == "lognormal" and not isinstance(sde, DDPM):
+            # A classifier must be right at every noise level guidance visits: it keeps the SDE's uniform times.
+            if cfg.time_sampling == "lognormal" and cfg.task == "score" and not isinstance(sde, DDPM):
                 t = sde.lognormal_times(x.shape[0], gen, device)
             else:  # the SDE's own: uniform on [eps, T], or DDPM's integer steps
                 t = sde.train_times(x.shape[0], gen, device)

@@ -32,7 +32,7 @@ UNET_PRESETS: dict[str, dict[str, object]] = {
         "attn_resolutions": (),
         "dropout": 0.0,
     },
-    # ~3.3M params, 32x32 or 28x28 (MNIST): a longer CPU run or a quick GPU one.
+    # ~3.5M params, 32x32 or 28x28 (MNIST): a longer CPU run or a quick GPU one.
     "small": {
         "base_channels": 48,
         "channel_mult": (1, 2, 2),
