@@ -23,7 +23,8 @@ import statistics
 import subprocess
 import sys
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -201,7 +202,7 @@ def summarise(runs: list[dict[str, Any]], batch_size: int) -> dict[str, Any]:
 def run_in_subprocess(model: str, argv: list[str]) -> dict[str, Any] | None:
     """Time one model in a fresh interpreter (clean peak memory); None if it could not run."""
     cmd = [sys.executable, os.path.abspath(__file__), *argv, "--worker", model]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    proc = subprocess.run(cmd, check=False, capture_output=True, text=True)
     if proc.returncode != 0:
         print(f"[{model}] skipped: {proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else proc.returncode}", file=sys.stderr)
         return None
