@@ -101,6 +101,7 @@ def test_sample_pc_predictor_option_via_set(tiny_run: Path, tmp_path: Path) -> N
         (["train", "--dataset", "mnist", "--data-dir", "/nonexistent/mnist", "--steps", "1"], "/nonexistent/mnist"),
         (["train", "--set", "optim.lrr=1"], "unknown key 'optim.lrr'"),
         (["train", "--preset", "huge"], "unknown network preset 'huge'"),
+        (["train", "--lr-decay", "step"], "optim.decay: Input should be 'none', 'cosine' or 'linear' (got 'step')"),
         (["sample", "--model", "/nonexistent/run"], "does not exist"),
         (["train", "--device", "cuda:7", "--steps", "1"], "CUDA is not available"),
     ],

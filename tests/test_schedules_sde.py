@@ -125,3 +125,16 @@ def test_invalid_parameters() -> None:
         VESDE(1.0, 0.5)
     with pytest.raises(ValueError, match="beta_min < beta_max"):
         LinearSchedule(2.0, 1.0)
+
+
+@pytest.mark.parametrize("sde", [VESDE(), VPSDE(LinearSchedule()), VPSDE(CosineSchedule())], ids=["ve", "vp", "vp-cos"])
+def test_lognormal_times_give_lognormal_sigma(sde: SDE) -> None:
+    # ln(std/mean) of the drawn times must be N(p_mean, p_std^2), except for the draws clamped to [eps, T].
+    t = sde.lognormal_times(200_000, torch.Generator().manual_seed(0), "cpu", p_mean=-0.4, p_std=0.8)
+    assert float(t.min()) >= sde.eps and float(t.max()) <= sde.T
+    log_sigma = -sde.log_snr(t.double())
+    lo, hi = float(-sde.log_snr(torch.tensor(sde.eps, dtype=torch.float64))), float(-sde.log_snr(torch.tensor(sde.T, dtype=torch.float64)))
+    inside = log_sigma[(log_sigma > lo + 1e-3) & (log_sigma < hi - 1e-3)]
+    assert len(inside) > 0.99 * len(t)  # +-3.4 std of N(-0.4, 0.8) lies within every SDE's range
+    assert float(inside.mean()) == pytest.approx(-0.4, abs=0.01)
+    assert float(inside.std()) == pytest.approx(0.8, abs=0.01)

@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import tiny_train_config
 from safetensors.torch import load_file, save_file
 
-from conftest import tiny_train_config
 from diffusers_cli.build import load_score_model
-from diffusers_cli.checkpoints import CheckpointError, load_weights, read_meta, save_weights
+from diffusers_cli.checkpoints import (
+    CheckpointError,
+    load_weights,
+    read_meta,
+    save_weights,
+)
 from diffusers_cli.engine.losses import dsm_loss
 from diffusers_cli.engine.networks.unet import UNet
 from diffusers_cli.engine.score import ScoreModel
@@ -39,6 +45,20 @@ def test_warmup_lr() -> None:
     assert warmup_lr(9, 1.0, 10) == 1.0
     assert warmup_lr(50, 1.0, 10) == 1.0
     assert warmup_lr(0, 1.0, 0) == 1.0
+
+
+def test_lr_decay_anneals_to_zero_after_warmup() -> None:
+    # Warm-up 10 of 110 steps: the decay runs over the last 100, so step 60 is its midpoint.
+    assert warmup_lr(4, 2.0, 10, "cosine", 110) == pytest.approx(1.0)  # still warming up
+    assert warmup_lr(10, 2.0, 10, "cosine", 110) == pytest.approx(2.0)
+    assert warmup_lr(60, 2.0, 10, "cosine", 110) == pytest.approx(1.0)
+    assert warmup_lr(35, 2.0, 10, "cosine", 110) == pytest.approx(1.0 + math.cos(math.pi / 4))
+    assert warmup_lr(60, 2.0, 10, "linear", 110) == pytest.approx(1.0)
+    assert warmup_lr(85, 2.0, 10, "linear", 110) == pytest.approx(0.5)
+    assert warmup_lr(110, 2.0, 10, "linear", 110) == 0.0
+    assert warmup_lr(60, 2.0, 10, "none", 110) == 2.0
+    with pytest.raises(ValueError, match="cosine"):
+        warmup_lr(60, 2.0, 10, "step", 110)
 
 
 def test_batch_indices_cover_each_epoch_once() -> None:

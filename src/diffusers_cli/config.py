@@ -8,7 +8,15 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PositiveFloat,
+    PositiveInt,
+    ValidationError,
+    model_validator,
+)
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -163,6 +171,8 @@ class OptimConfig(Strict):
     weight_decay: float = Field(0.0, ge=0.0)
     betas: tuple[float, float] = (0.9, 0.999)
     warmup: int = Field(200, ge=0)
+    # Annealing to 0 at the last step; "none" keeps the rate, so a run can be resumed longer as is.
+    decay: Literal["none", "cosine", "linear"] = "none"
     grad_clip: float = Field(1.0, ge=0.0)
     ema_decay: float = Field(0.999, ge=0.0, lt=1.0)
     ema_warmup: bool = True
@@ -179,6 +189,10 @@ class TrainConfig(Strict):
     optim: OptimConfig = Field(default_factory=OptimConfig)
     loss_weighting: Literal["edm", "eps", "likelihood"] = "edm"
     time_sampling: Literal["lognormal", "uniform"] = "lognormal"
+    # ln(sigma) ~ N(mean, std^2) for "lognormal", sigma = std(t) / mean(t): EDM's -1.2 / 1.2 by default;
+    # a higher mean spends more of training at the noise levels that decide an image's layout.
+    lognormal_mean: float = -1.2
+    lognormal_std: PositiveFloat = 1.2
     steps: PositiveInt = 3000
     batch_size: PositiveInt = 64
     seed: int = 0

@@ -7,7 +7,18 @@ from typing import Annotated, Optional
 
 import typer
 
-from diffusers_cli.cli.common import ConfigOpt, DeviceOpt, JsonOpt, SeedOpt, SetOpt, EXIT_INTERRUPTED, emit_json, make_reporter, parse_kv, run_job
+from diffusers_cli.cli.common import (
+    EXIT_INTERRUPTED,
+    ConfigOpt,
+    DeviceOpt,
+    JsonOpt,
+    SeedOpt,
+    SetOpt,
+    emit_json,
+    make_reporter,
+    parse_kv,
+    run_job,
+)
 from diffusers_cli.config import TrainConfig, build_config
 from diffusers_cli.runs import CONFIG_NAME, latest_run
 
@@ -24,6 +35,7 @@ def train_command(
     steps: Annotated[Optional[int], typer.Option(help="Total optimisation steps.")] = None,
     batch_size: Annotated[Optional[int], typer.Option(help="Global batch size (split across processes under torchrun).")] = None,
     lr: Annotated[Optional[float], typer.Option(help="Peak learning rate of AdamW.")] = None,
+    lr_decay: Annotated[Optional[str], typer.Option(help="After warm-up: none (constant), cosine or linear (to 0 at the last step).")] = None,
     out: Annotated[Optional[Path], typer.Option(help="Folder that holds run directories.")] = None,
     name: Annotated[Optional[str], typer.Option(help="Run name (default: dataset-sde-date).")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run --name (or the latest run) from its saved state.")] = False,
@@ -45,7 +57,7 @@ def train_command(
         overrides: dict[str, object] = {
             "data.dataset": dataset, "data.data_dir": str(data_dir) if data_dir else None, "data.split": split,
             "data.image_size": image_size, "data.num_workers": num_workers, "task": task,
-            "sde.kind": sde, "sde.schedule": schedule, "steps": steps, "batch_size": batch_size, "optim.lr": lr,
+            "sde.kind": sde, "sde.schedule": schedule, "steps": steps, "batch_size": batch_size, "optim.lr": lr, "optim.decay": lr_decay,
             "out": str(out) if out else None, "name": name, "seed": seed, "device": device, "precision": precision,
             "compile": True if compile_ else None, "channels_last": True if channels_last else None,
             "sample_every": sample_every,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 
 import torch
 from torch import Tensor, nn
@@ -40,11 +41,22 @@ class EMA:
         self.num_updates += 1
 
 
-def warmup_lr(step: int, base_lr: float, warmup: int) -> float:
-    """Linear warm-up from base_lr / warmup to base_lr over ``warmup`` steps, then constant."""
-    if warmup <= 0:
-        return base_lr
-    return base_lr * min(1.0, (step + 1) / warmup)
+def warmup_lr(step: int, base_lr: float, warmup: int, decay: str = "none", total: int = 0) -> float:
+    """Linear warm-up from base_lr / warmup to base_lr over ``warmup`` steps, then constant or decaying.
+
+    ``decay`` "cosine" or "linear" anneals from base_lr after the warm-up to 0 at step ``total``:
+    on short runs annealing gives a lower final loss than a constant rate (EMA alone cannot
+    remove the noise of a large step). "none" keeps base_lr, for runs that will be resumed longer.
+    """
+    lr = base_lr if warmup <= 0 else base_lr * min(1.0, (step + 1) / warmup)
+    if decay == "none" or total <= warmup or step < warmup:
+        return lr
+    frac = min(1.0, (step - warmup) / (total - warmup))
+    if decay == "cosine":
+        return lr * 0.5 * (1.0 + math.cos(math.pi * frac))
+    if decay == "linear":
+        return lr * (1.0 - frac)
+    raise ValueError(f"unknown learning-rate decay {decay!r}; use none, cosine or linear")
 
 
 def batch_indices(num_examples: int, batch_size: int, seed: int, step: int) -> Tensor:

@@ -267,7 +267,7 @@ def _train(cfg: TrainConfig, reporter: Reporter, device: torch.device, world: Wo
                 x = torch.where(append_dims(flip, x.ndim), x.flip(-1), x)
             # A classifier must be right at every noise level guidance visits: it keeps the SDE's uniform times.
             if cfg.time_sampling == "lognormal" and cfg.task == "score" and not isinstance(sde, DDPM):
-                t = sde.lognormal_times(x.shape[0], gen, device)
+                t = sde.lognormal_times(x.shape[0], gen, device, cfg.lognormal_mean, cfg.lognormal_std)
             else:  # the SDE's own: uniform on [eps, T], or DDPM's integer steps
                 t = sde.train_times(x.shape[0], gen, device)
             eps = torch.randn(x.shape, generator=gen, device=device, dtype=x.dtype)
@@ -275,7 +275,7 @@ def _train(cfg: TrainConfig, reporter: Reporter, device: torch.device, world: Wo
             if cfg.channels_last:
                 x, eps = x.contiguous(memory_format=torch.channels_last), eps.contiguous(memory_format=torch.channels_last)
             for g in opt.param_groups:
-                g["lr"] = warmup_lr(step, cfg.optim.lr, cfg.optim.warmup)
+                g["lr"] = warmup_lr(step, cfg.optim.lr, cfg.optim.warmup, cfg.optim.decay, cfg.steps)
             with _autocast(device, cfg.precision):
                 per_example, correct = step_objective(x, y, t, eps)
             loss = per_example.float().mean()
