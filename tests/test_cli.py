@@ -170,3 +170,18 @@ def test_ctrl_c_saves_and_resumes(tmp_path: Path) -> None:
     res = invoke("train", "--resume", "--out", tmp_path, "--name", "c", "--steps", str(stopped + 2), "--json")
     assert res.exit_code == 0, res.stderr
     assert json.loads(res.stdout)["start_step"] == stopped
+
+
+def test_train_download_flag_reaches_the_loader(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # With --download the loader tries to fetch (here: offline) instead of asking for --download.
+    import urllib.error
+
+    from diffusers_cli.data import idx
+
+    def offline(*args: object, **kwargs: object) -> None:
+        raise urllib.error.URLError("network is unreachable")
+
+    monkeypatch.setattr(idx, "fetch_file", offline)
+    args = ["train", "--dataset", "mnist", "--data-dir", tmp_path, "--split", "test", "--out", tmp_path / "runs"]
+    assert "pass --download" in one_error_line(invoke(*args, "--steps", "1"))
+    assert "could not download mnist" in one_error_line(invoke(*args, "--download", "--steps", "1"))

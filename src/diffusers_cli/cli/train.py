@@ -47,6 +47,7 @@ def train_command(
     compile_: Annotated[bool, typer.Option("--compile", help="torch.compile the training step.")] = False,
     channels_last: Annotated[bool, typer.Option("--channels-last", help="Use the channels-last memory format.")] = False,
     num_workers: Annotated[Optional[int], typer.Option(help="Data-loading worker processes (folders and Cars).")] = None,
+    download: Annotated[bool, typer.Option("--download", help="Let torchvision download a missing MNIST, Fashion-MNIST or CIFAR-10.")] = False,
     sample_every: Annotated[Optional[int], typer.Option(help="Write a sample grid every N steps (0: only at the end).")] = None,
     json_: JsonOpt = False,
 ) -> None:
@@ -56,7 +57,8 @@ def train_command(
         file = config
         overrides: dict[str, object] = {
             "data.dataset": dataset, "data.data_dir": str(data_dir) if data_dir else None, "data.split": split,
-            "data.image_size": image_size, "data.num_workers": num_workers, "task": task,
+            "data.image_size": image_size, "data.num_workers": num_workers,
+            "data.download": True if download else None, "task": task,
             "sde.kind": sde, "sde.schedule": schedule, "steps": steps, "batch_size": batch_size, "optim.lr": lr, "optim.decay": lr_decay,
             "out": str(out) if out else None, "name": name, "seed": seed, "device": device, "precision": precision,
             "compile": True if compile_ else None, "channels_last": True if channels_last else None,
