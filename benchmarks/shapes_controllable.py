@@ -54,7 +54,7 @@ def main() -> None:
     net, _, clf_meta = load_classifier(args.classifier)
     size, ch = meta["image_size"], meta["channels"]
     k = len(clf_meta["class_names"])
-    judge, judge_acc = train_judge(size)
+    judge, judge_acc, _ = train_judge(size)
     score_fn = make_score_fn(model)
     results: dict[str, object] = {"judge_accuracy": round(judge_acc, 4), "guidance": {}, "imputation": {}}
 
@@ -77,7 +77,7 @@ def main() -> None:
     params = shape_params(size, seed, "test", np.arange(args.impute_n))
     columns = torch.arange(size, dtype=torch.float32) + 0.5  # pixel centres, as the renderer places them
     options = {"smc": {"particles": args.particles}, "replacement": {"sampler": "ddpm"}, "repaint": {"resample": 4, "jump_length": 5}}
-    for mask_kind in args.masks.split(","):
+    for mask_kind in filter(None, args.masks.split(",")):
         if mask_kind == "shape-half":
             known = (columns.view(1, 1, 1, -1) < params["cx"].view(-1, 1, 1, 1)).float().expand(-1, 1, size, size).contiguous()
         elif mask_kind == "image-half":

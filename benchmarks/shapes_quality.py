@@ -1,6 +1,9 @@
 """Issue 2's measure of the quickstart: share of 256 generated shapes a trained judge recognises with confidence >= 0.9.
 
     python benchmarks/shapes_quality.py --model runs/quickstart [--sampler ei --steps 30] [--train-seconds SECONDS]
+    python benchmarks/shapes_quality.py --model runs/mnist --data-dir ../shared/data/mnist   # an MNIST run
+
+The judge is trained on the run's own dataset (shapes, or MNIST from --data-dir).
 """
 
 from __future__ import annotations
@@ -30,12 +33,17 @@ def main() -> None:
     ap.add_argument("-n", type=int, default=256)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threshold", type=float, default=0.9)
+    ap.add_argument("--data-dir", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist",
+                    help="where MNIST's IDX files are, for an MNIST run")
     ap.add_argument("--train-seconds", type=float, default=None, help="wall time of the training run, to report beside")
     args = ap.parse_args()
 
     model, meta = load_score_model(args.model)
     t0 = time.perf_counter()
-    judge, acc = train_judge(meta["image_size"])
+    dataset = meta.get("dataset", "shapes")
+    if dataset not in ("shapes", "mnist"):
+        raise SystemExit(f"the judge knows shapes and mnist, not {dataset!r}")
+    judge, acc, real_share = train_judge(meta["image_size"], dataset=dataset, data_dir=args.data_dir)
     t_judge = time.perf_counter() - t0
     t0 = time.perf_counter()
     x = sample(model.sde, make_score_fn(model), (args.n, meta["channels"], meta["image_size"], meta["image_size"]),
@@ -47,6 +55,7 @@ def main() -> None:
         "model": str(args.model), "steps_trained": meta["step"], "sampler": args.sampler, "sampler_steps": args.steps,
         "n": args.n, "recognised_share": round(confident.float().mean().item(), 4), "threshold": args.threshold,
         "per_class_recognised": dict(zip(meta["class_names"], counts)), "judge_accuracy": round(acc, 4),
+        "real_recognised_share": round(real_share, 4),
         "sample_seconds": round(t_sample, 1), "judge_seconds": round(t_judge, 1), "train_seconds": args.train_seconds,
     }
     print(json.dumps(result, indent=2))

@@ -52,7 +52,7 @@ import torch
 from torch import Tensor
 
 from diffusers_cli.engine.grids import time_grid
-from diffusers_cli.engine.samplers import PREDICTORS, SAMPLERS, Callback, denoise, notify, sample
+from diffusers_cli.engine.samplers import PREDICTORS, SAMPLERS, Callback, ancestral_kernel, denoise, notify, sample
 from diffusers_cli.engine.score import ScoreFn
 from diffusers_cli.engine.sde import SDE
 from diffusers_cli.engine.utils import append_dims, randn_like
@@ -186,18 +186,6 @@ def impute_repaint(
                 x = append_dims(a, x.ndim) * x + append_dims(b, x.ndim) * randn_like(x, generator)
         x = denoise(sde, score_fn, x, float(ts[-1]))
     return paste(x, x_known, known)
-
-
-def ancestral_kernel(sde: SDE, x: Tensor, t: Tensor, s: Tensor, score: Tensor) -> tuple[Tensor, Tensor]:
-    """Mean and std [B] of DDPM's Gaussian step x_s ~ q(x_s | x_t, x_0 = Tweedie estimate)."""
-    # Same maths as samplers.ancestral_step, which returns only the draw; SMC needs mean and std apart.
-    x0 = sde.tweedie(x, t, score)
-    m_s, std_s = sde.marginal(s)
-    _, std_t = sde.marginal(t)
-    a, b = sde.transition(s, t)
-    nd = x.ndim
-    mean = append_dims(a * std_s**2 / std_t**2, nd) * x + append_dims(m_s * b**2 / std_t**2, nd) * x0
-    return mean, std_s * b / std_t
 
 
 def _propose(

@@ -92,20 +92,24 @@ def euler_maruyama_step(
     return x_mean + g * torch.sqrt(-dt) * randn_like(x, generator), score
 
 
-def ancestral_step(
-    sde: SDE, score_fn: ScoreFn, x: Tensor, t: Tensor, s: Tensor, generator: torch.Generator | None
-) -> tuple[Tensor, Tensor]:
-    """DDPM's ancestral step: draw x_s from q(x_s | x_t, x_0 = Tweedie estimate), for any Gaussian-kernel SDE."""
-    score = score_fn(x, t)
+def ancestral_kernel(sde: SDE, x: Tensor, t: Tensor, s: Tensor, score: Tensor) -> tuple[Tensor, Tensor]:
+    """Mean and std [B] of DDPM's Gaussian step q(x_s | x_t, x_0 = Tweedie estimate), for any Gaussian-kernel SDE."""
     x0 = sde.tweedie(x, t, score)
     m_s, std_s = sde.marginal(s)
     _, std_t = sde.marginal(t)
     a, b = sde.transition(s, t)
     nd = x.ndim
-    coef_x = append_dims(a * std_s**2 / std_t**2, nd)
-    coef_x0 = append_dims(m_s * b**2 / std_t**2, nd)
-    std = append_dims(std_s * b / std_t, nd)  # DDPM's beta-tilde variance
-    return coef_x * x + coef_x0 * x0 + std * randn_like(x, generator), score
+    mean = append_dims(a * std_s**2 / std_t**2, nd) * x + append_dims(m_s * b**2 / std_t**2, nd) * x0
+    return mean, std_s * b / std_t  # the std is DDPM's beta-tilde
+
+
+def ancestral_step(
+    sde: SDE, score_fn: ScoreFn, x: Tensor, t: Tensor, s: Tensor, generator: torch.Generator | None
+) -> tuple[Tensor, Tensor]:
+    """DDPM's ancestral step: draw x_s from q(x_s | x_t, x_0 = Tweedie estimate), for any Gaussian-kernel SDE."""
+    score = score_fn(x, t)
+    mean, std = ancestral_kernel(sde, x, t, s, score)
+    return mean + append_dims(std, x.ndim) * randn_like(x, generator), score
 
 
 PREDICTORS: dict[str, Callable[..., tuple[Tensor, Tensor]]] = {
