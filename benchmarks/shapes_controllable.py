@@ -46,6 +46,8 @@ def main() -> None:
     ap.add_argument("--impute-n", type=int, default=100)
     ap.add_argument("--impute-steps", type=int, default=100)
     ap.add_argument("--particles", type=int, default=8)
+    ap.add_argument("--resample", type=int, default=4, help="RePaint's U")
+    ap.add_argument("--jump-length", type=int, default=5)
     ap.add_argument("--masks", default="shape-half,image-half")
     ap.add_argument("--methods", default="smc,replacement,repaint")
     args = ap.parse_args()
@@ -58,7 +60,7 @@ def main() -> None:
     score_fn = make_score_fn(model)
     results: dict[str, object] = {"judge_accuracy": round(judge_acc, 4), "guidance": {}, "imputation": {}}
 
-    for scale in [float(s) for s in args.scales.split(",")]:
+    for scale in [float(s) for s in args.scales.split(",") if s]:
         t0 = time.perf_counter()
         hits = 0
         for y in range(k):
@@ -76,7 +78,7 @@ def main() -> None:
     labels = test.labels
     params = shape_params(size, seed, "test", np.arange(args.impute_n))
     columns = torch.arange(size, dtype=torch.float32) + 0.5  # pixel centres, as the renderer places them
-    options = {"smc": {"particles": args.particles}, "replacement": {"sampler": "ddpm"}, "repaint": {"resample": 4, "jump_length": 5}}
+    options = {"smc": {"particles": args.particles}, "replacement": {"sampler": "ddpm"}, "repaint": {"resample": args.resample, "jump_length": args.jump_length}}
     for mask_kind in filter(None, args.masks.split(",")):
         if mask_kind == "shape-half":
             known = (columns.view(1, 1, 1, -1) < params["cx"].view(-1, 1, 1, 1)).float().expand(-1, 1, size, size).contiguous()
