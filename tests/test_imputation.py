@@ -17,7 +17,13 @@ from diffusers_cli.engine.imputation import (
     repaint_schedule,
     resample_indices,
 )
-from diffusers_cli.engine.masks import IMAGE_CONVENTION, MaskError, make_mask, mask_from_image, mask_to_image
+from diffusers_cli.engine.masks import (
+    IMAGE_CONVENTION,
+    MaskError,
+    make_mask,
+    mask_from_image,
+    mask_to_image,
+)
 from diffusers_cli.engine.samplers import SAMPLERS
 from diffusers_cli.engine.score import ScoreFn
 from diffusers_cli.engine.sde import VESDE, VPSDE
@@ -253,3 +259,16 @@ def test_mask_image_errors() -> None:
         mask_from_image(torch.ones(1, 4, 4))
     with pytest.raises(MaskError, match=r"a mask image must be \[H, W\] or \[C, H, W\]"):
         mask_from_image(torch.zeros(5, 4, 4))
+
+
+def test_auto_method_picks_smc_for_few_known_pixels_and_repaint_for_many() -> None:
+    from diffusers_cli.engine.imputation import SMC_MAX_KNOWN_PIXELS, auto_method
+
+    mask = torch.zeros(2, 3, 16, 16)
+    flat = mask.view(2, 3, 256)
+    flat[0, :, :SMC_MAX_KNOWN_PIXELS] = 1  # exactly the limit, in every channel
+    assert auto_method(mask) == "smc"
+    flat[1, 0, 100 : 101 + SMC_MAX_KNOWN_PIXELS] = 1  # one image over the limit (one channel is enough)
+    assert auto_method(mask) == "repaint"
+    assert auto_method(torch.ones(1, 1, 16, 16)) == "repaint"
+    assert auto_method(torch.zeros(1, 1, 16, 16)) == "smc"

@@ -255,7 +255,8 @@ class ImputeConfig(Strict):
     mask_fraction: float | None = Field(None, gt=0.0, lt=1.0)
     mask_side: Literal["left", "right", "top", "bottom"] | None = None
     model: Path | None = None
-    method: Literal["smc", "replacement", "repaint"] = "smc"
+    # "auto": smc for a few known pixels, repaint for large known regions (engine.imputation.auto_method).
+    method: Literal["auto", "smc", "replacement", "repaint"] = "auto"
     particles: PositiveInt | None = None
     jump_length: PositiveInt | None = None
     resample: PositiveInt | None = None

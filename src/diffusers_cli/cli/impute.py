@@ -7,7 +7,19 @@ from typing import Annotated, Optional
 
 import typer
 
-from diffusers_cli.cli.common import ConfigOpt, DeviceOpt, JsonOpt, ModelOpt, SeedOpt, SetOpt, StepsOpt, emit_json, make_reporter, parse_kv, run_job
+from diffusers_cli.cli.common import (
+    ConfigOpt,
+    DeviceOpt,
+    JsonOpt,
+    ModelOpt,
+    SeedOpt,
+    SetOpt,
+    StepsOpt,
+    emit_json,
+    make_reporter,
+    parse_kv,
+    run_job,
+)
 from diffusers_cli.cli.sample import sampler_overrides
 from diffusers_cli.config import ImputeConfig, build_config
 
@@ -19,7 +31,7 @@ def impute_command(
     mask_fraction: Annotated[Optional[float], typer.Option(help="box/outpaint: area fraction; random-pixels: fraction kept.")] = None,
     mask_side: Annotated[Optional[str], typer.Option(help="half: the side to fill (left, right, top, bottom).")] = None,
     model: ModelOpt = None,
-    method: Annotated[Optional[str], typer.Option(help="smc (default: asymptotically exact), replacement (fast, biased), repaint.")] = None,
+    method: Annotated[Optional[str], typer.Option(help="auto (default: smc for <= 32 known pixels, else repaint), smc (asymptotically exact), replacement (fast, biased), repaint.")] = None,
     particles: Annotated[Optional[int], typer.Option(help="smc: particles per candidate (more is closer to the exact posterior).")] = None,
     sampler: Annotated[Optional[str], typer.Option(help="replacement: any sampler of `diffuse sample`.")] = None,
     steps: StepsOpt = None,
@@ -45,12 +57,12 @@ def impute_command(
         from diffusers_cli.jobs.impute import impute_image
 
         res = impute_image(cfg, make_reporter(json_))
-        summary = {"outputs": [str(p) for p in res.outputs], "method": cfg.method, "n": cfg.n, "steps": cfg.sampler.steps,
-                   "nfe": res.nfe, "particles": cfg.particles or (16 if cfg.method == "smc" else 1), "seconds": round(res.seconds, 3), "seed": cfg.seed,
+        summary = {"outputs": [str(p) for p in res.outputs], "method": res.method, "n": cfg.n, "steps": cfg.sampler.steps,
+                   "nfe": res.nfe, "particles": cfg.particles or (16 if res.method == "smc" else 1), "seconds": round(res.seconds, 3), "seed": cfg.seed,
                    "model": str(res.model), "size": list(res.image_size), "notes": res.notes}
         if json_:
             emit_json(summary)
         else:
-            print(f"wrote {', '.join(str(p) for p in res.outputs[:3])} ({cfg.method}, {res.nfe} NFE)")
+            print(f"wrote {', '.join(str(p) for p in res.outputs[:3])} ({res.method}, {res.nfe} NFE)")
 
     run_job(job)

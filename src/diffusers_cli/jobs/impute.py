@@ -15,7 +15,7 @@ from torch import Tensor
 
 from diffusers_cli import build
 from diffusers_cli.config import ImputeConfig
-from diffusers_cli.engine.imputation import impute
+from diffusers_cli.engine.imputation import auto_method, impute
 from diffusers_cli.engine.masks import make_mask, mask_from_image
 from diffusers_cli.engine.score import NFECounter, make_score_fn
 from diffusers_cli.files import check_writable
@@ -32,6 +32,7 @@ class ImputeResult:
     seconds: float
     model: Path
     image_size: tuple[int, int]
+    method: str  # the method that ran ("auto" resolved)
     notes: list[str] = field(default_factory=list)
 
 
@@ -104,11 +105,15 @@ def impute_image(cfg: ImputeConfig, reporter: Reporter | None = None) -> ImputeR
     x_small, known_small = to_model_resolution(image, known, size)
     model.to(device)
     counter = NFECounter(make_score_fn(model))
+    method = auto_method(known_small) if cfg.method == "auto" else cfg.method
+    if cfg.method == "auto":
+        notes.append(f"--method auto chose {method} ({int(known_small.sum())} of {size * size} pixels known at {size}x{size})")
+        reporter.message(notes[-1])
     s = cfg.sampler
     options: dict[str, Any] = {"steps": s.steps, "grid": s.grid, "eps": s.eps}
-    if cfg.method == "replacement":
+    if method == "replacement":
         options.update(sampler=s.name, **s.options())
-    elif cfg.method == "repaint":
+    elif method == "repaint":
         options.update({k: v for k, v in (("jump_length", cfg.jump_length), ("resample", cfg.resample)) if v is not None})
         options["grid"] = s.grid or "uniform"
     else:
@@ -116,8 +121,8 @@ def impute_image(cfg: ImputeConfig, reporter: Reporter | None = None) -> ImputeR
         options["grid"] = s.grid or "uniform"
     options = {k: v for k, v in options.items() if v is not None}
     t0 = time.perf_counter()
-    reporter.start(1, f"imputing {cfg.image.name} with {cfg.method}")
-    filled = impute(model.sde, counter, x_small.to(device), known_small.to(device), method=cfg.method, n=cfg.n,
+    reporter.start(1, f"imputing {cfg.image.name} with {method}")
+    filled = impute(model.sde, counter, x_small.to(device), known_small.to(device), method=method, n=cfg.n,
                     generator=build.make_generator(cfg.seed, device), **options).float().cpu()
     reporter.advance(1)
     reporter.finish()
@@ -131,5 +136,5 @@ def impute_image(cfg: ImputeConfig, reporter: Reporter | None = None) -> ImputeR
         path = cfg.out if cfg.n == 1 else cfg.out.with_name(f"{cfg.out.stem}_{i:02d}{cfg.out.suffix or '.png'}")
         save_png(img, path)
         outputs.append(path)
-    return ImputeResult(outputs, counter.nfe, seconds, model_path, tuple(image.shape[-2:]), notes)
+    return ImputeResult(outputs, counter.nfe, seconds, model_path, tuple(image.shape[-2:]), method, notes)
 
