@@ -18,7 +18,7 @@ Methods:
   times, jump back up ``jump_length`` steps with the exact forward transition and redo
   them, ``resample`` times in all, so that known and generated content harmonise. About
   ``steps * resample`` NFE. Less biased than replacement, still not exact.
-- ``smc`` (**the default**): sequential Monte Carlo over the reverse chain, as MCGdiff does
+- ``smc`` (what ``auto`` runs for few known pixels): sequential Monte Carlo over the reverse chain, as MCGdiff does
   for noiseless linear observations (inpainting is the case where the SVD is trivial).
   ``particles`` chains per image target p(x_{t_k}) N(x_obs; mean(t_k) x_known, std(t_k)^2),
   which at the last time is the posterior given the known pixels. The observed coordinates
