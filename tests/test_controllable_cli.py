@@ -71,12 +71,14 @@ def test_impute_keeps_known_pixels_exactly_at_any_size(method: str, tiny_run: Pa
 
 def test_impute_auto_method_follows_the_mask(tiny_run: Path, tmp_path: Path) -> None:
     write_image(tmp_path / "img.png", (8, 8))
-    base = ["impute", tmp_path / "img.png", "--model", tiny_run, "--steps", "2", "--out", tmp_path / "o.png", "--json",
-            "--set", "resample=2", "--set", "jump_length=1"]
+    base = ["impute", tmp_path / "img.png", "--model", tiny_run, "--steps", "2", "--out", tmp_path / "o.png", "--json"]
     half = json.loads(invoke(*base, "--mask", "half").stdout)  # 32 of 64 known: at the limit, smc
     assert half["method"] == "smc" and "--method auto chose smc (32 of 64 pixels known at 8x8)" in half["notes"]
     most = json.loads(invoke(*base, "--mask", "box", "--mask-fraction", "0.25").stdout)  # 48 known
     assert most["method"] == "repaint" and most["nfe"] > 2
+    # An option only one method takes overrides the mask's choice.
+    forced = json.loads(invoke(*base, "--mask", "box", "--mask-fraction", "0.25", "--particles", "2").stdout)
+    assert forced["method"] == "smc" and "--method auto chose smc (--particles is set)" in forced["notes"]
 
 
 def test_impute_generated_mask_and_greyscale_conversion(tiny_run: Path, tmp_path: Path) -> None:

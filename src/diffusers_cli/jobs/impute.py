@@ -105,9 +105,16 @@ def impute_image(cfg: ImputeConfig, reporter: Reporter | None = None) -> ImputeR
     x_small, known_small = to_model_resolution(image, known, size)
     model.to(device)
     counter = NFECounter(make_score_fn(model))
-    method = auto_method(known_small) if cfg.method == "auto" else cfg.method
-    if cfg.method == "auto":
-        notes.append(f"--method auto chose {method} ({int(known_small.sum())} of {size * size} pixels known at {size}x{size})")
+    method = cfg.method
+    if method == "auto":
+        # An option that only one method takes says which method the user means.
+        if cfg.particles is not None:
+            method, why = "smc", "--particles is set"
+        elif cfg.resample is not None or cfg.jump_length is not None:
+            method, why = "repaint", "resample/jump_length is set"
+        else:
+            method, why = auto_method(known_small), f"{int(known_small.sum())} of {size * size} pixels known at {size}x{size}"
+        notes.append(f"--method auto chose {method} ({why})")
         reporter.message(notes[-1])
     s = cfg.sampler
     options: dict[str, Any] = {"steps": s.steps, "grid": s.grid, "eps": s.eps}
