@@ -36,11 +36,12 @@ known, ``repaint`` otherwise. With few informative known pixels only ``smc`` is 
 score on a 3-component mixture whose component one observed pixel reveals, SMC (16 particles, 100
 steps) lands within total variation 0.02 of the exact posterior component weights (0.008 is the
 sampling-noise floor of its 2000 draws), while replacement stays 0.29 away at any NFE and RePaint
-0.23 at 370 NFE (benchmarks/controllable.py). With many known pixels SMC's weights degenerate (one
-survivor per resampling, chosen by the network's small errors at the known pixels) unless the
-particles are very many, while the known region then constrains the rest strongly, which is where
-RePaint works: filling the hidden half of real 16x16 shapes keeps the class in 94 % of cases with
-RePaint (U = 10) against 73 % for SMC at 8 particles and 77 % for replacement. ``replacement`` is
+0.23 at 370 NFE (benchmarks/controllable.py). With many known pixels the measurement goes
+the other way: filling the hidden half of real 16x16 shapes keeps the class in 94 % of cases with
+RePaint (U = 10) against 73 % for SMC at 8 particles (70 % at 32) and 77 % for replacement; the known
+region then constrains the rest strongly, and RePaint's repeated passes harmonise it, while SMC
+either degenerates over hundreds of observed values or faithfully samples a learned posterior that
+is worse (not separated; benchmarks/README.md). ``replacement`` is
 the cheap option (the sampler's NFE), for any sampler.
 """
 
@@ -71,10 +72,9 @@ from diffusers_cli.engine.utils import append_dims, randn_like
 #: The method ``impute`` uses unless told otherwise: "auto" picks smc or repaint by the mask (see ``auto_method``).
 DEFAULT_METHOD = "auto"
 #: "auto" uses smc up to this many known pixels per image, repaint above. Measured ends: smc is exact on
-#: one observed pixel where repaint is 0.23 off; on 128 known pixels of a learned 16x16 model smc at 8
-#: particles keeps a half-shape's class 73 % of the time and repaint 94 % (benchmarks/README.md). In
-#: between is unmeasured; 32 pixels (~100 values in RGB) is where a few dozen particles' weights
-#: start to collapse to one survivor per resampling.
+#: one observed pixel where repaint is 0.23 off; on 128 known pixels of a learned 16x16 model smc keeps a
+#: half-shape's class 73 % of the time (70 % at 32 particles) and repaint 94 % (benchmarks/README.md).
+#: In between is unmeasured: 32 pixels is a judgement, not a tuned value.
 SMC_MAX_KNOWN_PIXELS = 32
 RESAMPLING = ("systematic", "multinomial")
 
