@@ -272,3 +272,17 @@ def test_auto_method_picks_smc_for_few_known_pixels_and_repaint_for_many() -> No
     assert auto_method(mask) == "repaint"
     assert auto_method(torch.ones(1, 1, 16, 16)) == "repaint"
     assert auto_method(torch.zeros(1, 1, 16, 16)) == "smc"
+
+
+@pytest.mark.parametrize("method, options", [("repaint", {"jump_length": 3, "resample": 4}), ("repaint", {}),
+                                             ("smc", {"particles": 2}), ("replacement", {"sampler": "ddpm"})])
+def test_reverse_steps_counts_the_callbacks(method: str, options: dict) -> None:
+    from diffusers_cli.engine.imputation import impute, reverse_steps
+
+    calls: list[int] = []
+    x = torch.zeros(1, 1, 4, 4)
+    known = torch.zeros(1, 1, 4, 4)
+    known[..., :2] = 1
+    impute(VPSDE(), lambda x, t: -x, x, known, method=method, steps=12, generator=torch.Generator().manual_seed(0),
+           callback=lambda info: calls.append(info["i"]), **options)
+    assert len(calls) == reverse_steps(method, steps=12, **options) > 0

@@ -322,6 +322,16 @@ def method_options(method: str) -> dict[str, Any]:
     return {k: p.default for k, p in params.items() if k not in common and p.kind is p.KEYWORD_ONLY}
 
 
+def reverse_steps(method: str, steps: int, **options: Any) -> int:
+    """How many times ``method`` calls its callback (one per reverse step), for progress bars."""
+    if method == "repaint":
+        defaults = method_options("repaint")
+        path = repaint_schedule(steps, options.get("jump_length", defaults["jump_length"]),
+                                options.get("resample", defaults["resample"]))
+        return sum(1 for i, j in pairwise(path) if j > i)
+    return steps  # smc, and replacement on any fixed-step sampler (the adaptive ODE chooses its own)
+
+
 def auto_method(mask: Tensor) -> str:
     """The method "auto" stands for, given a mask [B or 1, C or 1, H, W] with 1 = known: smc for few known pixels, else repaint."""
     known_pixels = int((mask.amax(dim=1) > 0.5).flatten(1).sum(dim=1).max())

@@ -15,7 +15,7 @@ from torch import Tensor
 
 from diffusers_cli import build
 from diffusers_cli.config import ImputeConfig
-from diffusers_cli.engine.imputation import auto_method, impute
+from diffusers_cli.engine.imputation import auto_method, impute, reverse_steps
 from diffusers_cli.engine.masks import make_mask, mask_from_image
 from diffusers_cli.engine.score import NFECounter, make_score_fn
 from diffusers_cli.files import check_writable
@@ -128,10 +128,10 @@ def impute_image(cfg: ImputeConfig, reporter: Reporter | None = None) -> ImputeR
         options["grid"] = s.grid or "uniform"
     options = {k: v for k, v in options.items() if v is not None}
     t0 = time.perf_counter()
-    reporter.start(1, f"imputing {cfg.image.name} with {method}")
+    reporter.start(reverse_steps(method, **options), f"imputing {cfg.image.name} with {method}")
     filled = impute(model.sde, counter, x_small.to(device), known_small.to(device), method=method, n=cfg.n,
-                    generator=build.make_generator(cfg.seed, device), **options).float().cpu()
-    reporter.advance(1)
+                    generator=build.make_generator(cfg.seed, device), callback=lambda info: reporter.advance(1),
+                    **options).float().cpu()
     reporter.finish()
     seconds = time.perf_counter() - t0
     # Back to the original size; known pixels come from the input itself, untouched by any resizing.
