@@ -78,7 +78,7 @@ def test_impute_auto_method_follows_the_mask(tiny_run: Path, tmp_path: Path) -> 
     assert most["method"] == "repaint" and most["nfe"] > 2
     # An option only one method takes overrides the mask's choice.
     forced = json.loads(invoke(*base, "--mask", "box", "--mask-fraction", "0.25", "--particles", "2").stdout)
-    assert forced["method"] == "smc" and "--method auto chose smc (--particles is set)" in forced["notes"]
+    assert forced["method"] == "smc" and "--method auto chose smc (particles is set)" in forced["notes"]
 
 
 def test_impute_generated_mask_and_greyscale_conversion(tiny_run: Path, tmp_path: Path) -> None:

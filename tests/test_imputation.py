@@ -286,3 +286,17 @@ def test_reverse_steps_counts_the_callbacks(method: str, options: dict) -> None:
     impute(VPSDE(), lambda x, t: -x, x, known, method=method, steps=12, generator=torch.Generator().manual_seed(0),
            callback=lambda info: calls.append(info["i"]), **options)
     assert len(calls) == reverse_steps(method, steps=12, **options) > 0
+
+
+def test_auto_follows_a_method_specific_option_in_the_library_too() -> None:
+    from diffusers_cli.engine.imputation import choose_method, impute
+
+    known = torch.ones(1, 1, 8, 8)
+    known[..., 0, 0] = 0  # 63 known pixels: repaint by the mask alone
+    assert choose_method(known) == ("repaint", "63 of 64 pixels known at 8x8")
+    assert choose_method(known, particles=4) == ("smc", "particles is set")
+    assert choose_method(torch.zeros(1, 1, 8, 8), resample=2)[0] == "repaint"
+    # Before, "auto" resolved by the mask alone and then refused smc's option.
+    out = impute(VPSDE(), lambda x, t: -x, torch.zeros(1, 1, 8, 8), known, method="auto", steps=3, particles=2,
+                 generator=torch.Generator().manual_seed(0))
+    assert out.shape == (1, 1, 8, 8)

@@ -332,10 +332,22 @@ def reverse_steps(method: str, steps: int, **options: Any) -> int:
     return steps  # smc, and replacement on any fixed-step sampler (the adaptive ODE chooses its own)
 
 
-def auto_method(mask: Tensor) -> str:
-    """The method "auto" stands for, given a mask [B or 1, C or 1, H, W] with 1 = known: smc for few known pixels, else repaint."""
-    known_pixels = int((mask.amax(dim=1) > 0.5).flatten(1).sum(dim=1).max())
-    return "smc" if known_pixels <= SMC_MAX_KNOWN_PIXELS else "repaint"
+def choose_method(mask: Tensor, **options: Any) -> tuple[str, str]:
+    """What "auto" stands for, and why: an option only one method takes names it; else smc for few known pixels, repaint above."""
+    if options.get("particles") is not None:
+        return "smc", "particles is set"
+    if options.get("resample") is not None or options.get("jump_length") is not None:
+        return "repaint", "resample/jump_length is set"
+    # mask is [B or 1, C or 1, H, W] with 1 = known; a pixel counts if any channel of it is known.
+    known = (mask.amax(dim=1) > 0.5).flatten(1).sum(dim=1)
+    h, w = mask.shape[-2:]
+    method = "smc" if int(known.max()) <= SMC_MAX_KNOWN_PIXELS else "repaint"
+    return method, f"{int(known.max())} of {h * w} pixels known at {h}x{w}"
+
+
+def auto_method(mask: Tensor, **options: Any) -> str:
+    """The method "auto" stands for (see ``choose_method``)."""
+    return choose_method(mask, **options)[0]
 
 
 def impute(
@@ -351,7 +363,7 @@ def impute(
 ) -> Tensor:
     """n independent fills of each image: [B * n, C, H, W], draw j of image b at row b * n + j."""
     if method == "auto":
-        method = auto_method(mask)
+        method = auto_method(mask, **options)
     allowed = method_options(method)
     extra = set(options) - set(allowed)
     # Replacement passes unknown options to its sampler, which checks them itself.

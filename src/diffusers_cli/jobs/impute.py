@@ -15,7 +15,7 @@ from torch import Tensor
 
 from diffusers_cli import build
 from diffusers_cli.config import ImputeConfig
-from diffusers_cli.engine.imputation import auto_method, impute, reverse_steps
+from diffusers_cli.engine.imputation import choose_method, impute, reverse_steps
 from diffusers_cli.engine.masks import make_mask, mask_from_image
 from diffusers_cli.engine.score import NFECounter, make_score_fn
 from diffusers_cli.files import check_writable
@@ -107,13 +107,7 @@ def impute_image(cfg: ImputeConfig, reporter: Reporter | None = None) -> ImputeR
     counter = NFECounter(make_score_fn(model))
     method = cfg.method
     if method == "auto":
-        # An option that only one method takes says which method the user means.
-        if cfg.particles is not None:
-            method, why = "smc", "--particles is set"
-        elif cfg.resample is not None or cfg.jump_length is not None:
-            method, why = "repaint", "resample/jump_length is set"
-        else:
-            method, why = auto_method(known_small), f"{int(known_small.sum())} of {size * size} pixels known at {size}x{size}"
+        method, why = choose_method(known_small, particles=cfg.particles, resample=cfg.resample, jump_length=cfg.jump_length)
         notes.append(f"--method auto chose {method} ({why})")
         reporter.message(notes[-1])
     s = cfg.sampler
