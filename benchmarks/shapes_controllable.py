@@ -2,7 +2,8 @@
 
     python benchmarks/shapes_controllable.py --model runs/quickstart --classifier runs/shapes-clf [--scales 0,2,4]
 
-A judge CNN trained on clean shapes (benchmarks/shapes_judge.py) decides the class of every image.
+A judge CNN trained on real shapes (benchmarks/shapes_judge.py) decides the class of every image; its
+"none of them" class means a blob counts as no class, so it never matches the asked or true class.
 
 Two masks for imputation. "shape-half" hides everything right of the shape's own centre, so half of
 the shape is always seen: the issue's "masked half of a real shape". "image-half" hides the right

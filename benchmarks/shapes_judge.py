@@ -1,4 +1,10 @@
-"""A plain CNN trained on real images (`shapes`, or MNIST's IDX files): the judge benchmarks use to recognise samples."""
+"""A plain CNN trained on real images (`shapes`, or MNIST's IDX files): the judge benchmarks use to recognise samples.
+
+Besides the dataset's classes the judge has one more, "none of them", trained on images that are
+not plainly any class: noise, smooth blobs, blank backgrounds and blends of two different classes.
+Without it a judge is confident about anything (pure noise was called a "ring" with p > 0.99), so
+a recognised share would reward garbage.
+"""
 
 from __future__ import annotations
 
@@ -6,13 +12,14 @@ import time
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from diffusers_cli.data import load_dataset
 
 
 def make_judge(channels: int, num_classes: int) -> nn.Module:
-    """A small conv net (resolution-agnostic through global pooling)."""
+    """A small conv net (resolution-agnostic through global pooling); give it num_classes + 1 outputs for the reject class."""
     return nn.Sequential(
         nn.Conv2d(channels, 32, 3, padding=1), nn.SiLU(), nn.Conv2d(32, 32, 3, padding=1), nn.SiLU(), nn.MaxPool2d(2),
         nn.Conv2d(32, 64, 3, padding=1), nn.SiLU(), nn.Conv2d(64, 64, 3, padding=1), nn.SiLU(), nn.MaxPool2d(2),
@@ -20,13 +27,50 @@ def make_judge(channels: int, num_classes: int) -> nn.Module:
     )
 
 
+def negatives(x: Tensor, y: Tensor, n: int, g: torch.Generator) -> Tensor:
+    """``n`` images in [-1, 1] that are no class: a quarter each of noise, smooth blobs, blank colours, two-class blends.
+
+    ``x`` / ``y`` are real images and labels to draw colours and blends from.
+    """
+    b, c, h, w = x.shape
+    kind = torch.arange(n) % 4
+    colour = torch.rand(n, c, 1, 1, generator=g) * 2 - 1
+    # White noise of any strength around a random colour.
+    noise = colour + torch.rand(n, 1, 1, 1, generator=g) * torch.randn(n, c, h, w, generator=g)
+    # Smooth blobs: coarse noise upsampled, the texture a half-trained model smears.
+    coarse = torch.randn(n, c, max(2, h // 4), max(2, w // 4), generator=g)
+    blobs = colour + 0.7 * F.interpolate(coarse, size=(h, w), mode="bilinear", align_corners=False)
+    blank = colour + 0.05 * torch.randn(n, c, h, w, generator=g)
+    # Blends of two real images of different classes, neither weight dominant.
+    i = torch.randint(0, b, (n,), generator=g)
+    j = torch.randint(0, b, (n,), generator=g)
+    j = torch.where(y[i] == y[j], (j + 1) % b, j)  # a retry would be exact; a neighbour is enough here
+    lam = (0.3 + 0.4 * torch.rand(n, 1, 1, 1, generator=g))
+    blend = lam * x[i] + (1 - lam) * x[j]
+    out = torch.where((kind == 0).view(-1, 1, 1, 1), noise, blobs)
+    out = torch.where((kind == 2).view(-1, 1, 1, 1), blank, out)
+    out = torch.where((kind == 3).view(-1, 1, 1, 1), blend, out)
+    return out.clamp(-1, 1)
+
+
+def warp(x: Tensor, g: torch.Generator, pixels: float = 1.0) -> Tensor:
+    """Smoothly deform images by up to about ``pixels``: a wobbly edge does not change what a shape is."""
+    n, _, h, w = x.shape
+    coarse = torch.randn(n, 2, 4, 4, generator=g) * (pixels * 2 / max(h, w))
+    flow = F.interpolate(coarse, size=(h, w), mode="bicubic", align_corners=False).permute(0, 2, 3, 1)
+    ys, xs = torch.meshgrid(torch.linspace(-1, 1, h), torch.linspace(-1, 1, w), indexing="ij")
+    grid = torch.stack([xs, ys], dim=-1).unsqueeze(0) + flow
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=True)
+
+
 def train_judge(
-    image_size: int, steps: int = 600, seed: int = 123, dataset: str = "shapes", data_dir: Path | None = None
+    image_size: int, steps: int = 1500, seed: int = 123, dataset: str = "shapes", data_dir: Path | None = None
 ) -> tuple[nn.Module, float, float]:
     """Train on real images of ``dataset``; return the judge, its held-out accuracy and held-out confident share.
 
     The confident share (held-out real images it recognises with confidence >= 0.9) is the
-    ceiling that samples' recognised share is compared against.
+    ceiling that samples' recognised share is compared against. Accuracy counts the reject class
+    as wrong for a real image.
 
     shapes: 10,000 training images of a seed unlike the model's, 1,000 test images held out.
     mnist: the test split of ``data_dir`` (all there is in ../shared/data), its last 1,000 held out.
@@ -41,18 +85,26 @@ def train_judge(
         ds, info = load_dataset(dataset, image_size, data_dir=data_dir, split="test")
         x, y = ds.images.float() / 127.5 - 1, ds.labels
         x_all, y_all, x_test, y_test = x[:-1000], y[:-1000], x[-1000:], y[-1000:]
-    judge = make_judge(info.channels, info.num_classes)
+    k = info.num_classes
+    judge = make_judge(info.channels, k + 1)
     opt = torch.optim.Adam(judge.parameters(), lr=2e-3)
+    # Annealing the rate makes the judge confident on clean real images (the ceiling), not only right.
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
     g = torch.Generator().manual_seed(seed)
     for _ in range(steps):
         idx = torch.randint(0, len(x_all), (128,), generator=g)
-        x = x_all[idx]
-        # Mild noise makes the judge robust to the small artefacts of generated images.
-        x = x + 0.05 * torch.randn(x.shape, generator=g)
-        loss = nn.functional.cross_entropy(judge(x), y_all[idx])
+        x, y = x_all[idx], y_all[idx]
+        x = torch.cat([warp(x, g), negatives(x, y, 32, g)])
+        y = torch.cat([y, torch.full((32,), k)])
+        # Noise of up to 0.25 on the real ones: a noisy shape is still plainly that shape, so only
+        # the absence of a shape, not noise, may send an image to the reject class.
+        strength = torch.cat([0.25 * torch.rand(128, 1, 1, 1, generator=g), torch.full((32, 1, 1, 1), 0.05)])
+        x = x + strength * torch.randn(x.shape, generator=g)
+        loss = nn.functional.cross_entropy(judge(x), y)
         opt.zero_grad()
         loss.backward()
         opt.step()
+        sched.step()
     judge.eval()
     with torch.no_grad():
         acc = (judge(x_test).argmax(1) == y_test).float().mean().item()
@@ -62,13 +114,17 @@ def train_judge(
 
 @torch.no_grad()
 def judge_images(judge: nn.Module, x: Tensor, threshold: float = 0.9) -> tuple[Tensor, Tensor]:
-    """(predicted class, confident?) for images in [-1, 1]."""
-    p = torch.softmax(judge(x.clamp(-1, 1)), dim=1)
+    """(predicted class, recognised?) for images in [-1, 1]: recognised = a real class with probability >= threshold.
+
+    The predicted class may be the reject class (the judge's last output), which is never recognised.
+    """
+    logits = judge(x.clamp(-1, 1))
+    p = torch.softmax(logits, dim=1)
     conf, cls = p.max(dim=1)
-    return cls, conf >= threshold
+    return cls, (conf >= threshold) & (cls < logits.shape[1] - 1)
 
 
 if __name__ == "__main__":
     t0 = time.perf_counter()
-    _, accuracy, _ = train_judge(32)
-    print(f"judge accuracy on held-out shapes: {accuracy:.4f} ({time.perf_counter() - t0:.0f}s)")
+    _, accuracy, share = train_judge(32)
+    print(f"judge accuracy on held-out shapes: {accuracy:.4f}, recognised share {share:.4f} ({time.perf_counter() - t0:.0f}s)")

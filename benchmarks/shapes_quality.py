@@ -1,5 +1,7 @@
 """Issue 2's measure of the quickstart: share of 256 generated shapes a trained judge recognises with confidence >= 0.9.
 
+The judge (shapes_judge.py) also has a "none of them" class, so noise and blobs are not recognised.
+
     python benchmarks/shapes_quality.py --model runs/quickstart [--sampler ei --steps 30] [--train-seconds SECONDS]
     python benchmarks/shapes_quality.py --model runs/mnist --data-dir ../shared/data/mnist   # an MNIST run
 
@@ -50,12 +52,18 @@ def main() -> None:
                args.sampler, args.steps, torch.Generator().manual_seed(args.seed))
     t_sample = time.perf_counter() - t0
     cls, confident = judge_images(judge, x, args.threshold)
+    # The reject class at work: Gaussian noise must not count as recognised (a judge without it said "ring").
+    noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(args.seed))
+    _, noise_recognised = judge_images(judge, noise, args.threshold)
     counts = torch.bincount(cls[confident], minlength=len(meta["class_names"])).tolist()
     result = {
         "model": str(args.model), "steps_trained": meta["step"], "sampler": args.sampler, "sampler_steps": args.steps,
         "n": args.n, "recognised_share": round(confident.float().mean().item(), 4), "threshold": args.threshold,
-        "per_class_recognised": dict(zip(meta["class_names"], counts)), "judge_accuracy": round(acc, 4),
+        "per_class_recognised": dict(zip(meta["class_names"], counts)),
+        "judged_no_class_share": round((cls == len(meta["class_names"])).float().mean().item(), 4),
+        "judge_accuracy": round(acc, 4),
         "real_recognised_share": round(real_share, 4),
+        "noise_recognised_share": round(noise_recognised.float().mean().item(), 4),
         "sample_seconds": round(t_sample, 1), "judge_seconds": round(t_judge, 1), "train_seconds": args.train_seconds,
     }
     print(json.dumps(result, indent=2))
