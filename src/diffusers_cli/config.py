@@ -174,6 +174,8 @@ class OptimConfig(Strict):
     # Annealing to 0 at the last step; "none" keeps the rate, so a run can be resumed longer as is.
     decay: Literal["none", "cosine", "linear"] = "none"
     grad_clip: float = Field(1.0, ge=0.0)
+    # With ema_warmup the decay is min(ema_decay, (1 + n) / (10 + n)): 0.999 is reached only after ~9,000
+    # updates, so shorter runs (the 2,000-step Quickstart ends at 0.9955) average over a growing window.
     ema_decay: float = Field(0.999, ge=0.0, lt=1.0)
     ema_warmup: bool = True
 
