@@ -45,7 +45,7 @@ def negatives(x: Tensor, y: Tensor, n: int, g: torch.Generator) -> Tensor:
     i = torch.randint(0, b, (n,), generator=g)
     j = torch.randint(0, b, (n,), generator=g)
     j = torch.where(y[i] == y[j], (j + 1) % b, j)  # a retry would be exact; a neighbour is enough here
-    lam = (0.3 + 0.4 * torch.rand(n, 1, 1, 1, generator=g))
+    lam = 0.3 + 0.4 * torch.rand(n, 1, 1, 1, generator=g)
     blend = lam * x[i] + (1 - lam) * x[j]
     out = torch.where((kind == 0).view(-1, 1, 1, 1), noise, blobs)
     out = torch.where((kind == 2).view(-1, 1, 1, 1), blank, out)
