@@ -102,4 +102,8 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except (ValueError, FileNotFoundError) as err:  # the package's errors for bad runs and data are ValueErrors
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
