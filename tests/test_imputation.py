@@ -262,16 +262,16 @@ def test_mask_image_errors() -> None:
 
 
 def test_auto_method_picks_smc_for_few_known_pixels_and_repaint_for_many() -> None:
-    from diffusers_cli.engine.imputation import SMC_MAX_KNOWN_PIXELS, auto_method
+    from diffusers_cli.engine.imputation import SMC_MAX_KNOWN_PIXELS, choose_method
 
     mask = torch.zeros(2, 3, 16, 16)
     flat = mask.view(2, 3, 256)
     flat[0, :, :SMC_MAX_KNOWN_PIXELS] = 1  # exactly the limit, in every channel
-    assert auto_method(mask) == "smc"
+    assert choose_method(mask)[0] == "smc"
     flat[1, 0, 100 : 101 + SMC_MAX_KNOWN_PIXELS] = 1  # one image over the limit (one channel is enough)
-    assert auto_method(mask) == "repaint"
-    assert auto_method(torch.ones(1, 1, 16, 16)) == "repaint"
-    assert auto_method(torch.zeros(1, 1, 16, 16)) == "smc"
+    assert choose_method(mask)[0] == "repaint"
+    assert choose_method(torch.ones(1, 1, 16, 16))[0] == "repaint"
+    assert choose_method(torch.zeros(1, 1, 16, 16))[0] == "smc"
 
 
 @pytest.mark.parametrize("method, options", [("repaint", {"jump_length": 3, "resample": 4}), ("repaint", {}),

@@ -192,7 +192,8 @@ class TrainConfig(Strict):
     loss_weighting: Literal["edm", "eps", "likelihood"] = "edm"
     time_sampling: Literal["lognormal", "uniform"] = "lognormal"
     # ln(sigma) ~ N(mean, std^2) for "lognormal", sigma = std(t) / mean(t): EDM's -1.2 / 1.2 by default;
-    # a higher mean spends more of training at the noise levels that decide an image's layout.
+    # a higher mean spends more of training at the noise levels that decide an image's layout (on 16x16
+    # shapes -0.4 and +0.2 measured worse than -1.2: benchmarks/README.md).
     lognormal_mean: float = -1.2
     lognormal_std: PositiveFloat = 1.2
     steps: PositiveInt = 3000
@@ -257,7 +258,7 @@ class ImputeConfig(Strict):
     mask_fraction: float | None = Field(None, gt=0.0, lt=1.0)
     mask_side: Literal["left", "right", "top", "bottom"] | None = None
     model: Path | None = None
-    # "auto": smc for a few known pixels, repaint for large known regions (engine.imputation.auto_method).
+    # "auto": smc for a few known pixels, repaint for large known regions (engine.imputation.choose_method).
     method: Literal["auto", "smc", "replacement", "repaint"] = "auto"
     particles: PositiveInt | None = None
     jump_length: PositiveInt | None = None

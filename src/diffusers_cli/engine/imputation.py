@@ -38,7 +38,7 @@ steps) lands within total variation 0.02 of the exact posterior component weight
 sampling-noise floor of its 2000 draws), while replacement stays 0.29 away at any NFE and RePaint
 0.23 at 370 NFE (benchmarks/controllable.py). With many known pixels the measurement goes
 the other way: filling the hidden half of real 16x16 shapes keeps the class in 94 % of cases with
-RePaint (U = 10) against 73 % for SMC at 8 particles (70 % at 32) and 77 % for replacement; the known
+RePaint (U = 10) against 82 % for SMC at 8 particles and 88 % for replacement; the known
 region then constrains the rest strongly, and RePaint's repeated passes harmonise it, while SMC
 either degenerates over hundreds of observed values or faithfully samples a learned posterior that
 is worse (not separated; benchmarks/README.md). ``replacement`` is
@@ -69,11 +69,11 @@ from diffusers_cli.engine.score import ScoreFn
 from diffusers_cli.engine.sde import SDE
 from diffusers_cli.engine.utils import append_dims, randn_like
 
-#: The method ``impute`` uses unless told otherwise: "auto" picks smc or repaint by the mask (see ``auto_method``).
+#: The method ``impute`` uses unless told otherwise: "auto" picks smc or repaint by the mask (see ``choose_method``).
 DEFAULT_METHOD = "auto"
 #: "auto" uses smc up to this many known pixels per image, repaint above. Measured ends: smc is exact on
 #: one observed pixel where repaint is 0.23 off; on 128 known pixels of a learned 16x16 model smc keeps a
-#: half-shape's class 73 % of the time (70 % at 32 particles) and repaint 94 % (benchmarks/README.md).
+#: half-shape's class 82 % of the time and repaint 94 % (benchmarks/README.md).
 #: In between is unmeasured: 32 pixels is a judgement, not a tuned value.
 SMC_MAX_KNOWN_PIXELS = 32
 RESAMPLING = ("systematic", "multinomial")
@@ -345,11 +345,6 @@ def choose_method(mask: Tensor, **options: Any) -> tuple[str, str]:
     return method, f"{int(known.max())} of {h * w} pixels known at {h}x{w}"
 
 
-def auto_method(mask: Tensor, **options: Any) -> str:
-    """The method "auto" stands for (see ``choose_method``)."""
-    return choose_method(mask, **options)[0]
-
-
 def impute(
     sde: SDE,
     score_fn: ScoreFn,
@@ -363,7 +358,7 @@ def impute(
 ) -> Tensor:
     """n independent fills of each image: [B * n, C, H, W], draw j of image b at row b * n + j."""
     if method == "auto":
-        method = auto_method(mask, **options)
+        method, _ = choose_method(mask, **options)
     allowed = method_options(method)
     extra = set(options) - set(allowed)
     # Replacement passes unknown options to its sampler, which checks them itself.

@@ -25,7 +25,7 @@ from diffusers_cli.engine.networks.layers import (
 #: so a laptop CPU model and a GPU model differ only in the preset's name.
 UNET_PRESETS: dict[str, dict[str, object]] = {
     # ~1.1M params, 32x32 (or 28x28, 16x16): the CPU default; 32 -> 16 -> 8, attention in the 8x8 middle only.
-    # About 1.35 training steps/s at batch 64 on 2 CPU threads (fp32; see benchmarks/README.md).
+    # About 1.35 training steps/s at 32x32, 4.3-5 at 16x16, batch 64 on 2 CPU threads (fp32; benchmarks/README.md).
     "tiny": {
         "base_channels": 32,
         "channel_mult": (1, 2, 2),
