@@ -130,10 +130,12 @@ def test_weights_are_written_atomically_with_metadata(tmp_path: Path) -> None:
     assert torch.equal(load_file(str(path))["a"], torch.arange(3.0))
 
 
-def test_resume_gives_the_same_weights(tmp_path: Path) -> None:
-    full = train(tiny_train_config(tmp_path / "a", steps=6))
-    train(tiny_train_config(tmp_path / "b", steps=3))
-    resumed = train(tiny_train_config(tmp_path / "b", steps=6, resume=True))
+@pytest.mark.parametrize("conditional", [False, True])
+def test_resume_gives_the_same_weights(tmp_path: Path, conditional: bool) -> None:
+    # A class-conditional run also draws its label dropout from the saved generator.
+    full = train(tiny_train_config(tmp_path / "a", steps=6, class_conditional=conditional, label_dropout=0.5))
+    train(tiny_train_config(tmp_path / "b", steps=3, class_conditional=conditional, label_dropout=0.5))
+    resumed = train(tiny_train_config(tmp_path / "b", steps=6, resume=True, class_conditional=conditional, label_dropout=0.5))
     assert resumed.start_step == 3 and resumed.step == 6
     wa, _ = load_weights(full.run_dir / "model.safetensors")
     wb, _ = load_weights(resumed.run_dir / "model.safetensors")

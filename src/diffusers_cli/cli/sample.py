@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from diffusers_cli.cli.common import BatchOpt, ConfigOpt, DeviceOpt, EtaOpt, GridOpt, IndividualOpt, JsonOpt, ModelOpt, NumOpt, OrderOpt, SamplerOpt, SeedOpt, SetOpt, SnrOpt, StepsOpt, emit_json, make_reporter, parse_kv, run_job
-from diffusers_cli.config import SampleConfig, build_config
+from diffusers_cli.config import DEFAULT_GUIDANCE, SampleConfig, build_config
 
 
 def sampler_overrides(
@@ -31,6 +31,8 @@ def sample_command(
     batch_size: BatchOpt = None,
     out: Annotated[Optional[Path], typer.Option(help="Output PNG (a grid, or a name stem with --individual).")] = None,
     individual: IndividualOpt = False,
+    class_: Annotated[Optional[str], typer.Option("--class", help="Class-conditional models: one class (index or name); default: every class in turn.")] = None,
+    guidance: Annotated[Optional[float], typer.Option(help=f"Class-conditional models: classifier-free guidance scale (1: plain p(x | class), 0: unconditional; default {DEFAULT_GUIDANCE:g}).")] = None,
     trajectory: Annotated[Optional[Path], typer.Option(help="Also save a strip of x_t along the way to this PNG.")] = None,
     grid: GridOpt = None,
     eps: Annotated[Optional[float], typer.Option(help="End time of sampling (default: the SDE's).")] = None,
@@ -53,7 +55,7 @@ def sample_command(
         overrides: dict[str, object] = {
             "model": str(model) if model else None, "n": n, "batch_size": batch_size, "out": str(out) if out else None,
             "individual": True if individual else None, "trajectory": str(trajectory) if trajectory else None,
-            "seed": seed, "device": device, "use_ema": False if no_ema else None,
+            "seed": seed, "device": device, "use_ema": False if no_ema else None, "class": class_, "guidance": guidance,
             **sampler_overrides(sampler, steps, grid, eps, snr, order, eta, rtol, atol, no_denoise),
         }
         overrides.update(parse_kv(set_))
@@ -66,6 +68,8 @@ def sample_command(
             "steps": cfg.sampler.steps, "nfe": res.nfe, "seconds": round(res.seconds, 3), "seed": cfg.seed,
             "images_per_s": round(cfg.n / max(res.seconds, 1e-9), 3),
         }
+        if res.guidance is not None:
+            summary.update({"class": res.class_name, "guidance": res.guidance})
         if json_:
             emit_json(summary)
         else:

@@ -36,6 +36,8 @@ def train_command(
     batch_size: Annotated[Optional[int], typer.Option(help="Global batch size (split across processes under torchrun).")] = None,
     lr: Annotated[Optional[float], typer.Option(help="Peak learning rate of AdamW.")] = None,
     lr_decay: Annotated[Optional[str], typer.Option(help="After warm-up: none (constant), cosine or linear (to 0 at the last step).")] = None,
+    class_conditional: Annotated[bool, typer.Option("--class-conditional", help="Also learn p(x | class), for classifier-free guidance (`diffuse sample --guidance`).")] = False,
+    label_dropout: Annotated[Optional[float], typer.Option(help="With --class-conditional: share of labels dropped to 'no class' (default 0.1).")] = None,
     out: Annotated[Optional[Path], typer.Option(help="Folder that holds run directories.")] = None,
     name: Annotated[Optional[str], typer.Option(help="Run name (default: dataset-sde-date).")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run --name (or the latest run) from its saved state.")] = False,
@@ -62,7 +64,7 @@ def train_command(
             "sde.kind": sde, "sde.schedule": schedule, "steps": steps, "batch_size": batch_size, "optim.lr": lr, "optim.decay": lr_decay,
             "out": str(out) if out else None, "name": name, "seed": seed, "device": device, "precision": precision,
             "compile": True if compile_ else None, "channels_last": True if channels_last else None,
-            "sample_every": sample_every,
+            "sample_every": sample_every, "class_conditional": True if class_conditional else None, "label_dropout": label_dropout,
         }
         if preset is not None:
             overrides["classifier.preset" if (task == "classifier" or preset.startswith("wrn")) else "network.preset"] = preset

@@ -1,4 +1,4 @@
-"""Classifier guidance (Song et al. 2021, section 5; Dhariwal & Nichol 2021): ScoreFn -> ScoreFn.
+"""Classifier guidance (Song et al. 2021, section 5; Dhariwal & Nichol 2021) and classifier-free guidance: -> ScoreFn.
 
 A noise-aware classifier p_t(y | x_t) turns an unconditional score into a conditional one:
 grad log p_t(x | y) = grad log p_t(x) + grad log p_t(y | x). ``guided`` adds the second term,
@@ -7,6 +7,11 @@ p(x | y). A scale s != 1 is a heuristic: it is *not* the score of the tilted den
 p(x) p(y | x)^s perturbed to time t (the tilt does not commute with the noising), so it only
 approaches that density as t -> 0. Samplers run under ``torch.no_grad``; the gradient is taken
 here under ``torch.enable_grad`` on a detached copy of x, so nothing leaks into the caller's graph.
+
+Classifier-free guidance (Ho & Salimans 2022) needs no classifier: a class-conditional net trained
+with some labels dropped to "no class" gives both s(x, t | y) and s(x, t); ``classifier_free``
+extrapolates from the second through the first, s + w (s(. | y) - s), the same heuristic tilt
+with the net's own implicit classifier.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-from diffusers_cli.engine.score import ScoreFn, precondition_input
+from diffusers_cli.engine.score import ScoreFn, ScoreModel, precondition_input
 from diffusers_cli.engine.sde import SDE
 
 #: (x_t [B, C, H, W], t [B]) -> logits [B, K] of p_t(y | x_t); log_softmax is applied by the caller.
@@ -70,3 +75,27 @@ def classifier_fn(net: nn.Module, sde: SDE) -> ClassifierFn:
         return net(*precondition_input(x, t, sde))
 
     return logits
+
+
+def classifier_free(model: ScoreModel, labels: Tensor, scale: float) -> ScoreFn:
+    """(1 - scale) s(x, t) + scale s(x, t | labels) of a class-conditional model ([B] labels; 1: plain p(x | y), 0: p(x))."""
+    if scale < 0:
+        raise ValueError(f"guidance scale must be >= 0, got {scale}")
+    null = torch.full_like(labels, -1)  # the net's "no class" label
+
+    def guided_score(x: Tensor, t: Tensor) -> Tensor:
+        if scale == 1:
+            return model.score(x, t, labels)
+        if scale == 0:
+            return model.score(x, t, null)
+        # One forward pass of twice the batch costs less than two passes of one batch.
+        both = model.score(torch.cat([x, x]), torch.cat([t, t]), torch.cat([labels, null]))
+        cond, uncond = both.chunk(2)
+        return uncond + scale * (cond - uncond)
+
+    return guided_score
+
+
+def cycle_labels(start: int, n: int, num_classes: int, device: torch.device | None = None) -> Tensor:
+    """Labels of samples start .. start + n - 1 when a grid shows every class in turn: index mod num_classes."""
+    return torch.arange(start, start + n, device=device) % num_classes

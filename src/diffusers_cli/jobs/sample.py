@@ -11,8 +11,10 @@ import torch
 from torch import Tensor
 
 from diffusers_cli import build
-from diffusers_cli.config import SampleConfig, SamplerConfig
+from diffusers_cli.config import DEFAULT_GUIDANCE, SampleConfig, SamplerConfig
+from diffusers_cli.data import class_index
 from diffusers_cli.distributed import World, all_gather, init_world, shutdown
+from diffusers_cli.engine.guidance import classifier_free, cycle_labels
 from diffusers_cli.engine.samplers import SAMPLERS, sample, sampler_options
 from diffusers_cli.engine.score import NFECounter, ScoreFn, make_score_fn
 from diffusers_cli.engine.sde import SDE
@@ -34,6 +36,8 @@ class SampleResult:
     seconds: float
     model: Path
     meta: dict[str, Any] = field(default_factory=dict)
+    guidance: float | None = None  # classifier-free guidance scale (class-conditional models)
+    class_name: str | None = None  # the one class sampled, or None for every class in turn
 
 
 def check_sampler(s: SamplerConfig) -> None:
@@ -44,6 +48,18 @@ def check_sampler(s: SamplerConfig) -> None:
     for key in s.options():
         if key not in allowed:
             raise ValueError(f"sampler {s.name!r} has no option {key!r}; its options are {', '.join(sorted(allowed)) or 'none'}")
+
+
+def guidance_plan(meta: dict[str, Any], cfg: SampleConfig, path: Path) -> tuple[int | None, float | None]:
+    """(one class or None for all in turn, guidance scale) for a class-conditional model; (None, None) otherwise."""
+    num_classes = meta.get("network", {}).get("num_classes")
+    if num_classes is None:
+        if cfg.label is not None or cfg.guidance is not None:
+            raise ValueError(f"{path} is an unconditional model, so --class and --guidance do not apply; train with "
+                             "--class-conditional, or steer this model with `diffuse condition --classifier RUN`")
+        return None, None
+    label = class_index(cfg.label, meta["class_names"]) if cfg.label is not None else None
+    return label, DEFAULT_GUIDANCE if cfg.guidance is None else cfg.guidance
 
 
 def batch_generator(seed: int, batch: int, device: torch.device) -> torch.Generator:
@@ -63,21 +79,25 @@ def draw(
     world: World,
     reporter: Reporter,
     callback_for: Callable[[int], Any] | None = None,
+    score_fn_for: Callable[[int, int], ScoreFn] | None = None,
 ) -> tuple[Tensor, int]:
-    """n samples in batches (batch b seeded by (seed, b)), batches split across ranks; returns (images, NFE per sample)."""
+    """n samples in batches (batch b seeded by (seed, b)), batches split across ranks; returns (images, NFE per sample).
+
+    ``score_fn_for(start, size)``, when given, replaces ``score_fn`` for the batch of samples
+    start .. start + size - 1 (e.g. a conditional score with those samples' labels).
+    """
     n_batches = -(-n // batch_size)
     mine = [b for b in range(n_batches) if b % world.size == world.rank]
-    counter = NFECounter(score_fn)
     reporter.start(len(mine), f"sampling {n} images with {s.name}")
     parts: dict[int, Tensor] = {}
     nfe_per_batch = 0
     for b in mine:
         size = min(batch_size, n - b * batch_size)
-        before = counter.nfe
+        counter = NFECounter(score_fn_for(b * batch_size, size) if score_fn_for else score_fn)
         x = sample(sde, counter, (size, *shape), s.name, s.steps, batch_generator(seed, b, device), device=device,
                    grid=s.grid, eps=s.eps, final_denoise=s.final_denoise,
                    callback=callback_for(b) if callback_for else None, **s.options())
-        nfe_per_batch = counter.nfe - before
+        nfe_per_batch = counter.nfe
         parts[b] = x.float().cpu()
         reporter.advance(1, nfe=nfe_per_batch)
     reporter.finish()
@@ -128,11 +148,20 @@ def sample_images(cfg: SampleConfig, reporter: Reporter | None = None) -> Sample
         path = build.resolve_model_path(cfg.model, cfg.runs_dir)
         model, meta = build.load_score_model(path, cfg.use_ema)
         model.to(device)
+        label, scale = guidance_plan(meta, cfg, path)
         shape = (meta["channels"], meta["image_size"], meta["image_size"])
         traj = Trajectory(cfg.sampler.steps) if cfg.trajectory is not None else None
         t0 = time.perf_counter()
+        score_fn_for = None
+        if scale is not None:
+            k = meta["network"]["num_classes"]
+
+            def score_fn_for(start: int, size: int) -> ScoreFn:
+                labels = torch.full((size,), label, device=device) if label is not None else cycle_labels(start, size, k, device)
+                return classifier_free(model, labels, scale)
+
         images, nfe = draw(model.sde, make_score_fn(model), shape, cfg.n, cfg.batch_size, cfg.seed, cfg.sampler,
-                           device, world, reporter, (lambda b: traj if b == 0 else None) if traj else None)
+                           device, world, reporter, (lambda b: traj if b == 0 else None) if traj else None, score_fn_for)
         seconds = time.perf_counter() - t0
         outputs: list[Path] = []
         if world.is_main:
@@ -140,6 +169,7 @@ def sample_images(cfg: SampleConfig, reporter: Reporter | None = None) -> Sample
             if traj is not None and cfg.trajectory is not None:
                 save_png(traj.strip(images), cfg.trajectory)
                 outputs.append(cfg.trajectory)
-        return SampleResult(images, outputs, nfe, seconds, path, meta)
+        name = meta["class_names"][label] if label is not None else None
+        return SampleResult(images, outputs, nfe, seconds, path, meta, scale, name)
     finally:
         shutdown(world)

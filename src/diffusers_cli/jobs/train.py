@@ -18,9 +18,10 @@ from torch.nn.parallel import DistributedDataParallel
 
 from diffusers_cli import build
 from diffusers_cli.checkpoints import STATE_NAME, WEIGHTS_NAME, CheckpointError, load_into, load_train_state, load_weights, save_train_state, save_weights, subset
-from diffusers_cli.config import ConfigError, TrainConfig, dump_config
+from diffusers_cli.config import DEFAULT_GUIDANCE, ConfigError, TrainConfig, dump_config
 from diffusers_cli.data import DatasetInfo, load_dataset
 from diffusers_cli.distributed import World, barrier, init_world, shutdown
+from diffusers_cli.engine.guidance import classifier_free, cycle_labels
 from diffusers_cli.engine.losses import classifier_loss, dsm_loss
 from diffusers_cli.engine.samplers import sample
 from diffusers_cli.engine.score import ScoreModel, make_score_fn
@@ -52,17 +53,19 @@ class TrainResult:
 class _Objective(nn.Module):
     """The per-example training loss as a module, so DistributedDataParallel can wrap it."""
 
-    def __init__(self, net: nn.Module, sde: SDE, task: str, weighting: str, parameterization: str) -> None:
+    def __init__(self, net: nn.Module, sde: SDE, task: str, weighting: str, parameterization: str, conditional: bool = False) -> None:
         super().__init__()
         self.net = net
         self.sde = sde
         self.task = task
         self.weighting = weighting
+        self.conditional = conditional
         self.score_model = ScoreModel(net, sde, parameterization) if task == "score" else None
 
     def forward(self, x0: Tensor, labels: Tensor, t: Tensor, eps: Tensor) -> tuple[Tensor, Tensor | None]:
         if self.score_model is not None:
-            return dsm_loss(self.score_model, x0, None, self.weighting, None, t, eps), None
+            class_labels = labels if self.conditional else None
+            return dsm_loss(self.score_model, x0, None, self.weighting, class_labels, t, eps), None
         loss, correct, _ = classifier_loss(self.net, self.sde, x0, labels, None, t, eps)
         return loss, correct
 
@@ -154,11 +157,14 @@ def _resume(run_dir: Path, net: nn.Module, ema: EMA, opt: torch.optim.Optimizer,
     return int(state["step"])
 
 
-def _sample_grid(ema_net: nn.Module, cfg: TrainConfig, sde: SDE, shape: tuple[int, ...], device: torch.device) -> Tensor:
+def _sample_grid(ema_net: nn.Module, cfg: TrainConfig, sde: SDE, shape: tuple[int, ...], device: torch.device, num_classes: int) -> Tensor:
     model = ScoreModel(ema_net, sde, cfg.network.parameterization).eval()
     s = cfg.sampler
     gen = build.make_generator(cfg.seed, device)
-    return sample(sde, make_score_fn(model), shape, s.name, s.steps, gen, device=device, grid=s.grid, eps=s.eps, final_denoise=s.final_denoise, **s.options())
+    # A conditional net shows what `diffuse sample` gives by default: the classes in turn, guided.
+    score_fn = (classifier_free(model, cycle_labels(0, shape[0], num_classes, device), DEFAULT_GUIDANCE)
+                if cfg.class_conditional else make_score_fn(model))
+    return sample(sde, score_fn, shape, s.name, s.steps, gen, device=device, grid=s.grid, eps=s.eps, final_denoise=s.final_denoise, **s.options())
 
 
 class _CtrlC:
@@ -207,10 +213,16 @@ def _train(cfg: TrainConfig, reporter: Reporter, device: torch.device, world: Wo
     dataset, info = load_dataset(d.dataset, d.image_size, d.data_dir, d.split, cfg.seed, d.num_examples, d.channels, d.download)
     if cfg.task == "classifier" and info.num_classes < 2:
         raise ConfigError(f"dataset {info.name} has {info.num_classes} class; a classifier needs at least 2 (use class subfolders)")
+    if cfg.class_conditional and (cfg.task != "score" or info.num_classes < 2):
+        raise ConfigError(f"--class-conditional needs a score model on a dataset with at least 2 classes; {info.name} has "
+                          f"{info.num_classes} (use class subfolders)" if cfg.task == "score" else
+                          "--class-conditional is for score models; a classifier is conditional by nature (drop the flag)")
     sde = build.build_sde(cfg.sde)
     torch.manual_seed(cfg.seed)  # the initial weights, and later dropout, draw from the global generator
     if cfg.task == "score":
         net_kwargs = build.network_kwargs(cfg.network)
+        if cfg.class_conditional:
+            net_kwargs["num_classes"] = info.num_classes
         net = build.build_unet(net_kwargs, d.image_size, info.channels)
     else:
         net_kwargs = build.classifier_kwargs(cfg.classifier)
@@ -231,7 +243,7 @@ def _train(cfg: TrainConfig, reporter: Reporter, device: torch.device, world: Wo
             log.truncate_after(start)
     barrier(world)
 
-    objective: nn.Module = _Objective(net, sde, cfg.task, cfg.loss_weighting, cfg.network.parameterization)
+    objective: nn.Module = _Objective(net, sde, cfg.task, cfg.loss_weighting, cfg.network.parameterization, cfg.class_conditional)
     if world.distributed:
         objective = DistributedDataParallel(objective, device_ids=[device.index] if device.type == "cuda" else None)
     step_objective = torch.compile(objective) if cfg.compile else objective
@@ -250,7 +262,7 @@ def _train(cfg: TrainConfig, reporter: Reporter, device: torch.device, world: Wo
     def grid(step: int, path: Path) -> None:
         if world.is_main and cfg.task == "score":
             n = cfg.sample_n
-            save_grid(_sample_grid(ema.module, cfg, sde, (n, *shape[1:]), device), path)
+            save_grid(_sample_grid(ema.module, cfg, sde, (n, *shape[1:]), device, info.num_classes), path)
 
     reporter.start(cfg.steps - start, f"training {run_dir.name}")
     window: list[float] = []
@@ -271,6 +283,8 @@ def _train(cfg: TrainConfig, reporter: Reporter, device: torch.device, world: Wo
             else:  # the SDE's own: uniform on [eps, T], or DDPM's integer steps
                 t = sde.train_times(x.shape[0], gen, device)
             eps = torch.randn(x.shape, generator=gen, device=device, dtype=x.dtype)
+            if cfg.class_conditional:  # drop labels to "no class" (-1): the same net learns the unconditional score
+                y = torch.where(torch.rand(y.shape[0], generator=gen, device=device) < cfg.label_dropout, -1, y)
             x, y, t, eps = x[local], y[local], t[local], eps[local]
             if cfg.channels_last:
                 x, eps = x.contiguous(memory_format=torch.channels_last), eps.contiguous(memory_format=torch.channels_last)
