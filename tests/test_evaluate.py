@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from conftest import tiny_train_config
 from PIL import Image
 from pytorch_fid import fid_score
 from safetensors.torch import save_file
@@ -20,7 +21,7 @@ from typer.testing import CliRunner
 
 from diffusers_cli import build
 from diffusers_cli.cli import app
-from diffusers_cli.config import SampleConfig, SamplerConfig
+from diffusers_cli.config import DEFAULT_GUIDANCE, SampleConfig, SamplerConfig
 from diffusers_cli.data import load_dataset
 from diffusers_cli.engine.likelihood import bits_per_dim
 from diffusers_cli.engine.metrics import (
@@ -204,7 +205,7 @@ def test_model_samples_against_dataset_end_to_end(tiny_run: Path, weights: Path,
     res = invoke("--model", tiny_run, "--metrics", "fid,is", "-n", 8, "--allow-few", "--sampler", "ddpm", "--steps", 3,
                  "--reference-examples", 3, "--batch-size", 4, "--inception-weights", weights, "--device", "cpu", "--json")
     s = ok_json(res)
-    assert (s["num_samples"], s["sampler"], s["steps"], s["nfe"], s["seed"]) == (8, "ddpm", 3, 4, 0)
+    assert (s["num_samples"], s["sampler"], s["steps"], s["nfe"], s["seed"], s["guidance"]) == (8, "ddpm", 3, 4, 0, None)
     assert s["model"] == str(tiny_run / "model.safetensors") and s["reference"] == "shapes train at 8x8 (3)"
     # The same samples `diffuse sample` draws, and the reference images as training reads them.
     cfg = SampleConfig(model=tiny_run, sampler=SamplerConfig(name="ddpm", steps=3), n=8, batch_size=4, out=tmp_path / "s.png", device="cpu")
@@ -214,6 +215,24 @@ def test_model_samples_against_dataset_end_to_end(tiny_run: Path, weights: Path,
     features, logits = extract_features(load_inception(weights), [samples, ref])
     assert s["fid"] == pytest.approx(nuclear_fid(features[:8], features[8:]), rel=1e-5)
     assert s["is_mean"] == pytest.approx(inception_score(logits[:8], splits=1)[0], rel=1e-5)
+
+
+def test_class_conditional_model_is_scored_on_its_guided_samples(weights: Path, tmp_path: Path) -> None:
+    from diffusers_cli.jobs.train import train
+
+    run = train(tiny_train_config(tmp_path, steps=3, class_conditional=True)).run_dir
+    common = ["--model", run, "--metrics", "fid", "-n", 6, "--allow-few", "--sampler", "ddpm", "--steps", 3,
+              "--reference-examples", 3, "--batch-size", 4, "--inception-weights", weights, "--device", "cpu", "--json"]
+    s = ok_json(invoke(*common))
+    assert s["guidance"] == DEFAULT_GUIDANCE
+    # The same samples `diffuse sample` draws by default: classes in turn, guided (over two batches).
+    cfg = SampleConfig(model=run, sampler=SamplerConfig(name="ddpm", steps=3), n=6, batch_size=4, out=tmp_path / "s.png", device="cpu")
+    samples = to_uint8(sample_images(cfg).images)
+    ds, _ = load_dataset("shapes", 8, split="train", num_examples=3)
+    features, _ = extract_features(load_inception(weights), [samples, to_uint8(torch.stack([ds[i][0] for i in range(3)]))])
+    assert s["fid"] == pytest.approx(nuclear_fid(features[:6], features[6:]), rel=1e-5)
+    unguided = ok_json(invoke(*common, "--guidance", 0))
+    assert unguided["guidance"] == 0 and unguided["fid"] != pytest.approx(s["fid"], rel=1e-6)
 
 
 def test_bits_per_dim_runs_mean_and_spread(tiny_run: Path) -> None:

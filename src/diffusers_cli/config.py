@@ -388,6 +388,7 @@ class EvaluateConfig(Strict):
     allow_few: bool = False                               # permit FID from <= 2048 images (and IS in one split)
     is_splits: PositiveInt = 10
     sampler: SamplerConfig = Field(default_factory=SamplerConfig)
+    guidance: float | None = Field(None, ge=0.0)              # class-conditional models (None: DEFAULT_GUIDANCE)
     batch_size: PositiveInt = 64
     seed: int = 0
     device: Device = "auto"

@@ -39,6 +39,7 @@ def evaluate_command(
     atol: Annotated[Optional[float], typer.Option(help="Absolute tolerance of the ode sampler.")] = None,
     no_denoise: Annotated[bool, typer.Option("--no-denoise", help="Skip the final denoising step.")] = False,
     no_ema: Annotated[bool, typer.Option("--no-ema", help="Use the online weights instead of the EMA.")] = False,
+    guidance: Annotated[Optional[float], typer.Option(help="Class-conditional models: classifier-free guidance of the samples (default as `diffuse sample`).")] = None,
     batch_size: BatchOpt = None,
     bpd_runs: Annotated[Optional[int], typer.Option(help="Runs of the bits/dim trace estimator; reports their mean and spread.")] = None,
     bpd_examples: Annotated[Optional[int], typer.Option(help="Dataset examples for bits/dim (default: the whole split).")] = None,
@@ -85,7 +86,7 @@ def evaluate_command(
             "allow_few": True if allow_few else None, "is_splits": is_splits, "batch_size": batch_size,
             "bpd_runs": bpd_runs, "bpd_examples": bpd_examples, "bpd_dataset": bpd_dataset, "bpd_split": bpd_split,
             "bpd_rtol": bpd_rtol, "bpd_atol": bpd_atol, "bpd_probe": bpd_probe,
-            "seed": seed, "device": device, "use_ema": False if no_ema else None,
+            "seed": seed, "device": device, "use_ema": False if no_ema else None, "guidance": guidance,
             **sampler_overrides(sampler, steps, grid, eps, snr, order, eta, rtol, atol, no_denoise),
         }
         overrides.update(parse_kv(set_))
@@ -110,7 +111,8 @@ def evaluate_command(
 def human_lines(s: dict[str, object]) -> list[str]:
     """The figures of a summary as short lines for a terminal."""
     lines = []
-    source = f"{s['num_samples']:,} images in {s['images']}" if s["images"] else f"{s['num_samples']:,} samples ({s['sampler']}, {s['steps']} steps, {s['nfe']} NFE)"
+    guided = f", guidance {s['guidance']:g}" if s.get("guidance") is not None else ""
+    source = f"{s['num_samples']:,} images in {s['images']}" if s["images"] else f"{s['num_samples']:,} samples ({s['sampler']}, {s['steps']} steps, {s['nfe']} NFE{guided})"
     if s["fid"] is not None:
         lines.append(f"FID {s['fid']:.4f}  ({source} vs {s['reference']})")
     if s["is_mean"] is not None:

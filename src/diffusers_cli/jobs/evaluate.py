@@ -27,7 +27,6 @@ from diffusers_cli.config import EvaluateConfig
 from diffusers_cli.data import DATASETS, DataError, load_dataset, resolve_name
 from diffusers_cli.distributed import World, init_world, shutdown
 from diffusers_cli.engine.likelihood import bits_per_dim
-from diffusers_cli.engine.metrics.fid import frechet_distance_low_rank
 from diffusers_cli.engine.metrics import (
     FEATURE_DIM,
     RECOMMENDED_SAMPLES,
@@ -46,10 +45,16 @@ from diffusers_cli.engine.metrics import (
     load_statistics,
     save_statistics,
 )
+from diffusers_cli.engine.metrics.fid import frechet_distance_low_rank
 from diffusers_cli.engine.score import ScoreModel, make_score_fn
 from diffusers_cli.files import check_writable
 from diffusers_cli.jobs.report import Reporter, SilentReporter
-from diffusers_cli.jobs.sample import check_sampler, draw
+from diffusers_cli.jobs.sample import (
+    check_sampler,
+    draw,
+    guidance_plan,
+    guided_score_fns,
+)
 from diffusers_cli.runs import to_uint8
 
 #: Metric names --metrics accepts, in the order results are reported.
@@ -96,6 +101,7 @@ class EvaluateResult:
     sampler: str | None = None
     steps: int | None = None
     nfe: int | None = None
+    guidance: float | None = None  # classifier-free guidance scale of a class-conditional model's samples
     reference: str | None = None
     reference_num_samples: int | None = None
     reference_stats: Path | None = None
@@ -113,7 +119,7 @@ class EvaluateResult:
             "bpd_runs": self.bpd_runs, "bpd_per_run": self.bpd_per_run, "bpd_examples": self.bpd_examples,
             "bpd_data": self.bpd_data, "num_samples": self.num_samples,
             "images": str(self.images) if self.images else None, "model": str(self.model) if self.model else None,
-            "sampler": self.sampler, "steps": self.steps, "nfe": self.nfe, "seed": self.seed,
+            "sampler": self.sampler, "steps": self.steps, "nfe": self.nfe, "guidance": self.guidance, "seed": self.seed,
             "reference": self.reference, "reference_num_samples": self.reference_num_samples,
             "reference_stats": str(self.reference_stats) if self.reference_stats else None,
             "reference_stats_reused": self.reference_stats_reused,
@@ -371,8 +377,11 @@ def _evaluate(cfg: EvaluateConfig, metrics: list[str], device: torch.device, wor
         assert model is not None and res.num_samples is not None
         t0 = time.perf_counter()
         shape = (meta["channels"], meta["image_size"], meta["image_size"])  # type: ignore[index]
+        # A class-conditional model is scored on what `diffuse sample` makes: every class in turn, guided.
+        _, res.guidance = guidance_plan(meta, None, cfg.guidance, res.model)  # type: ignore[arg-type]
+        fns = guided_score_fns(model, meta["network"]["num_classes"], None, res.guidance, device) if res.guidance is not None else None  # type: ignore[index]
         x, res.nfe = draw(model.sde, make_score_fn(model), shape, res.num_samples, cfg.batch_size, cfg.seed,
-                          cfg.sampler, device, world, reporter)
+                          cfg.sampler, device, world, reporter, score_fn_for=fns)
         samples = to_uint8(x)  # exactly what `diffuse sample --individual` writes as PNGs
         res.seconds["sampling"] = time.perf_counter() - t0
     if bpd_data is not None:

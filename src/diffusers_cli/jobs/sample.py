@@ -16,7 +16,7 @@ from diffusers_cli.data import class_index
 from diffusers_cli.distributed import World, all_gather, init_world, shutdown
 from diffusers_cli.engine.guidance import classifier_free, cycle_labels
 from diffusers_cli.engine.samplers import SAMPLERS, sample, sampler_options
-from diffusers_cli.engine.score import NFECounter, ScoreFn, make_score_fn
+from diffusers_cli.engine.score import NFECounter, ScoreFn, ScoreModel, make_score_fn
 from diffusers_cli.engine.sde import SDE
 from diffusers_cli.files import check_writable
 from diffusers_cli.jobs.report import Reporter, SilentReporter
@@ -50,16 +50,26 @@ def check_sampler(s: SamplerConfig) -> None:
             raise ValueError(f"sampler {s.name!r} has no option {key!r}; its options are {', '.join(sorted(allowed)) or 'none'}")
 
 
-def guidance_plan(meta: dict[str, Any], cfg: SampleConfig, path: Path) -> tuple[int | None, float | None]:
+def guidance_plan(meta: dict[str, Any], label: str | None, guidance: float | None, path: Path) -> tuple[int | None, float | None]:
     """(one class or None for all in turn, guidance scale) for a class-conditional model; (None, None) otherwise."""
-    num_classes = meta.get("network", {}).get("num_classes")
-    if num_classes is None:
-        if cfg.label is not None or cfg.guidance is not None:
+    if meta.get("network", {}).get("num_classes") is None:
+        if label is not None or guidance is not None:
             raise ValueError(f"{path} is an unconditional model, so --class and --guidance do not apply; train with "
                              "--class-conditional, or steer this model with `diffuse condition --classifier RUN`")
         return None, None
-    label = class_index(cfg.label, meta["class_names"]) if cfg.label is not None else None
-    return label, DEFAULT_GUIDANCE if cfg.guidance is None else cfg.guidance
+    index = class_index(label, meta["class_names"]) if label is not None else None
+    return index, DEFAULT_GUIDANCE if guidance is None else guidance
+
+
+def guided_score_fns(model: ScoreModel, num_classes: int, label: int | None, scale: float,
+                     device: torch.device) -> Callable[[int, int], ScoreFn]:
+    """For ``draw``: the guided score of samples start .. start + size - 1 (one class, or sample i of class i mod K)."""
+
+    def score_fn_for(start: int, size: int) -> ScoreFn:
+        labels = torch.full((size,), label, device=device) if label is not None else cycle_labels(start, size, num_classes, device)
+        return classifier_free(model, labels, scale)
+
+    return score_fn_for
 
 
 def batch_generator(seed: int, batch: int, device: torch.device) -> torch.Generator:
@@ -148,18 +158,11 @@ def sample_images(cfg: SampleConfig, reporter: Reporter | None = None) -> Sample
         path = build.resolve_model_path(cfg.model, cfg.runs_dir)
         model, meta = build.load_score_model(path, cfg.use_ema)
         model.to(device)
-        label, scale = guidance_plan(meta, cfg, path)
+        label, scale = guidance_plan(meta, cfg.label, cfg.guidance, path)
+        score_fn_for = guided_score_fns(model, meta["network"]["num_classes"], label, scale, device) if scale is not None else None
         shape = (meta["channels"], meta["image_size"], meta["image_size"])
         traj = Trajectory(cfg.sampler.steps) if cfg.trajectory is not None else None
         t0 = time.perf_counter()
-        score_fn_for = None
-        if scale is not None:
-            k = meta["network"]["num_classes"]
-
-            def score_fn_for(start: int, size: int) -> ScoreFn:
-                labels = torch.full((size,), label, device=device) if label is not None else cycle_labels(start, size, k, device)
-                return classifier_free(model, labels, scale)
-
         images, nfe = draw(model.sde, make_score_fn(model), shape, cfg.n, cfg.batch_size, cfg.seed, cfg.sampler,
                            device, world, reporter, (lambda b: traj if b == 0 else None) if traj else None, score_fn_for)
         seconds = time.perf_counter() - t0
