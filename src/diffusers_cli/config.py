@@ -230,7 +230,7 @@ class SampleConfig(Strict):
     model: Path | None = None
     sampler: SamplerConfig = Field(default_factory=SamplerConfig)
     # Class-conditional models only: one class (name or index; None: the classes in turn) and the
-    # classifier-free guidance scale (None: the model's default, DEFAULT_GUIDANCE).
+    # classifier-free guidance scale (None: DEFAULT_GUIDANCE).
     label: str | None = Field(None, alias="class")
     guidance: float | None = Field(None, ge=0.0)
     n: PositiveInt = 64

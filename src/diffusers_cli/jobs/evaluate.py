@@ -49,12 +49,7 @@ from diffusers_cli.engine.metrics.fid import frechet_distance_low_rank
 from diffusers_cli.engine.score import ScoreModel, make_score_fn
 from diffusers_cli.files import check_writable
 from diffusers_cli.jobs.report import Reporter, SilentReporter
-from diffusers_cli.jobs.sample import (
-    check_sampler,
-    draw,
-    guidance_plan,
-    guided_score_fns,
-)
+from diffusers_cli.jobs.sample import check_sampler, draw, guidance_plan, guided_score_fns
 from diffusers_cli.runs import to_uint8
 
 #: Metric names --metrics accepts, in the order results are reported.
