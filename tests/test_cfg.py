@@ -117,11 +117,19 @@ def test_cli_conditional_train_and_sample(tmp_path: Path) -> None:
     assert (summary["class"], summary["guidance"]) == ("ring", 1.5)
     line = one_error_line(invoke("sample", "--model", tmp_path / "c", "--class", "hexagon", "--out", tmp_path / "x.png"))
     assert "unknown class 'hexagon'" in line
+    # `condition` without a classifier: the class-conditional model guides itself (5 images: batches of 4 and 1).
+    r = invoke("condition", "--model", tmp_path / "c", "--class", "square", "--scale", "2", "--sampler", "ddpm", "--steps", "3",
+               "-n", "5", "--batch-size", "4", "--out", tmp_path / "sq.png", "--json")
+    assert r.exit_code == 0, r.stderr
+    summary = json.loads(r.stdout.strip().splitlines()[-1])
+    assert (summary["class"], summary["class_name"], summary["classifier"]) == (1, "square", None)
 
 
 def test_cli_guidance_errors(tiny_run: Path, tmp_path: Path) -> None:
     line = one_error_line(invoke("sample", "--model", tiny_run, "--guidance", "2", "--out", tmp_path / "x.png"))
     assert "is an unconditional model" in line and "--class-conditional" in line
+    line = one_error_line(invoke("condition", "--model", tiny_run, "--class", "0", "--out", tmp_path / "x.png"))
+    assert "is an unconditional model: pass --classifier RUN" in line
     line = one_error_line(invoke("train", *TINY, "--task", "classifier", "--class-conditional", "--out", tmp_path))
     assert "--class-conditional is for score models" in line
     line = one_error_line(invoke("train", *TINY, "--class-conditional", "--label-dropout", "1", "--out", tmp_path))

@@ -250,7 +250,7 @@ class ConditionConfig(Strict):
     """``diffuse condition``: classifier guidance toward one class."""
 
     model: Path | None = None
-    classifier: Path
+    classifier: Path | None = None  # None: a class-conditional model guides itself (classifier-free)
     label: str = Field(alias="class")
     scale: float = Field(1.0, ge=0.0)
     sampler: SamplerConfig = Field(default_factory=lambda: SamplerConfig(name="pc", steps=1000))

@@ -1,4 +1,4 @@
-"""`diffuse condition`: class-conditional generation by classifier guidance."""
+"""`diffuse condition`: class-conditional generation by classifier guidance (or classifier-free, for a class-conditional model)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from diffusers_cli.config import ConditionConfig, build_config
 
 
 def condition_command(
-    classifier: Annotated[Optional[Path], typer.Option(help="Classifier run (from `diffuse train --task classifier`) or .safetensors.")] = None,
+    classifier: Annotated[Optional[Path], typer.Option(help="Classifier run (from `diffuse train --task classifier`) or .safetensors; not needed for a --class-conditional model.")] = None,
     class_: Annotated[Optional[str], typer.Option("--class", help="Class index or name (e.g. 3, circle).")] = None,
     scale: Annotated[Optional[float], typer.Option(help="Guidance scale: 1 samples p(x | y); larger is sharper, less diverse.")] = None,
     model: ModelOpt = None,
@@ -33,7 +33,7 @@ def condition_command(
     device: DeviceOpt = None,
     json_: JsonOpt = False,
 ) -> None:
-    """Generate images of one class with an unconditional model steered by a noise-aware classifier."""
+    """Generate images of one class: a model steered by a noise-aware classifier, or a class-conditional model by itself."""
 
     def job() -> None:
         overrides: dict[str, object] = {
@@ -50,7 +50,7 @@ def condition_command(
         summary = {"outputs": [str(p) for p in res.outputs], "class": res.label, "class_name": res.class_name,
                    "scale": cfg.scale, "n": cfg.n, "sampler": cfg.sampler.name, "steps": cfg.sampler.steps,
                    "nfe": res.nfe, "seconds": round(res.seconds, 3), "seed": cfg.seed,
-                   "model": str(res.model), "classifier": str(res.classifier)}
+                   "model": str(res.model), "classifier": str(res.classifier) if res.classifier else None}
         if json_:
             emit_json(summary)
         else:

@@ -77,13 +77,14 @@ def classifier_fn(net: nn.Module, sde: SDE) -> ClassifierFn:
     return logits
 
 
-def classifier_free(model: ScoreModel, labels: Tensor, scale: float) -> ScoreFn:
-    """(1 - scale) s(x, t) + scale s(x, t | labels) of a class-conditional model ([B] labels; 1: plain p(x | y), 0: p(x))."""
+def classifier_free(model: ScoreModel, y: Tensor | int, scale: float) -> ScoreFn:
+    """(1 - scale) s(x, t) + scale s(x, t | y) of a class-conditional model (y: int or one per example; 1: p(x | y), 0: p(x))."""
     if scale < 0:
         raise ValueError(f"guidance scale must be >= 0, got {scale}")
-    null = torch.full_like(labels, -1)  # the net's "no class" label
 
     def guided_score(x: Tensor, t: Tensor) -> Tensor:
+        labels = _labels(y, x.shape[0], x.device)
+        null = torch.full_like(labels, -1)  # the net's "no class" label
         if scale == 1:
             return model.score(x, t, labels)
         if scale == 0:

@@ -1,4 +1,4 @@
-"""The conditioning job: classifier guidance (Song et al. 2021, sec. 5) of an unconditional model toward one class."""
+"""The conditioning job: classifier guidance (Song et al. 2021, sec. 5) toward one class, or classifier-free guidance of a class-conditional model."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from diffusers_cli import build
 from diffusers_cli.config import ConditionConfig
 from diffusers_cli.data import class_index
 from diffusers_cli.distributed import init_world, shutdown
-from diffusers_cli.engine.guidance import classifier_fn, guided
+from diffusers_cli.engine.guidance import classifier_fn, classifier_free, guided
 from diffusers_cli.engine.score import make_score_fn
 from diffusers_cli.files import check_writable
 from diffusers_cli.jobs.report import Reporter, SilentReporter
@@ -29,7 +29,7 @@ class ConditionResult:
     nfe: int
     seconds: float
     model: Path
-    classifier: Path
+    classifier: Path | None  # None: classifier-free guidance of a class-conditional model
 
 
 def check_compatible(model_meta: dict[str, Any], clf_meta: dict[str, Any], classifier: Path) -> None:
@@ -53,14 +53,24 @@ def condition(cfg: ConditionConfig, reporter: Reporter | None = None) -> Conditi
     try:
         model_path = build.resolve_model_path(cfg.model, cfg.runs_dir)
         model, meta = build.load_score_model(model_path, cfg.use_ema)
-        clf_path = build.resolve_model_path(cfg.classifier, cfg.runs_dir)
-        net, sde, clf_meta = build.load_classifier(clf_path)
-        check_compatible(meta, clf_meta, clf_path)
-        names = tuple(clf_meta["class_names"])
-        label = class_index(cfg.label, names)
         model.to(device)
-        net.to(device)
-        score_fn = guided(make_score_fn(model), classifier_fn(net, model.sde), label, cfg.scale)
+        clf_path: Path | None = None
+        if cfg.classifier is None:
+            # A class-conditional model needs no classifier: its own conditional and unconditional scores guide it.
+            if meta["network"].get("num_classes") is None:
+                raise ValueError(f"{model_path} is an unconditional model: pass --classifier RUN (from `diffuse train "
+                                 "--task classifier`), or train the model with --class-conditional")
+            names = tuple(meta["class_names"])
+            label = class_index(cfg.label, names)
+            score_fn = classifier_free(model, label, cfg.scale)
+        else:
+            clf_path = build.resolve_model_path(cfg.classifier, cfg.runs_dir)
+            net, sde, clf_meta = build.load_classifier(clf_path)
+            check_compatible(meta, clf_meta, clf_path)
+            names = tuple(clf_meta["class_names"])
+            label = class_index(cfg.label, names)
+            net.to(device)
+            score_fn = guided(make_score_fn(model), classifier_fn(net, model.sde), label, cfg.scale)
         shape = (meta["channels"], meta["image_size"], meta["image_size"])
         t0 = time.perf_counter()
         images, nfe = draw(model.sde, score_fn, shape, cfg.n, cfg.batch_size, cfg.seed, cfg.sampler, device, world, reporter)

@@ -66,8 +66,7 @@ def guided_score_fns(model: ScoreModel, num_classes: int, label: int | None, sca
     """For ``draw``: the guided score of samples start .. start + size - 1 (one class, or sample i of class i mod K)."""
 
     def score_fn_for(start: int, size: int) -> ScoreFn:
-        labels = torch.full((size,), label, device=device) if label is not None else cycle_labels(start, size, num_classes, device)
-        return classifier_free(model, labels, scale)
+        return classifier_free(model, label if label is not None else cycle_labels(start, size, num_classes, device), scale)
 
     return score_fn_for
 
