@@ -30,10 +30,11 @@ from shapes_judge import judge_images, train_judge  # noqa: E402
 from diffusers_cli.build import load_score_model  # noqa: E402
 from diffusers_cli.config import DEFAULT_GUIDANCE  # noqa: E402
 from diffusers_cli.data import load_dataset  # noqa: E402
-from diffusers_cli.engine.guidance import classifier_free, cycle_labels  # noqa: E402
+from diffusers_cli.engine.guidance import cycle_labels  # noqa: E402
 from diffusers_cli.engine.metrics.fid import frechet_distance  # noqa: E402
 from diffusers_cli.engine.samplers import sample  # noqa: E402
 from diffusers_cli.engine.score import ScoreFn, ScoreModel, make_score_fn  # noqa: E402
+from diffusers_cli.jobs.sample import guided_score_fns  # noqa: E402
 
 #: Seed of the real images judge_fd compares against (not the training seed 0, not the judge's).
 REAL_SEED = 7
@@ -56,8 +57,8 @@ def score_for(model: ScoreModel, meta: dict, n: int, guidance: float | None) -> 
     k = meta["network"].get("num_classes")
     if k is None:
         return make_score_fn(model), None
-    labels = cycle_labels(0, n, k)
-    return classifier_free(model, labels, DEFAULT_GUIDANCE if guidance is None else guidance), labels
+    scale = DEFAULT_GUIDANCE if guidance is None else guidance
+    return guided_score_fns(model, k, None, scale, torch.device("cpu"))(0, n), cycle_labels(0, n, k)
 
 
 def load_real(meta: dict, data_dir: Path, n: int) -> torch.Tensor:
