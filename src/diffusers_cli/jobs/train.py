@@ -213,10 +213,10 @@ def _train(cfg: TrainConfig, reporter: Reporter, device: torch.device, world: Wo
     dataset, info = load_dataset(d.dataset, d.image_size, d.data_dir, d.split, cfg.seed, d.num_examples, d.channels, d.download)
     if cfg.task == "classifier" and info.num_classes < 2:
         raise ConfigError(f"dataset {info.name} has {info.num_classes} class; a classifier needs at least 2 (use class subfolders)")
-    if cfg.class_conditional and (cfg.task != "score" or info.num_classes < 2):
-        raise ConfigError(f"--class-conditional needs a score model on a dataset with at least 2 classes; {info.name} has "
-                          f"{info.num_classes} (use class subfolders)" if cfg.task == "score" else
-                          "--class-conditional is for score models; a classifier is conditional by nature (drop the flag)")
+    if cfg.class_conditional and cfg.task != "score":
+        raise ConfigError("--class-conditional is for score models; a classifier is conditional by nature (drop the flag)")
+    if cfg.class_conditional and info.num_classes < 2:
+        raise ConfigError(f"--class-conditional needs a dataset with at least 2 classes; {info.name} has {info.num_classes} (use class subfolders)")
     sde = build.build_sde(cfg.sde)
     torch.manual_seed(cfg.seed)  # the initial weights, and later dropout, draw from the global generator
     if cfg.task == "score":
