@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from diffusers_cli.errors import UsageError
+
 import json
 from pathlib import Path
 from typing import Any
@@ -19,7 +21,7 @@ WEIGHTS_NAME = "model.safetensors"
 STATE_NAME = "state.safetensors"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UsageError):
     """A checkpoint is missing, corrupt, foreign, or does not fit the model it is loaded into."""
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from diffusers_cli.errors import UsageError
+
 import json
 import sys
 from pathlib import Path
@@ -24,7 +26,7 @@ else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
 
-class ConfigError(ValueError):
+class ConfigError(UsageError):
     """A config file or value is invalid; the message is one line naming the key and the fix."""
 
 

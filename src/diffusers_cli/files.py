@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from diffusers_cli.errors import UsageError
+
 import contextlib
 import os
 import tempfile
@@ -9,7 +11,7 @@ from pathlib import Path
 from typing import Iterator
 
 
-class OutputError(ValueError):
+class OutputError(UsageError):
     """An output path cannot be written (missing parent we may not create, no permission, a directory)."""
 
 

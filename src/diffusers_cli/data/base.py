@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from diffusers_cli.errors import UsageError
+
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -20,7 +22,7 @@ EAGER_RESIZE_BYTES = 1 << 30
 LUMA = (0.299, 0.587, 0.114)
 
 
-class DataError(ValueError):
+class DataError(UsageError):
     """Bad data input: a missing, corrupt or unknown dataset. The message is one line saying how to fix it."""
 
 

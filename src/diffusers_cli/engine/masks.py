@@ -10,6 +10,8 @@ Two conventions meet here, and this module is the only place that converts betwe
 
 from __future__ import annotations
 
+from diffusers_cli.errors import UsageError
+
 import math
 from typing import Any
 
@@ -22,7 +24,7 @@ MASK_KINDS: tuple[str, ...] = ("box", "outpaint", "half", "random-pixels")
 HALF_SIDES: tuple[str, ...] = ("left", "right", "top", "bottom")
 
 
-class MaskError(ValueError):
+class MaskError(UsageError):
     """A mask that cannot be used: its message is one line saying what is wrong and how to fix it."""
 
 

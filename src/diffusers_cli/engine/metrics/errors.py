@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from diffusers_cli.errors import UsageError
 
-class MetricsError(ValueError):
+
+class MetricsError(UsageError):
     """Bad input to a metric (missing or wrong Inception weights, a bad statistics file, too few images); the CLI exits 2."""
