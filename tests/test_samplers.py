@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Iterator
-from typing import Any
+from typing import Annotated, Any
 
 import pytest
 import torch
@@ -18,12 +18,15 @@ from torch import Tensor
 
 from diffusers_cli.engine.analytic import GaussianMixture, gaussian
 from diffusers_cli.engine.grids import time_grid
+from diffusers_cli.engine.options import Opt, OptionError, coerce
+from diffusers_cli.engine.rng import ImageGenerators
 from diffusers_cli.engine.samplers import (
-    DEFAULT_GRIDS,
     SAMPLERS,
+    SamplerSpec,
     _ei_step,
     sample,
     sampler_options,
+    split_options,
 )
 from diffusers_cli.engine.schedules import CosineSchedule
 from diffusers_cli.engine.score import NFECounter
@@ -149,7 +152,7 @@ def test_same_seed_same_output(name: str) -> None:
 @pytest.mark.parametrize("name", sorted(SAMPLERS))
 def test_callback_sees_every_step_and_can_replace_x(name: str) -> None:
     sde = SDES["vp"]
-    ts = time_grid(sde, 5, DEFAULT_GRIDS.get(name, "uniform"))
+    ts = time_grid(sde, 5, SAMPLERS[name].grid)
     seen: list[dict[str, Any]] = []
     fixed = torch.full((3, *SHAPE), 0.25)
 
@@ -288,16 +291,106 @@ def test_options_are_listed_and_validated() -> None:
     assert sampler_options("ddim") == {"eta": 0.0}
     assert sampler_options("ode") == {"rtol": 1e-5, "atol": 1e-5}
     assert sampler_options("ipndm") == {"order": 3}
-    assert sampler_options("heun") == {} and sampler_options("euler") == {}
+    churn = {"s_churn": 0.0, "s_tmin": 0.0, "s_tmax": math.inf, "s_noise": 1.0}
+    assert sampler_options("heun") == churn and sampler_options("euler") == churn
+    assert sampler_options("em") == {} and sampler_options("ddpm") == {}
     sde, fn = SDES["vp"], GAUSS.score_fn(SDES["vp"])
     cases = [
-        ("ei", {"order": 4}, "order must be 1, 2 or 3, got 4"),
-        ("ei", {"mode": "x0"}, "unknown mode 'x0'; use one of ['data', 'noise']"),
-        ("ddim", {"eta": 1.5}, "eta must lie in [0, 1], got 1.5"),
-        ("ipndm", {"order": 5}, "order must be 1, 2, 3 or 4, got 5"),
-        ("ode", {"rtol": 0.0}, "need rtol > 0 and atol > 0, got 0.0, 1e-05"),
-        ("heun", {"eta": 0.5}, "sampler 'heun' takes no option 'eta'; it takes none"),
+        ("ei", {"order": 4}, "sampler 'ei' option order must be one of 1, 2, 3, got 4"),
+        ("ei", {"mode": "x0"}, "sampler 'ei' option mode must be one of data, noise, got x0"),
+        ("ei", {"corrector": "maybe"}, "sampler 'ei' option corrector is true or false, got 'maybe'"),
+        ("ddim", {"eta": 1.5}, "sampler 'ddim' option eta must be >= 0, <= 1, got 1.5"),
+        ("ipndm", {"order": 5}, "sampler 'ipndm' option order must be one of 1, 2, 3, 4, got 5"),
+        ("ipndm", {"order": 2.5}, "sampler 'ipndm' option order is an integer, got 2.5"),
+        ("ode", {"rtol": 0.0}, "sampler 'ode' option rtol must be > 0, got 0.0"),
+        ("pc", {"predictor": "leapfrog"}, "option predictor must be one of reverse-diffusion, euler-maruyama, ancestral"),
+        ("heun", {"eta": 0.5}, "sampler 'heun' (grid 'karras') has no option 'eta'; its options are: s_churn (default 0.0), "
+                               "s_tmin (default 0.0), s_tmax (default inf), s_noise (default 1.0), rho (default 7.0)"),
+        ("ei", {"rho": 3.0}, "sampler 'ei' (grid 'logsnr') has no option 'rho'"),
+        ("nosuch", {}, "unknown sampler 'nosuch'; use one of em, pc, ddpm, ddim, euler, heun, ei, ipndm, ode"),
     ]
     for name, options, message in cases:
-        with pytest.raises(ValueError, match=re.escape(message)):
+        with pytest.raises(OptionError, match=re.escape(message)):
             sample(sde, fn, (1, *SHAPE), name, 3, None, **options)
+    # Values from a command line arrive as strings or YAML scalars and are converted to the declared type.
+    assert split_options("ei", None, {"order": "3", "corrector": "true"}) == ("logsnr", {"order": 3, "corrector": True}, {})
+    assert split_options("heun", None, {"rho": 5, "s_churn": "10"}) == ("karras", {"s_churn": 10.0}, {"rho": 5.0})
+
+
+def test_every_sampler_declares_typed_options() -> None:
+    """Each option of each registered sampler has a bool/int/float/str type and a default inside its own limits."""
+    for name, spec in SAMPLERS.items():
+        for opt in spec.options().values():
+            assert opt.type in (bool, int, float, str), (name, opt)
+            assert coerce(opt, opt.default, name) == opt.default
+
+
+def test_a_registered_toy_sampler_gets_its_options_checked(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One function plus one SAMPLERS line: sample() validates and passes the new option, nothing else to touch."""
+
+    def sample_shrink(sde: SDE, score_fn: Any, x: Tensor, ts: Tensor, *, generator: Any = None, callback: Any = None,
+                      factor: Annotated[float, Opt("shrink x by this", gt=0, le=1)] = 1.0) -> Tensor:
+        return x * factor
+
+    monkeypatch.setitem(SAMPLERS, "shrink", SamplerSpec(sample_shrink, "uniform", "toy"))
+    sde = SDES["ve"]
+    gen = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+    full = sample(sde, GAUSS.score_fn(sde), (2, *SHAPE), "shrink", 3, gen(), final_denoise=False)
+    half = sample(sde, GAUSS.score_fn(sde), (2, *SHAPE), "shrink", 3, gen(), final_denoise=False, factor="0.5")
+    torch.testing.assert_close(half, 0.5 * full)
+    with pytest.raises(OptionError, match=re.escape("option factor must be > 0, <= 1, got 2")):
+        sample(sde, GAUSS.score_fn(sde), (2, *SHAPE), "shrink", 3, gen(), factor=2)
+
+
+@pytest.mark.parametrize("name", ["euler", "heun"])
+def test_edm_churn_keeps_the_density_and_is_stochastic(name: str) -> None:
+    """EDM's churn (Alg. 2) adds noise and removes it again: with the exact score the moments stay right."""
+    sde = SDES["vp"]
+    steps = {"euler": 200, "heun": 50}[name]
+    churn = {"s_churn": 20.0, "s_tmin": 0.05, "s_tmax": 50.0}
+    x = sample(sde, GAUSS.score_fn(sde), (N, *SHAPE), name, steps, torch.Generator().manual_seed(0), **churn).double()
+    mean_tol = 4.0 * (VAR / N).sqrt()
+    assert bool(((x.mean(0) - MEAN).abs() <= mean_tol).all())
+    assert float((x.var(0) / VAR - 1.0).abs().max()) <= 4.0 * math.sqrt(2.0 / N) + DEFAULT_VAR_ALLOWANCE
+    # The noise really is there: two seeds differ from the same x_T, and s_churn = 0 is the deterministic sampler.
+    x_T = torch.randn((4, *SHAPE), generator=torch.Generator().manual_seed(5))
+    runs = [sample(sde, GAUSS.score_fn(sde), (4, *SHAPE), name, 10, torch.Generator().manual_seed(s), x_init=x_T, **churn)
+            for s in (1, 2)]
+    plain = [sample(sde, GAUSS.score_fn(sde), (4, *SHAPE), name, 10, torch.Generator().manual_seed(s), x_init=x_T) for s in (1, 2)]
+    assert not torch.equal(runs[0], runs[1]) and torch.equal(plain[0], plain[1])
+    off = sample(sde, GAUSS.score_fn(sde), (4, *SHAPE), name, 10, torch.Generator().manual_seed(1), x_init=x_T, s_churn=0.0)
+    assert torch.equal(off, plain[0])
+
+
+def test_karras_rho_reaches_the_grid() -> None:
+    sde = SDES["ve"]
+    sigma = lambda ts: torch.exp(-sde.log_snr(ts))  # noqa: E731
+    for rho in (1.0, 3.0, 7.0):
+        s = sigma(time_grid(sde, 8, "karras", rho=rho))
+        ramp = s ** (1 / rho)
+        # Equal steps in sigma^(1 / rho): the defining property of Karras' grid.
+        torch.testing.assert_close(ramp[1:] - ramp[:-1], torch.full((8,), float(ramp[1] - ramp[0]), dtype=torch.float64), rtol=1e-6, atol=1e-9)
+    fn = GAUSS.score_fn(sde)
+    a = sample(sde, fn, (2, *SHAPE), "heun", 6, torch.Generator().manual_seed(0))
+    b = sample(sde, fn, (2, *SHAPE), "heun", 6, torch.Generator().manual_seed(0), rho=3.0)
+    assert not torch.equal(a, b)
+
+
+@pytest.mark.parametrize("name", sorted(SAMPLERS))
+def test_per_image_streams_make_images_independent_of_the_batch(name: str) -> None:
+    """With ImageGenerators, image i depends on (seed, i) only: any split into batches gives the same images.
+
+    pc's Langevin step size averages norms over the batch (score_sde's rule) and ode's adaptive
+    steps are shared by the batch, so for those two only the noise, not the result, is per image.
+    """
+    sde, fn = SDES["vp"], MIXTURE.score_fn(SDES["vp"])
+    opts = {"corrector_steps": 0} if name == "pc" else {}
+    whole = sample(sde, fn, (7, *SHAPE), name, 5, ImageGenerators.for_images(3, 0, 7), dtype=torch.float64, **opts)
+    parts = torch.cat([sample(sde, fn, (hi - lo, *SHAPE), name, 5, ImageGenerators.for_images(3, lo, hi - lo), dtype=torch.float64, **opts)
+                       for lo, hi in ((0, 1), (1, 4), (4, 7))])
+    if name == "ode":
+        torch.testing.assert_close(parts, whole, rtol=0, atol=1e-3)  # the same ODE, solved on other step sequences
+    else:
+        torch.testing.assert_close(parts, whole, rtol=0, atol=1e-12)
+    other = sample(sde, fn, (7, *SHAPE), name, 5, ImageGenerators.for_images(4, 0, 7), dtype=torch.float64, **opts)
+    assert not torch.allclose(other, whole)

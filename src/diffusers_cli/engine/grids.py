@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Annotated, Any
 
 import torch
 from torch import Tensor
 
+from diffusers_cli.engine.options import Opt, OptionError, validate_options
 from diffusers_cli.engine.sde import SDE
 
-Grid = Callable[[SDE, int, float], Tensor]
+#: ``grid(sde, steps, eps, **options) -> ts``; keyword-only parameters are the grid's options (engine.options).
+Grid = Callable[..., Tensor]
 
 
 def uniform_time(sde: SDE, steps: int, eps: float) -> Tensor:
@@ -29,7 +32,13 @@ def uniform_log_snr(sde: SDE, steps: int, eps: float) -> Tensor:
     return _pin_ends(sde.t_from_log_snr(lam), sde.T, eps)
 
 
-def karras(sde: SDE, steps: int, eps: float, rho: float = 7.0) -> Tensor:
+def karras(
+    sde: SDE,
+    steps: int,
+    eps: float,
+    *,
+    rho: Annotated[float, Opt("Karras' rho: larger puts more steps near the data (EDM: 7)", gt=0)] = 7.0,
+) -> Tensor:
     """Karras et al. (2022): equal steps in sigma^(1/rho), sigma = std / mean = exp(-lambda)."""
     ends = torch.exp(-sde.log_snr(torch.tensor([sde.T, eps], dtype=torch.float64)))
     ramp = torch.linspace(0.0, 1.0, steps + 1, dtype=torch.float64)
@@ -52,13 +61,19 @@ GRIDS: dict[str, Grid] = {
 }
 
 
-def time_grid(sde: SDE, steps: int, kind: str = "uniform", eps: float | None = None) -> Tensor:
-    """The grid named ``kind`` with ``steps`` intervals from T down to ``eps`` (the SDE's default if None)."""
+def check_grid(kind: str) -> Grid:
+    """The grid function named ``kind``; OptionError listing the grids otherwise."""
     if kind not in GRIDS:
-        raise ValueError(f"unknown time grid {kind!r}; use one of {sorted(GRIDS)}")
+        raise OptionError(f"unknown time grid {kind!r}; use one of {', '.join(GRIDS)}")
+    return GRIDS[kind]
+
+
+def time_grid(sde: SDE, steps: int, kind: str = "uniform", eps: float | None = None, **options: Any) -> Tensor:
+    """The grid named ``kind`` with ``steps`` intervals from T down to ``eps`` (the SDE's default if None)."""
+    fn = check_grid(kind)
     if steps < 1:
-        raise ValueError(f"steps must be at least 1, got {steps}")
+        raise OptionError(f"steps must be at least 1, got {steps}")
     end = sde.eps if eps is None else float(eps)
     if not 0 < end < sde.T:
-        raise ValueError(f"eps must lie in (0, {sde.T}), got {end}")
-    return GRIDS[kind](sde, steps, end)
+        raise OptionError(f"eps must lie in (0, {sde.T}), got {end}")
+    return fn(sde, steps, end, **validate_options(fn, options, f"grid {kind!r}"))

@@ -47,20 +47,23 @@ the cheap option (the sampler's NFE), for any sampler.
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable
+from dataclasses import dataclass
 from itertools import pairwise
-from typing import Any
+from typing import Annotated, Any
 
 import torch
 from torch import Tensor
 
 from diffusers_cli.engine.grids import time_grid
+from diffusers_cli.engine.options import Opt, OptionError, OptionSpec, option_specs, validate_options
+from diffusers_cli.engine.rng import RNG, multinomial, rand
 from diffusers_cli.engine.samplers import (
     PREDICTORS,
     SAMPLERS,
     Callback,
     ancestral_kernel,
+    check_sampler,
     denoise,
     notify,
     sample,
@@ -103,7 +106,7 @@ def paste(x: Tensor, values: Tensor, known: Tensor) -> Tensor:
     return torch.where(known.bool(), values, x)
 
 
-def _noised(sde: SDE, x0: Tensor, t: Tensor | float, generator: torch.Generator | None) -> Tensor:
+def _noised(sde: SDE, x0: Tensor, t: Tensor | float, generator: RNG) -> Tensor:
     """A fresh draw of the forward marginal x_t | x_0 (t: a grid time or a vector [B])."""
     tv = t.to(x0.dtype) if isinstance(t, Tensor) and t.ndim == 1 else _vec(t, x0)
     m, s = sde.marginal(tv)
@@ -117,8 +120,8 @@ def impute_replacement(
     mask: Tensor,
     *,
     steps: int = 1000,
-    sampler: str = "pc",  # any entry of SAMPLERS: replacement rides on its callback
-    generator: torch.Generator | None = None,
+    sampler: Annotated[str, Opt("the sampler replacement rides on (any of `diffuse samplers`)", choices=SAMPLERS)] = "pc",
+    generator: RNG = None,
     grid: str | None = None,  # None: the sampler's default grid
     eps: float | None = None,  # end time; None: the SDE's default
     callback: Callback | None = None,  # sees x after the known pixels were replaced
@@ -126,8 +129,7 @@ def impute_replacement(
 ) -> Tensor:
     """Replacement imputation (score_sde): re-impose the noised known pixels after every step of any sampler."""
     x_known, known = prepare(x_known, mask)
-    if sampler not in SAMPLERS:
-        raise ValueError(f"unknown sampler {sampler!r}; use one of {sorted(SAMPLERS)}")
+    check_sampler(sampler)
 
     def replace(info: dict[str, Any]) -> Tensor:
         x = paste(info["x"], _noised(sde, x_known, info["t"], generator), known)
@@ -172,10 +174,10 @@ def impute_repaint(
     mask: Tensor,
     *,
     steps: int = 250,
-    jump_length: int = 10,  # how many steps each jump goes back up
-    resample: int = 10,  # how many times each jumped segment is traversed (RePaint's U); 1 = replacement
-    predictor: str = "ancestral",  # any entry of PREDICTORS
-    generator: torch.Generator | None = None,
+    jump_length: Annotated[int, Opt("how many steps each jump goes back up", ge=1)] = 10,
+    resample: Annotated[int, Opt("how many times each jumped segment is traversed (RePaint's U); 1 = replacement", ge=1)] = 10,
+    predictor: Annotated[str, Opt("the reverse step", choices=PREDICTORS)] = "ancestral",
+    generator: RNG = None,
     grid: str = "uniform",
     eps: float | None = None,
     callback: Callback | None = None,  # called after every reverse step; i counts moves
@@ -183,7 +185,7 @@ def impute_repaint(
     """RePaint (Lugmayr et al. 2022): replacement with jumps back through the exact forward transition."""
     x_known, known = prepare(x_known, mask)
     if predictor not in PREDICTORS:
-        raise ValueError(f"unknown predictor {predictor!r}; use one of {sorted(PREDICTORS)}")
+        raise OptionError(f"unknown predictor {predictor!r}; use one of {', '.join(PREDICTORS)}")
     step_fn = PREDICTORS[predictor]
     ts = time_grid(sde, steps, grid, eps)
     path = repaint_schedule(steps, jump_length, resample)
@@ -206,7 +208,7 @@ def impute_repaint(
 
 
 def _propose(
-    mean: Tensor, std: Tensor, target: Tensor, var: Tensor, known: Tensor, generator: torch.Generator | None
+    mean: Tensor, std: Tensor, target: Tensor, var: Tensor, known: Tensor, generator: RNG
 ) -> Tensor:
     """Draw N(mean, std^2) on missing pixels and N(mean, std^2) x N(target, var), normalised, on known ones."""
     nd = mean.ndim
@@ -224,19 +226,19 @@ def _log_normal_known(x: Tensor, loc: Tensor, var: Tensor, known: Tensor) -> Ten
     return -0.5 * (sq * known).flatten(1).sum(1)
 
 
-def resample_indices(log_w: Tensor, method: str, generator: torch.Generator | None) -> Tensor:
+def resample_indices(log_w: Tensor, method: str, generator: RNG) -> Tensor:
     """Ancestor indices [G, P] within each group of P particles, drawn from the normalised weights exp(log_w) [G, P]."""
     w = torch.softmax(log_w.double(), dim=1)
     g, p = w.shape
     if method == "multinomial":
-        return torch.multinomial(w, p, replacement=True, generator=generator)
+        return multinomial(w, p, generator, replacement=True)
     if method == "systematic":
-        u = torch.rand((g, 1), generator=generator, dtype=torch.float64, device=w.device)
+        u = rand((g, 1), generator, w.device, torch.float64)
         positions = (u + torch.arange(p, dtype=torch.float64, device=w.device)) / p
         cdf = torch.cumsum(w, dim=1)
         cdf[:, -1] = 1.0  # rounding must not push the last position past the end
         return torch.searchsorted(cdf, positions).clamp_max(p - 1)
-    raise ValueError(f"unknown resampling {method!r}; use one of {RESAMPLING}")
+    raise OptionError(f"unknown resampling {method!r}; use one of {', '.join(RESAMPLING)}")
 
 
 def effective_sample_size(log_w: Tensor) -> Tensor:
@@ -252,10 +254,10 @@ def impute_smc(
     mask: Tensor,
     *,
     steps: int = 1000,
-    particles: int = 16,  # chains per image, evaluated as one batch of B * particles
-    ess_threshold: float = 0.5,  # resample a group when its ESS falls below this fraction of particles
-    resampling: str = "systematic",  # or "multinomial"
-    generator: torch.Generator | None = None,
+    particles: Annotated[int, Opt("chains per image, evaluated as one batch of B * particles", ge=1)] = 16,
+    ess_threshold: Annotated[float, Opt("resample when the ESS falls below this fraction of particles", ge=0, le=1)] = 0.5,
+    resampling: Annotated[str, Opt("how ancestors are drawn", choices=RESAMPLING)] = "systematic",
+    generator: RNG = None,
     grid: str = "uniform",
     eps: float | None = None,
     callback: Callback | None = None,  # sees all particles, [B * particles, ...]
@@ -263,9 +265,9 @@ def impute_smc(
     """SMC imputation (MCGdiff for noiseless inpainting): asymptotically exact draws of p(x_missing | x_known)."""
     x_known, known = prepare(x_known, mask)
     if particles < 1 or not 0.0 <= ess_threshold <= 1.0:
-        raise ValueError(f"need particles >= 1 and ess_threshold in [0, 1], got {particles}, {ess_threshold}")
+        raise OptionError(f"need particles >= 1 and ess_threshold in [0, 1], got {particles}, {ess_threshold}")
     if resampling not in RESAMPLING:
-        raise ValueError(f"unknown resampling {resampling!r}; use one of {RESAMPLING}")
+        raise OptionError(f"unknown resampling {resampling!r}; use one of {', '.join(RESAMPLING)}")
     b, p = x_known.shape[0], particles
     y = x_known.repeat_interleave(p, dim=0)
     known_p = known.repeat_interleave(p, dim=0)
@@ -300,26 +302,57 @@ def impute_smc(
             if callback is not None:
                 x = notify(callback, x, i, float(ts[i + 1]), sde.tweedie(x_prev, t, score))
         # One particle per image from the final weighted set, then the usual final denoising step.
-        pick = torch.multinomial(torch.softmax(log_w, dim=1), 1, generator=generator)
+        pick = multinomial(torch.softmax(log_w, dim=1), 1, generator)
         x = x[(pick + offsets).reshape(-1)]
         x = denoise(sde, score_fn, x, float(ts[-1]))
     return paste(x, x_known, known)
 
 
-METHODS: dict[str, Callable[..., Tensor]] = {
-    "smc": impute_smc,
-    "replacement": impute_replacement,
-    "repaint": impute_repaint,
+@dataclass(frozen=True)
+class MethodSpec:
+    """A METHODS entry: the function (whose keyword-only parameters are its options) and one line about it."""
+
+    fn: Callable[..., Tensor]
+    summary: str
+    takes_sampler_options: bool = False  # replacement passes the rest on to its sampler
+
+    def options(self) -> dict[str, OptionSpec]:
+        """The method's options, read from its signature (steps, grid and eps included)."""
+        return option_specs(self.fn)
+
+
+METHODS: dict[str, MethodSpec] = {
+    "smc": MethodSpec(impute_smc, "sequential Monte Carlo (MCGdiff): asymptotically exact, particles x the NFE"),
+    "replacement": MethodSpec(impute_replacement, "re-impose the noised known pixels after each step of any sampler", True),
+    "repaint": MethodSpec(impute_repaint, "RePaint: replacement with jumps back through the forward process"),
 }
+
+
+def check_method(method: str) -> MethodSpec:
+    """The METHODS entry ``method``; OptionError listing the methods otherwise."""
+    if method not in METHODS:
+        raise OptionError(f"unknown imputation method {method!r}; use auto or one of {', '.join(METHODS)}")
+    return METHODS[method]
 
 
 def method_options(method: str) -> dict[str, Any]:
     """The keyword options (with defaults) that imputation ``method`` accepts."""
-    if method not in METHODS:
-        raise ValueError(f"unknown imputation method {method!r}; use one of {sorted(METHODS)}")
-    common = {"sde", "score_fn", "x_known", "mask", "generator"}
-    params = inspect.signature(METHODS[method]).parameters
-    return {k: p.default for k, p in params.items() if k not in common and p.kind is p.KEYWORD_ONLY}
+    return {k: spec.default for k, spec in check_method(method).options().items()}
+
+
+def validate_method_options(method: str, options: dict[str, Any]) -> dict[str, Any]:
+    """``options`` checked against ``method``'s signature (replacement: the rest against its sampler's); the one check."""
+    spec = check_method(method)
+    own = spec.options()
+    mine = {k: v for k, v in options.items() if k in own or not spec.takes_sampler_options}
+    out = validate_options(spec.fn, mine, f"imputation method {method!r}")
+    rest = {k: v for k, v in options.items() if k not in mine}
+    if rest:
+        from diffusers_cli.engine.samplers import split_options
+
+        _, sampler_opts, grid_opts = split_options(out.get("sampler", own["sampler"].default), out.get("grid"), rest)
+        out.update(sampler_opts, **grid_opts)
+    return out
 
 
 def reverse_steps(method: str, steps: int, **options: Any) -> int:
@@ -353,20 +386,16 @@ def impute(
     *,
     method: str = DEFAULT_METHOD,
     n: int = 1,  # draws per image
-    generator: torch.Generator | None = None,
+    generator: RNG = None,
     **options: Any,
 ) -> Tensor:
     """n independent fills of each image: [B * n, C, H, W], draw j of image b at row b * n + j."""
     if method == "auto":
         method, _ = choose_method(mask, **options)
-    allowed = method_options(method)
-    extra = set(options) - set(allowed)
-    # Replacement passes unknown options to its sampler, which checks them itself.
-    if extra and method != "replacement":
-        raise ValueError(f"imputation method {method!r} takes no option {min(extra)!r}; it takes {sorted(allowed)}")
+    options = validate_method_options(method, options)
     if n < 1:
-        raise ValueError(f"n must be at least 1, got {n}")
+        raise OptionError(f"n must be at least 1, got {n}")
     x_known, _ = prepare(x_known, mask)
     x_rep = x_known.repeat_interleave(n, dim=0)
     mask_rep = mask.repeat_interleave(n, dim=0) if mask.shape[0] > 1 else mask
-    return METHODS[method](sde, score_fn, x_rep, mask_rep, generator=generator, **options)
+    return METHODS[method].fn(sde, score_fn, x_rep, mask_rep, generator=generator, **options)

@@ -8,21 +8,24 @@ benchmarks/README.md compares their error against NFE; few steps: "ipndm", more:
 A sampler has the signature ``fn(sde, score_fn, x, ts, *, generator, callback, **options)``:
 ``x`` is the prior draw at ``ts[0] = T``, ``ts`` a decreasing time grid (see ``grids``), and
 it returns x at ``ts[-1]``. ``sample`` builds the grid, draws the prior, runs the sampler and
-applies the final denoising step. A new sampler is one function plus one line in SAMPLERS.
+applies the final denoising step. A new sampler is one function plus one line in SAMPLERS; its
+keyword-only parameters (``Annotated`` with an ``Opt``) are its options, everywhere (engine.options).
 """
 
 from __future__ import annotations
 
-import inspect
 import math
-from collections.abc import Callable
-from typing import Any, Protocol
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal, Protocol
 
 import torch
 from torch import Tensor
 
-from diffusers_cli.engine.grids import time_grid
+from diffusers_cli.engine.grids import check_grid, time_grid
 from diffusers_cli.engine.ode import OdeStats, dopri5
+from diffusers_cli.engine.options import Opt, OptionError, OptionSpec, option_specs, validate_options
+from diffusers_cli.engine.rng import RNG
 from diffusers_cli.engine.score import ScoreFn
 from diffusers_cli.engine.sde import SDE
 from diffusers_cli.engine.utils import append_dims, batch_norm, randn_like
@@ -42,7 +45,7 @@ class Sampler(Protocol):
         x: Tensor,
         ts: Tensor,
         *,
-        generator: torch.Generator | None = None,
+        generator: RNG = None,
         callback: Callback | None = None,
         **options: Any,
     ) -> Tensor: ...
@@ -69,7 +72,7 @@ def _vec(t: Tensor | float, x: Tensor) -> Tensor:
 
 
 def reverse_diffusion_step(
-    sde: SDE, score_fn: ScoreFn, x: Tensor, t: Tensor, s: Tensor, generator: torch.Generator | None
+    sde: SDE, score_fn: ScoreFn, x: Tensor, t: Tensor, s: Tensor, generator: RNG
 ) -> tuple[Tensor, Tensor]:
     """score_sde's reverse-diffusion predictor, on the SDE's exact kernel x_t = a x_s + b z."""
     score = score_fn(x, t)
@@ -81,7 +84,7 @@ def reverse_diffusion_step(
 
 
 def euler_maruyama_step(
-    sde: SDE, score_fn: ScoreFn, x: Tensor, t: Tensor, s: Tensor, generator: torch.Generator | None
+    sde: SDE, score_fn: ScoreFn, x: Tensor, t: Tensor, s: Tensor, generator: RNG
 ) -> tuple[Tensor, Tensor]:
     """One Euler-Maruyama step of the reverse SDE dx = [f - g^2 score] dt + g dw."""
     score = score_fn(x, t)
@@ -104,7 +107,7 @@ def ancestral_kernel(sde: SDE, x: Tensor, t: Tensor, s: Tensor, score: Tensor) -
 
 
 def ancestral_step(
-    sde: SDE, score_fn: ScoreFn, x: Tensor, t: Tensor, s: Tensor, generator: torch.Generator | None
+    sde: SDE, score_fn: ScoreFn, x: Tensor, t: Tensor, s: Tensor, generator: RNG
 ) -> tuple[Tensor, Tensor]:
     """DDPM's ancestral step: draw x_s from q(x_s | x_t, x_0 = Tweedie estimate), for any Gaussian-kernel SDE."""
     score = score_fn(x, t)
@@ -120,7 +123,7 @@ PREDICTORS: dict[str, Callable[..., tuple[Tensor, Tensor]]] = {
 
 
 def langevin_step(
-    sde: SDE, score_fn: ScoreFn, x: Tensor, t: Tensor, alpha: Tensor, snr: float, generator: torch.Generator | None
+    sde: SDE, score_fn: ScoreFn, x: Tensor, t: Tensor, alpha: Tensor, snr: float, generator: RNG
 ) -> Tensor:
     """score_sde's Langevin corrector: step size 2 alpha (snr ||z|| / ||score||)^2, norms averaged over the batch."""
     score = score_fn(x, t)
@@ -138,7 +141,7 @@ def _run_predictor(
     score_fn: ScoreFn,
     x: Tensor,
     ts: Tensor,
-    generator: torch.Generator | None,
+    generator: RNG,
     callback: Callback | None,
     corrector: Callable[[Tensor, Tensor, Tensor], Tensor] | None = None,
 ) -> Tensor:
@@ -159,7 +162,7 @@ def sample_em(
     x: Tensor,
     ts: Tensor,
     *,
-    generator: torch.Generator | None = None,
+    generator: RNG = None,
     callback: Callback | None = None,
 ) -> Tensor:
     """Euler-Maruyama on the reverse-time SDE (1 NFE a step)."""
@@ -172,17 +175,17 @@ def sample_pc(
     x: Tensor,
     ts: Tensor,
     *,
-    generator: torch.Generator | None = None,
+    generator: RNG = None,
     callback: Callback | None = None,
-    snr: float = 0.16,  # Langevin signal-to-noise ratio (score_sde: 0.16 for CIFAR-10)
-    corrector_steps: int = 1,  # Langevin steps at each time; 0 makes PC its bare predictor
-    predictor: str = "reverse-diffusion",  # or "euler-maruyama", "ancestral"
+    snr: Annotated[float, Opt("Langevin signal-to-noise ratio (score_sde: 0.16 for CIFAR-10)", gt=0)] = 0.16,
+    corrector_steps: Annotated[int, Opt("Langevin steps at each time; 0 makes PC its bare predictor", ge=0)] = 1,
+    predictor: Annotated[str, Opt("the predictor step", choices=PREDICTORS)] = "reverse-diffusion",
 ) -> Tensor:
     """Predictor-corrector (score_sde): Langevin correction at t_i, then a predictor step to t_{i+1}."""
     if predictor not in PREDICTORS:
-        raise ValueError(f"unknown predictor {predictor!r}; use one of {sorted(PREDICTORS)}")
+        raise OptionError(f"unknown predictor {predictor!r}; use one of {', '.join(PREDICTORS)}")
     if snr <= 0 or corrector_steps < 0:
-        raise ValueError(f"need snr > 0 and corrector_steps >= 0, got {snr}, {corrector_steps}")
+        raise OptionError(f"need snr > 0 and corrector_steps >= 0, got {snr}, {corrector_steps}")
 
     def correct(x: Tensor, t: Tensor, s: Tensor) -> Tensor:
         # alpha_i = 1 - beta_i of the step ahead for VP-type SDEs and 1 for VE: the squared kernel scale.
@@ -200,7 +203,7 @@ def sample_ddpm(
     x: Tensor,
     ts: Tensor,
     *,
-    generator: torch.Generator | None = None,
+    generator: RNG = None,
     callback: Callback | None = None,
 ) -> Tensor:
     """DDPM ancestral sampling (Ho et al. 2020), on any grid and any of the SDEs (1 NFE a step)."""
@@ -222,10 +225,10 @@ def sample_ode(
     x: Tensor,
     ts: Tensor,
     *,
-    generator: torch.Generator | None = None,
+    generator: RNG = None,
     callback: Callback | None = None,
-    rtol: float = 1e-5,  # relative tolerance of the adaptive solver (score_sde: 1e-5)
-    atol: float = 1e-5,  # absolute tolerance
+    rtol: Annotated[float, Opt("relative tolerance of the adaptive solver (score_sde: 1e-5)", gt=0)] = 1e-5,
+    atol: Annotated[float, Opt("absolute tolerance of the adaptive solver", gt=0)] = 1e-5,
 ) -> Tensor:
     """Probability-flow ODE by adaptive Dormand-Prince RK45 from ts[0] to ts[-1] (only the grid's ends are used).
 
@@ -251,23 +254,11 @@ def sample_ode(
     return x
 
 
-def sample_euler(
-    sde: SDE,
-    score_fn: ScoreFn,
-    x: Tensor,
-    ts: Tensor,
-    *,
-    generator: torch.Generator | None = None,
-    callback: Callback | None = None,
-) -> Tensor:
-    """Euler's method on the probability-flow ODE in t (1 NFE a step): the plain deterministic baseline."""
-    for i in range(len(ts) - 1):
-        t = _vec(ts[i], x)
-        x_t, score = x, score_fn(x, t)
-        x = x + float(ts[i + 1] - ts[i]) * probability_flow(sde, x, t, score)
-        if callback is not None:
-            x = notify(callback, x, i, float(ts[i + 1]), sde.tweedie(x_t, t, score))
-    return x
+#: EDM's stochastic churn (Karras et al. 2022, Alg. 2), shared by euler and heun: the same four options on both.
+ChurnOpt = Annotated[float, Opt("EDM's S_churn: total noise added back over the run (0: deterministic)", ge=0)]
+ChurnMinOpt = Annotated[float, Opt("EDM's S_tmin: churn only where sigma = std / mean >= this", ge=0)]
+ChurnMaxOpt = Annotated[float, Opt("EDM's S_tmax: churn only where sigma <= this", ge=0)]
+ChurnNoiseOpt = Annotated[float, Opt("EDM's S_noise: scale of the added noise (EDM: 1.007 on ImageNet)", gt=0)]
 
 
 def _scaled_noise_levels(sde: SDE, ts: Tensor) -> tuple[Tensor, Tensor]:
@@ -276,35 +267,95 @@ def _scaled_noise_levels(sde: SDE, ts: Tensor) -> tuple[Tensor, Tensor]:
     return mean, std / mean
 
 
+def _churn(
+    sde: SDE, x: Tensor, t: float, steps: int, generator: RNG, s_churn: float, s_tmin: float, s_tmax: float, s_noise: float
+) -> tuple[Tensor, float]:
+    """EDM's churn: raise sigma(t) by 1 + gamma with fresh noise; returns (x, t) at the raised level (unchanged if gamma = 0).
+
+    gamma = min(S_churn / N, sqrt 2 - 1) where S_tmin <= sigma <= S_tmax; the raised time is
+    capped at T, the prior's noise level, past which the SDE is not defined.
+    """
+    mean, sigma = (float(v) for v in _scaled_noise_levels(sde, torch.tensor([t], dtype=torch.float64)))
+    gamma = min(s_churn / steps, math.sqrt(2.0) - 1.0) if s_tmin <= sigma <= s_tmax else 0.0
+    if gamma <= 0.0:
+        return x, t
+    t_hat = min(float(sde.t_from_log_snr(torch.tensor([-math.log(sigma * (1.0 + gamma))], dtype=torch.float64))), sde.T)
+    mean_hat, sigma_hat = (float(v) for v in _scaled_noise_levels(sde, torch.tensor([t_hat], dtype=torch.float64)))
+    # Add noise in x / mean: sigma^2 grows to sigma_hat^2, then scale back to x at t_hat.
+    x_hat = x / mean + math.sqrt(max(sigma_hat**2 - sigma**2, 0.0)) * s_noise * randn_like(x, generator)
+    return mean_hat * x_hat, t_hat
+
+
+def sample_euler(
+    sde: SDE,
+    score_fn: ScoreFn,
+    x: Tensor,
+    ts: Tensor,
+    *,
+    generator: RNG = None,
+    callback: Callback | None = None,
+    s_churn: ChurnOpt = 0.0,
+    s_tmin: ChurnMinOpt = 0.0,
+    s_tmax: ChurnMaxOpt = math.inf,
+    s_noise: ChurnNoiseOpt = 1.0,
+) -> Tensor:
+    """Euler's method on the probability-flow ODE in t (1 NFE a step): the plain deterministic baseline.
+
+    With ``s_churn`` > 0 each step first adds noise to raise sigma (EDM's churn), then takes
+    the Euler step from the raised time: a stochastic sampler with the same NFE.
+    """
+    n = len(ts) - 1
+    for i in range(n):
+        t_i = float(ts[i])
+        if s_churn > 0:
+            x, t_i = _churn(sde, x, t_i, n, generator, s_churn, s_tmin, s_tmax, s_noise)
+        t = _vec(t_i, x)
+        x_t, score = x, score_fn(x, t)
+        x = x + (float(ts[i + 1]) - t_i) * probability_flow(sde, x, t, score)
+        if callback is not None:
+            x = notify(callback, x, i, float(ts[i + 1]), sde.tweedie(x_t, t, score))
+    return x
+
+
 def sample_heun(
     sde: SDE,
     score_fn: ScoreFn,
     x: Tensor,
     ts: Tensor,
     *,
-    generator: torch.Generator | None = None,
+    generator: RNG = None,
     callback: Callback | None = None,
+    s_churn: ChurnOpt = 0.0,
+    s_tmin: ChurnMinOpt = 0.0,
+    s_tmax: ChurnMaxOpt = math.inf,
+    s_noise: ChurnNoiseOpt = 1.0,
 ) -> Tensor:
-    """EDM's 2nd-order Heun sampler (Karras et al. 2022, Alg. 1) on x / mean(t) against sigma = std / mean (2 NFE a step).
+    """EDM's 2nd-order Heun sampler (Karras et al. 2022, Alg. 1; Alg. 2 with churn) on x / mean(t) against sigma = std / mean (2 NFE a step).
 
     EDM falls back to Euler on a last step that ends at sigma = 0; our grids end at eps > 0,
     where the correction is well defined, so every step is a Heun step.
     """
     mean, sigma = _scaled_noise_levels(sde, ts)
 
-    def denoised(x_hat: Tensor, j: int) -> Tensor:
-        xj, t = float(mean[j]) * x_hat, _vec(ts[j], x_hat)
-        return sde.tweedie(xj, t, score_fn(xj, t))
+    def denoised(x_hat: Tensor, m: float, t: float) -> Tensor:
+        xj, tv = m * x_hat, _vec(t, x_hat)
+        return sde.tweedie(xj, tv, score_fn(xj, tv))
 
+    n = len(ts) - 1
     x_hat = x / float(mean[0])
-    for i in range(len(ts) - 1):
-        s_i, s_next = float(sigma[i]), float(sigma[i + 1])
+    for i in range(n):
+        m_i, s_i, t_i, s_next = float(mean[i]), float(sigma[i]), float(ts[i]), float(sigma[i + 1])
+        if s_churn > 0:
+            # Increase noise temporarily.
+            x_raised, t_i = _churn(sde, m_i * x_hat, t_i, n, generator, s_churn, s_tmin, s_tmax, s_noise)
+            m_i, s_i = (float(v) for v in _scaled_noise_levels(sde, torch.tensor([t_i], dtype=torch.float64)))
+            x_hat = x_raised / m_i
         # Euler step.
-        d0 = denoised(x_hat, i)
+        d0 = denoised(x_hat, m_i, t_i)
         d = (x_hat - d0) / s_i
         x_next = x_hat + (s_next - s_i) * d
         # Apply 2nd order correction.
-        d_next = (x_next - denoised(x_next, i + 1)) / s_next
+        d_next = (x_next - denoised(x_next, float(mean[i + 1]), float(ts[i + 1]))) / s_next
         x_hat = x_hat + (s_next - s_i) * 0.5 * (d + d_next)
         if callback is not None:
             x_hat = notify(callback, float(mean[i + 1]) * x_hat, i, float(ts[i + 1]), d0) / float(mean[i + 1])
@@ -317,13 +368,13 @@ def sample_ddim(
     x: Tensor,
     ts: Tensor,
     *,
-    generator: torch.Generator | None = None,
+    generator: RNG = None,
     callback: Callback | None = None,
-    eta: float = 0.0,  # 0: deterministic DDIM; 1: DDPM's ancestral step; between: partly stochastic
+    eta: Annotated[float, Opt("0: deterministic DDIM; 1: DDPM's ancestral step; between: partly stochastic", ge=0, le=1)] = 0.0,
 ) -> Tensor:
     """DDIM (Song, Meng & Ermon 2021) on any SDE and grid (1 NFE a step); eta=0 is first-order DPM-Solver."""
     if not 0.0 <= eta <= 1.0:
-        raise ValueError(f"eta must lie in [0, 1], got {eta}")
+        raise OptionError(f"eta must lie in [0, 1], got {eta}")
     grid = ts.to(torch.float64)
     mean, std = sde.marginal(grid)
     for i in range(len(ts) - 1):
@@ -418,12 +469,12 @@ def sample_ei(
     x: Tensor,
     ts: Tensor,
     *,
-    generator: torch.Generator | None = None,
+    generator: RNG = None,
     callback: Callback | None = None,
-    order: int = 2,  # 1 (= DDIM), 2 or 3: 2 is best below ~12 steps, 3 above (benchmarks/README.md)
-    mode: str = "data",  # "data": DPM-Solver++ (x_0 prediction); "noise": DPM-Solver (noise prediction)
-    lower_order_final: bool = True,  # short runs (< 15 steps) end at order <= 2, then 1 (the final denoise)
-    corrector: bool = False,  # UniC correction with the next step's model output (UniPC): order + 1, no extra NFE
+    order: Annotated[int, Opt("solver order: 1 (= DDIM), 2 (best below ~12 steps) or 3", choices=(1, 2, 3))] = 2,
+    mode: Annotated[str, Opt("data: DPM-Solver++ (x_0 prediction); noise: DPM-Solver", choices=EI_MODES)] = "data",
+    lower_order_final: Annotated[bool, Opt(f"runs under {LOWER_ORDER_FINAL_BELOW} steps end at order <= 2, then 1")] = True,
+    corrector: Annotated[bool, Opt("UniC correction with the next step's output (UniPC): order + 1, no extra NFE")] = False,
 ) -> Tensor:
     """Multistep DPM-Solver / DPM-Solver++ of order 1-3 in log-SNR (1 NFE a step), lower orders to warm up.
 
@@ -432,9 +483,9 @@ def sample_ei(
     before <= 3: order 2 then matches diffusers' DPMSolverMultistepScheduler step for step.
     """
     if order not in (1, 2, 3):
-        raise ValueError(f"order must be 1, 2 or 3, got {order}")
+        raise OptionError(f"order must be 1, 2 or 3, got {order}")
     if mode not in EI_MODES:
-        raise ValueError(f"unknown mode {mode!r}; use one of {list(EI_MODES)}")
+        raise OptionError(f"unknown mode {mode!r}; use one of {list(EI_MODES)}")
     data = mode == "data"
     grid = ts.to(torch.float64)
     mean, std = sde.marginal(grid)
@@ -490,9 +541,9 @@ def sample_ipndm(
     x: Tensor,
     ts: Tensor,
     *,
-    generator: torch.Generator | None = None,
+    generator: RNG = None,
     callback: Callback | None = None,
-    order: int = 3,  # 1 (= DDIM) to 4: how many past noise estimates each step combines
+    order: Annotated[int, Opt("how many past noise estimates each step combines (1 = DDIM)", choices=(1, 2, 3, 4))] = 3,
 ) -> Tensor:
     """iPNDM (Zhang & Chen 2023): Adams-Bashforth with equal-step weights on the noise estimate, in EDM's variables.
 
@@ -502,7 +553,7 @@ def sample_ipndm(
     their small-step limits, which extrapolate further and are markedly more accurate at few steps.
     """
     if order not in (1, 2, 3, 4):
-        raise ValueError(f"order must be 1, 2, 3 or 4, got {order}")
+        raise OptionError(f"order must be 1, 2, 3 or 4, got {order}")
     mean, sigma = _scaled_noise_levels(sde, ts)
     x_hat = x / float(mean[0])
     eps_hist: list[Tensor] = []  # noise estimates at the last few grid times, newest first
@@ -517,39 +568,62 @@ def sample_ipndm(
     return float(mean[-1]) * x_hat
 
 
-SAMPLERS: dict[str, Sampler] = {
-    "em": sample_em,
-    "pc": sample_pc,
-    "ddpm": sample_ddpm,
-    "ddim": sample_ddim,
-    "euler": sample_euler,
-    "heun": sample_heun,
-    "ei": sample_ei,
-    "ipndm": sample_ipndm,
-    "ode": sample_ode,
+@dataclass(frozen=True)
+class SamplerSpec:
+    """A SAMPLERS entry: the function (whose keyword-only parameters are its options) and its default grid."""
+
+    fn: Sampler
+    grid: str  # the time grid used unless told otherwise
+    summary: str  # one line for `diffuse samplers`
+
+    def options(self) -> dict[str, OptionSpec]:
+        """The sampler's options, read from its signature."""
+        return option_specs(self.fn)
+
+
+SAMPLERS: dict[str, SamplerSpec] = {
+    "em": SamplerSpec(sample_em, "uniform", "Euler-Maruyama on the reverse SDE (1 NFE a step)"),
+    "pc": SamplerSpec(sample_pc, "uniform", "predictor-corrector with Langevin correction (score_sde)"),
+    "ddpm": SamplerSpec(sample_ddpm, "uniform", "DDPM ancestral sampling (1 NFE a step)"),
+    # DDIM's own choice for CIFAR-10, and the most accurate of ours for it.
+    "ddim": SamplerSpec(sample_ddim, "quadratic", "DDIM, deterministic at eta 0 (1 NFE a step)"),
+    # Equal log-SNR steps are equal t steps on VE, and far better than those on VP.
+    "euler": SamplerSpec(sample_euler, "logsnr", "Euler on the probability-flow ODE, EDM churn optional (1 NFE a step)"),
+    "heun": SamplerSpec(sample_heun, "karras", "EDM's Heun sampler, churn optional (2 NFE a step)"),
+    "ei": SamplerSpec(sample_ei, "logsnr", "DPM-Solver(++) exponential integrator, UniPC corrector optional (1 NFE a step)"),
+    "ipndm": SamplerSpec(sample_ipndm, "logsnr", "iPNDM multistep, the best at few steps (1 NFE a step)"),
+    "ode": SamplerSpec(sample_ode, "uniform", "adaptive RK45 on the probability-flow ODE (only the grid's ends matter)"),
 }
 
-#: Grid each sampler uses unless told otherwise.
-DEFAULT_GRIDS: dict[str, str] = {
-    "em": "uniform",
-    "pc": "uniform",
-    "ddpm": "uniform",
-    "ddim": "quadratic",  # DDIM's own choice for CIFAR-10, and the most accurate of ours for it
-    "euler": "logsnr",  # equal log-SNR steps are equal t steps on VE, and far better than those on VP
-    "heun": "karras",
-    "ei": "logsnr",
-    "ipndm": "logsnr",
-    "ode": "uniform",  # only the ends matter
-}
+
+def check_sampler(name: str) -> SamplerSpec:
+    """The SAMPLERS entry ``name``; OptionError listing the samplers otherwise."""
+    if name not in SAMPLERS:
+        raise OptionError(f"unknown sampler {name!r}; use one of {', '.join(SAMPLERS)} (`diffuse samplers` lists their options)")
+    return SAMPLERS[name]
 
 
 def sampler_options(name: str) -> dict[str, Any]:
-    """The keyword options (with defaults) that sampler ``name`` accepts beyond the common ones."""
-    if name not in SAMPLERS:
-        raise ValueError(f"unknown sampler {name!r}; use one of {sorted(SAMPLERS)}")
-    common = {"sde", "score_fn", "x", "ts", "generator", "callback"}
-    params = inspect.signature(SAMPLERS[name]).parameters
-    return {k: p.default for k, p in params.items() if k not in common and p.kind is p.KEYWORD_ONLY}
+    """The options (with defaults) that sampler ``name`` takes beyond the common ones."""
+    return {k: spec.default for k, spec in check_sampler(name).options().items()}
+
+
+def split_options(name: str, grid: str | None, options: Mapping[str, Any]) -> tuple[str, dict[str, Any], dict[str, Any]]:
+    """(grid name, sampler options, grid options): ``options`` validated against the sampler's and its grid's signatures.
+
+    The one check of a sampler's options: ``sample``, configs and the CLI all go through it.
+    """
+    spec = check_sampler(name)
+    kind = grid or spec.grid
+    grid_fn = check_grid(kind)
+    own, grid_specs = spec.options(), option_specs(grid_fn)
+    unknown = sorted(set(options) - set(own) - set(grid_specs))
+    if unknown:
+        listed = ", ".join(f"{k} (default {v.default})" for k, v in {**own, **grid_specs}.items()) or "none"
+        raise OptionError(f"sampler {name!r} (grid {kind!r}) has no option {unknown[0]!r}; its options are: {listed}")
+    sampler_opts = validate_options(spec.fn, {k: v for k, v in options.items() if k in own}, f"sampler {name!r}")
+    grid_opts = validate_options(grid_fn, {k: v for k, v in options.items() if k in grid_specs}, f"grid {kind!r}")
+    return kind, sampler_opts, grid_opts
 
 
 def denoise(sde: SDE, score_fn: ScoreFn, x: Tensor, t: float) -> Tensor:
@@ -564,7 +638,7 @@ def sample(
     shape: tuple[int, ...],
     sampler: str = "pc",
     steps: int = 1000,
-    generator: torch.Generator | None = None,
+    generator: RNG = None,
     *,
     device: torch.device | str | None = None,
     dtype: torch.dtype = torch.float32,
@@ -575,15 +649,16 @@ def sample(
     callback: Callback | None = None,
     **options: Any,
 ) -> Tensor:
-    """Draw samples of ``shape`` by integrating the reverse process of ``sde`` driven by ``score_fn``."""
-    allowed = sampler_options(sampler)
-    unknown = sorted(set(options) - set(allowed))
-    if unknown:
-        raise ValueError(f"sampler {sampler!r} takes no option {unknown[0]!r}; it takes {sorted(allowed) or 'none'}")
-    ts = time_grid(sde, steps, grid or DEFAULT_GRIDS.get(sampler, "uniform"), eps)
+    """Draw samples of ``shape`` by integrating the reverse process of ``sde`` driven by ``score_fn``.
+
+    ``options`` are the sampler's (and its grid's) keyword options, checked by ``split_options``.
+    With ``generator`` an ``ImageGenerators`` of ``shape[0]`` streams, sample i depends on stream i alone.
+    """
+    kind, sampler_opts, grid_opts = split_options(sampler, grid, options)
+    ts = time_grid(sde, steps, kind, eps, **grid_opts)
     with torch.no_grad():
         x = sde.prior_sample(shape, generator, device, dtype) if x_init is None else x_init
-        x = SAMPLERS[sampler](sde, score_fn, x, ts, generator=generator, callback=callback, **options)
+        x = SAMPLERS[sampler].fn(sde, score_fn, x, ts, generator=generator, callback=callback, **sampler_opts)
         if final_denoise:
             x = denoise(sde, score_fn, x, float(ts[-1]))
     return x

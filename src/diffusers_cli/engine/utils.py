@@ -5,15 +5,17 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from diffusers_cli.engine.rng import RNG, randn
+
 
 def append_dims(v: Tensor, ndim: int) -> Tensor:
     """Reshape a per-example vector [B] to [B, 1, ..., 1] with ``ndim`` dimensions in all."""
     return v.reshape(v.shape + (1,) * (ndim - v.ndim))
 
 
-def randn_like(x: Tensor, generator: torch.Generator | None) -> Tensor:
-    """Standard normal noise shaped like ``x``, drawn from ``generator`` (same seed, same noise)."""
-    return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+def randn_like(x: Tensor, generator: RNG) -> Tensor:
+    """Standard normal noise shaped like ``x``, drawn from ``generator`` (same seed, same noise; per image if it is ImageGenerators)."""
+    return randn(x.shape, generator, x.device, x.dtype)
 
 
 def batch_norm(x: Tensor) -> Tensor:
