@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import gzip
+import hashlib
+import json
 import struct
+import subprocess
+import sys
 import urllib.error
 from pathlib import Path
 
@@ -15,11 +19,15 @@ from PIL import Image
 from diffusers_cli.data import (
     DATASETS,
     DataError,
+    DatasetSpec,
+    LoadRequest,
+    TensorImageDataset,
     class_index,
     class_names,
     list_datasets,
     load_dataset,
     random_flip,
+    resolve_name,
     shapes,
 )
 
@@ -446,3 +454,184 @@ def test_random_flip_deterministic():
     flipped = (a != x).flatten(1).any(dim=1)
     assert torch.equal(a[flipped], x[flipped].flip(-1)) and torch.equal(a[~flipped], x[~flipped])
     assert 430 < int(flipped.sum()) < 570
+
+
+# ---- the registry ------------------------------------------------------------------------
+
+
+def toy_loader(request: LoadRequest) -> tuple[TensorImageDataset, tuple[str, ...]]:
+    """A dataset that exists only in these tests: image i is filled with 10 * i, label i % 2."""
+    n = request.num_examples or 3
+    images = (torch.arange(n, dtype=torch.uint8) * 10).view(n, 1, 1, 1).expand(n, request.channels, 2, 2)
+    return TensorImageDataset(images.contiguous(), torch.arange(n) % 2, request.image_hw), ("even", "odd")
+
+
+TOY = DatasetSpec(
+    name="toy",
+    aliases=("toy-set", "toys"),
+    description="flat grey squares, for tests",
+    channels=1,
+    class_names=("even", "odd"),
+    download="not needed",
+    loader=toy_loader,
+)
+
+
+def test_a_registered_dataset_is_picked_up_everywhere(monkeypatch):
+    from typer.testing import CliRunner
+
+    from diffusers_cli.cli import app
+
+    monkeypatch.setitem(DATASETS, "toy", TOY)
+    assert resolve_name("Toy-Set") == ("toy", None) and resolve_name("toy") == ("toy", None)
+    ds, info = load_dataset("toys", (3, 5), num_examples=4)
+    assert (info.name, info.channels, info.num_classes, info.size) == ("toy", 1, 2, 4)
+    assert info.class_names == ("even", "odd") and class_names("toy") == ("even", "odd")
+    x, y = ds[2]
+    assert x.shape == (1, 3, 5) and y == 0 and torch.equal(x, torch.full((1, 3, 5), 20 / 127.5 - 1))
+    rgb, info = load_dataset("toy", 4, channels=3)
+    assert info.channels == 3 and rgb[1][0].shape == (3, 4, 4) and info.size == 3
+    row = {"name": "toy", "description": "flat grey squares, for tests", "channels": 1, "num_classes": 2,
+           "download": "not needed", "aliases": ["toy-set", "toys"]}
+    assert list_datasets()[-1] == row
+    result = CliRunner().invoke(app, ["datasets", "--json"])
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.stdout)["datasets"]
+    assert rows[-1] == row and [r["name"] for r in rows] == [*DATASETS]
+    text = CliRunner().invoke(app, ["datasets"])
+    assert text.exit_code == 0 and "toy            flat grey squares, for tests (also: toy-set, toys)" in text.stdout
+    assert "unknown dataset 'toyz': use one of shapes, mnist, fashion-mnist, cifar10, cars, folder, toy" in data_error(
+        load_dataset, "toyz", 4
+    )
+
+
+def test_builtin_specs_and_listing():
+    rows = {r["name"]: r for r in list_datasets()}
+    assert list(rows) == ["shapes", "mnist", "fashion-mnist", "cifar10", "cars", "folder"]
+    assert {k: (r["channels"], r["num_classes"], r["download"]) for k, r in rows.items()} == {
+        "shapes": (3, 5, "not needed"),
+        "mnist": (1, 10, "--download"),
+        "fashion-mnist": (1, 10, "--download"),
+        "cifar10": (3, 10, "--download"),
+        "cars": (3, 196, "by hand only"),
+        "folder": (3, None, "not applicable"),
+    }
+    assert rows["cars"]["aliases"] == ["stanford-cars", "stanford_cars", "stanfordcars"]
+    # Every alias names exactly one dataset, and no alias shadows a name.
+    aliases = [a for spec in DATASETS.values() for a in spec.aliases]
+    assert len(aliases) == len(set(aliases)) and not set(aliases) & set(DATASETS)
+    assert all(resolve_name(a)[0] == spec.name for spec in DATASETS.values() for a in spec.aliases)
+    assert shapes.CLASS_NAMES == DATASETS["shapes"].class_names == ("circle", "square", "triangle", "cross", "ring")
+
+
+def test_spec_rejects_malformed_entries():
+    with pytest.raises(ValueError, match="download must be one of not needed, --download"):
+        DatasetSpec(name="x", description="d", channels=1, class_names=("a",), download="maybe", loader=toy_loader)
+    with pytest.raises(ValueError, match="num_classes 3 but 2 class names"):
+        DatasetSpec(name="x", description="d", channels=1, class_names=("a", "b"), num_classes=3,
+                    download="not needed", loader=toy_loader)
+    with pytest.raises(ValueError, match="give class_names, read_class_names, or both"):
+        DatasetSpec(name="x", description="d", channels=1, download="not needed", loader=toy_loader)
+    with pytest.raises(ValueError, match="channels must be 1 or 3, got 2"):
+        DatasetSpec(name="x", description="d", channels=2, class_names=("a",), download="not needed", loader=toy_loader)
+    with pytest.raises(ValueError, match="lower case"):
+        DatasetSpec(name="X", description="d", channels=1, class_names=("a",), download="not needed", loader=toy_loader)
+
+
+def test_registry_imports_no_torch():
+    # `diffuse datasets` and --help texts read the registry: it must not pay for torch, numpy or PIL.
+    code = (
+        "import sys, diffusers_cli.data as d\n"
+        "d.list_datasets(); d.resolve_name('CIFAR-10'); d.class_names('fashion-mnist')\n"
+        "heavy = sorted(m for m in ('torch', 'numpy', 'PIL') if m in sys.modules)\n"
+        "assert not heavy, heavy\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+
+
+# ---- image sizes ------------------------------------------------------------------------
+
+
+def test_square_shapes_bitwise_as_before():
+    # Recorded from the code before (H, W) sizes existed: square images must not move by one bit.
+    ds, _ = load_dataset("shapes", 16, num_examples=40, seed=0)
+    assert int(ds.images.sum()) == 3844358
+    assert hashlib.sha256(ds.images.numpy().tobytes()).hexdigest().startswith("79a2b1a26f10938db6056536a76e6027")
+    grey, _ = load_dataset("shapes", 24, num_examples=40, seed=7, split="test", channels=1)
+    assert int(grey.images.sum()) == 3001980
+    pair, _ = load_dataset("shapes", (16, 16), num_examples=40, seed=0)
+    assert torch.equal(pair.images, ds.images)
+    assert (ds.image_size, ds.image_hw, pair.image_size, pair.image_hw) == (16, (16, 16), 16, (16, 16))
+
+
+@pytest.mark.parametrize("hw", [(12, 20), (20, 12), (9, 32)])
+def test_shapes_non_square_inside_image_with_contrast(hw):
+    ds, info = load_dataset("shapes", hw, num_examples=60, seed=2)
+    h, w = hw
+    assert ds.images.shape == (60, 3, h, w) and ds.image_hw == hw and ds.image_size == hw and info.size == 60
+    x, y = ds[0]
+    assert x.shape == (3, h, w) and x.dtype == torch.float32 and y == 0
+    xs, ys = stack(ds)
+    assert xs.min() >= -1.0 and xs.max() <= 1.0 and ys.tolist() == [i % 5 for i in range(60)]
+    grey = ds.images.float().mean(dim=1, keepdim=True)
+    corner = grey[:, :, :1, :1]
+    border = torch.cat([grey[..., 0, :], grey[..., -1, :], grey[..., :, 0], grey[..., :, -1]], dim=-1)
+    assert torch.equal(border, corner[..., 0].expand_as(border))  # shapes never touch any edge
+    # Centres spread over the long side: the shapes are not all in a square corner of the image.
+    params = shapes.shape_params(hw, 2, "train", np.arange(2000))
+    assert float(params["r"].max()) <= 0.38 * min(h, w)
+    long_centre = params["cx"] if w > h else params["cy"]
+    assert float(long_centre.min()) < 0.35 * max(h, w) and float(long_centre.max()) > 0.65 * max(h, w)
+
+
+def test_folder_non_square(tmp_path):
+    wide = Image.new("RGB", (40, 20), (255, 0, 0))
+    wide.paste((0, 0, 255), (20, 0, 40, 20))  # left half red, right half blue
+    wide.save(tmp_path / "a_wide.png")
+    tall = Image.new("RGB", (10, 50), (255, 255, 255))
+    tall.paste((0, 0, 0), (0, 25, 10, 50))  # top half white, bottom half black
+    tall.save(tmp_path / "b_tall.png")
+    ds, info = load_dataset(tmp_path, (10, 30))
+    assert info.size == 2 and info.class_names == ("all",)
+    assert ds.image_hw == (10, 30) and ds.image_size == (10, 30)
+    (a, _), (b, _) = ds[0], ds[1]
+    assert a.shape == b.shape == (3, 10, 30) and a.min() >= -1 and b.max() <= 1
+    # 40x20 -> 30x15 covers 30x10; the crop keeps rows 2..11, all columns: red then blue, halves intact.
+    assert torch.equal(a[:, :, :14], torch.tensor([1.0, -1.0, -1.0]).view(3, 1, 1).expand(3, 10, 14))
+    assert torch.equal(a[:, :, 16:], torch.tensor([-1.0, -1.0, 1.0]).view(3, 1, 1).expand(3, 10, 14))
+    # 10x50 -> 30x150 covers it; the crop keeps rows 70..79 of 150, the edge at 75 in the middle.
+    assert (b[:, :4] == 1.0).all() and (b[:, 7:] == -1.0).all()
+
+
+def test_file_dataset_non_square_crops_exactly(tmp_path, monkeypatch):
+    from diffusers_cli.data import base
+
+    images = fake_idx(tmp_path, "train", 4, gz=False)
+    eager, _ = load_dataset("mnist", (14, 28), data_dir=tmp_path)
+    # 28x28 already covers 14x28: no resampling, the centre rows 7..20 exactly.
+    assert eager.images.shape == (4, 1, 14, 28) and eager.image_hw == (14, 28)
+    assert torch.equal(eager[1][0][0], torch.from_numpy(images[1, 7:21]).float() / 127.5 - 1)
+    monkeypatch.setattr(base, "EAGER_RESIZE_BYTES", 0)
+    lazy, _ = load_dataset("mnist", (14, 28), data_dir=tmp_path)
+    assert lazy.images.shape == (4, 1, 28, 28) and all(torch.equal(eager[i][0], lazy[i][0]) for i in range(4))
+    wide, _ = load_dataset("mnist", (20, 40), data_dir=tmp_path)
+    assert wide[0][0].shape == (1, 20, 40) and wide.image_size == (20, 40)
+
+
+@pytest.mark.parametrize("bad", [0, -3, (8, 8, 8), (8, 0), (8,), "16", 2.5, True, (8, -1)])
+def test_bad_image_size_is_one_line_data_error(bad):
+    message = data_error(load_dataset, "shapes", bad, num_examples=2)
+    assert message == f"image size must be a positive integer or a (height, width) pair of them, got {bad!r}"
+
+
+def test_bad_image_size_exits_2_with_one_line(capsys):
+    import typer
+
+    from diffusers_cli.cli.common import run_job
+
+    with pytest.raises(typer.Exit) as info:
+        run_job(lambda: load_dataset("folder", (8, 8, 8), data_dir="."))
+    assert info.value.exit_code == 2
+    err = capsys.readouterr().err
+    assert err == "diffuse: error: image size must be a positive integer or a (height, width) pair of them, got (8, 8, 8)\n"

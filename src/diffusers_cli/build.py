@@ -8,40 +8,20 @@ from typing import Any
 import torch
 from torch import nn
 
-from diffusers_cli.checkpoints import CheckpointError, WEIGHTS_NAME, load_into, load_weights, subset
-from diffusers_cli.config import (
-    ClassifierConfig,
-    ConfigError,
-    DDPMConfig,
-    NetworkConfig,
-    SDEConfig,
-    SubVPConfig,
-    VEConfig,
-    VPConfig,
-)
+from diffusers_cli.checkpoints import CheckpointError, WEIGHTS_NAME, ModelCard, load_into, load_model, subset
+from diffusers_cli.config import ClassifierConfig, ConfigError, NetworkConfig, SDEConfig
 from diffusers_cli.engine.networks.classifier import WRN_PRESETS, WideResNet
 from diffusers_cli.engine.networks.unet import UNET_PRESETS, UNet
-from diffusers_cli.engine.schedules import CosineSchedule, LinearSchedule, Schedule
 from diffusers_cli.engine.score import ScoreModel
-from diffusers_cli.engine.sde import DDPM, SDE, SubVPSDE, VESDE, VPSDE
+from diffusers_cli.engine.sde import SDE
 
-
-def build_schedule(cfg: VPConfig | SubVPConfig | DDPMConfig) -> Schedule:
-    """Linear or cosine schedule from a VP-family config."""
-    if cfg.schedule == "cosine":
-        return CosineSchedule(s=cfg.cosine_s)
-    return LinearSchedule(beta_min=cfg.beta_min, beta_max=cfg.beta_max)
+#: Network classes by the ``arch`` a model card names.
+NETWORKS: dict[str, type[nn.Module]] = {"unet": UNet, "wrn": WideResNet}
 
 
 def build_sde(cfg: SDEConfig) -> SDE:
-    """The forward process a config describes."""
-    if isinstance(cfg, VEConfig):
-        return VESDE(sigma_min=cfg.sigma_min, sigma_max=cfg.sigma_max)
-    if isinstance(cfg, DDPMConfig):
-        return DDPM(build_schedule(cfg), num_steps=cfg.num_steps)
-    if isinstance(cfg, SubVPConfig):
-        return SubVPSDE(build_schedule(cfg))
-    return VPSDE(build_schedule(cfg))
+    """The forward process a config describes (each SDE config class builds its own)."""
+    return cfg.build()
 
 
 def sde_config_from_dict(data: dict[str, Any]) -> SDEConfig:
@@ -73,20 +53,38 @@ def classifier_kwargs(cfg: ClassifierConfig) -> dict[str, Any]:
     return _resolve(WRN_PRESETS, cfg.preset, cfg.model_dump(exclude={"preset"}), "classifier")
 
 
-def build_unet(kwargs: dict[str, Any], image_size: int, channels: int) -> UNet:
-    """A U-Net for images of ``image_size`` with ``channels`` channels."""
+def _size(image_size: int | tuple[int, int]) -> str:
+    h, w = (image_size, image_size) if isinstance(image_size, int) else image_size
+    return f"{h}x{w}"
+
+
+def build_unet(kwargs: dict[str, Any], image_size: int | tuple[int, int], channels: int) -> UNet:
+    """A U-Net for images of ``image_size`` (a side, or (H, W)) with ``channels`` channels."""
     try:
         return UNet(image_size=image_size, in_channels=channels, **kwargs)
     except ValueError as err:
-        raise ConfigError(f"invalid network for {image_size}x{image_size} images: {err}") from None
+        raise ConfigError(f"invalid network for {_size(image_size)} images: {err}") from None
 
 
-def build_classifier(kwargs: dict[str, Any], image_size: int, channels: int, num_classes: int) -> WideResNet:
+def build_classifier(kwargs: dict[str, Any], image_size: int | tuple[int, int], channels: int, num_classes: int) -> WideResNet:
     """A time-dependent WideResNet classifier."""
     try:
         return WideResNet(image_size=image_size, in_channels=channels, num_classes=num_classes, **kwargs)
     except ValueError as err:
         raise ConfigError(f"invalid classifier: {err}") from None
+
+
+def network_from_card(card: ModelCard, path: Path) -> nn.Module:
+    """The network a card describes (its own config), untrained; CheckpointError if the config does not build."""
+    try:
+        return NETWORKS[card.arch](**card.network)
+    except (TypeError, ValueError) as err:
+        raise CheckpointError(f"{path}: its model card describes a network that cannot be built ({err})") from None
+
+
+def sde_from_card(card: ModelCard) -> SDE:
+    """The SDE a card's model was trained for."""
+    return build_sde(sde_config_from_dict(card.sde))
 
 
 def resolve_device(name: str) -> torch.device:
@@ -131,26 +129,23 @@ def resolve_model_path(model: Path | None, runs_dir: Path) -> Path:
     return model
 
 
-def load_score_model(path: Path, use_ema: bool = True) -> tuple[ScoreModel, dict[str, Any]]:
-    """The score model stored at ``path`` (a run directory or weights file; EMA weights by default) and its metadata."""
+def load_score_model(path: Path, use_ema: bool = True) -> tuple[ScoreModel, ModelCard]:
+    """The score model stored at ``path`` (a run directory or weights file; EMA weights by default) and its card."""
     path = resolve_model_path(Path(path), Path("runs"))
-    tensors, meta = load_weights(path)
-    if meta.get("kind") != "score":
-        raise CheckpointError(f"{path} holds a {meta.get('kind', 'unknown')} model, not a score model; pass the score model's run")
-    sde = build_sde(sde_config_from_dict(meta["sde"]))
-    net = build_unet(meta["network"], meta["image_size"], meta["channels"])
-    model = ScoreModel(net, sde, meta.get("parameterization", "eps"))
+    tensors, card = load_model(path)
+    if card.kind != "score":
+        raise CheckpointError(f"{path} holds a {card.kind} model, not a score model; pass the score model's run")
+    model = ScoreModel(network_from_card(card, path), sde_from_card(card), str(card.parameterization))
     load_into(model.net, subset(tensors, "ema" if use_ema else "online"), path)
-    return model.eval(), meta
+    return model.eval(), card
 
 
-def load_classifier(path: Path) -> tuple[nn.Module, SDE, dict[str, Any]]:
-    """A time-dependent classifier, the SDE it was trained for, and its metadata."""
+def load_classifier(path: Path) -> tuple[nn.Module, SDE, ModelCard]:
+    """A time-dependent classifier, the SDE it was trained for, and its card."""
     path = resolve_model_path(Path(path), Path("runs"))
-    tensors, meta = load_weights(path)
-    if meta.get("kind") != "classifier":
-        raise CheckpointError(f"{path} holds a {meta.get('kind', 'unknown')} model, not a classifier; pass a run of `diffuse train --task classifier`")
-    sde = build_sde(sde_config_from_dict(meta["sde"]))
-    net = build_classifier(meta["network"], meta["image_size"], meta["channels"], meta["num_classes"])
+    tensors, card = load_model(path)
+    if card.kind != "classifier":
+        raise CheckpointError(f"{path} holds a {card.kind} model, not a classifier; pass a run of `diffuse train --task classifier`")
+    net = network_from_card(card, path)
     load_into(net, subset(tensors, "ema"), path)
-    return net.eval(), sde, meta
+    return net.eval(), sde_from_card(card), card

@@ -7,11 +7,12 @@ from diffusers_cli.errors import UsageError
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Union, get_args
 
 import yaml
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     PositiveFloat,
@@ -19,6 +20,9 @@ from pydantic import (
     ValidationError,
     model_validator,
 )
+
+if TYPE_CHECKING:  # the engine (torch) is imported only when a config is built into objects
+    from diffusers_cli.engine.sde import SDE
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -52,6 +56,12 @@ class VEConfig(Strict):
             raise ValueError("sigma_min must be smaller than sigma_max")
         return self
 
+    def build(self) -> "SDE":
+        """The engine's VE SDE."""
+        from diffusers_cli.engine.sde import VESDE
+
+        return VESDE(sigma_min=self.sigma_min, sigma_max=self.sigma_max)
+
 
 class _Scheduled(Strict):
     schedule: Literal["linear", "cosine"] = "linear"
@@ -65,17 +75,37 @@ class _Scheduled(Strict):
             raise ValueError("beta_min must be smaller than beta_max")
         return self
 
+    def schedule_obj(self) -> Any:
+        """The engine's beta schedule (linear or cosine)."""
+        from diffusers_cli.engine.schedules import CosineSchedule, LinearSchedule
+
+        if self.schedule == "cosine":
+            return CosineSchedule(s=self.cosine_s)
+        return LinearSchedule(beta_min=self.beta_min, beta_max=self.beta_max)
+
 
 class VPConfig(_Scheduled):
     """Variance-preserving SDE."""
 
     kind: Literal["vp"] = "vp"
 
+    def build(self) -> "SDE":
+        """The engine's VP SDE."""
+        from diffusers_cli.engine.sde import VPSDE
+
+        return VPSDE(self.schedule_obj())
+
 
 class SubVPConfig(_Scheduled):
     """Sub-VP SDE."""
 
     kind: Literal["subvp"] = "subvp"
+
+    def build(self) -> "SDE":
+        """The engine's sub-VP SDE."""
+        from diffusers_cli.engine.sde import SubVPSDE
+
+        return SubVPSDE(self.schedule_obj())
 
 
 class DDPMConfig(_Scheduled):
@@ -84,9 +114,17 @@ class DDPMConfig(_Scheduled):
     kind: Literal["ddpm"] = "ddpm"
     num_steps: PositiveInt = 1000
 
+    def build(self) -> "SDE":
+        """The engine's discrete DDPM chain."""
+        from diffusers_cli.engine.sde import DDPM
 
-SDEConfig = Annotated[Union[VEConfig, VPConfig, SubVPConfig, DDPMConfig], Field(discriminator="kind")]
-SDE_KINDS = ("ve", "vp", "subvp", "ddpm")
+        return DDPM(self.schedule_obj(), num_steps=self.num_steps)
+
+
+#: The SDE kinds: each config class builds its own SDE. A new kind is one engine class and one class here.
+SDE_CONFIGS = (VEConfig, VPConfig, SubVPConfig, DDPMConfig)
+SDEConfig = Annotated[Union[SDE_CONFIGS], Field(discriminator="kind")]
+SDE_KINDS: tuple[str, ...] = tuple(get_args(c.model_fields["kind"].annotation)[0] for c in SDE_CONFIGS)
 
 
 # ---- the network ---------------------------------------------------------------------
@@ -119,12 +157,33 @@ class ClassifierConfig(Strict):
 # ---- data ----------------------------------------------------------------------------
 
 
+def parse_image_size(value: Any) -> Any:
+    """An image size as a side (16, "16") or a pair ("32x48", [32, 48] -> (32, 48)); a square pair becomes its side."""
+    if isinstance(value, str):
+        parts = value.lower().replace(" ", "").split("x")
+        if not all(p.isdigit() for p in parts) or len(parts) not in (1, 2):
+            raise ValueError(f"image size must be a side (32) or HEIGHTxWIDTH (32x48), got {value!r}")
+        value = [int(p) for p in parts]
+    if isinstance(value, (list, tuple)):
+        if len(value) == 1:
+            value = value[0]
+        elif len(value) == 2 and value[0] == value[1]:
+            value = value[0]
+        else:
+            value = tuple(value)
+    return value
+
+
+#: A side, or (height, width); strings like "32x48" are read by ``parse_image_size``.
+ImageSize = Annotated[Union[PositiveInt, tuple[PositiveInt, PositiveInt]], BeforeValidator(parse_image_size)]
+
+
 class DataConfig(Strict):
     """Which images to train or evaluate on."""
 
     dataset: str = "shapes"
     data_dir: Path | None = None
-    image_size: PositiveInt = 32
+    image_size: ImageSize = 32
     split: Literal["train", "test", "all"] = "train"
     num_examples: PositiveInt | None = None
     channels: Literal[1, 3] | None = None
@@ -132,31 +191,50 @@ class DataConfig(Strict):
     download: bool = False
     num_workers: int = Field(0, ge=0)
 
+    @property
+    def image_hw(self) -> tuple[int, int]:
+        """(height, width) of the images."""
+        size = self.image_size
+        return (size, size) if isinstance(size, int) else (size[0], size[1])
+
 
 # ---- sampling ------------------------------------------------------------------------
 
 
 class SamplerConfig(Strict):
-    """A sampler and its options; options left unset take the sampler's defaults."""
+    """A sampler: the fields every sampler has, and ``options`` checked against the engine function's signature.
+
+    Options left unset take the sampler's defaults. Older configs wrote options beside the
+    common fields (``sampler: {name: pc, snr: 0.1}``); such keys are moved into ``options``,
+    where an unknown one is an error naming the sampler's real options.
+    """
 
     name: str = "pc"
     steps: PositiveInt = 1000
     grid: str | None = None
     eps: PositiveFloat | None = None
     final_denoise: bool = True
-    snr: PositiveFloat | None = None
-    corrector_steps: int | None = Field(None, ge=0)
-    predictor: str | None = None
-    order: int | None = Field(None, ge=1, le=4)
-    mode: str | None = None
-    eta: float | None = Field(None, ge=0.0)
-    rtol: PositiveFloat | None = None
-    atol: PositiveFloat | None = None
+    options: dict[str, Any] = Field(default_factory=dict)
 
-    def options(self) -> dict[str, Any]:
-        """The sampler-specific options that were set."""
-        keys = ("snr", "corrector_steps", "predictor", "order", "mode", "eta", "rtol", "atol")
-        return {k: getattr(self, k) for k in keys if getattr(self, k) is not None}
+    @model_validator(mode="before")
+    @classmethod
+    def _legacy_options(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            common = set(cls.model_fields)
+            flat = {k: v for k, v in data.items() if k not in common}
+            if flat:
+                nested = data.get("options") or {}
+                data = {**{k: v for k, v in data.items() if k in common}, "options": {**flat, **nested}}
+        return data
+
+    @model_validator(mode="after")
+    def _check_options(self) -> "SamplerConfig":
+        from diffusers_cli.engine.samplers import split_options
+
+        _, sampler_opts, grid_opts = split_options(self.name, self.grid, self.options)
+        # Store the values converted to the signature's types ("3" -> 3), bypassing validate_assignment's recursion.
+        object.__setattr__(self, "options", {**sampler_opts, **grid_opts})
+        return self
 
 
 Device = str
@@ -279,10 +357,10 @@ class ImputeConfig(Strict):
     mask_side: Literal["left", "right", "top", "bottom"] | None = None
     model: Path | None = None
     # "auto": smc for a few known pixels, repaint for large known regions (engine.imputation.choose_method).
-    method: Literal["auto", "smc", "replacement", "repaint"] = "auto"
-    particles: PositiveInt | None = None
-    jump_length: PositiveInt | None = None
-    resample: PositiveInt | None = None
+    method: str = "auto"
+    # The method's options, checked against its signature (engine.imputation.METHODS); replacement
+    # passes the ones it does not take on to its sampler.
+    options: dict[str, Any] = Field(default_factory=dict)
     sampler: SamplerConfig = Field(default_factory=lambda: SamplerConfig(name="ddpm", steps=200))
     n: PositiveInt = 1
     out: Path = Path("filled.png")
@@ -291,11 +369,30 @@ class ImputeConfig(Strict):
     use_ema: bool = True
     runs_dir: Path = Path("runs")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _legacy_options(cls, data: Any) -> Any:
+        # Older configs wrote the method's options at the top level.
+        if isinstance(data, dict) and any(k in data for k in _LEGACY_METHOD_KEYS):
+            moved = {k: data[k] for k in _LEGACY_METHOD_KEYS if k in data and data[k] is not None}
+            data = {**{k: v for k, v in data.items() if k not in _LEGACY_METHOD_KEYS},
+                    "options": {**moved, **(data.get("options") or {})}}
+        return data
+
     @model_validator(mode="after")
     def _one_mask(self) -> "ImputeConfig":
         if (self.mask is None) == (self.mask_kind is None):
             raise ValueError("give exactly one of a MASK image or --mask box|half|random-pixels|outpaint")
+        from diffusers_cli.engine.imputation import check_method, validate_method_options
+
+        if self.method != "auto":
+            check_method(self.method)
+            object.__setattr__(self, "options", validate_method_options(self.method, self.options))
         return self
+
+
+#: Top-level ImputeConfig keys of older configs, now method options.
+_LEGACY_METHOD_KEYS = ("particles", "jump_length", "resample")
 
 
 # ---- loading -------------------------------------------------------------------------
@@ -348,6 +445,10 @@ def format_validation_error(err: ValidationError, where: str) -> str:
         return f"invalid {where}: unknown key {loc!r} (check its spelling; unknown keys are not ignored)"
     if e["type"] == "union_tag_invalid":
         return f"invalid {where}: {loc}.kind must be one of {', '.join(SDE_KINDS)}"
+    if e["type"] == "value_error":
+        # A validator's own message (an option check, a range between fields) already names the value.
+        text = msg.removeprefix("Value error, ")
+        return f"invalid {where}: {loc + ': ' if loc != '(top level)' else ''}{text}"
     got = e.get("input")
     shown = f" (got {got!r})" if got is not None and not isinstance(got, dict) else ""
     return f"invalid {where}: {loc}: {msg}{shown}"
@@ -383,7 +484,7 @@ class EvaluateConfig(Strict):
     reference: str | None = None                          # dataset name, image folder or statistics .npz
     data_dir: Path | None = None                          # where the reference (and bits/dim) dataset's files are
     split: Literal["train", "test", "all"] = "train"      # reference dataset split
-    image_size: PositiveInt | None = None                 # reference dataset resolution (None: the model's)
+    image_size: ImageSize | None = None                   # reference dataset resolution (None: the model's)
     reference_examples: PositiveInt | None = None         # a seeded subset of the reference dataset
     download: bool = False                                # let torchvision download a missing dataset
     save_reference_stats: Path | None = None              # cache of the reference statistics (.npz, pytorch-fid keys)

@@ -7,9 +7,10 @@ from typing import Annotated, Optional
 
 import typer
 
-from diffusers_cli.cli.common import BatchOpt, ConfigOpt, DeviceOpt, EtaOpt, GridOpt, IndividualOpt, JsonOpt, ModelOpt, NumOpt, OrderOpt, SamplerOpt, SeedOpt, SetOpt, SnrOpt, StepsOpt, emit_json, make_reporter, parse_kv, run_job
-from diffusers_cli.cli.sample import sampler_overrides
-from diffusers_cli.config import ConditionConfig, build_config
+from diffusers_cli.cli.common import (
+    BatchOpt, ConfigOpt, DeviceOpt, EtaOpt, GridOpt, IndividualOpt, JsonOpt, ModelOpt, NumOpt, OptionOpt, OrderOpt, SamplerOpt,
+    SeedOpt, SetOpt, SnrOpt, StepsOpt, emit_json, make_reporter, parse_kv, run_job, sampler_overrides,
+)
 
 
 def condition_command(
@@ -24,6 +25,7 @@ def condition_command(
     out: Annotated[Optional[Path], typer.Option(help="Output PNG grid (or name stem with --individual).")] = None,
     individual: IndividualOpt = False,
     grid: GridOpt = None,
+    option: OptionOpt = None,
     snr: SnrOpt = None,
     order: OrderOpt = None,
     eta: EtaOpt = None,
@@ -36,11 +38,13 @@ def condition_command(
     """Generate images of one class: a model steered by a noise-aware classifier, or a class-conditional model by itself."""
 
     def job() -> None:
+        from diffusers_cli.config import ConditionConfig, build_config
+
         overrides: dict[str, object] = {
             "classifier": str(classifier) if classifier else None, "class": class_, "scale": scale,
             "model": str(model) if model else None, "n": n, "batch_size": batch_size, "out": str(out) if out else None,
             "individual": True if individual else None, "seed": seed, "device": device,
-            **sampler_overrides(sampler, steps, grid, None, snr, order, eta, None, None, False),
+            **sampler_overrides(sampler, steps, grid, options=option, snr=snr, order=order, eta=eta),
         }
         overrides.update(parse_kv(set_))
         cfg = build_config(ConditionConfig, config, overrides)

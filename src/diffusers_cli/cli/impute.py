@@ -8,20 +8,9 @@ from typing import Annotated, Optional
 import typer
 
 from diffusers_cli.cli.common import (
-    ConfigOpt,
-    DeviceOpt,
-    JsonOpt,
-    ModelOpt,
-    SeedOpt,
-    SetOpt,
-    StepsOpt,
-    emit_json,
-    make_reporter,
-    parse_kv,
-    run_job,
+    ConfigOpt, DeviceOpt, GridOpt, JsonOpt, ModelOpt, SeedOpt, SetOpt, StepsOpt, emit_json, make_reporter, option_pairs, parse_kv,
+    run_job, sampler_overrides,
 )
-from diffusers_cli.cli.sample import sampler_overrides
-from diffusers_cli.config import ImputeConfig, build_config
 
 
 def impute_command(
@@ -32,9 +21,11 @@ def impute_command(
     mask_side: Annotated[Optional[str], typer.Option(help="half: the side to fill (left, right, top, bottom).")] = None,
     model: ModelOpt = None,
     method: Annotated[Optional[str], typer.Option(help="auto (default: smc for <= 32 known pixels, else repaint), smc (asymptotically exact), replacement (fast, biased), repaint.")] = None,
-    particles: Annotated[Optional[int], typer.Option(help="smc: particles per candidate (more is closer to the exact posterior).")] = None,
+    particles: Annotated[Optional[int], typer.Option(help="smc: particles per candidate (more is closer to the exact posterior); = -o particles=N.")] = None,
+    option: Annotated[Optional[list[str]], typer.Option("-o", "--option", help="Method option KEY=VALUE, repeatable (e.g. -o resample=5); replacement passes the rest to its sampler. `diffuse samplers` lists them.")] = None,
     sampler: Annotated[Optional[str], typer.Option(help="replacement: any sampler of `diffuse sample`.")] = None,
     steps: StepsOpt = None,
+    grid: GridOpt = None,
     n: Annotated[Optional[int], typer.Option("-n", "--num-samples", help="How many candidates.")] = None,
     out: Annotated[Optional[Path], typer.Option(help="Output PNG (with -n > 1: <stem>_NN.png).")] = None,
     config: ConfigOpt = None,
@@ -46,11 +37,14 @@ def impute_command(
     """Fill the masked pixels of IMAGE; the known pixels of the output are exactly the input's."""
 
     def job() -> None:
+        from diffusers_cli.config import ImputeConfig, build_config
+
         overrides: dict[str, object] = {
             "image": str(image), "mask": str(mask) if mask else None, "mask_kind": mask_kind,
             "mask_fraction": mask_fraction, "mask_side": mask_side, "model": str(model) if model else None,
-            "method": method, "particles": particles, "n": n, "out": str(out) if out else None, "seed": seed,
-            "device": device, **sampler_overrides(sampler, steps, None, None, None, None, None, None, None, False),
+            "method": method, "n": n, "out": str(out) if out else None, "seed": seed,
+            "device": device, **sampler_overrides(sampler, steps, grid),
+            **{f"options.{k}": v for k, v in {"particles": particles, **option_pairs(option)}.items()},
         }
         overrides.update(parse_kv(set_))
         cfg = build_config(ImputeConfig, config, overrides)
@@ -58,7 +52,7 @@ def impute_command(
 
         res = impute_image(cfg, make_reporter(json_))
         summary = {"outputs": [str(p) for p in res.outputs], "method": res.method, "n": cfg.n, "steps": cfg.sampler.steps,
-                   "nfe": res.nfe, "particles": cfg.particles or (16 if res.method == "smc" else 1), "seconds": round(res.seconds, 3), "seed": cfg.seed,
+                   "nfe": res.nfe, "particles": res.particles, "seconds": round(res.seconds, 3), "seed": cfg.seed,
                    "model": str(res.model), "size": list(res.image_size), "notes": res.notes}
         if json_:
             emit_json(summary)

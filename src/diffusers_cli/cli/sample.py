@@ -7,20 +7,12 @@ from typing import Annotated, Optional
 
 import typer
 
-from diffusers_cli.cli.common import BatchOpt, ConfigOpt, DeviceOpt, EtaOpt, GridOpt, IndividualOpt, JsonOpt, ModelOpt, NumOpt, OrderOpt, SamplerOpt, SeedOpt, SetOpt, SnrOpt, StepsOpt, emit_json, make_reporter, parse_kv, run_job
-from diffusers_cli.config import DEFAULT_GUIDANCE, SampleConfig, build_config
-
-
-def sampler_overrides(
-    sampler: str | None, steps: int | None, grid: str | None, eps: float | None, snr: float | None,
-    order: int | None, eta: float | None, rtol: float | None, atol: float | None, no_denoise: bool,
-) -> dict[str, object]:
-    """Flag values for the sampler section of a config (None: not given)."""
-    return {
-        "sampler.name": sampler, "sampler.steps": steps, "sampler.grid": grid, "sampler.eps": eps,
-        "sampler.snr": snr, "sampler.order": order, "sampler.eta": eta, "sampler.rtol": rtol, "sampler.atol": atol,
-        "sampler.final_denoise": False if no_denoise else None,
-    }
+from diffusers_cli.cli.common import (
+    AtolOpt, BatchOpt, ConfigOpt, DeviceOpt, EpsOpt, EtaOpt, GridOpt, IndividualOpt, JsonOpt, ModelOpt, NoDenoiseOpt, NumOpt,
+    OptionOpt, OrderOpt, RtolOpt, SamplerOpt, SeedOpt, SetOpt, SnrOpt, StepsOpt, emit_json, make_reporter, parse_kv,
+    run_job, sampler_overrides,
+)
+from diffusers_cli.config import DEFAULT_GUIDANCE
 
 
 def sample_command(
@@ -35,13 +27,14 @@ def sample_command(
     guidance: Annotated[Optional[float], typer.Option(help=f"Class-conditional models: classifier-free guidance scale (1: plain p(x | class), 0: unconditional; default {DEFAULT_GUIDANCE:g}).")] = None,
     trajectory: Annotated[Optional[Path], typer.Option(help="Also save a strip of x_t along the way to this PNG.")] = None,
     grid: GridOpt = None,
-    eps: Annotated[Optional[float], typer.Option(help="End time of sampling (default: the SDE's).")] = None,
+    eps: EpsOpt = None,
+    option: OptionOpt = None,
     snr: SnrOpt = None,
     order: OrderOpt = None,
     eta: EtaOpt = None,
-    rtol: Annotated[Optional[float], typer.Option(help="Relative tolerance (ode).")] = None,
-    atol: Annotated[Optional[float], typer.Option(help="Absolute tolerance (ode).")] = None,
-    no_denoise: Annotated[bool, typer.Option("--no-denoise", help="Skip the final denoising step.")] = False,
+    rtol: RtolOpt = None,
+    atol: AtolOpt = None,
+    no_denoise: NoDenoiseOpt = False,
     no_ema: Annotated[bool, typer.Option("--no-ema", help="Use the online weights instead of the EMA.")] = False,
     config: ConfigOpt = None,
     set_: SetOpt = None,
@@ -52,11 +45,13 @@ def sample_command(
     """Generate images with a trained model."""
 
     def job() -> None:
+        from diffusers_cli.config import SampleConfig, build_config
+
         overrides: dict[str, object] = {
             "model": str(model) if model else None, "n": n, "batch_size": batch_size, "out": str(out) if out else None,
             "individual": True if individual else None, "trajectory": str(trajectory) if trajectory else None,
             "seed": seed, "device": device, "use_ema": False if no_ema else None, "class": class_, "guidance": guidance,
-            **sampler_overrides(sampler, steps, grid, eps, snr, order, eta, rtol, atol, no_denoise),
+            **sampler_overrides(sampler, steps, grid, eps, no_denoise, option, snr=snr, order=order, eta=eta, rtol=rtol, atol=atol),
         }
         overrides.update(parse_kv(set_))
         cfg = build_config(SampleConfig, config, overrides)

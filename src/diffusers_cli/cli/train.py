@@ -18,16 +18,15 @@ from diffusers_cli.cli.common import (
     make_reporter,
     parse_kv,
     run_job,
+    sampler_overrides,
 )
-from diffusers_cli.config import TrainConfig, build_config
-from diffusers_cli.runs import CONFIG_NAME, latest_run
 
 
 def train_command(
     dataset: Annotated[Optional[str], typer.Option(help="shapes, mnist, fashion-mnist, cifar10, cars, folder, or a folder path.")] = None,
     data_dir: Annotated[Optional[Path], typer.Option(help="Where the dataset's files are.")] = None,
     split: Annotated[Optional[str], typer.Option(help="Dataset split: train, test or all.")] = None,
-    image_size: Annotated[Optional[int], typer.Option(help="Train at this resolution (pixels per side).")] = None,
+    image_size: Annotated[Optional[str], typer.Option(help="Train at this resolution: a side (32) or HEIGHTxWIDTH (32x48).")] = None,
     task: Annotated[Optional[str], typer.Option(help="score (the diffusion model) or classifier (for `diffuse condition`).")] = None,
     sde: Annotated[Optional[str], typer.Option(help="ve, vp, subvp or ddpm.")] = None,
     schedule: Annotated[Optional[str], typer.Option(help="linear or cosine (VP, subVP, DDPM).")] = None,
@@ -51,11 +50,16 @@ def train_command(
     num_workers: Annotated[Optional[int], typer.Option(help="Data-loading worker processes (folders and Cars).")] = None,
     download: Annotated[bool, typer.Option("--download", help="Let torchvision download a missing MNIST, Fashion-MNIST or CIFAR-10.")] = False,
     sample_every: Annotated[Optional[int], typer.Option(help="Write a sample grid every N steps (0: only at the end).")] = None,
+    sampler: Annotated[Optional[str], typer.Option(help="Sampler of the sample grids (default ei, 30 steps); `diffuse samplers` lists them.")] = None,
+    option: Annotated[Optional[list[str]], typer.Option("-o", "--option", help="Option KEY=VALUE of the grids' sampler, repeatable (e.g. -o order=3).")] = None,
     json_: JsonOpt = False,
 ) -> None:
     """Train a score model (or a classifier) and write a run directory with weights, state, logs and grids."""
 
     def job() -> int:
+        from diffusers_cli.config import TrainConfig, build_config
+        from diffusers_cli.runs import CONFIG_NAME, latest_run
+
         file = config
         overrides: dict[str, object] = {
             "data.dataset": dataset, "data.data_dir": str(data_dir) if data_dir else None, "data.split": split,
@@ -65,6 +69,7 @@ def train_command(
             "out": str(out) if out else None, "name": name, "seed": seed, "device": device, "precision": precision,
             "compile": True if compile_ else None, "channels_last": True if channels_last else None,
             "sample_every": sample_every, "class_conditional": True if class_conditional else None, "label_dropout": label_dropout,
+            **sampler_overrides(sampler, options=option),
         }
         if preset is not None:
             overrides["classifier.preset" if (task == "classifier" or preset.startswith("wrn")) else "network.preset"] = preset

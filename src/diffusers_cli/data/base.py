@@ -1,10 +1,7 @@
-"""Shared pieces of the datasets: the error type, dataset info, in-memory and lazy image datasets, transforms."""
+"""Shared pieces of the datasets that need torch: in-memory and lazy image datasets, resizing, transforms."""
 
 from __future__ import annotations
 
-from diffusers_cli.errors import UsageError
-
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -15,26 +12,34 @@ from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset
 
+# Re-exported: the loaders and older callers import them from here.
+from diffusers_cli.data.spec import DataError, DatasetInfo, parse_image_size
+
+__all__ = [
+    "DataError",
+    "DatasetInfo",
+    "ImageFileDataset",
+    "ImageSize",
+    "TensorImageDataset",
+    "convert_channels",
+    "load_image",
+    "random_flip",
+    "resize_crop",
+    "resize_crop_chunked",
+    "square_or_hw",
+    "subset_indices",
+    "tensor_dataset",
+    "to_unit_range",
+]
+
 #: Above this many bytes a resized copy of an in-memory dataset is not kept; items are resized when read.
 EAGER_RESIZE_BYTES = 1 << 30
 
 #: ITU-R 601 luma weights, the ones PIL's convert("L") uses.
 LUMA = (0.299, 0.587, 0.114)
 
-
-class DataError(UsageError):
-    """Bad data input: a missing, corrupt or unknown dataset. The message is one line saying how to fix it."""
-
-
-@dataclass(frozen=True)
-class DatasetInfo:
-    """What a loaded dataset holds."""
-
-    name: str                       # canonical dataset name ("folder" for a directory of images)
-    channels: int                   # 1 (greyscale) or 3 (RGB), after any forced conversion
-    num_classes: int                # number of labels
-    class_names: tuple[str, ...]    # label index -> name
-    size: int                       # number of examples
+#: An image size as callers give it: a side S (square) or (height, width).
+ImageSize = int | tuple[int, int]
 
 
 def to_unit_range(x: Tensor) -> Tensor:
@@ -54,22 +59,29 @@ def convert_channels(x: Tensor, channels: int) -> Tensor:
     return grey.round_().clamp_(0, 255).to(torch.uint8)
 
 
-def resize_crop(x: Tensor, size: int) -> Tensor:
-    """uint8 [N, C, h, w] -> [N, C, size, size]: shorter side to ``size`` (antialiased bilinear), then a centre crop."""
+def square_or_hw(image_hw: tuple[int, int]) -> ImageSize:
+    """The side S of a square (S, S), the (height, width) pair otherwise: what ``image_size`` attributes hold."""
+    return image_hw[0] if image_hw[0] == image_hw[1] else image_hw
+
+
+def resize_crop(x: Tensor, size: ImageSize) -> Tensor:
+    """uint8 [N, C, h, w] -> [N, C, H, W]: scale to just cover (H, W) (antialiased bilinear), then a centre crop."""
+    th, tw = parse_image_size(size)
     h, w = x.shape[-2:]
-    if h == size and w == size:
+    if h == th and w == tw:
         return x
-    scale = size / min(h, w)
-    nh, nw = max(size, round(h * scale)), max(size, round(w * scale))
+    # The larger of the two ratios covers both sides; for a square target it is size / shorter side.
+    scale = max(th / h, tw / w)
+    nh, nw = max(th, round(h * scale)), max(tw, round(w * scale))
     y = F.interpolate(x.to(torch.float32), size=(nh, nw), mode="bilinear", antialias=True, align_corners=False)
-    top, left = (nh - size) // 2, (nw - size) // 2
-    y = y[..., top : top + size, left : left + size]
+    top, left = (nh - th) // 2, (nw - tw) // 2
+    y = y[..., top : top + th, left : left + tw]
     return y.round_().clamp_(0, 255).to(torch.uint8)
 
 
-def resize_crop_chunked(x: Tensor, size: int, chunk: int = 2048) -> Tensor:
+def resize_crop_chunked(x: Tensor, size: ImageSize, chunk: int = 2048) -> Tensor:
     """``resize_crop`` over a large uint8 batch, a chunk at a time so float copies stay small."""
-    if tuple(x.shape[-2:]) == (size, size):
+    if tuple(x.shape[-2:]) == parse_image_size(size):
         return x
     return torch.cat([resize_crop(x[i : i + chunk], size) for i in range(0, x.shape[0], chunk)])
 
@@ -90,40 +102,48 @@ def subset_indices(n: int, num_examples: int | None, seed: int, what: str) -> Te
 
 
 class TensorImageDataset(Dataset):
-    """Images preloaded as uint8 [N, C, h, w]; items are (float32 [C, S, S] in [-1, 1], label)."""
+    """Images preloaded as uint8 [N, C, h, w]; items are (float32 [C, H, W] in [-1, 1], label).
+
+    ``images`` holds them resized to (H, W) unless that copy would pass EAGER_RESIZE_BYTES; then
+    they keep their native size and each item is resized when read.
+    """
 
     def __init__(
         self,
         images: Tensor,             # uint8 [N, C, h, w], already in the wanted channels
         labels: Tensor,             # int64 [N]
-        image_size: int,            # side S of the square items
+        image_size: ImageSize,      # side S of square items, or their (height, width)
     ) -> None:
         if images.shape[0] != labels.shape[0]:
             raise DataError(f"{images.shape[0]} images but {labels.shape[0]} labels")
+        hw = parse_image_size(image_size)
         n, c = images.shape[:2]
-        if tuple(images.shape[-2:]) != (image_size, image_size) and n * c * image_size**2 <= EAGER_RESIZE_BYTES:
-            images = resize_crop_chunked(images, image_size)
+        if tuple(images.shape[-2:]) != hw and n * c * hw[0] * hw[1] <= EAGER_RESIZE_BYTES:
+            images = resize_crop_chunked(images, hw)
         self.images = images
         self.labels = labels.to(torch.int64)
-        self.image_size = image_size
+        self.image_hw: tuple[int, int] = hw
+        self.image_size: ImageSize = square_or_hw(hw)
 
     def __len__(self) -> int:
         return self.images.shape[0]
 
     def __getitem__(self, i: int) -> tuple[Tensor, int]:
         x = self.images[i]
-        if x.shape[-1] != self.image_size or x.shape[-2] != self.image_size:
-            x = resize_crop(x.unsqueeze(0), self.image_size)[0]
+        if tuple(x.shape[-2:]) != self.image_hw:
+            x = resize_crop(x.unsqueeze(0), self.image_hw)[0]
         return to_unit_range(x), int(self.labels[i])
 
 
-def load_image(path: Path, image_size: int, channels: int, box: tuple[int, int, int, int] | None = None) -> Tensor:
-    """Decode one image file to uint8 [channels, S, S] (optionally cropped to ``box`` = x1, y1, x2, y2 first)."""
+def load_image(path: Path, image_size: ImageSize, channels: int, box: tuple[int, int, int, int] | None = None) -> Tensor:
+    """Decode one image file to uint8 [channels, H, W] (optionally cropped to ``box`` = x1, y1, x2, y2 first)."""
+    height, width = parse_image_size(image_size)
     try:
         with Image.open(path) as img:
             if box is None and img.format == "JPEG":
-                # Decode at a reduced scale (a JPEG feature) when the image is much larger than needed.
-                img.draft(None, (image_size, image_size))
+                # Decode at a reduced scale (a JPEG feature) when the image is much larger than needed;
+                # draft keeps both sides at least the requested (width, height), so the crop still covers.
+                img.draft(None, (width, height))
             img.load()
             rgb = _flatten_alpha(img)
     except (OSError, ValueError, SyntaxError) as err:
@@ -131,7 +151,7 @@ def load_image(path: Path, image_size: int, channels: int, box: tuple[int, int, 
     if box is not None:
         rgb = rgb.crop(box)
     x = torch.from_numpy(np.asarray(rgb, dtype=np.uint8).copy()).permute(2, 0, 1).unsqueeze(0)
-    return resize_crop(convert_channels(x, channels), image_size)[0]
+    return resize_crop(convert_channels(x, channels), (height, width))[0]
 
 
 def _flatten_alpha(img: Image.Image) -> Image.Image:
@@ -144,13 +164,13 @@ def _flatten_alpha(img: Image.Image) -> Image.Image:
 
 
 class ImageFileDataset(Dataset):
-    """Images read lazily from files with PIL; items are (float32 [C, S, S] in [-1, 1], label)."""
+    """Images read lazily from files with PIL; items are (float32 [C, H, W] in [-1, 1], label)."""
 
     def __init__(
         self,
         paths: Sequence[str | Path],                            # image files
         labels: Sequence[int],                                  # one label per file
-        image_size: int,                                        # side S of the square items
+        image_size: ImageSize,                                  # side S of square items, or (height, width)
         channels: int,                                          # 1 or 3
         boxes: Sequence[tuple[int, int, int, int]] | None = None,  # optional crop box per file
     ) -> None:
@@ -159,7 +179,8 @@ class ImageFileDataset(Dataset):
         # Plain lists of str and int: cheap to send to DataLoader workers.
         self.paths = [str(p) for p in paths]
         self.labels = [int(v) for v in labels]
-        self.image_size = image_size
+        self.image_hw: tuple[int, int] = parse_image_size(image_size)
+        self.image_size: ImageSize = square_or_hw(self.image_hw)
         self.channels = channels
         self.boxes = None if boxes is None else [tuple(int(v) for v in b) for b in boxes]
 
@@ -168,7 +189,7 @@ class ImageFileDataset(Dataset):
 
     def __getitem__(self, i: int) -> tuple[Tensor, int]:
         box = None if self.boxes is None else self.boxes[i]
-        x = load_image(Path(self.paths[i]), self.image_size, self.channels, box)
+        x = load_image(Path(self.paths[i]), self.image_hw, self.channels, box)
         return to_unit_range(x), self.labels[i]
 
     def subset(self, indices: Tensor | None) -> "ImageFileDataset":
@@ -178,14 +199,14 @@ class ImageFileDataset(Dataset):
         keep = indices.tolist()
         boxes = None if self.boxes is None else [self.boxes[i] for i in keep]
         return ImageFileDataset(
-            [self.paths[i] for i in keep], [self.labels[i] for i in keep], self.image_size, self.channels, boxes
+            [self.paths[i] for i in keep], [self.labels[i] for i in keep], self.image_hw, self.channels, boxes
         )
 
 
 def tensor_dataset(
     images: Tensor,
     labels: Tensor,
-    image_size: int,
+    image_size: ImageSize,
     channels: int,
     num_examples: int | None,
     seed: int,

@@ -7,8 +7,9 @@ from typing import Any
 
 import numpy as np
 
-from diffusers_cli.data.base import DataError, ImageFileDataset
+from diffusers_cli.data.base import DataError, ImageFileDataset, ImageSize, subset_indices
 from diffusers_cli.data.folder import list_images
+from diffusers_cli.data.spec import Loaded, LoadRequest
 
 Box = tuple[int, int, int, int]  # x1, y1, x2, y2
 
@@ -143,7 +144,7 @@ def _folder_split(root: Path, split: str) -> tuple[list[Path], list[int], tuple[
 def load_cars(
     data_dir: Path,
     split: str,
-    image_size: int,
+    image_size: ImageSize,
     channels: int,
     crop_boxes: bool,
 ) -> tuple[ImageFileDataset, tuple[str, ...]]:
@@ -181,3 +182,12 @@ def cars_class_names(data_dir: Path) -> tuple[str, ...]:
     if root is not None:
         return _folder_names(root)
     raise DataError(not_found_message(data_dir, f"Stanford Cars not found under {data_dir}"))
+
+
+def load(request: LoadRequest) -> Loaded:
+    """The registry's loader: a lazily read split (or seeded subset of it) and the class names."""
+    if request.download:
+        raise DataError(not_found_message(request.root, "Stanford Cars cannot be downloaded"))
+    files, names = load_cars(request.root, request.split, request.image_hw, request.channels, request.crop_boxes)
+    keep = subset_indices(len(files), request.num_examples, request.seed, f"cars {request.split}")
+    return files.subset(keep), names

@@ -7,15 +7,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from diffusers_cli.data.base import DataError
+from diffusers_cli.data.base import DataError, tensor_dataset
+from diffusers_cli.data.registry import CIFAR10
+from diffusers_cli.data.spec import Loaded, LoadRequest
 
 URL = "https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz"
 MD5 = "c32a1d4ab5d03f1284b67883e8d87530"
 BIN_DIR = "cifar-10-batches-bin"
 PY_DIR = "cifar-10-batches-py"
-CLASSES: tuple[str, ...] = (
-    "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
-)
+#: The standard ten, written in the registry entry; batches.meta.txt may rename them.
+CLASSES: tuple[str, ...] = CIFAR10.class_names or ()
 RECORD = 1 + 3 * 32 * 32
 FILES = {"train": tuple(f"data_batch_{i}.bin" for i in range(1, 6)), "test": ("test_batch.bin",)}
 
@@ -65,6 +66,12 @@ def read_class_names(folder: Path) -> tuple[str, ...]:
         if len(names) == len(CLASSES):
             return names
     return CLASSES
+
+
+def data_dir_class_names(data_dir: Path) -> tuple[str, ...]:
+    """The class names for ``data_dir``: its batches.meta.txt if the batches are there, the standard ten otherwise."""
+    folder = find_folder(data_dir)
+    return read_class_names(folder) if folder is not None else CLASSES
 
 
 def fetch_archive(url: str, folder: Path, md5: str) -> None:
@@ -125,3 +132,11 @@ def load_cifar10(
     images = np.concatenate([p[0] for p in parts])
     labels = np.concatenate([p[1] for p in parts])
     return torch.from_numpy(images.copy()), torch.from_numpy(labels.astype(np.int64)), read_class_names(folder)
+
+
+def load(request: LoadRequest) -> Loaded:
+    """The registry's loader: the split, subset, converted and resized, and its class names."""
+    images, labels, names = load_cifar10(request.root, request.split, request.download)
+    what = f"cifar10 {request.split}"
+    ds = tensor_dataset(images, labels, request.image_hw, request.channels, request.num_examples, request.seed, what)
+    return ds, names

@@ -6,7 +6,8 @@ from pathlib import Path
 
 from PIL import Image
 
-from diffusers_cli.data.base import DataError, ImageFileDataset
+from diffusers_cli.data.base import DataError, ImageFileDataset, ImageSize, subset_indices
+from diffusers_cli.data.spec import Loaded, LoadRequest
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif"})
 SINGLE_CLASS = "all"
@@ -44,7 +45,7 @@ def check_headers(images: list[Path]) -> None:
 
 def folder_dataset(
     root: Path,
-    image_size: int,
+    image_size: ImageSize,
     channels: int,
 ) -> tuple[ImageFileDataset, tuple[str, ...]]:
     """A lazily read dataset of every image under ``root`` and its class names."""
@@ -65,3 +66,9 @@ def folder_class_names(root: Path) -> tuple[str, ...]:
     if not images:
         raise DataError(f"no images found under {root}; put images there, or in one subfolder per class")
     return classes_of(root, images)[0]
+
+
+def load(request: LoadRequest) -> Loaded:
+    """The registry's loader: every image under the folder (or a seeded subset); folders have no splits."""
+    files, names = folder_dataset(request.root, request.image_hw, request.channels)
+    return files.subset(subset_indices(len(files), request.num_examples, request.seed, "the folder")), names

@@ -10,17 +10,19 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from diffusers_cli.data.base import DataError
+from diffusers_cli.data.base import DataError, tensor_dataset
+from diffusers_cli.data.registry import FASHION_MNIST, MNIST
+from diffusers_cli.data.spec import Loaded, LoadRequest
 
-FASHION_CLASSES: tuple[str, ...] = (
-    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
-)
-DIGITS: tuple[str, ...] = tuple(str(d) for d in range(10))
+# The registry entries are where the names are written.
+FASHION_CLASSES: tuple[str, ...] = FASHION_MNIST.class_names or ()
+DIGITS: tuple[str, ...] = MNIST.class_names or ()
 
 #: Where the files may lie under --data-dir (the first with any of them wins), where to get them, and
 #: their checksums (as torchvision lists them).
 SOURCES: dict[str, dict[str, object]] = {
     "mnist": {
+        "classes": DIGITS,
         "dirs": (".", "mnist", "MNIST/raw", "MNIST"),
         "url": "https://ossci-datasets.s3.amazonaws.com/mnist/",
         "mirrors": ("https://ossci-datasets.s3.amazonaws.com/mnist/", "http://yann.lecun.com/exdb/mnist/"),
@@ -32,6 +34,7 @@ SOURCES: dict[str, dict[str, object]] = {
         },
     },
     "fashion-mnist": {
+        "classes": FASHION_CLASSES,
         "dirs": (".", "fashion-mnist", "fashion_mnist", "FashionMNIST/raw", "FashionMNIST"),
         "url": "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
         "mirrors": ("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",),
@@ -167,3 +170,11 @@ def load_idx_dataset(name: str, data_dir: Path, split: str, download_ok: bool) -
     images = np.concatenate([p[0] for p in parts])
     labels = np.concatenate([p[1] for p in parts])
     return torch.from_numpy(images.copy()).unsqueeze(1), torch.from_numpy(labels.astype(np.int64))
+
+
+def load(request: LoadRequest) -> Loaded:
+    """The registry's loader for every dataset in SOURCES: the split, subset, converted and resized."""
+    images, labels = load_idx_dataset(request.name, request.root, request.split, request.download)
+    what = f"{request.name} {request.split}"
+    ds = tensor_dataset(images, labels, request.image_hw, request.channels, request.num_examples, request.seed, what)
+    return ds, tuple(SOURCES[request.name]["classes"])  # type: ignore[arg-type]

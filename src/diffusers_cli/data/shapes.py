@@ -1,4 +1,4 @@
-"""The `shapes` dataset: coloured geometric shapes rendered in-process, anti-aliased, at any resolution.
+"""The `shapes` dataset: coloured geometric shapes rendered in-process, anti-aliased, at any (height, width).
 
 Example i is a pure function of (seed, split, i, image size): its random parameters come from a
 counter-based hash (SplitMix64) of those numbers, so the first examples do not depend on how many
@@ -15,9 +15,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from diffusers_cli.data.base import LUMA
+from diffusers_cli.data.base import LUMA, ImageSize, tensor_dataset
+from diffusers_cli.data.registry import SHAPES
+from diffusers_cli.data.spec import DataError, Loaded, LoadRequest, parse_image_size
 
-CLASS_NAMES: tuple[str, ...] = ("circle", "square", "triangle", "cross", "ring")
+#: Label k is CLASS_NAMES[k]; the registry entry is where they are written.
+CLASS_NAMES: tuple[str, ...] = SHAPES.class_names or ()
 DEFAULT_SIZE = 10_000
 
 #: Each shape fits the square [-1, 1]^2 in units of its half-extent r; these are their areas in r^2.
@@ -29,7 +32,7 @@ AREAS: dict[str, float] = {
     "ring": math.pi * (1.0 - 0.5**2),
 }
 
-#: Half-extent r as a fraction of the image side, and the gap kept to the border in pixels.
+#: Half-extent r as a fraction of the image's shorter side, and the gap kept to the border in pixels.
 SIZE_RANGE = (0.2, 0.38)
 BORDER_PX = 1.0
 #: Least luma difference between shape and background (in [0, 1]), so shapes stay visible in greyscale too.
@@ -123,15 +126,15 @@ def uniforms(seed: int, stream: int, indices: np.ndarray, fields: int) -> np.nda
 # ---- rendering ------------------------------------------------------------------------
 
 
-def shape_params(image_size: int, seed: int, split: str, indices: np.ndarray) -> dict[str, Tensor]:
+def shape_params(image_size: ImageSize, seed: int, split: str, indices: np.ndarray) -> dict[str, Tensor]:
     """Per-example label, centre (cx, cy), half-extent r (pixels) and colours (rgb in [0, 1])."""
+    height, width = parse_image_size(image_size)
     u = torch.from_numpy(uniforms(seed, _STREAMS[split], indices, _FIELDS)).to(torch.float32)
-    s = float(image_size)
-    r = s * (SIZE_RANGE[0] + (SIZE_RANGE[1] - SIZE_RANGE[0]) * u[:, 0])
+    r = float(min(height, width)) * (SIZE_RANGE[0] + (SIZE_RANGE[1] - SIZE_RANGE[0]) * u[:, 0])
     # Centres are kept far enough in that the whole shape, and a border, lie inside the image.
-    free = (s - 2 * (r + BORDER_PX)).clamp(min=0)
-    cx = r + BORDER_PX + free * u[:, 1]
-    cy = r + BORDER_PX + free * u[:, 2]
+    # (The same float operations as for one square side, so square images stay bit for bit as they were.)
+    cx = r + BORDER_PX + (float(width) - 2 * (r + BORDER_PX)).clamp(min=0) * u[:, 1]
+    cy = r + BORDER_PX + (float(height) - 2 * (r + BORDER_PX)).clamp(min=0) * u[:, 2]
     background = u[:, 3:6]
     foreground = _contrasting(u[:, 6:9], background, lighter=u[:, 9] < 0.5)
     labels = torch.from_numpy(indices.astype(np.int64) % len(CLASS_NAMES))
@@ -156,10 +159,12 @@ def _contrasting(colour: Tensor, background: Tensor, lighter: Tensor) -> Tensor:
     return torch.where(up.unsqueeze(1), to_white, to_black)
 
 
-def render_coverage(image_size: int, params: dict[str, Tensor]) -> Tensor:
-    """Fraction of each pixel covered by its example's shape, float32 [N, S, S] in [0, 1]."""
-    centres = torch.arange(image_size, dtype=torch.float32) + 0.5
-    cover = torch.empty(params["r"].shape[0], image_size, image_size)
+def render_coverage(image_size: ImageSize, params: dict[str, Tensor]) -> Tensor:
+    """Fraction of each pixel covered by its example's shape, float32 [N, H, W] in [0, 1]."""
+    height, width = parse_image_size(image_size)
+    columns = torch.arange(width, dtype=torch.float32) + 0.5
+    rows = torch.arange(height, dtype=torch.float32) + 0.5
+    cover = torch.empty(params["r"].shape[0], height, width)
     half = torch.tensor(0.5)
     for k, name in enumerate(CLASS_NAMES):
         mine = torch.nonzero(params["label"] == k).flatten()
@@ -167,15 +172,15 @@ def render_coverage(image_size: int, params: dict[str, Tensor]) -> Tensor:
             continue
         # Each class on its own rows: every pixel evaluates one distance function, not all five.
         r = params["r"][mine].view(-1, 1, 1)
-        x = (centres.view(1, 1, -1) - params["cx"][mine].view(-1, 1, 1)) / r
-        y = (centres.view(1, -1, 1) - params["cy"][mine].view(-1, 1, 1)) / r
+        x = (columns.view(1, 1, -1) - params["cx"][mine].view(-1, 1, 1)) / r
+        y = (rows.view(1, -1, 1) - params["cy"][mine].view(-1, 1, 1)) / r
         # Unit-shape distances times r are distances in pixels; coverage = 0.5 - distance, clamped.
         cover.index_copy_(0, mine, torch.addcmul(half, SDFS[name](x, y), r, value=-1.0).clamp_(0.0, 1.0))
     return cover
 
 
-def render_shapes(image_size: int, seed: int, split: str, indices: np.ndarray) -> tuple[Tensor, Tensor]:
-    """uint8 images [N, 3, S, S] and int64 labels [N] of the given example indices."""
+def render_shapes(image_size: ImageSize, seed: int, split: str, indices: np.ndarray) -> tuple[Tensor, Tensor]:
+    """uint8 images [N, 3, H, W] and int64 labels [N] of the given example indices."""
     params = shape_params(image_size, seed, split, indices)
     cover = render_coverage(image_size, params).unsqueeze(1)
     bg = params["background"].view(-1, 3, 1, 1) * 255
@@ -184,12 +189,24 @@ def render_shapes(image_size: int, seed: int, split: str, indices: np.ndarray) -
     return torch.addcmul(bg + 0.5, cover, fg - bg).to(torch.uint8), params["label"]
 
 
-def make_shapes(image_size: int, seed: int, split: str, num_examples: int) -> tuple[Tensor, Tensor]:
+def make_shapes(image_size: ImageSize, seed: int, split: str, num_examples: int) -> tuple[Tensor, Tensor]:
     """The first ``num_examples`` examples of a split, rendered a chunk at a time to bound memory."""
-    images = torch.empty(num_examples, 3, image_size, image_size, dtype=torch.uint8)
+    height, width = parse_image_size(image_size)
+    images = torch.empty(num_examples, 3, height, width, dtype=torch.uint8)
     labels = torch.empty(num_examples, dtype=torch.int64)
-    chunk = max(1, _CHUNK_PIXELS // (image_size * image_size))
+    chunk = max(1, _CHUNK_PIXELS // (height * width))
     for start in range(0, num_examples, chunk):
         stop = min(start + chunk, num_examples)
-        images[start:stop], labels[start:stop] = render_shapes(image_size, seed, split, np.arange(start, stop))
+        images[start:stop], labels[start:stop] = render_shapes((height, width), seed, split, np.arange(start, stop))
     return images, labels
+
+
+def load(request: LoadRequest) -> Loaded:
+    """The registry's loader: ``num_examples`` (default DEFAULT_SIZE) shapes at (H, W), "all" read as "train"."""
+    n = DEFAULT_SIZE if request.num_examples is None else request.num_examples
+    if n < 1:
+        raise DataError(f"num_examples must be at least 1, got {n}")
+    images, labels = make_shapes(request.image_hw, request.seed, request.split, n)
+    # Rendered at (H, W) already: tensor_dataset only converts the channels.
+    ds = tensor_dataset(images, labels, request.image_hw, request.channels, None, request.seed, request.name)
+    return ds, CLASS_NAMES

@@ -5,17 +5,17 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
 from diffusers_cli import build
+from diffusers_cli.checkpoints import ModelCard
 from diffusers_cli.config import ConditionConfig
 from diffusers_cli.data import class_index
 from diffusers_cli.distributed import init_world, shutdown
 from diffusers_cli.engine.guidance import classifier_fn, classifier_free, guided
 from diffusers_cli.engine.score import make_score_fn
-from diffusers_cli.files import check_writable
+from diffusers_cli.files import check_image_output
 from diffusers_cli.jobs.report import Reporter, SilentReporter
-from diffusers_cli.jobs.sample import check_sampler, draw
+from diffusers_cli.errors import UsageError
+from diffusers_cli.jobs.sample import draw
 from diffusers_cli.runs import write_images
 
 
@@ -32,46 +32,44 @@ class ConditionResult:
     classifier: Path | None  # None: classifier-free guidance of a class-conditional model
 
 
-def check_compatible(model_meta: dict[str, Any], clf_meta: dict[str, Any], classifier: Path) -> None:
-    """The classifier must know the model's SDE, resolution and channels, or its gradient is meaningless."""
-    if clf_meta["sde"] != model_meta["sde"]:
-        raise ValueError(f"classifier {classifier} was trained for the {clf_meta['sde']['kind']} SDE {clf_meta['sde']} "
-                         f"but the model uses {model_meta['sde']}; train a classifier with the model's --sde")
-    for key in ("image_size", "channels"):
-        if clf_meta[key] != model_meta[key]:
-            raise ValueError(f"classifier {classifier} expects {key} {clf_meta[key]} but the model makes {model_meta[key]}; "
-                             "train the classifier on the model's images")
+def check_compatible(model: ModelCard, clf: ModelCard, classifier: Path) -> None:
+    """The classifier must know the model's SDE and image shape, or its gradient is meaningless."""
+    if clf.sde != model.sde:
+        raise UsageError(f"classifier {classifier} was trained for the {clf.sde['kind']} SDE {clf.sde} "
+                         f"but the model uses {model.sde}; train a classifier with the model's --sde")
+    if clf.image_shape != model.image_shape:
+        raise UsageError(f"classifier {classifier} expects images of shape {clf.image_shape} (C, H, W) but the model makes "
+                         f"{model.image_shape}; train the classifier on the model's images")
 
 
 def condition(cfg: ConditionConfig, reporter: Reporter | None = None) -> ConditionResult:
     """Run ``diffuse condition``: n images of one class, written as a grid or PNGs."""
     reporter = reporter or SilentReporter()
-    check_sampler(cfg.sampler)
-    check_writable(cfg.out)
+    check_image_output(cfg.out, individual=cfg.individual)
     device = build.resolve_device(cfg.device)
     world, device = init_world(device)
     try:
         model_path = build.resolve_model_path(cfg.model, cfg.runs_dir)
-        model, meta = build.load_score_model(model_path, cfg.use_ema)
+        model, card = build.load_score_model(model_path, cfg.use_ema)
         model.to(device)
         clf_path: Path | None = None
         if cfg.classifier is None:
             # A class-conditional model needs no classifier: its own conditional and unconditional scores guide it.
-            if meta["network"].get("num_classes") is None:
-                raise ValueError(f"{model_path} is an unconditional model: pass --classifier RUN (from `diffuse train "
+            if not card.class_conditional:
+                raise UsageError(f"{model_path} is an unconditional model: pass --classifier RUN (from `diffuse train "
                                  "--task classifier`), or train the model with --class-conditional")
-            names = tuple(meta["class_names"])
+            names = card.class_names
             label = class_index(cfg.label, names)
             score_fn = classifier_free(model, label, cfg.scale)
         else:
             clf_path = build.resolve_model_path(cfg.classifier, cfg.runs_dir)
-            net, sde, clf_meta = build.load_classifier(clf_path)
-            check_compatible(meta, clf_meta, clf_path)
-            names = tuple(clf_meta["class_names"])
+            net, sde, clf_card = build.load_classifier(clf_path)
+            check_compatible(card, clf_card, clf_path)
+            names = clf_card.class_names
             label = class_index(cfg.label, names)
             net.to(device)
             score_fn = guided(make_score_fn(model), classifier_fn(net, model.sde), label, cfg.scale)
-        shape = (meta["channels"], meta["image_size"], meta["image_size"])
+        shape = card.image_shape
         t0 = time.perf_counter()
         images, nfe = draw(model.sde, score_fn, shape, cfg.n, cfg.batch_size, cfg.seed, cfg.sampler, device, world, reporter)
         seconds = time.perf_counter() - t0

@@ -15,10 +15,12 @@ from torch import Tensor
 
 from diffusers_cli import build
 from diffusers_cli.config import ImputeConfig
-from diffusers_cli.engine.imputation import choose_method, impute, reverse_steps
+from diffusers_cli.engine.imputation import METHODS, choose_method, impute, reverse_steps
+from diffusers_cli.engine.rng import ImageGenerators
 from diffusers_cli.engine.masks import make_mask, mask_from_image
 from diffusers_cli.engine.score import NFECounter, make_score_fn
-from diffusers_cli.files import check_writable
+from diffusers_cli.errors import UsageError
+from diffusers_cli.files import check_image_output
 from diffusers_cli.jobs.report import Reporter, SilentReporter
 from diffusers_cli.runs import save_png, to_uint8
 
@@ -33,18 +35,19 @@ class ImputeResult:
     model: Path
     image_size: tuple[int, int]
     method: str  # the method that ran ("auto" resolved)
+    particles: int  # chains per candidate (1 unless smc)
     notes: list[str] = field(default_factory=list)
 
 
 def open_image(path: Path, what: str) -> Image.Image:
     """Open and decode an image file, or fail with one line naming it."""
     if not path.is_file():
-        raise ValueError(f"{what} {path} does not exist")
+        raise UsageError(f"{what} {path} does not exist")
     try:
         img = Image.open(path)
         img.load()
     except (UnidentifiedImageError, OSError) as err:
-        raise ValueError(f"cannot read {what} {path}: {err}") from None
+        raise UsageError(f"cannot read {what} {path}: {err}") from None
     return img
 
 
@@ -70,26 +73,26 @@ def read_mask(path: Path, like: Tensor) -> Tensor:
     return mask_from_image(arr, like=like)
 
 
-def to_model_resolution(x: Tensor, known: Tensor, size: int) -> tuple[Tensor, Tensor]:
-    """Resize image and mask to the model's square resolution; a model pixel is known only if all its source pixels are."""
-    if tuple(x.shape[-2:]) == (size, size):
+def to_model_resolution(x: Tensor, known: Tensor, hw: tuple[int, int]) -> tuple[Tensor, Tensor]:
+    """Resize image and mask to the model's (H, W); a model pixel is known only if all its source pixels are."""
+    if tuple(x.shape[-2:]) == tuple(hw):
         return x, known
-    xs = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-    ks = (F.interpolate(known, size=(size, size), mode="area") > 1 - 1e-6).float()
+    xs = F.interpolate(x, size=hw, mode="bilinear", antialias=True, align_corners=False)
+    ks = (F.interpolate(known, size=hw, mode="area") > 1 - 1e-6).float()
     if ks.sum() == 0:
-        raise ValueError(f"at the model's {size}x{size} resolution no pixel is fully known; mask less of the image")
+        raise UsageError(f"at the model's {hw[0]}x{hw[1]} resolution no pixel is fully known; mask less of the image")
     return xs, ks
 
 
 def impute_image(cfg: ImputeConfig, reporter: Reporter | None = None) -> ImputeResult:
     """Run ``diffuse impute``: n filled candidates at the image's original size; known pixels are the input's exactly."""
     reporter = reporter or SilentReporter()
-    check_writable(cfg.out)
+    check_image_output(cfg.out, individual=cfg.n > 1)  # with -n > 1, --out may be a bare name stem
     device = build.resolve_device(cfg.device)
     model_path = build.resolve_model_path(cfg.model, cfg.runs_dir)
-    model, meta = build.load_score_model(model_path, cfg.use_ema)
+    model, card = build.load_score_model(model_path, cfg.use_ema)
     notes: list[str] = []
-    image = read_image(cfg.image, meta["channels"], notes)
+    image = read_image(cfg.image, card.channels, notes)
     if cfg.mask is not None:
         known = read_mask(cfg.mask, image)
     else:
@@ -101,31 +104,29 @@ def impute_image(cfg: ImputeConfig, reporter: Reporter | None = None) -> ImputeR
         known = make_mask(str(cfg.mask_kind), (1, 1, *image.shape[-2:]), torch.Generator().manual_seed(cfg.seed), **opts)
     for note in notes:
         reporter.message(note)
-    size = meta["image_size"]
-    x_small, known_small = to_model_resolution(image, known, size)
+    x_small, known_small = to_model_resolution(image, known, card.image_hw)
     model.to(device)
     counter = NFECounter(make_score_fn(model))
     method = cfg.method
     if method == "auto":
-        method, why = choose_method(known_small, particles=cfg.particles, resample=cfg.resample, jump_length=cfg.jump_length)
+        method, why = choose_method(known_small, **cfg.options)
         notes.append(f"--method auto chose {method} ({why})")
         reporter.message(notes[-1])
     s = cfg.sampler
+    # The sampler section supplies steps, grid and eps to every method; replacement also rides on its sampler.
+    # Explicit method options (-o, --particles, ...) win.
     options: dict[str, Any] = {"steps": s.steps, "grid": s.grid, "eps": s.eps}
     if method == "replacement":
-        options.update(sampler=s.name, **s.options())
-    elif method == "repaint":
-        options.update({k: v for k, v in (("jump_length", cfg.jump_length), ("resample", cfg.resample)) if v is not None})
-        options["grid"] = s.grid or "uniform"
-    else:
-        options["particles"] = cfg.particles or 16
-        options["grid"] = s.grid or "uniform"
-    options = {k: v for k, v in options.items() if v is not None}
+        options.update(sampler=s.name, **s.options)
+    elif options["grid"] is None:
+        options["grid"] = METHODS[method].options()["grid"].default
+    options = {k: v for k, v in {**options, **cfg.options}.items() if v is not None}
     t0 = time.perf_counter()
     reporter.start(reverse_steps(method, **options), f"imputing {cfg.image.name} with {method}")
+    # Candidate i draws from its own stream seeded by (seed, i): the same fill whatever -n is.
     filled = impute(model.sde, counter, x_small.to(device), known_small.to(device), method=method, n=cfg.n,
-                    generator=build.make_generator(cfg.seed, device), callback=lambda info: reporter.advance(1),
-                    **options).float().cpu()
+                    generator=ImageGenerators.for_images(cfg.seed, 0, cfg.n, device),
+                    callback=lambda info: reporter.advance(1), **options).float().cpu()
     reporter.finish()
     seconds = time.perf_counter() - t0
     # Back to the original size; known pixels come from the input itself, untouched by any resizing.
@@ -137,5 +138,6 @@ def impute_image(cfg: ImputeConfig, reporter: Reporter | None = None) -> ImputeR
         path = cfg.out if cfg.n == 1 else cfg.out.with_name(f"{cfg.out.stem}_{i:02d}{cfg.out.suffix or '.png'}")
         save_png(img, path)
         outputs.append(path)
-    return ImputeResult(outputs, counter.nfe, seconds, model_path, tuple(image.shape[-2:]), method, notes)
+    particles = int(options.get("particles", METHODS["smc"].options()["particles"].default)) if method == "smc" else 1
+    return ImputeResult(outputs, counter.nfe, seconds, model_path, tuple(image.shape[-2:]), method, particles, notes)
 

@@ -1,9 +1,9 @@
-"""The sampling job: load a model, draw images in seeded batches (sharded across ranks), write a grid or PNGs."""
+"""The sampling job: load a model, draw images with per-image seeds in batches (sharded across ranks), write a grid or PNGs."""
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -11,14 +11,17 @@ import torch
 from torch import Tensor
 
 from diffusers_cli import build
+from diffusers_cli.checkpoints import ModelCard
 from diffusers_cli.config import DEFAULT_GUIDANCE, SampleConfig, SamplerConfig
 from diffusers_cli.data import class_index
 from diffusers_cli.distributed import World, all_gather, init_world, shutdown
 from diffusers_cli.engine.guidance import classifier_free, cycle_labels
-from diffusers_cli.engine.samplers import SAMPLERS, sample, sampler_options
+from diffusers_cli.engine.rng import ImageGenerators
+from diffusers_cli.engine.samplers import sample
 from diffusers_cli.engine.score import NFECounter, ScoreFn, ScoreModel, make_score_fn
 from diffusers_cli.engine.sde import SDE
-from diffusers_cli.files import check_writable
+from diffusers_cli.errors import UsageError
+from diffusers_cli.files import check_image_output
 from diffusers_cli.jobs.report import Reporter, SilentReporter
 from diffusers_cli.runs import make_grid, save_png, write_images
 
@@ -35,29 +38,23 @@ class SampleResult:
     nfe: int
     seconds: float
     model: Path
-    meta: dict[str, Any] = field(default_factory=dict)
+    card: ModelCard
     guidance: float | None = None  # classifier-free guidance scale (class-conditional models)
     class_name: str | None = None  # the one class sampled, or None for every class in turn
 
 
 def check_sampler(s: SamplerConfig) -> None:
-    """Reject an unknown sampler or an option it does not take, before any work."""
-    if s.name not in SAMPLERS:
-        raise ValueError(f"unknown sampler {s.name!r}; use one of {', '.join(sorted(SAMPLERS))}")
-    allowed = sampler_options(s.name)
-    for key in s.options():
-        if key not in allowed:
-            raise ValueError(f"sampler {s.name!r} has no option {key!r}; its options are {', '.join(sorted(allowed)) or 'none'}")
+    """Kept for callers not yet moved: a SamplerConfig is checked against the engine when it is built."""
 
 
-def guidance_plan(meta: dict[str, Any], label: str | None, guidance: float | None, path: Path) -> tuple[int | None, float | None]:
+def guidance_plan(card: ModelCard, label: str | None, guidance: float | None, path: Path) -> tuple[int | None, float | None]:
     """(one class or None for all in turn, guidance scale) for a class-conditional model; (None, None) otherwise."""
-    if meta.get("network", {}).get("num_classes") is None:
+    if not card.class_conditional:
         if label is not None or guidance is not None:
-            raise ValueError(f"{path} is an unconditional model, so --class and --guidance do not apply; train with "
+            raise UsageError(f"{path} is an unconditional model, so --class and --guidance do not apply; train with "
                              "--class-conditional, or steer this model with `diffuse condition --classifier RUN`")
         return None, None
-    index = class_index(label, meta["class_names"]) if label is not None else None
+    index = class_index(label, card.class_names) if label is not None else None
     return index, DEFAULT_GUIDANCE if guidance is None else guidance
 
 
@@ -69,11 +66,6 @@ def guided_score_fns(model: ScoreModel, num_classes: int, label: int | None, sca
         return classifier_free(model, label if label is not None else cycle_labels(start, size, num_classes, device), scale)
 
     return score_fn_for
-
-
-def batch_generator(seed: int, batch: int, device: torch.device) -> torch.Generator:
-    """The generator of batch ``batch``: a pure function of (seed, batch), so any rank draws the same batch alike."""
-    return build.make_generator(seed * 1_000_003 + batch, device)
 
 
 def draw(
@@ -90,10 +82,12 @@ def draw(
     callback_for: Callable[[int], Any] | None = None,
     score_fn_for: Callable[[int, int], ScoreFn] | None = None,
 ) -> tuple[Tensor, int]:
-    """n samples in batches (batch b seeded by (seed, b)), batches split across ranks; returns (images, NFE per sample).
+    """n samples in batches split across ranks; returns (images, NFE per sample).
 
-    ``score_fn_for(start, size)``, when given, replaces ``score_fn`` for the batch of samples
-    start .. start + size - 1 (e.g. a conditional score with those samples' labels).
+    Sample i draws all its noise from its own generator, seeded by (seed, i) (``engine.rng``), so
+    it is the same image whatever the batch size or the number of processes. ``score_fn_for(start,
+    size)``, when given, replaces ``score_fn`` for the batch of samples start .. start + size - 1
+    (e.g. a conditional score with those samples' labels).
     """
     n_batches = -(-n // batch_size)
     mine = [b for b in range(n_batches) if b % world.size == world.rank]
@@ -103,9 +97,10 @@ def draw(
     for b in mine:
         size = min(batch_size, n - b * batch_size)
         counter = NFECounter(score_fn_for(b * batch_size, size) if score_fn_for else score_fn)
-        x = sample(sde, counter, (size, *shape), s.name, s.steps, batch_generator(seed, b, device), device=device,
+        gens = ImageGenerators.for_images(seed, b * batch_size, size, device)
+        x = sample(sde, counter, (size, *shape), s.name, s.steps, gens, device=device,
                    grid=s.grid, eps=s.eps, final_denoise=s.final_denoise,
-                   callback=callback_for(b) if callback_for else None, **s.options())
+                   callback=callback_for(b) if callback_for else None, **s.options)
         nfe_per_batch = counter.nfe
         parts[b] = x.float().cpu()
         reporter.advance(1, nfe=nfe_per_batch)
@@ -148,18 +143,18 @@ def sample_images(cfg: SampleConfig, reporter: Reporter | None = None) -> Sample
     """Run ``diffuse sample``: returns the images (in [-1, 1]) and where they were written."""
     reporter = reporter or SilentReporter()
     check_sampler(cfg.sampler)
-    check_writable(cfg.out)
+    check_image_output(cfg.out, individual=cfg.individual)
     if cfg.trajectory is not None:
-        check_writable(cfg.trajectory)
+        check_image_output(cfg.trajectory, "--trajectory")
     device = build.resolve_device(cfg.device)
     world, device = init_world(device)
     try:
         path = build.resolve_model_path(cfg.model, cfg.runs_dir)
-        model, meta = build.load_score_model(path, cfg.use_ema)
+        model, card = build.load_score_model(path, cfg.use_ema)
         model.to(device)
-        label, scale = guidance_plan(meta, cfg.label, cfg.guidance, path)
-        score_fn_for = guided_score_fns(model, meta["network"]["num_classes"], label, scale, device) if scale is not None else None
-        shape = (meta["channels"], meta["image_size"], meta["image_size"])
+        label, scale = guidance_plan(card, cfg.label, cfg.guidance, path)
+        score_fn_for = guided_score_fns(model, card.num_classes, label, scale, device) if scale is not None else None
+        shape = card.image_shape
         traj = Trajectory(cfg.sampler.steps) if cfg.trajectory is not None else None
         t0 = time.perf_counter()
         images, nfe = draw(model.sde, make_score_fn(model), shape, cfg.n, cfg.batch_size, cfg.seed, cfg.sampler,
@@ -171,7 +166,7 @@ def sample_images(cfg: SampleConfig, reporter: Reporter | None = None) -> Sample
             if traj is not None and cfg.trajectory is not None:
                 save_png(traj.strip(images), cfg.trajectory)
                 outputs.append(cfg.trajectory)
-        name = meta["class_names"][label] if label is not None else None
-        return SampleResult(images, outputs, nfe, seconds, path, meta, scale, name)
+        name = card.class_names[label] if label is not None else None
+        return SampleResult(images, outputs, nfe, seconds, path, card, scale, name)
     finally:
         shutdown(world)

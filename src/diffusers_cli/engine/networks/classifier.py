@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from diffusers_cli.engine.networks.unet import image_hw
 from diffusers_cli.engine.networks.layers import (
     GaussianFourierEmbedding,
     conv1x1,
@@ -80,7 +83,7 @@ class WideResNet(nn.Module):
 
     def __init__(
         self,
-        image_size: int,  # side of the square input (any size >= 4; global pooling at the end)
+        image_size: int | Sequence[int],  # side of a square input, or (H, W) (each >= 4; global pooling at the end)
         in_channels: int = 3,  # image channels
         num_classes: int = 10,  # number of classes
         depth: int = 28,  # total depth; (depth - 4) must be divisible by 6
@@ -91,7 +94,7 @@ class WideResNet(nn.Module):
         super().__init__()
         _check_args(image_size, in_channels, num_classes, depth, widen, dropout)
         self.config: dict[str, object] = {
-            "image_size": image_size,
+            "image_size": image_size if isinstance(image_size, int) else list(image_size),
             "in_channels": in_channels,
             "num_classes": num_classes,
             "depth": depth,
@@ -127,10 +130,10 @@ class WideResNet(nn.Module):
         return self.head(h)
 
 
-def _check_args(image_size: int, in_channels: int, num_classes: int, depth: int, widen: int, dropout: float) -> None:
+def _check_args(image_size: int | Sequence[int], in_channels: int, num_classes: int, depth: int, widen: int, dropout: float) -> None:
     """Validate the WideResNet's arguments (ValueError naming the fix)."""
-    if image_size < 4:
-        raise ValueError(f"image_size must be >= 4, got {image_size}")
+    if min(image_hw(image_size)) < 4:
+        raise ValueError(f"image sides must be >= 4, got {image_size}")
     for name, value in (("in_channels", in_channels), ("widen", widen)):
         if value < 1:
             raise ValueError(f"{name} must be >= 1, got {value}")

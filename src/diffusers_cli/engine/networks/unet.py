@@ -111,7 +111,7 @@ class UNet(nn.Module):
 
     def __init__(
         self,
-        image_size: int,  # side of the square input; divisible by 2 ** (len(channel_mult) - 1)
+        image_size: int | Sequence[int],  # side of a square input, or (H, W); each divisible by 2 ** (len(channel_mult) - 1)
         in_channels: int = 3,  # image channels
         out_channels: int | None = None,  # output channels (default: in_channels)
         base_channels: int = 64,  # width of the first level
@@ -134,7 +134,7 @@ class UNet(nn.Module):
             attn_resolutions, dropout, embedding, num_classes,
         )  # fmt: skip
         self.config: dict[str, object] = {
-            "image_size": image_size,
+            "image_size": image_size if isinstance(image_size, int) else list(image_size),
             "in_channels": in_channels,
             "out_channels": out_channels,
             "base_channels": base_channels,
@@ -230,8 +230,18 @@ class UNet(nn.Module):
         return self.conv_out(F.silu(self.norm_out(h)))
 
 
+def image_hw(image_size: int | Sequence[int]) -> tuple[int, int]:
+    """(H, W) from a side or a pair; ValueError for anything else."""
+    if isinstance(image_size, int):
+        return image_size, image_size
+    hw = tuple(int(v) for v in image_size)
+    if len(hw) != 2:
+        raise ValueError(f"image_size must be a side or (height, width), got {list(image_size)}")
+    return hw[0], hw[1]
+
+
 def _check_args(
-    image_size: int,
+    image_size: int | Sequence[int],
     in_channels: int,
     out_channels: int,
     base_channels: int,
@@ -242,20 +252,23 @@ def _check_args(
     embedding: str,
     num_classes: int | None,
 ) -> list[int]:
-    """Validate the UNet's arguments (ValueError naming the fix); return each level's resolution."""
-    for name, value in (("image_size", image_size), ("in_channels", in_channels), ("out_channels", out_channels),
+    """Validate the UNet's arguments (ValueError naming the fix); return each level's resolution (its shorter side)."""
+    h, w = image_hw(image_size)
+    for name, value in (("image height", h), ("image width", w), ("in_channels", in_channels), ("out_channels", out_channels),
                         ("base_channels", base_channels), ("num_res_blocks", num_res_blocks)):  # fmt: skip
         if value < 1:
             raise ValueError(f"{name} must be >= 1, got {value}")
     if not channel_mult or any(m < 1 for m in channel_mult):
         raise ValueError(f"channel_mult must be a non-empty sequence of positive ints, got {list(channel_mult)}")
     factor = 2 ** (len(channel_mult) - 1)
-    if image_size % factor:
-        raise ValueError(
-            f"image_size {image_size} is not divisible by 2**(len(channel_mult)-1) = {factor}; "
-            f"use a multiple of {factor} or fewer levels in channel_mult"
-        )
-    resolutions = [image_size // 2**i for i in range(len(channel_mult))]
+    for side in (h, w):
+        if side % factor:
+            raise ValueError(
+                f"image side {side} is not divisible by 2**(len(channel_mult)-1) = {factor}; "
+                f"use a multiple of {factor} or fewer levels in channel_mult"
+            )
+    # For non-square images a level's "resolution" (what attn_resolutions names) is its shorter side.
+    resolutions = [min(h, w) // 2**i for i in range(len(channel_mult))]
     for r in attn_resolutions:
         if r not in resolutions:
             raise ValueError(f"attention resolution {r} is never reached; the U-Net's resolutions are {resolutions}")
