@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import signal
@@ -17,6 +18,7 @@ from safetensors.torch import save_file
 from typer.testing import CliRunner
 
 from diffusers_cli.cli import app
+from diffusers_cli.errors import MachineError, UsageError
 
 runner = CliRunner()
 TINY = ["--image-size", "8", "--batch-size", "8", "--set", "data.num_examples=64", "--set", "network.base_channels=16",
@@ -94,7 +96,11 @@ def test_sample_pc_predictor_option_via_set(tiny_run: Path, tmp_path: Path) -> N
     "args, needle",
     [
         (["sample", "--sampler", "nope"], "unknown sampler 'nope'"),
-        (["sample", "--sampler", "em", "--snr", "0.2"], "sampler 'em' has no option 'snr'"),
+        (["sample", "--sampler", "em", "--snr", "0.2"], "sampler 'em' (grid 'uniform') has no option 'snr'; its options are: none"),
+        (["sample", "--sampler", "ei", "-o", "nosuch=1"], "sampler 'ei' (grid 'logsnr') has no option 'nosuch'; its options are: order"),
+        (["sample", "--sampler", "ei", "-o", "order=4"], "sampler 'ei' option order must be one of 1, 2, 3, got 4"),
+        (["sample", "-o", "order"], "-o expects KEY=VALUE"),
+        (["sample", "--grid", "cubic"], "unknown time grid 'cubic'"),
         (["train", "--dataset", "nope", "--steps", "1"], "nope"),
         (["train", "--steps", "-5"], "steps"),
         (["train", "--sde", "vq"], "sde.kind must be one of ve, vp, subvp, ddpm"),
@@ -185,3 +191,149 @@ def test_train_download_flag_reaches_the_loader(tmp_path: Path, monkeypatch: pyt
     args = ["train", "--dataset", "mnist", "--data-dir", tmp_path, "--split", "test", "--out", tmp_path / "runs"]
     assert "pass --download" in one_error_line(invoke(*args, "--steps", "1"))
     assert "could not download mnist" in one_error_line(invoke(*args, "--download", "--steps", "1"))
+
+
+# --- The error policy: bad input 2, a failing machine 1, a bug 1 (traceback only with DIFFUSE_DEBUG=1) ---
+
+
+def _raising_env(monkeypatch: pytest.MonkeyPatch, err: BaseException) -> None:
+    """Make `diffuse env` (the cheapest job) raise ``err`` from inside its job."""
+    import platform
+
+    def boom() -> str:
+        raise err
+
+    monkeypatch.setattr(platform, "platform", boom)
+
+
+def test_a_bug_exits_1_with_one_line_and_a_traceback_only_when_debugging(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("DIFFUSE_DEBUG", raising=False)
+    _raising_env(monkeypatch, ValueError("operands could not be broadcast\nsecond line"))
+    line = one_error_line(invoke("env"), code=1)
+    assert line == ("diffuse: error: unexpected failure: ValueError: operands could not be broadcast "
+                    "(set DIFFUSE_DEBUG=1 for the traceback)")
+    monkeypatch.setenv("DIFFUSE_DEBUG", "1")
+    res = invoke("env")
+    assert res.exit_code == 1
+    assert "Traceback (most recent call last)" in res.stderr and "in boom" in res.stderr
+    assert res.stderr.strip().splitlines()[-1] == "diffuse: error: unexpected failure: ValueError: operands could not be broadcast"
+
+
+@pytest.mark.parametrize(
+    "err, code, needle",
+    [
+        (UsageError("--foo must be positive; pass --foo 3\nmore detail"), 2, "diffuse: error: --foo must be positive; pass --foo 3"),
+        (MachineError("cannot write runs/r/model.safetensors: Input/output error"), 1,
+         "diffuse: error: cannot write runs/r/model.safetensors: Input/output error"),
+        (FileNotFoundError(errno.ENOENT, "No such file or directory", "in/x.png"), 2, "diffuse: error: in/x.png: No such file or directory"),
+        (PermissionError(errno.EACCES, "Permission denied", "/root/x"), 2, "diffuse: error: /root/x: Permission denied"),
+        (OSError(errno.ENOSPC, "No space left on device", "runs/r/metrics.jsonl"), 1,
+         "diffuse: error: runs/r/metrics.jsonl: No space left on device; free some space and run again"),
+        (OSError(errno.EROFS, "Read-only file system", "/ro/x"), 1, "diffuse: error: /ro/x: Read-only file system; write somewhere else"),
+        (OSError(errno.ECONNRESET, "Connection reset by peer"), 1, "diffuse: error: unexpected failure: ConnectionResetError: [Errno 104]"),
+        (RuntimeError("CUDA error: device-side assert"), 1, "diffuse: error: unexpected failure: RuntimeError: CUDA error: device-side assert"),
+    ],
+)
+def test_each_error_family_exits_with_its_code_and_one_line(err: BaseException, code: int, needle: str,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("DIFFUSE_DEBUG", raising=False)
+    _raising_env(monkeypatch, err)
+    assert one_error_line(invoke("env"), code=code).startswith(needle)
+
+
+def test_ctrl_c_inside_a_job_exits_130(monkeypatch: pytest.MonkeyPatch) -> None:
+    _raising_env(monkeypatch, KeyboardInterrupt())
+    assert invoke("env").exit_code == 130
+
+
+def _full_disk_error(kind: str) -> BaseException:
+    """What a full disk looks like from save_file: a plain OSError, or safetensors' own error (which is no OSError)."""
+    if kind == "oserror":
+        return OSError(errno.ENOSPC, "No space left on device")
+    from safetensors import SafetensorError
+
+    # The exact text safetensors 0.8 raises when a tmpfs fills up mid-write.
+    return SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+
+@pytest.mark.parametrize("kind", ["oserror", "safetensors"])
+def test_full_disk_at_a_checkpoint_keeps_the_previous_one(kind: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from diffusers_cli import checkpoints
+    from diffusers_cli.checkpoints import read_meta
+
+    monkeypatch.delenv("DIFFUSE_DEBUG", raising=False)
+    res = invoke("train", *TINY, "--steps", "2", "--out", tmp_path, "--name", "r", "--json")
+    assert res.exit_code == 0, res.stderr
+    run = tmp_path / "r"
+    before = {name: (run / name).read_bytes() for name in ("model.safetensors", "state.safetensors")}
+    # A plain open() under the umask decides the mode, not safetensors' private temporary file.
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert (run / "model.safetensors").stat().st_mode & 0o777 == 0o666 & ~umask
+
+    def full_disk(tensors: object, filename: str, metadata: object = None) -> None:
+        Path(filename).write_bytes(b"half a checkpoint")  # what a real full disk leaves behind
+        raise _full_disk_error(kind)
+
+    with monkeypatch.context() as m:
+        m.setattr(checkpoints, "save_file", full_disk)
+        res = invoke("train", "--resume", "--out", tmp_path, "--name", "r", "--steps", "4")
+    assert res.exit_code == 1, res.stderr
+    # Progress lines come first; then exactly one error line and no traceback.
+    errors = [ln for ln in res.stderr.splitlines() if ln.startswith("diffuse: error: ")]
+    assert len(errors) == 1 and res.stderr.strip().splitlines()[-1] == errors[0] and "Traceback" not in res.stderr
+    line = errors[0]
+    assert line == (f"diffuse: error: cannot write {run / 'model.safetensors'}: No space left on device "
+                    "(the previous model.safetensors is intact); free some space and run again")
+    assert {name: (run / name).read_bytes() for name in before} == before
+    assert not [p.name for p in run.iterdir() if p.name.startswith(".")]  # no temporary file left behind
+    assert read_meta(run / "model.safetensors")["step"] == 2
+    res = invoke("train", "--resume", "--out", tmp_path, "--name", "r", "--steps", "4", "--json")
+    assert res.exit_code == 0, res.stderr
+    assert json.loads(res.stdout)["start_step"] == 2 and json.loads(res.stdout)["steps"] == 4
+
+
+@pytest.mark.parametrize("flag, name", [("--out", "grid.xyz"), ("--out", "grid"), ("--trajectory", "traj.jpg")])
+def test_unknown_image_extension_exits_2_before_sampling(flag: str, name: str, tiny_run: Path, tmp_path: Path) -> None:
+    out = tmp_path / "o"
+    args = ["--out", out / "ok.png", "--trajectory", out / name] if flag == "--trajectory" else ["--out", out / name]
+    line = one_error_line(invoke("sample", "--model", tiny_run, "--steps", "2", "-n", "1", *args))
+    suffix = Path(name).suffix
+    assert line.startswith(f"diffuse: error: {flag} {out / name}: ")
+    assert (f"unknown image extension '{suffix}'; use .png" if suffix else f"no image extension; use {name}.png") in line
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_png_extension_is_case_insensitive_and_a_stem_is_fine_with_individual(tiny_run: Path, tmp_path: Path) -> None:
+    res = invoke("sample", "--model", tiny_run, "--sampler", "ddpm", "--steps", "2", "-n", "1", "--out", tmp_path / "G.PNG")
+    assert res.exit_code == 0, res.stderr
+    assert Image.open(tmp_path / "G.PNG").format == "PNG"
+    res = invoke("sample", "--model", tiny_run, "--sampler", "ddpm", "--steps", "2", "-n", "2", "--individual", "--out", tmp_path / "s")
+    assert res.exit_code == 0, res.stderr
+    assert sorted(p.name for p in tmp_path.glob("s_*.png")) == ["s_00000.png", "s_00001.png"]
+
+
+# --- A fast shell: nothing heavy is imported until a job runs ---
+
+HEAVY = ("torch", "torchvision", "scipy", "numpy", "diffusers", "PIL", "safetensors", "sklearn", "pandas", "matplotlib")
+
+
+def test_the_cli_imports_nothing_heavy() -> None:
+    """`diffuse --help`, `diffuse sample --help` and a usage error load none of torch, numpy, PIL, ..."""
+    code = (
+        "import json, sys\n"
+        "import diffusers_cli.cli\n"
+        "loaded = {'import': sorted(m for m in sys.modules if m.split('.')[0] in HEAVY)}\n"
+        "from diffusers_cli.cli import app\n"
+        "for args in (['--help'], ['sample', '--help'], ['train', '--help'], ['sample', '--nosuch-flag']):\n"
+        "    try:\n"
+        "        app(args, prog_name='diffuse')\n"
+        "    except SystemExit:\n"
+        "        pass\n"
+        "    loaded[' '.join(args)] = sorted(m for m in sys.modules if m.split('.')[0] in HEAVY)\n"
+        "print('RESULT', json.dumps(loaded))\n"
+    )
+    res = subprocess.run([sys.executable, "-c", f"HEAVY = {HEAVY!r}\n{code}"], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    loaded = json.loads(res.stdout.rsplit("RESULT ", 1)[1])
+    assert loaded == {k: [] for k in loaded}, loaded

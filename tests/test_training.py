@@ -1,10 +1,14 @@
-"""Training: EMA, warm-up, data order, loss decrease, checkpoint round trip and exact resume."""
+"""Training: EMA, warm-up, data order, objectives, the loop and its hooks, checkpoint round trip and exact resume."""
 
 from __future__ import annotations
 
 import json
 import math
+import os
+import re
+import signal
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -20,9 +24,10 @@ from diffusers_cli.checkpoints import (
 )
 from diffusers_cli.engine.losses import dsm_loss
 from diffusers_cli.engine.networks.unet import UNet
+from diffusers_cli.engine.objectives import ClassifierObjective, Objective, ScoreObjective
 from diffusers_cli.engine.score import ScoreModel
-from diffusers_cli.engine.sde import VPSDE
-from diffusers_cli.engine.training import EMA, batch_indices, warmup_lr
+from diffusers_cli.engine.sde import DDPM, SDE, VESDE, VPSDE, SubVPSDE
+from diffusers_cli.engine.training import EMA, Hook, LoopResult, batch_indices, train_loop, warmup_lr
 from diffusers_cli.jobs.train import train
 
 
@@ -95,9 +100,10 @@ def test_loss_decreases_on_a_tiny_problem() -> None:
 
 
 def test_checkpoint_round_trip(tiny_run: Path) -> None:
-    model, meta = load_score_model(tiny_run / "model.safetensors")
-    assert meta["kind"] == "score" and meta["image_size"] == 8 and meta["channels"] == 3
-    assert meta["class_names"][:3] == ["circle", "square", "triangle"]
+    model, card = load_score_model(tiny_run / "model.safetensors")
+    assert card.kind == "score" and card.image_shape == (3, 8, 8) and card.channels == 3
+    assert card.class_names[:3] == ("circle", "square", "triangle")
+    assert card.network == model.net.config  # the card holds the network's own config
     tensors, _ = load_weights(tiny_run / "model.safetensors")
     ema = {k[4:]: v for k, v in tensors.items() if k.startswith("ema.")}
     for k, v in model.net.state_dict().items():
@@ -152,3 +158,197 @@ def test_existing_run_needs_resume(tmp_path: Path) -> None:
     train(tiny_train_config(tmp_path, steps=1))
     with pytest.raises(ConfigError, match="already exists; pass --resume"):
         train(tiny_train_config(tmp_path, steps=1))
+
+
+# ---- objectives: their draws, their losses, their statistics ------------------------------------
+
+
+def _tiny_score_model(sde: SDE, num_classes: int | None = None) -> ScoreModel:
+    torch.manual_seed(0)
+    net = UNet(image_size=8, in_channels=1, base_channels=8, channel_mult=(1,), num_res_blocks=1, attn_resolutions=(),
+               dropout=0.0, num_classes=num_classes)
+    return ScoreModel(net, sde, "eps")
+
+
+def test_score_objective_draws_t_then_eps_then_dropout_from_the_generator_alone() -> None:
+    sde = VPSDE()
+    obj = ScoreObjective(_tiny_score_model(sde, 3), "edm", "lognormal", -1.0, 1.5, conditional=True, label_dropout=0.5)
+    x, y = torch.rand(6, 1, 8, 8) * 2 - 1, torch.tensor([0, 1, 2, 0, 1, 2])
+    torch.manual_seed(1)  # the global generator plays no part
+    a = obj.draw(x, y, torch.Generator().manual_seed(7))
+    torch.manual_seed(2)
+    b = obj.draw(x, y, torch.Generator().manual_seed(7))
+    assert a.keys() == {"x", "y", "t", "eps"}
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    # The same numbers, drawn by hand in the order a saved run replays: t, eps, then the label coins.
+    g = torch.Generator().manual_seed(7)
+    t = sde.lognormal_times(6, g, "cpu", -1.0, 1.5)
+    eps = torch.randn(x.shape, generator=g)
+    drop = torch.rand(6, generator=g) < 0.5
+    assert torch.equal(a["t"], t) and torch.equal(a["eps"], eps) and torch.equal(a["x"], x)
+    assert torch.equal(a["y"], torch.where(drop, -1, y))
+    c = obj.draw(x, y, torch.Generator().manual_seed(8))
+    assert not torch.equal(a["t"], c["t"]) and not torch.equal(a["eps"], c["eps"])
+
+
+def test_unconditional_objective_spends_no_draws_on_labels() -> None:
+    obj = ScoreObjective(_tiny_score_model(VPSDE()), "eps", "uniform")
+    x, y = torch.zeros(5, 1, 8, 8), torch.arange(5)
+    g = torch.Generator().manual_seed(3)
+    out = obj.draw(x, y, g)
+    h = torch.Generator().manual_seed(3)
+    assert torch.equal(out["t"], VPSDE().train_times(5, h, "cpu"))
+    torch.randn(x.shape, generator=h)
+    assert torch.equal(g.get_state(), h.get_state())  # nothing more was drawn
+    assert torch.equal(out["y"], y)
+
+
+def test_time_sampling_follows_what_the_sde_says() -> None:
+    assert VPSDE().continuous_time and SubVPSDE().continuous_time and VESDE().continuous_time
+    assert not DDPM().continuous_time
+    x = torch.zeros(4096, 1, 8, 8)
+    for sde in (VPSDE(), DDPM(num_steps=100)):
+        obj = ScoreObjective(_tiny_score_model(sde), "eps", "lognormal")
+        t = obj.draw(x, torch.zeros(4096, dtype=torch.long), torch.Generator().manual_seed(0))["t"]
+        on_steps = torch.allclose(t * 100, (t * 100).round(), atol=1e-4)
+        assert on_steps == (not sde.continuous_time)  # DDPM keeps its integer steps even when asked for log-normal times
+        if sde.continuous_time:
+            # ln(sigma) ~ N(-1.2, 1.2^2) with sigma = std / mean (clamped at the ends, which the median is far from).
+            mean, std = sde.marginal(t)
+            assert torch.log(std / mean).median().item() == pytest.approx(-1.2, abs=0.08)
+    with pytest.raises(ValueError, match="lognormal or uniform"):
+        ScoreObjective(_tiny_score_model(VPSDE()), "eps", "karras")
+
+
+def test_label_dropout_rate() -> None:
+    obj = ScoreObjective(_tiny_score_model(VPSDE(), 10), "eps", "uniform", conditional=True, label_dropout=0.3)
+    y = torch.randint(0, 10, (20_000,), generator=torch.Generator().manual_seed(0))
+    out = obj.draw(torch.zeros(20_000, 1, 1, 1), y, torch.Generator().manual_seed(1))["y"]
+    dropped = out == -1
+    assert dropped.float().mean().item() == pytest.approx(0.3, abs=0.01)  # 7 standard errors
+    assert torch.equal(out[~dropped], y[~dropped])
+
+
+def test_score_objective_forward_is_dsm_loss() -> None:
+    model = _tiny_score_model(VESDE(), 3)
+    obj = ScoreObjective(model, "likelihood", conditional=True, label_dropout=0.5)
+    x = torch.rand(4, 1, 8, 8) * 2 - 1
+    batch = obj.draw(x, torch.tensor([0, 1, 2, 1]), torch.Generator().manual_seed(0))
+    loss, stats = obj(**batch)
+    want = dsm_loss(model, x, None, "likelihood", batch["y"], batch["t"], batch["eps"])
+    assert loss.shape == (4,) and stats == {}
+    assert torch.equal(loss, want)
+
+
+def test_classifier_objective_uniform_times_and_accuracy_bins() -> None:
+    sde = VPSDE()
+    obj = ClassifierObjective(torch.nn.Identity(), sde)
+    g = torch.Generator().manual_seed(0)
+    t = obj.draw(torch.zeros(3, 1, 2, 2), torch.zeros(3, dtype=torch.long), g)["t"]
+    assert torch.equal(t, sde.train_times(3, torch.Generator().manual_seed(0), "cpu"))
+    obj.observe({"t": torch.tensor([0.1, 0.2, 0.3, 0.6, 0.9, 0.95, 1.0])},
+                {"correct": torch.tensor([True, False, True, True, False, False, True])})
+    obj.observe({"t": torch.tensor([0.2])}, {"correct": torch.tensor([True])})
+    assert obj.report() == {"accuracy_by_t": {"0.00-0.25": round(2 / 3, 4), "0.25-0.50": 1.0, "0.50-0.75": 1.0, "0.75-1.00": round(1 / 3, 4)}}
+    assert obj.report()["accuracy_by_t"] == {"0.00-0.25": 0.0, "0.25-0.50": 0.0, "0.50-0.75": 0.0, "0.75-1.00": 0.0}  # reset
+
+
+# ---- the loop, driven by a toy objective ---------------------------------------------------------
+
+
+class _Toy(Objective):
+    """Least squares of a linear map on the batch, plus a drawn offset: a loss the loop can drive to a known point."""
+
+    def __init__(self, net: torch.nn.Module) -> None:
+        super().__init__()
+        self.net = net
+        self.sizes: list[tuple[int, int]] = []  # (global batch drawn on, slice computed on)
+
+    def draw(self, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator | None) -> dict[str, torch.Tensor]:
+        self._drawn = x.shape[0]
+        return {"x": x, "target": 1.0 + 0.0 * torch.rand(x.shape[0], generator=generator)}
+
+    def forward(self, x: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        self.sizes.append((self._drawn, x.shape[0]))
+        return (self.net(x).squeeze(1) - target) ** 2, {}
+
+
+def _toy_loop(steps: int, start: int = 0, batches: list | None = None, **kwargs: Any) -> tuple[LoopResult, _Toy, torch.nn.Module]:
+    torch.manual_seed(0)
+    net = torch.nn.Linear(3, 1)
+    obj = _Toy(net)
+    g = torch.Generator().manual_seed(0)
+    if batches is None:
+        batches = [(torch.ones(4, 3), torch.zeros(4, dtype=torch.long)) for _ in range(start, steps)]
+    res = train_loop(net, EMA(net, 0.5, warmup=False), torch.optim.SGD(net.parameters(), lr=0.0), obj, batches, g,
+                     steps=steps, start=start, lr=lambda s: 0.05, device=torch.device("cpu"), **kwargs)
+    return res, obj, net
+
+
+def test_loop_calls_hooks_at_exactly_the_steps_asked() -> None:
+    calls: dict[str, list[int]] = {"a": [], "b": [], "never": [], "end": []}
+    logs: list[dict[str, Any]] = []
+    losses: list[float] = []
+    hooks = [Hook(3, calls["a"].append), Hook(2, calls["b"].append, final=True), Hook(0, calls["never"].append),
+             Hook(0, calls["end"].append, final=True)]
+    res, _, net = _toy_loop(7, log_every=3, on_log=lambda s, r: logs.append(r), on_step=lambda s, l: losses.append(l), hooks=hooks)
+    assert calls == {"a": [3, 6], "b": [2, 4, 6, 7], "never": [], "end": [7]}
+    assert [r["step"] for r in logs] == [3, 6, 7]
+    assert len(losses) == 7 and losses[-1] < 0.5 * losses[0]  # lr 0.05 from the schedule, not the optimizer's 0
+    assert logs[0]["loss"] == pytest.approx(sum(losses[:3]) / 3) and logs[2]["loss"] == pytest.approx(losses[6])
+    assert logs[0]["lr"] == 0.05 and logs[0]["it_per_s"] > 0 and list(logs[0]) == ["step", "loss", "lr", "it_per_s", "time"]
+    assert res == LoopResult(7, losses[-1], False)
+    # Resumed at step 4, the cadence is still counted from step 0.
+    calls["a"].clear()
+    res, _, _ = _toy_loop(7, start=4, hooks=[Hook(3, calls["a"].append)])
+    assert calls["a"] == [6] and res.step == 7
+
+
+def test_loop_draws_on_the_global_batch_and_computes_the_local_slice() -> None:
+    order: list[str] = []
+
+    def augment(x: torch.Tensor, g: torch.Generator | None) -> torch.Tensor:
+        order.append("augment")
+        return x
+
+    _, obj, _ = _toy_loop(2, local=slice(2, 4), augment=augment)
+    assert obj.sizes == [(4, 2), (4, 2)] and order == ["augment", "augment"]
+
+
+def test_loop_raises_on_a_non_finite_loss() -> None:
+    batches = [(torch.ones(4, 3), torch.zeros(4, dtype=torch.long)) for _ in range(4)]
+    batches[2] = (torch.full((4, 3), math.nan), batches[2][1])
+    with pytest.raises(FloatingPointError, match="loss became nan at step 2"):
+        _toy_loop(4, batches=batches)
+
+
+def test_ctrl_c_ends_the_loop_after_the_current_step() -> None:
+    before = signal.getsignal(signal.SIGINT)
+    seen: list[int] = []
+
+    def ctrl_c(step: int) -> None:
+        os.kill(os.getpid(), signal.SIGINT)
+
+    res, _, _ = _toy_loop(10, on_step=lambda s, l: seen.append(s), hooks=[Hook(3, ctrl_c)])
+    assert res.step == 3 and res.interrupted and seen == [1, 2, 3]
+    assert signal.getsignal(signal.SIGINT) is before  # the handler is put back
+    res, _, _ = _toy_loop(3, hooks=[Hook(3, ctrl_c)])
+    assert res.step == 3 and not res.interrupted  # a stop after the last step interrupts nothing
+
+    def twice(step: int) -> None:
+        ctrl_c(step)
+        ctrl_c(step)
+
+    with pytest.raises(KeyboardInterrupt):
+        _toy_loop(10, hooks=[Hook(2, twice)])
+    assert signal.getsignal(signal.SIGINT) is before
+
+
+def test_no_sde_type_checks_outside_build() -> None:
+    pattern = re.compile(r"isinstance\(.*(DDPM|VPSDE|VESDE|SubVPSDE)")
+    src = Path(__import__("diffusers_cli").__file__).parent
+    found = [f"{p.relative_to(src)}:{i}" for p in sorted(src.rglob("*.py")) if p.name != "build.py"
+             for i, line in enumerate(p.read_text().splitlines(), 1) if pattern.search(line)]
+    assert len(list(src.rglob("*.py"))) > 20  # the scan sees the package
+    assert found == []

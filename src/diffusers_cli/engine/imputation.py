@@ -387,9 +387,14 @@ def impute(
     method: str = DEFAULT_METHOD,
     n: int = 1,  # draws per image
     generator: RNG = None,
+    callback: Callback | None = None,
     **options: Any,
 ) -> Tensor:
-    """n independent fills of each image: [B * n, C, H, W], draw j of image b at row b * n + j."""
+    """n independent fills of each image: [B * n, C, H, W], draw j of image b at row b * n + j.
+
+    ``options`` are the method's (checked against its signature by ``validate_method_options``).
+    With ``generator`` an ImageGenerators of B * n streams, fill j of image b depends on stream b * n + j alone.
+    """
     if method == "auto":
         method, _ = choose_method(mask, **options)
     options = validate_method_options(method, options)
@@ -398,4 +403,4 @@ def impute(
     x_known, _ = prepare(x_known, mask)
     x_rep = x_known.repeat_interleave(n, dim=0)
     mask_rep = mask.repeat_interleave(n, dim=0) if mask.shape[0] > 1 else mask
-    return METHODS[method].fn(sde, score_fn, x_rep, mask_rep, generator=generator, **options)
+    return METHODS[method].fn(sde, score_fn, x_rep, mask_rep, generator=generator, callback=callback, **options)

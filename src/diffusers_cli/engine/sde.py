@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 from diffusers_cli.engine.schedules import REFERENCE_T, LinearSchedule, Schedule
+from diffusers_cli.engine.rng import RNG, randn
 from diffusers_cli.engine.utils import append_dims
 
 
@@ -23,6 +24,9 @@ class SDE(ABC):
     T: float = 1.0
     #: Default end time of sampling and smallest training time (the score blows up at 0).
     eps: float = 1e-3
+    #: Whether training may perturb data at any time in [eps, T] (EDM's log-normal times); a chain
+    #: trained on its own discrete steps (DDPM) says False, and training always uses ``train_times``.
+    continuous_time: bool = True
 
     @abstractmethod
     def drift_diffusion(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
@@ -49,12 +53,12 @@ class SDE(ABC):
     def prior_sample(
         self,
         shape: tuple[int, ...],
-        generator: torch.Generator | None = None,
+        generator: RNG = None,
         device: torch.device | str | None = None,
         dtype: torch.dtype = torch.float32,
     ) -> Tensor:
-        """Draw x_T from the prior."""
-        z = torch.randn(shape, generator=generator, device=device, dtype=dtype)
+        """Draw x_T from the prior (per image if ``generator`` is an ImageGenerators)."""
+        z = randn(shape, generator, device, dtype)
         return z * self.prior_std()
 
     def prior_logp(self, z: Tensor) -> Tensor:
@@ -227,6 +231,8 @@ class DiscreteSchedule(Schedule):
 
 class DDPM(VPSDE):
     """DDPM (Ho et al. 2020): the VP process observed at t = i / T, trained on integer steps i."""
+
+    continuous_time = False
 
     def __init__(self, schedule: Schedule | None = None, num_steps: int = REFERENCE_T) -> None:
         super().__init__(DiscreteSchedule(schedule if schedule is not None else LinearSchedule(), num_steps))

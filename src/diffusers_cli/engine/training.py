@@ -1,12 +1,20 @@
-"""Training-step pieces: exponential moving average with warm-up, learning-rate warm-up, and the data order."""
+"""The training loop and its pieces: EMA with warm-up, learning-rate schedule, data order, hooks, deferred Ctrl-C."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
+import signal
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Sequence
 
 import torch
 from torch import Tensor, nn
+
+from diffusers_cli.engine.objectives import Objective
 
 
 class EMA:
@@ -74,3 +82,138 @@ def batch_indices(num_examples: int, batch_size: int, seed: int, step: int) -> T
         out.append(take)
         start += len(take)
     return torch.cat(out)
+
+
+@dataclass(frozen=True)
+class Hook:
+    """Something to do between training steps every ``every`` steps: a sample grid, a checkpoint, an evaluation."""
+
+    every: int  # steps between calls, counted from step 0 (a resumed run keeps the cadence); 0: never
+    fn: Callable[[int], None]  # called with the number of steps done
+    final: bool = False  # also (with every=0: only) after the run's last step; else the caller ends the run itself
+
+    def due(self, done: int, steps: int) -> bool:
+        """Whether to call ``fn`` once ``done`` of ``steps`` steps are done."""
+        if done == steps and self.final:
+            return True
+        return self.every > 0 and done % self.every == 0 and done != steps
+
+
+@dataclass
+class LoopResult:
+    """How far a training loop got."""
+
+    step: int  # steps done (the start step if there was nothing to do)
+    loss: float  # the last step's mean loss (nan if none ran)
+    interrupted: bool  # stopped by Ctrl-C before the last step
+
+
+class DeferredInterrupt:
+    """Defers the first Ctrl-C to the end of the current step, so the saved state is consistent; a second one aborts."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._old: Any = None
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __enter__(self) -> "DeferredInterrupt":
+        if threading.current_thread() is threading.main_thread():
+            self._old = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._old is not None:
+            signal.signal(signal.SIGINT, self._old)
+
+
+def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager[Any]:
+    """The autocast context of ``precision`` ("fp32", "bf16" or "fp16") on ``device``."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def train_loop(
+    net: nn.Module,  # the online network: its parameters are clipped, stepped and averaged
+    ema: EMA,  # the average updated after every step
+    opt: torch.optim.Optimizer,  # over net's parameters; its learning rate is set each step
+    objective: Objective,  # draws each global batch's randomness and (un-wrapped) accumulates statistics
+    batches: Iterable[tuple[Tensor, Tensor]],  # global (images, labels) batches of steps start, start + 1, ...
+    generator: torch.Generator | None,  # the run's generator: augmentation, then the objective's draws
+    *,
+    steps: int,  # the step the run ends at
+    start: int = 0,  # the step of the first batch
+    lr: Callable[[int], float],  # learning rate of a step (e.g. ``warmup_lr``)
+    device: torch.device,  # where the batches go
+    grad_clip: float = 0.0,  # max global gradient norm; 0 disables
+    precision: str = "fp32",  # "fp32", "bf16" or "fp16" (autocast; fp16 with a GradScaler)
+    channels_last: bool = False,  # 4-D inputs in channels-last memory format
+    local: slice = slice(None),  # this rank's share of the global batch
+    forward: Callable[..., tuple[Tensor, dict[str, Tensor]]] | None = None,  # objective as DDP / compile wrap it
+    augment: Callable[[Tensor, torch.Generator | None], Tensor] | None = None,  # e.g. random flips, drawn first
+    log_every: int = 50,  # steps per log record (and one after the last step)
+    on_log: Callable[[int, dict[str, Any]], None] | None = None,  # (step, record) of the steps since the last
+    on_step: Callable[[int, float], None] | None = None,  # (step, loss) after every step: progress bars
+    hooks: Sequence[Hook] = (),  # grids, checkpoints, evaluations, in this order after the log
+) -> LoopResult:
+    """Run steps ``start`` .. ``steps`` - 1 (fewer if Ctrl-C stops it); raises FloatingPointError on a non-finite loss.
+
+    Each step draws on the global batch (augmentation, then the objective's times, noise,
+    labels), slices it to ``local``, and takes one optimizer step on the mean per-example loss.
+    """
+    forward = objective if forward is None else forward
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+    log_hook = Hook(log_every, lambda s: None, final=True)
+    window: list[float] = []
+    t0 = time.perf_counter()
+    t_log, step, last_loss = t0, start, math.nan
+    with DeferredInterrupt() as stop:
+        for step, (x, y) in enumerate(batches, start=start):
+            # One global draw, sliced per rank: any world size sees the same examples and noise.
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            if augment is not None:
+                x = augment(x, generator)
+            batch = {k: v[local] for k, v in objective.draw(x, y, generator).items()}
+            if channels_last:
+                batch = {k: v.contiguous(memory_format=torch.channels_last) if v.ndim == 4 else v for k, v in batch.items()}
+            for g in opt.param_groups:
+                g["lr"] = lr(step)
+            with autocast(device, precision):
+                per_example, stats = forward(**batch)
+            loss = per_example.float().mean()
+            opt.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.unscale_(opt)
+            if grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(net.parameters(), grad_clip)
+            scaler.step(opt)
+            scaler.update()
+            ema.update(net)
+            last_loss = float(loss.detach())
+            if not math.isfinite(last_loss):
+                raise FloatingPointError(f"loss became {last_loss} at step {step}; lower --lr or use fp32")
+            window.append(last_loss)
+            objective.observe(batch, stats)
+            done = step + 1
+            if on_step is not None:
+                on_step(done, last_loss)
+            if log_hook.due(done, steps):
+                now = time.perf_counter()
+                record: dict[str, Any] = {"step": done, "loss": sum(window) / len(window), "lr": opt.param_groups[0]["lr"],
+                                          "it_per_s": len(window) / max(now - t_log, 1e-9), "time": round(now - t0, 3)}
+                record.update(objective.report())
+                if on_log is not None:
+                    on_log(done, record)
+                window, t_log = [], now
+            for hook in hooks:
+                if hook.due(done, steps):
+                    hook.fn(done)
+            step = done
+            if stop.requested:
+                break
+    return LoopResult(step, last_loss, stop.requested and step < steps)
