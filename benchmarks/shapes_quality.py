@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from shapes_judge import judge_images, train_judge  # noqa: E402
 
 from diffusers_cli.build import load_score_model  # noqa: E402
-from diffusers_cli.config import DEFAULT_GUIDANCE  # noqa: E402
+from diffusers_cli.defaults import DEFAULT_GUIDANCE  # noqa: E402
 from diffusers_cli.data import load_dataset  # noqa: E402
 from diffusers_cli.engine.guidance import cycle_labels  # noqa: E402
 from diffusers_cli.engine.metrics.fid import frechet_distance  # noqa: E402

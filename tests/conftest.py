@@ -53,3 +53,15 @@ def tiny_classifier(tmp_path_factory: pytest.TempPathFactory) -> Path:
     tmp = tmp_path_factory.mktemp("clf")
     cfg = tiny_train_config(tmp, steps=10, task="classifier", name="clf", **{"classifier.preset": "wrn-10-2", "classifier.widen": 1})
     return train(cfg).run_dir
+
+
+def registered_sdes() -> dict[str, Any]:
+    """Every SDE kind of the config registry, built with its defaults, plus the cosine-schedule VP variant.
+
+    Tests that must hold for every SDE parametrise over this, so a new kind is covered the moment it is registered.
+    """
+    from diffusers_cli.config import SDE_CONFIGS, VPConfig
+
+    sdes = {cls().kind: cls().build() for cls in SDE_CONFIGS}
+    sdes["vp-cosine"] = VPConfig(schedule="cosine").build()
+    return sdes

@@ -12,7 +12,7 @@ from test_cli import TINY, invoke, one_error_line
 from torch import Tensor
 
 from diffusers_cli.checkpoints import load_weights
-from diffusers_cli.config import DEFAULT_GUIDANCE
+from diffusers_cli.defaults import DEFAULT_GUIDANCE
 from diffusers_cli.engine.analytic import GaussianMixture
 from diffusers_cli.engine.guidance import classifier_free, cycle_labels
 from diffusers_cli.engine.samplers import sample

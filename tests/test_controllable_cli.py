@@ -49,7 +49,7 @@ def test_condition_bad_inputs(tiny_run: Path, tiny_classifier: Path, tmp_path: P
     big = train(tiny_train_config(tmp_path, steps=1, task="classifier", name="big-clf",
                                   **{"classifier.preset": "wrn-10-2", "classifier.widen": 1, "data.image_size": 16})).run_dir
     line = one_error_line(invoke("condition", "--model", tiny_run, "--classifier", big, "--class", "0", "--out", tmp_path / "x.png"))
-    assert "expects image_size 16 but the model makes 8" in line
+    assert "expects images of shape (3, 16, 16) (C, H, W) but the model makes (3, 8, 8)" in line
 
 
 @pytest.mark.parametrize("method", ["smc", "replacement", "repaint"])

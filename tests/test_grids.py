@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from conftest import registered_sdes
+
 import pytest
 import torch
 
@@ -9,12 +11,7 @@ from diffusers_cli.engine.grids import GRIDS, time_grid
 from diffusers_cli.engine.schedules import CosineSchedule
 from diffusers_cli.engine.sde import SDE, VESDE, VPSDE, SubVPSDE
 
-SDES = {
-    "ve": VESDE(),
-    "vp": VPSDE(),
-    "subvp": SubVPSDE(),
-    "vp-cosine": VPSDE(CosineSchedule()),
-}
+SDES: dict[str, SDE] = registered_sdes()  # every registered kind (DDPM included) and VP with the cosine schedule
 STEPS = 12
 
 

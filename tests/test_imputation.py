@@ -24,6 +24,7 @@ from diffusers_cli.engine.masks import (
     mask_from_image,
     mask_to_image,
 )
+from diffusers_cli.engine.options import OptionError
 from diffusers_cli.engine.samplers import SAMPLERS
 from diffusers_cli.engine.score import ScoreFn
 from diffusers_cli.engine.sde import VESDE, VPSDE
@@ -189,9 +190,9 @@ def test_bad_input_errors() -> None:
     sde = VPSDE()
     score = mixture().score_fn(sde)
     x, mask = observation()
-    with pytest.raises(ValueError, match="unknown imputation method 'magic'"):
+    with pytest.raises(OptionError, match="unknown imputation method 'magic'; use auto or one of smc, replacement, repaint"):
         impute(sde, score, x, mask, method="magic")
-    with pytest.raises(ValueError, match="imputation method 'smc' takes no option 'sampler'"):
+    with pytest.raises(OptionError, match="imputation method 'smc' has no option 'sampler'; its options are: steps .default 1000., particles"):
         impute(sde, score, x, mask, method="smc", sampler="pc")
     with pytest.raises(ValueError, match=r"mask must be \[1 or 1, 1 or 1, 1, 4\]"):
         impute(sde, score, x, torch.ones(1, 1, 2, 2))
@@ -199,7 +200,7 @@ def test_bad_input_errors() -> None:
         impute(sde, score, x, mask * 0.5)
     with pytest.raises(ValueError, match="n must be at least 1"):
         impute(sde, score, x, mask, n=0)
-    with pytest.raises(ValueError, match="unknown resampling 'stratified'"):
+    with pytest.raises(OptionError, match="option resampling must be one of systematic, multinomial, got stratified"):
         impute(sde, score, x, mask, resampling="stratified")
     assert method_options("smc")["particles"] == 16 and method_options("repaint")["predictor"] == "ancestral"
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from conftest import registered_sdes
+
 import math
 import re
 from collections.abc import Iterator
@@ -21,12 +23,7 @@ from diffusers_cli.engine.likelihood import (
 from diffusers_cli.engine.schedules import CosineSchedule
 from diffusers_cli.engine.sde import SDE, VESDE, VPSDE, SubVPSDE
 
-SDES: dict[str, SDE] = {
-    "ve": VESDE(),
-    "vp": VPSDE(),
-    "subvp": SubVPSDE(),
-    "vp-cosine": VPSDE(CosineSchedule()),
-}
+SDES: dict[str, SDE] = registered_sdes()  # every registered kind (DDPM included) and VP with the cosine schedule
 SHAPE = (1, 4, 4)
 D = 16
 MEAN = torch.linspace(-0.8, 0.8, D, dtype=torch.float64).reshape(SHAPE)
@@ -66,12 +63,17 @@ def _gaussian_flow_log_likelihood(sde: SDE, x: Tensor) -> Tensor:
     return GAUSS.log_prob(x, sde, _eps_vec(sde, len(x))) - GAUSS.log_prob(x_T, sde, t_T) + sde.prior_logp(x_T)
 
 
+#: DDPM's beta is piecewise constant in t (1000 steps), so the flow's drift has 1000 kinks that the adaptive
+#: solver (rtol 1e-5) steps across: 3.3e-3 nats off on one of these points, against < 2e-3 on the smooth SDEs.
+FLOW_ATOL = {"ddpm": 5e-3}
+
+
 @pytest.mark.parametrize("sde_name", sorted(SDES))
 def test_exact_trace_is_the_change_of_variables_of_the_flow(sde_name: str) -> None:
     sde = SDES[sde_name]
     x = GAUSS.sample(4, torch.Generator().manual_seed(0))[0].double()
     got = log_likelihood(sde, GAUSS.score_fn(sde), x, probe="exact")
-    torch.testing.assert_close(got, _gaussian_flow_log_likelihood(sde, x), rtol=0.0, atol=2e-3)
+    torch.testing.assert_close(got, _gaussian_flow_log_likelihood(sde, x), rtol=0.0, atol=FLOW_ATOL.get(sde_name, 2e-3))
 
 
 @pytest.mark.parametrize("sde_name", sorted(SDES))

@@ -6,6 +6,8 @@ picked up (and must be given a golden value) automatically.
 
 from __future__ import annotations
 
+from conftest import registered_sdes
+
 import math
 import re
 from collections.abc import Iterator
@@ -32,12 +34,7 @@ from diffusers_cli.engine.schedules import CosineSchedule
 from diffusers_cli.engine.score import NFECounter
 from diffusers_cli.engine.sde import SDE, VESDE, VPSDE, SubVPSDE
 
-SDES: dict[str, SDE] = {
-    "ve": VESDE(),
-    "vp": VPSDE(),
-    "subvp": SubVPSDE(),
-    "vp-cosine": VPSDE(CosineSchedule()),
-}
+SDES: dict[str, SDE] = registered_sdes()  # every registered kind (DDPM included) and VP with the cosine schedule
 SHAPE = (1, 4, 4)
 N = 2000  # samples per moment test: 4 standard errors of a variance are 4 sqrt(2 / N) = 12.6 %
 MEAN = torch.linspace(-1.0, 1.0, 16, dtype=torch.float64).reshape(SHAPE)

@@ -9,9 +9,10 @@ import torch
 from torch import nn
 
 from diffusers_cli.checkpoints import CheckpointError, WEIGHTS_NAME, ModelCard, load_into, load_model, subset
-from diffusers_cli.config import ClassifierConfig, ConfigError, NetworkConfig, SDEConfig
+from diffusers_cli.config import ClassifierConfig, ConfigError, NetworkConfig, SDEConfig, TrainConfig
 from diffusers_cli.engine.networks.classifier import WRN_PRESETS, WideResNet
 from diffusers_cli.engine.networks.unet import UNET_PRESETS, UNet
+from diffusers_cli.engine.objectives import ClassifierObjective, Objective, ScoreObjective
 from diffusers_cli.engine.score import ScoreModel
 from diffusers_cli.engine.sde import SDE
 
@@ -85,6 +86,21 @@ def network_from_card(card: ModelCard, path: Path) -> nn.Module:
 def sde_from_card(card: ModelCard) -> SDE:
     """The SDE a card's model was trained for."""
     return build_sde(sde_config_from_dict(card.sde))
+
+
+def build_objective(cfg: TrainConfig, net: nn.Module, sde: SDE) -> Objective:
+    """The loss the config asks for: DSM of a score model, or a noise-aware classifier's cross-entropy."""
+    if cfg.task == "classifier":
+        return ClassifierObjective(net, sde)
+    return ScoreObjective(
+        ScoreModel(net, sde, cfg.network.parameterization),
+        weighting=cfg.loss_weighting,
+        time_sampling=cfg.time_sampling,
+        lognormal_mean=cfg.lognormal_mean,
+        lognormal_std=cfg.lognormal_std,
+        conditional=cfg.class_conditional,
+        label_dropout=cfg.label_dropout,
+    )
 
 
 def resolve_device(name: str) -> torch.device:

@@ -115,9 +115,9 @@ def _migrate_v1(meta: dict[str, Any], path: Path) -> dict[str, Any]:
         raise CheckpointError(f"{path} has damaged version-1 diffusers-cli metadata ({type(err).__name__}: {err}); re-export it from its run") from None
 
 
-def save_model(path: Path, tensors: dict[str, Tensor], card: ModelCard) -> None:
-    """Write a model's tensors with its card, atomically."""
-    _save(path, tensors, card.to_json())
+def save_model(path: Path, tensors: dict[str, Tensor], card: ModelCard, atomic: bool = True) -> None:
+    """Write a model's tensors with its card, atomically (``atomic=False``: the caller already writes to a temporary path)."""
+    _save(path, tensors, card.to_json(), atomic)
 
 
 def read_card(path: Path) -> ModelCard:
@@ -139,10 +139,13 @@ def save_weights(path: Path, tensors: dict[str, Tensor], meta: dict[str, Any]) -
     _save(path, tensors, json.dumps(meta))
 
 
-def _save(path: Path, tensors: dict[str, Tensor], meta_json: str) -> None:
+def _save(path: Path, tensors: dict[str, Tensor], meta_json: str, atomic: bool = True) -> None:
     header = {"format": FORMAT, "format_version": str(FORMAT_VERSION), "meta": meta_json}
     flat = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
-    with atomic_path(Path(path)) as tmp:
+    if not atomic:
+        save_file(flat, str(path), metadata=header)
+        return
+    with atomic_path(Path(path), durable=True) as tmp:
         save_file(flat, str(tmp), metadata=header)
 
 

@@ -297,12 +297,6 @@ class TrainConfig(Strict):
     sampler: SamplerConfig = Field(default_factory=lambda: SamplerConfig(name="ei", steps=30))
 
 
-#: Classifier-free guidance scale of ``diffuse sample`` on a class-conditional model when none is given.
-#: On 16x16 shapes (the Quickstart, benchmarks/README.md) 2 gave both more recognisable samples than 1
-#: (95 % against 84 %) and the samples closest to real ones in the judge's features; 3 and 5 recognise
-#: 98-99 % but drift from the data (saturated, alike), so their distance grows 3-10 fold. On MNIST 2 is
-#: more legible than 1 (98 % against 82 %) but already further from real digits in that distance.
-DEFAULT_GUIDANCE = 2.0
 
 
 class SampleConfig(Strict):

@@ -6,13 +6,13 @@ import json
 import math
 import time
 from pathlib import Path
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
-import torch
-from PIL import Image, ImageDraw
-from torch import Tensor
+from diffusers_cli.files import MACHINE_ERRNOS, atomic_path, check_image_output, machine_error
 
-from diffusers_cli.files import atomic_path, check_writable
+if TYPE_CHECKING:  # torch and PIL load only when an image is written, so `diffuse --help` stays instant
+    from PIL import Image
+    from torch import Tensor
 
 METRICS_NAME = "metrics.jsonl"
 CONFIG_NAME = "config.json"
@@ -32,17 +32,23 @@ def latest_run(runs_dir: Path) -> Path | None:
 
 def to_uint8(x: Tensor) -> Tensor:
     """Images in [-1, 1] -> uint8 [B, C, H, W] (clamped, rounded)."""
+    import torch
+
     return ((x.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
 
 
 def to_pil(img: Tensor) -> Image.Image:
     """One uint8 image [C, H, W] (1 or 3 channels) as a PIL image."""
+    from PIL import Image
+
     arr = img.permute(1, 2, 0).numpy()
     return Image.fromarray(arr[..., 0], "L") if arr.shape[2] == 1 else Image.fromarray(arr, "RGB")
 
 
 def make_grid(x: Tensor, nrow: int | None = None, padding: int = 2) -> Tensor:
     """Tile images in [-1, 1] into one uint8 image [C, H', W'] with ``nrow`` per row (square by default)."""
+    import torch
+
     imgs = to_uint8(x)
     b, c, h, w = imgs.shape
     nrow = nrow or max(1, math.ceil(math.sqrt(b)))
@@ -56,7 +62,8 @@ def make_grid(x: Tensor, nrow: int | None = None, padding: int = 2) -> Tensor:
 
 
 def save_png(img: Tensor, path: Path) -> None:
-    """Write one uint8 image [C, H, W] as PNG, atomically."""
+    """Write one uint8 image [C, H, W] as PNG, atomically; any other extension is refused (OutputError)."""
+    check_image_output(path, flag=None)
     with atomic_path(path) as tmp:
         to_pil(img).save(tmp, format="PNG")
 
@@ -68,7 +75,7 @@ def save_grid(x: Tensor, path: Path, nrow: int | None = None) -> None:
 
 def save_individual(x: Tensor, path: Path) -> list[Path]:
     """Write each image as ``<stem>_<i>.png`` beside ``path``; returns the paths."""
-    check_writable(path)
+    check_image_output(path, flag=None, individual=True)
     out = []
     for i, img in enumerate(to_uint8(x)):
         p = path.with_name(f"{path.stem}_{i:05d}.png")
@@ -92,9 +99,14 @@ class MetricsLog:
         self.path = path
 
     def write(self, record: dict[str, Any]) -> None:
-        """Append one record."""
-        with self.path.open("a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
+        """Append one record; a full disk raises MachineError naming the log (a torn last line is skipped on read)."""
+        try:
+            with self.path.open("a", encoding="utf-8") as f:
+                f.write(json.dumps(record) + "\n")
+        except OSError as err:
+            if err.errno in MACHINE_ERRNOS:
+                raise machine_error(self.path, err, "its earlier records are intact") from err
+            raise
 
     def read(self) -> list[dict[str, Any]]:
         """All records so far (a torn last line from a crash is skipped)."""
@@ -117,6 +129,8 @@ class MetricsLog:
 
 def plot_series(points: Iterable[tuple[float, float]], path: Path, title: str = "loss", size: tuple[int, int] = (640, 400)) -> None:
     """A minimal line plot (log-scaled y when positive) drawn with PIL, so no plotting library is needed."""
+    from PIL import Image, ImageDraw
+
     pts = [(float(x), float(y)) for x, y in points if math.isfinite(y)]
     w, h = size
     img = Image.new("RGB", size, "white")

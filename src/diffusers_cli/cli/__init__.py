@@ -9,6 +9,7 @@ from diffusers_cli.cli.condition import condition_command
 from diffusers_cli.cli.evaluate import evaluate_command
 from diffusers_cli.cli.impute import impute_command
 from diffusers_cli.cli.sample import sample_command
+from diffusers_cli.cli.samplers import samplers_command
 from diffusers_cli.cli.train import train_command
 from diffusers_cli.cli.info import datasets_command, env_command
 
@@ -26,6 +27,7 @@ app.command("condition")(condition_command)
 app.command("impute")(impute_command)
 app.command("datasets")(datasets_command)
 app.command("env")(env_command)
+app.command("samplers")(samplers_command)
 
 
 def _version(value: bool) -> None:

@@ -6,11 +6,14 @@ import json
 import os
 import sys
 import time
-import traceback
 from pathlib import Path
 from typing import Annotated, Any, Callable, Optional, TypeVar
 
+import click
 import typer
+
+from diffusers_cli.errors import MachineError, UsageError
+from diffusers_cli.files import MACHINE_ERRNOS, MACHINE_HINTS
 
 T = TypeVar("T")
 
@@ -26,21 +29,68 @@ def fail(message: str, code: int = EXIT_USAGE) -> typer.Exit:
     return typer.Exit(code)
 
 
+def first_line(err: BaseException) -> str:
+    """The first non-empty line of an error's message, or its type's name when it has none."""
+    text = str(err).strip()
+    return text.splitlines()[0].strip() if text else type(err).__name__
+
+
+def debug_enabled() -> bool:
+    """DIFFUSE_DEBUG set to anything but empty, 0, false or no: show tracebacks."""
+    return os.environ.get("DIFFUSE_DEBUG", "").strip().lower() not in ("", "0", "false", "no")
+
+
+def _os_error_line(err: OSError) -> str:
+    """One line for an OSError: the file and the cause (and what to do for a failing machine), without '[Errno N]'."""
+    if not err.strerror:
+        return first_line(err)
+    hint = MACHINE_HINTS.get(err.errno) if err.errno is not None else None
+    cause = err.strerror + (f"; {hint}" if hint else "")
+    if err.filename is None:
+        return cause
+    target = f"{err.filename} -> {err.filename2}" if err.filename2 is not None else str(err.filename)
+    return f"{target}: {cause}"
+
+
+def _failure(err: BaseException, message: str, code: int) -> typer.Exit:
+    """Print the traceback under DIFFUSE_DEBUG=1, then the one error line; return the Exit to raise."""
+    if debug_enabled():
+        import traceback
+
+        traceback.print_exception(err)
+    return fail(message, code)
+
+
 def run_job(job: Callable[[], T]) -> T:
-    """Run a job; bad input (any ValueError: config, data, checkpoint, output) exits 2 with one line, bugs exit 1."""
+    """Run a job under the error policy: bad input exits 2, a failing machine 1, a bug 1, Ctrl-C 130; one line each.
+
+    Every outcome is one ``diffuse: error:`` line on stderr that says what went wrong and what to do;
+    a traceback is shown only with DIFFUSE_DEBUG=1.
+    """
     try:
         return job()
-    except typer.Exit:  # typer.Exit is a RuntimeError: let it through untouched
+    except (typer.Exit, typer.Abort, click.exceptions.ClickException):  # typer.Exit is a RuntimeError: keep it whole
         raise
-    except (ValueError, FileNotFoundError, PermissionError, IsADirectoryError) as err:
-        msg = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise fail(msg, EXIT_USAGE) from None
+    except UsageError as err:
+        raise _failure(err, first_line(err), EXIT_USAGE) from None
+    except MachineError as err:
+        raise _failure(err, first_line(err), EXIT_FAILURE) from None
+    except OSError as err:
+        if err.errno in MACHINE_ERRNOS:  # a full disk etc. outside atomic_path: still the machine, not a bug
+            raise _failure(err, _os_error_line(err), EXIT_FAILURE) from None
+        if isinstance(err, (FileNotFoundError, PermissionError, IsADirectoryError)):  # a bad path the user gave
+            raise _failure(err, _os_error_line(err), EXIT_USAGE) from None
+        raise _unexpected(err) from None
     except KeyboardInterrupt:
         raise fail("interrupted", EXIT_INTERRUPTED) from None
-    except Exception as err:  # an unexpected failure is a bug: show where, exit 1
-        if os.environ.get("DIFFUSE_DEBUG") or not isinstance(err, (RuntimeError, FloatingPointError, OSError)):
-            traceback.print_exc()
-        raise fail(f"unexpected failure: {type(err).__name__}: {err}", EXIT_FAILURE) from None
+    except Exception as err:  # a bug, ours or a library's (a plain ValueError from numpy included)
+        raise _unexpected(err) from None
+
+
+def _unexpected(err: BaseException) -> typer.Exit:
+    """A bug: one line naming the exception (with the DIFFUSE_DEBUG hint unless it is set); exit 1."""
+    summary = f"unexpected failure: {type(err).__name__}: {first_line(err)}"
+    return _failure(err, summary if debug_enabled() else f"{summary} (set DIFFUSE_DEBUG=1 for the traceback)", EXIT_FAILURE)
 
 
 def emit_json(summary: dict[str, Any]) -> None:
@@ -140,32 +190,77 @@ def make_reporter(json_mode: bool, quiet: bool = False) -> Any:
     return LineReporter()
 
 
-def parse_kv(items: list[str] | None) -> dict[str, Any]:
-    """``--set a.b=value`` pairs; values are parsed as YAML scalars (numbers, booleans, lists)."""
+def _pairs(items: list[str] | None, flag: str, example: str) -> dict[str, Any]:
+    """KEY=VALUE pairs of a repeatable flag; values are parsed as YAML scalars (numbers, booleans, lists)."""
     import yaml
 
     out: dict[str, Any] = {}
     for item in items or []:
-        if "=" not in item:
-            raise ValueError(f"--set expects KEY=VALUE (e.g. optim.lr=1e-4), got {item!r}")
-        key, value = item.split("=", 1)
-        out[key.strip()] = yaml.safe_load(value)
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise UsageError(f"{flag} expects KEY=VALUE (e.g. {flag} {example}), got {item!r}")
+        try:
+            out[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            out[key.strip()] = value  # not a YAML scalar: keep the text, the option's own check judges it
     return out
 
 
+def parse_kv(items: list[str] | None) -> dict[str, Any]:
+    """``--set a.b=value`` pairs; values are parsed as YAML scalars (numbers, booleans, lists)."""
+    return _pairs(items, "--set", "optim.lr=1e-4")
+
+
+def sampler_overrides(
+    sampler: str | None = None,
+    steps: int | None = None,
+    grid: str | None = None,
+    eps: float | None = None,
+    no_denoise: bool = False,
+    options: list[str] | None = None,
+    section: str = "sampler",
+    **named: Any,
+) -> dict[str, object]:
+    """Config overrides (None: not given) of a sampler section from its flags.
+
+    Named option flags (``--order``, ``--eta``, ``--snr``, ...) and each ``-o KEY=VALUE`` become
+    ``<section>.options.KEY``; the engine's signature of the chosen sampler checks them.
+    """
+    out: dict[str, object] = {
+        f"{section}.name": sampler, f"{section}.steps": steps, f"{section}.grid": grid, f"{section}.eps": eps,
+        f"{section}.final_denoise": False if no_denoise else None,
+    }
+    given = {k: v for k, v in named.items() if v is not None}
+    given.update(_pairs(options, "-o", "corrector=true"))
+    out.update({f"{section}.options.{k}": v for k, v in given.items()})
+    return out
+
+
+def option_pairs(items: list[str] | None) -> dict[str, Any]:
+    """``-o KEY=VALUE`` pairs (for commands whose options are not a sampler's, e.g. an imputation method's)."""
+    return _pairs(items, "-o", "particles=32")
+
+
 # Options shared by several subcommands: declared once so their names and help read alike everywhere.
+# Sampler and metric names are not listed here: their registries live in the engine, which imports torch,
+# and `--help` must answer at once; `diffuse samplers` lists them from the registry itself.
 ConfigOpt = Annotated[Optional[Path], typer.Option("--config", help="YAML, JSON or TOML config; flags override its values.")]
-SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="Override any config key: --set sampler.snr=0.1.")]
-SeedOpt = Annotated[Optional[int], typer.Option("--seed", help="Seed; the same seed gives the same result.")]
+SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="Override any config key: --set sampler.options.snr=0.1.")]
+SeedOpt = Annotated[Optional[int], typer.Option("--seed", help="Seed; image i depends only on (seed, i), whatever the batch size.")]
 DeviceOpt = Annotated[Optional[str], typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print a JSON summary on stdout.")]
 ModelOpt = Annotated[Optional[Path], typer.Option("--model", help="Run directory or .safetensors file (default: the newest run under ./runs).")]
-SamplerOpt = Annotated[Optional[str], typer.Option("--sampler", help="em, pc, ddpm, ode, euler, heun, ei, ddim, ipndm.")]
+SamplerOpt = Annotated[Optional[str], typer.Option("--sampler", help="Sampler name; `diffuse samplers` lists them with their options.")]
 StepsOpt = Annotated[Optional[int], typer.Option("--steps", help="Sampler steps (the ode sampler adapts its own).")]
 NumOpt = Annotated[Optional[int], typer.Option("-n", "--num-samples", help="How many images.")]
-BatchOpt = Annotated[Optional[int], typer.Option("--batch-size", help="Images per batch.")]
-GridOpt = Annotated[Optional[str], typer.Option("--grid", help="Time grid: uniform, quadratic, logsnr, karras.")]
-SnrOpt = Annotated[Optional[float], typer.Option("--snr", help="Langevin signal-to-noise ratio (pc).")]
-OrderOpt = Annotated[Optional[int], typer.Option("--order", help="Solver order (ei).")]
-EtaOpt = Annotated[Optional[float], typer.Option("--eta", help="DDIM stochasticity (ddim).")]
+BatchOpt = Annotated[Optional[int], typer.Option("--batch-size", help="Images per batch (does not change the images).")]
+GridOpt = Annotated[Optional[str], typer.Option("--grid", help="Time grid (default: the sampler's); `diffuse samplers` lists them.")]
+OptionOpt = Annotated[Optional[list[str]], typer.Option("-o", "--option", help="Sampler option KEY=VALUE, repeatable (e.g. -o corrector=true); `diffuse samplers` lists each sampler's.")]
+SnrOpt = Annotated[Optional[float], typer.Option("--snr", help="Langevin signal-to-noise ratio (pc); = -o snr=V.")]
+OrderOpt = Annotated[Optional[int], typer.Option("--order", help="Solver order (ei, ipndm); = -o order=N.")]
+EtaOpt = Annotated[Optional[float], typer.Option("--eta", help="DDIM stochasticity (ddim); = -o eta=V.")]
+RtolOpt = Annotated[Optional[float], typer.Option("--rtol", help="Relative tolerance (ode); = -o rtol=V.")]
+AtolOpt = Annotated[Optional[float], typer.Option("--atol", help="Absolute tolerance (ode); = -o atol=V.")]
+EpsOpt = Annotated[Optional[float], typer.Option("--eps", help="End time of sampling (default: the SDE's).")]
+NoDenoiseOpt = Annotated[bool, typer.Option("--no-denoise", help="Skip the final denoising step.")]
 IndividualOpt = Annotated[bool, typer.Option("--individual", help="One PNG per image instead of a grid.")]

@@ -16,6 +16,7 @@ def datasets_command(
     """List the datasets diffuse can train on and where their files go."""
 
     def job() -> None:
+        # The registry imports no torch, so this answers at once.
         from diffusers_cli.data import list_datasets
 
         rows = list_datasets()
@@ -23,7 +24,9 @@ def datasets_command(
             emit_json({"datasets": rows})
             return
         for row in rows:
-            print(f"{row['name']:<14} {row['description']}")
+            aliases = row["aliases"]
+            also = f" (also: {', '.join(aliases)})" if isinstance(aliases, list) and aliases else ""
+            print(f"{row['name']:<14} {row['description']}{also}")
 
     run_job(job)
 

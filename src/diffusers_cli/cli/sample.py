@@ -12,7 +12,7 @@ from diffusers_cli.cli.common import (
     OptionOpt, OrderOpt, RtolOpt, SamplerOpt, SeedOpt, SetOpt, SnrOpt, StepsOpt, emit_json, make_reporter, parse_kv,
     run_job, sampler_overrides,
 )
-from diffusers_cli.config import DEFAULT_GUIDANCE
+from diffusers_cli.defaults import DEFAULT_GUIDANCE
 
 
 def sample_command(

@@ -58,6 +58,7 @@ def train_command(
 
     def job() -> int:
         from diffusers_cli.config import TrainConfig, build_config
+        from diffusers_cli.errors import UsageError
         from diffusers_cli.runs import CONFIG_NAME, latest_run
 
         file = config
@@ -78,7 +79,7 @@ def train_command(
             runs = out or Path("runs")
             run = runs / name if name else latest_run(runs)
             if run is None or not (run / CONFIG_NAME).is_file():
-                raise ValueError(f"nothing to resume: no run {'named ' + repr(name) if name else 'at all'} under {runs}/")
+                raise UsageError(f"nothing to resume: no run {'named ' + repr(name) if name else 'at all'} under {runs}/")
             file = run / CONFIG_NAME
             overrides.update({"name": run.name, "out": str(run.parent), "resume": True})
         overrides.update(parse_kv(set_))

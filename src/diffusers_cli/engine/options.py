@@ -13,6 +13,7 @@ A sampler, imputation method or grid declares each option once, in its signature
 from __future__ import annotations
 
 import inspect
+import math
 import typing
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -63,7 +64,10 @@ class OptionSpec:
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-able description (for `diffuse samplers --json`)."""
-        out: dict[str, Any] = {"name": self.name, "type": self.type.__name__, "default": self.default, "help": self.help}
+        # JSON has no infinity: a non-finite default (s_tmax) is written as its text.
+        default = str(self.default) if isinstance(self.default, float) and not math.isfinite(self.default) else self.default
+        out: dict[str, Any] = {"name": self.name, "type": self.type.__name__, "default": default, "help": self.help,
+                               "limits": self.limits()}
         if self.choices is not None:
             out["choices"] = list(self.choices)
         out.update({k: v for k, v in (("ge", self.ge), ("gt", self.gt), ("le", self.le), ("lt", self.lt)) if v is not None})

@@ -12,7 +12,8 @@ from torch import Tensor
 
 from diffusers_cli import build
 from diffusers_cli.checkpoints import ModelCard
-from diffusers_cli.config import DEFAULT_GUIDANCE, SampleConfig, SamplerConfig
+from diffusers_cli.config import SampleConfig, SamplerConfig
+from diffusers_cli.defaults import DEFAULT_GUIDANCE
 from diffusers_cli.data import class_index
 from diffusers_cli.distributed import World, all_gather, init_world, shutdown
 from diffusers_cli.engine.guidance import classifier_free, cycle_labels

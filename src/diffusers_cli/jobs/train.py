@@ -14,17 +14,17 @@ from torch.nn.parallel import DistributedDataParallel
 
 from diffusers_cli import build
 from diffusers_cli.checkpoints import STATE_NAME, WEIGHTS_NAME, CheckpointError, ModelCard, load_into, load_model, load_train_state, save_model, save_train_state, subset
-from diffusers_cli.config import DEFAULT_GUIDANCE, ConfigError, TrainConfig, dump_config
+from diffusers_cli.config import ConfigError, TrainConfig, dump_config
+from diffusers_cli.defaults import DEFAULT_GUIDANCE
 from diffusers_cli.data import DatasetInfo, load_dataset, random_flip
 from diffusers_cli.distributed import World, barrier, init_world, shutdown
 from diffusers_cli.engine.guidance import classifier_free, cycle_labels
-from diffusers_cli.engine.objectives import ClassifierObjective, Objective, ScoreObjective
 from diffusers_cli.engine.rng import ImageGenerators
 from diffusers_cli.engine.samplers import sample
 from diffusers_cli.engine.score import ScoreModel, make_score_fn
 from diffusers_cli.engine.sde import SDE
 from diffusers_cli.engine.training import EMA, Hook, batch_indices, train_loop, warmup_lr
-from diffusers_cli.files import write_text_atomic
+from diffusers_cli.files import atomic_path, write_text_atomic
 from diffusers_cli.jobs.report import Reporter, SilentReporter
 from diffusers_cli.runs import CONFIG_NAME, LOSS_PLOT_NAME, METRICS_NAME, MetricsLog, new_run_name, plot_series, save_grid
 
@@ -43,21 +43,6 @@ class TrainResult:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def _objective(cfg: TrainConfig, net: nn.Module, sde: SDE) -> Objective:
-    """The loss the config asks for: DSM of a score model, or a noise-aware classifier's cross-entropy."""
-    if cfg.task == "classifier":
-        return ClassifierObjective(net, sde)
-    return ScoreObjective(
-        ScoreModel(net, sde, cfg.network.parameterization),
-        weighting=cfg.loss_weighting,
-        time_sampling=cfg.time_sampling,
-        lognormal_mean=cfg.lognormal_mean,
-        lognormal_std=cfg.lognormal_std,
-        conditional=cfg.class_conditional,
-        label_dropout=cfg.label_dropout,
-    )
-
-
 def _fetch(dataset: Any, idx: Tensor) -> tuple[Tensor, Tensor]:
     """A batch (images in [-1, 1], labels) by index; preloaded uint8 datasets are indexed without a loader."""
     images = getattr(dataset, "images", None)
@@ -70,8 +55,8 @@ def _fetch(dataset: Any, idx: Tensor) -> tuple[Tensor, Tensor]:
 
 def _preloaded(dataset: Any) -> bool:
     images = getattr(dataset, "images", None)
-    size = getattr(dataset, "image_size", None)
-    return isinstance(images, Tensor) and images.dtype == torch.uint8 and images.shape[-1] == size and images.shape[-2] == size
+    hw = getattr(dataset, "image_hw", None)
+    return isinstance(images, Tensor) and images.dtype == torch.uint8 and tuple(images.shape[-2:]) == hw
 
 
 def _prefetching(dataset: Any, cfg: TrainConfig, start: int) -> Iterator[tuple[Tensor, Tensor]]:
@@ -109,11 +94,16 @@ def model_card(cfg: TrainConfig, info: DatasetInfo, net: nn.Module, step: int, e
 
 
 def _save(run_dir: Path, net: nn.Module, ema: EMA, opt: torch.optim.Optimizer, gen: torch.Generator, card: ModelCard) -> None:
-    """Weights first, then the state that refers to them: a crash between leaves the older state, still consistent."""
+    """Both files written in full before either replaces its predecessor: a full disk leaves the old pair, consistent.
+
+    The weights go to a temporary file, the state is written and renamed, then the weights are renamed;
+    only a crash between the two renames (which need no disk space) can split the pair, and resume says so.
+    """
     tensors = {f"online.{k}": v for k, v in net.state_dict().items()}
     tensors.update({f"ema.{k}": v for k, v in ema.module.state_dict().items()})
-    save_model(run_dir / WEIGHTS_NAME, tensors, card)
-    save_train_state(run_dir / STATE_NAME, card.step, opt, gen, {"ema_updates": ema.num_updates})
+    with atomic_path(run_dir / WEIGHTS_NAME, durable=True) as weights_tmp:
+        save_model(weights_tmp, tensors, card, atomic=False)
+        save_train_state(run_dir / STATE_NAME, card.step, opt, gen, {"ema_updates": ema.num_updates})
 
 
 def _resume(run_dir: Path, net: nn.Module, ema: EMA, opt: torch.optim.Optimizer, gen: torch.Generator) -> int:
@@ -195,7 +185,7 @@ def _train(cfg: TrainConfig, reporter: Reporter, device: torch.device, world: Wo
             log.truncate_after(start)
     barrier(world)
 
-    objective = _objective(cfg, net, sde)
+    objective = build.build_objective(cfg, net, sde)
     forward: nn.Module = objective  # the module the loop calls: DDP and compile wrap it, the objective still draws
     if world.distributed:
         forward = DistributedDataParallel(objective, device_ids=[device.index] if device.type == "cuda" else None)
