@@ -137,6 +137,10 @@ def test_image_i_depends_only_on_seed_and_i(sampler: str, tiny_run: Path, tmp_pa
     res = invoke("sample", "--model", tiny_run, "--sampler", sampler, "--steps", "4", "-n", "5", "--batch-size", "2",
                  "--seed", "5", "--individual", "--out", tmp_path / "five" / "img.png")
     assert res.exit_code == 0 and digests(tmp_path / "five") == {k: v for k, v in runs[1].items() if k <= "img_00004.png"}
+    # ... and image 6 alone, with --first: the same bytes under the same name.
+    res = invoke("sample", "--model", tiny_run, "--sampler", sampler, "--steps", "4", "--first", "6", "-n", "1",
+                 "--seed", "5", "--individual", "--out", tmp_path / "six" / "img.png")
+    assert res.exit_code == 0 and digests(tmp_path / "six") == {"img_00006.png": runs[1]["img_00006.png"]}
     res = invoke("sample", "--model", tiny_run, "--sampler", sampler, "--steps", "4", "-n", "9", "--seed", "6",
                  "--individual", "--out", tmp_path / "other" / "img.png")
     assert res.exit_code == 0 and set(digests(tmp_path / "other").values()).isdisjoint(runs[1].values())

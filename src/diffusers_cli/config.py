@@ -309,6 +309,7 @@ class SampleConfig(Strict):
     label: str | None = Field(None, alias="class")
     guidance: float | None = Field(None, ge=0.0)
     n: PositiveInt = 64
+    first: int = Field(0, ge=0)  # index of the first image: images first .. first + n - 1 of the seed's sequence
     batch_size: PositiveInt = 64
     out: Path = Path("samples.png")
     individual: bool = False

@@ -73,21 +73,21 @@ def save_grid(x: Tensor, path: Path, nrow: int | None = None) -> None:
     save_png(make_grid(x, nrow), path)
 
 
-def save_individual(x: Tensor, path: Path) -> list[Path]:
-    """Write each image as ``<stem>_<i>.png`` beside ``path``; returns the paths."""
+def save_individual(x: Tensor, path: Path, first: int = 0) -> list[Path]:
+    """Write image i as ``<stem>_<first + i>.png`` beside ``path`` (its index in the job); returns the paths."""
     check_image_output(path, flag=None, individual=True)
     out = []
     for i, img in enumerate(to_uint8(x)):
-        p = path.with_name(f"{path.stem}_{i:05d}.png")
+        p = path.with_name(f"{path.stem}_{first + i:05d}.png")
         save_png(img, p)
         out.append(p)
     return out
 
 
-def write_images(x: Tensor, out: Path, individual: bool) -> list[Path]:
-    """Write images in [-1, 1] as one grid PNG at ``out``, or one PNG each beside it; returns the paths."""
+def write_images(x: Tensor, out: Path, individual: bool, first: int = 0) -> list[Path]:
+    """Write images in [-1, 1] as one grid PNG at ``out``, or one PNG each beside it (numbered from ``first``)."""
     if individual:
-        return save_individual(x, out)
+        return save_individual(x, out, first)
     save_grid(x, out)
     return [out]
 

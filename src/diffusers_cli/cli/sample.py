@@ -20,6 +20,7 @@ def sample_command(
     sampler: SamplerOpt = None,
     steps: StepsOpt = None,
     n: NumOpt = None,
+    first: Annotated[Optional[int], typer.Option(help="Index of the first image (default 0): --first 41 -n 1 makes image 41 of the seed alone.")] = None,
     batch_size: BatchOpt = None,
     out: Annotated[Optional[Path], typer.Option(help="Output PNG (a grid, or a name stem with --individual).")] = None,
     individual: IndividualOpt = False,
@@ -48,7 +49,7 @@ def sample_command(
         from diffusers_cli.config import SampleConfig, build_config
 
         overrides: dict[str, object] = {
-            "model": str(model) if model else None, "n": n, "batch_size": batch_size, "out": str(out) if out else None,
+            "model": str(model) if model else None, "n": n, "first": first, "batch_size": batch_size, "out": str(out) if out else None,
             "individual": True if individual else None, "trajectory": str(trajectory) if trajectory else None,
             "seed": seed, "device": device, "use_ema": False if no_ema else None, "class": class_, "guidance": guidance,
             **sampler_overrides(sampler, steps, grid, eps, no_denoise, option, snr=snr, order=order, eta=eta, rtol=rtol, atol=atol),

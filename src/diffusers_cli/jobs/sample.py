@@ -82,13 +82,15 @@ def draw(
     reporter: Reporter,
     callback_for: Callable[[int], Any] | None = None,
     score_fn_for: Callable[[int, int], ScoreFn] | None = None,
+    first: int = 0,
 ) -> tuple[Tensor, int]:
     """n samples in batches split across ranks; returns (images, NFE per sample).
 
     Sample i draws all its noise from its own generator, seeded by (seed, i) (``engine.rng``), so
     it is the same image whatever the batch size or the number of processes. ``score_fn_for(start,
     size)``, when given, replaces ``score_fn`` for the batch of samples start .. start + size - 1
-    (e.g. a conditional score with those samples' labels).
+    (e.g. a conditional score with those samples' labels). ``first`` offsets the indices: the samples are
+    images first .. first + n - 1 of the job, so any one of them can be made again alone.
     """
     n_batches = -(-n // batch_size)
     mine = [b for b in range(n_batches) if b % world.size == world.rank]
@@ -97,8 +99,8 @@ def draw(
     nfe_per_batch = 0
     for b in mine:
         size = min(batch_size, n - b * batch_size)
-        counter = NFECounter(score_fn_for(b * batch_size, size) if score_fn_for else score_fn)
-        gens = ImageGenerators.for_images(seed, b * batch_size, size, device)
+        counter = NFECounter(score_fn_for(first + b * batch_size, size) if score_fn_for else score_fn)
+        gens = ImageGenerators.for_images(seed, first + b * batch_size, size, device)
         x = sample(sde, counter, (size, *shape), s.name, s.steps, gens, device=device,
                    grid=s.grid, eps=s.eps, final_denoise=s.final_denoise,
                    callback=callback_for(b) if callback_for else None, **s.options)
@@ -159,11 +161,12 @@ def sample_images(cfg: SampleConfig, reporter: Reporter | None = None) -> Sample
         traj = Trajectory(cfg.sampler.steps) if cfg.trajectory is not None else None
         t0 = time.perf_counter()
         images, nfe = draw(model.sde, make_score_fn(model), shape, cfg.n, cfg.batch_size, cfg.seed, cfg.sampler,
-                           device, world, reporter, (lambda b: traj if b == 0 else None) if traj else None, score_fn_for)
+                           device, world, reporter, (lambda b: traj if b == 0 else None) if traj else None, score_fn_for,
+                           cfg.first)
         seconds = time.perf_counter() - t0
         outputs: list[Path] = []
         if world.is_main:
-            outputs = write_images(images, cfg.out, cfg.individual)
+            outputs = write_images(images, cfg.out, cfg.individual, cfg.first)
             if traj is not None and cfg.trajectory is not None:
                 save_png(traj.strip(images), cfg.trajectory)
                 outputs.append(cfg.trajectory)
