@@ -8,6 +8,7 @@ import re
 import shutil
 import warnings
 from pathlib import Path
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -21,26 +22,34 @@ from typer.testing import CliRunner
 
 from diffusers_cli import build
 from diffusers_cli.cli import app
-from diffusers_cli.config import DEFAULT_GUIDANCE, SampleConfig, SamplerConfig
+from diffusers_cli.config import SampleConfig, SamplerConfig
+from diffusers_cli.defaults import DEFAULT_GUIDANCE
 from diffusers_cli.data import load_dataset
 from diffusers_cli.engine.likelihood import bits_per_dim
 from diffusers_cli.engine.metrics import (
     FID_WEIGHTS_NAME,
     FID_WEIGHTS_SHA256,
+    IMAGES,
+    METRICS,
     WEIGHTS_ENV,
+    Figures,
     InceptionV3Features,
+    Inputs,
+    MetricOptions,
+    MetricsError,
     compute_statistics,
     extract_features,
     folder_features,
     folder_images,
     frechet_distance,
+    frechet_distance_low_rank,
     hub_weights_path,
     inception_score,
     load_inception,
     load_statistics,
 )
 from diffusers_cli.engine.score import make_score_fn
-from diffusers_cli.jobs.evaluate import bpd_generator, frechet_distance_low_rank
+from diffusers_cli.jobs.evaluate import bpd_generator
 from diffusers_cli.jobs.sample import sample_images
 from diffusers_cli.runs import to_uint8
 
@@ -164,17 +173,20 @@ def test_folders_equal_engine_and_statistics_cache(weights: Path, folders: tuple
     net = load_inception(weights)
     fa, la = folder_features(net, a, batch_size=50, recursive=True)
     fb, _ = folder_features(net, b, batch_size=50)
-    assert s["fid"] == pytest.approx(nuclear_fid(fa, fb), rel=1e-5) and s["fid"] > 1.0
+    # One key per metric asked for, in registry order, then what produced them.
+    assert list(s) == ["fid", "is", "provenance"]
+    assert s["fid"] == {"fid": pytest.approx(nuclear_fid(fa, fb), rel=1e-5)} and s["fid"]["fid"] > 1.0
     is_mean, is_std = inception_score(la, splits=1)
-    assert (s["is_mean"], s["is_std"], s["is_splits"]) == (pytest.approx(is_mean, rel=1e-5), is_std, 1) and s["is_mean"] > 1.0
-    assert s["metrics"] == ["fid", "is"] and s["num_samples"] == 4 and s["reference_num_samples"] == 3
-    assert s["reference"] == f"images in {b.resolve()} (3)" and s["bpd_mean"] is None and s["sampler"] is None
-    assert s["inception_weights"] == str(weights) and s["inception_origin"] == "argument" and s["inception_official"] is False
-    assert s["inception_sha256"] == hashlib.sha256(weights.read_bytes()).hexdigest()
-    assert any("FID from 4 samples is meaningless" in w for w in s["warnings"])
-    assert any("not pytorch-fid's official ones" in w for w in s["warnings"])
+    assert s["is"] == {"mean": pytest.approx(is_mean, rel=1e-5), "std": is_std, "splits": 1} and s["is"]["mean"] > 1.0
+    p = s["provenance"]
+    assert p["num_samples"] == 4 and p["images"] == str(a) and p["sampler"] is None and p["model"] is None
+    assert p["reference"] == {"description": f"images in {b.resolve()} (3)", "num_samples": 3, "stats": str(stats), "reused": False}
+    assert p["inception"] == {"weights": str(weights), "sha256": hashlib.sha256(weights.read_bytes()).hexdigest(),
+                              "official": False, "origin": "argument"}
+    assert any("FID from 4 samples is meaningless" in w for w in p["warnings"])
+    assert any("not pytorch-fid's official ones" in w for w in p["warnings"])
     assert "diffuse: warning: evaluated images: FID from 4 samples is meaningless" in res.stderr
-    assert s["reference_stats"] == str(stats) and s["reference_stats_reused"] is False
+    assert set(p["seconds"]) == {"inception"}
     # pytorch-fid cannot even batch A's mixed sizes.
     with pytest.raises(RuntimeError, match="stack expects each tensor to be equal size"):
         fid_score.get_activations(folder_images(a, recursive=True), torch.nn.Identity(), batch_size=4, num_workers=0)
@@ -183,21 +195,27 @@ def test_folders_equal_engine_and_statistics_cache(weights: Path, folders: tuple
     with np.load(stats) as f:
         np.testing.assert_allclose(f["mu"], fb.mean(axis=0), rtol=0, atol=1e-6)
         np.testing.assert_allclose(f["sigma"], np.cov(fb, rowvar=False), rtol=0, atol=1e-6)
-        assert int(f["num_samples"]) == 3 and str(f["reference"]) == s["reference"]
+        assert int(f["num_samples"]) == 3 and str(f["reference"]) == p["reference"]["description"]
     # Weights in torch's hub cache, as a user converts the .pth there; B against its own statistics file is 0.
     empty_hub.parent.mkdir(parents=True)
     shutil.copy(weights, empty_hub.with_suffix(".safetensors"))
     own = ok_json(invoke("--images", b, "--reference", stats, "--metrics", "fid", "--allow-few", "--json"))
-    assert abs(own["fid"]) < 1e-6 and own["reference"] == f"statistics {stats} of {s['reference']}" and own["reference_num_samples"] == 3
-    assert own["inception_origin"] == "torch hub cache" and own["inception_weights"] == str(empty_hub.with_suffix(".safetensors"))
+    assert abs(own["fid"]["fid"]) < 1e-6 and list(own) == ["fid", "provenance"]
+    own_ref, own_inception = own["provenance"]["reference"], own["provenance"]["inception"]
+    assert own_ref["description"] == f"statistics {stats} of {p['reference']['description']}" and own_ref["num_samples"] == 3
+    assert own_ref["stats"] is None and own_ref["reused"] is False
+    assert own_inception["origin"] == "torch hub cache" and own_inception["weights"] == str(empty_hub.with_suffix(".safetensors"))
     # The same reference again reuses the cache and gives the same FID.
     res = invoke("--images", a, "--reference", b, "--metrics", "fid", "--allow-few", "--save-reference-stats", stats, "--json")
     reused = ok_json(res)
-    assert f"reusing reference statistics from {stats}" in res.stderr and reused["reference_stats_reused"] is True
-    assert reused["fid"] == pytest.approx(s["fid"], rel=1e-9)
+    assert f"reusing reference statistics from {stats}" in res.stderr
+    assert reused["provenance"]["reference"]["reused"] is True and reused["provenance"]["reference"]["stats"] == str(stats)
+    assert reused["fid"]["fid"] == pytest.approx(s["fid"]["fid"], rel=1e-9)
     # Another reference under the same path recomputes and overwrites it; FID is symmetric.
     res = invoke("--images", b, "--reference", a, "--metrics", "fid", "--allow-few", "--save-reference-stats", stats, "--json")
-    assert ok_json(res)["fid"] == pytest.approx(s["fid"], rel=1e-5) and f"recomputing {stats}" in res.stderr
+    recomputed = ok_json(res)
+    assert recomputed["fid"]["fid"] == pytest.approx(s["fid"]["fid"], rel=1e-5) and f"recomputing {stats}" in res.stderr
+    assert recomputed["provenance"]["reference"]["reused"] is False
     assert int(load_statistics(stats).extra["num_samples"]) == 4
 
 
@@ -205,16 +223,19 @@ def test_model_samples_against_dataset_end_to_end(tiny_run: Path, weights: Path,
     res = invoke("--model", tiny_run, "--metrics", "fid,is", "-n", 8, "--allow-few", "--sampler", "ddpm", "--steps", 3,
                  "--reference-examples", 3, "--batch-size", 4, "--inception-weights", weights, "--device", "cpu", "--json")
     s = ok_json(res)
-    assert (s["num_samples"], s["sampler"], s["steps"], s["nfe"], s["seed"], s["guidance"]) == (8, "ddpm", 3, 4, 0, None)
-    assert s["model"] == str(tiny_run / "model.safetensors") and s["reference"] == "shapes train at 8x8 (3)"
+    p = s["provenance"]
+    assert (p["num_samples"], p["sampler"], p["steps"], p["nfe"], p["seed"], p["guidance"]) == (8, "ddpm", 3, 4, 0, None)
+    assert p["model"] == str(tiny_run / "model.safetensors") and p["images"] is None
+    assert p["reference"] == {"description": "shapes train at 8x8 (3)", "num_samples": 3, "stats": None, "reused": False}
+    assert set(p["seconds"]) == {"sampling", "inception"}
     # The same samples `diffuse sample` draws, and the reference images as training reads them.
     cfg = SampleConfig(model=tiny_run, sampler=SamplerConfig(name="ddpm", steps=3), n=8, batch_size=4, out=tmp_path / "s.png", device="cpu")
     samples = to_uint8(sample_images(cfg).images)
     ds, _ = load_dataset("shapes", 8, split="train", num_examples=3)
     ref = to_uint8(torch.stack([ds[i][0] for i in range(3)]))
     features, logits = extract_features(load_inception(weights), [samples, ref])
-    assert s["fid"] == pytest.approx(nuclear_fid(features[:8], features[8:]), rel=1e-5)
-    assert s["is_mean"] == pytest.approx(inception_score(logits[:8], splits=1)[0], rel=1e-5)
+    assert s["fid"]["fid"] == pytest.approx(nuclear_fid(features[:8], features[8:]), rel=1e-5)
+    assert s["is"]["mean"] == pytest.approx(inception_score(logits[:8], splits=1)[0], rel=1e-5) and s["is"]["splits"] == 1
 
 
 def test_class_conditional_model_is_scored_on_its_guided_samples(weights: Path, tmp_path: Path) -> None:
@@ -224,33 +245,88 @@ def test_class_conditional_model_is_scored_on_its_guided_samples(weights: Path, 
     common = ["--model", run, "--metrics", "fid", "-n", 6, "--allow-few", "--sampler", "ddpm", "--steps", 3,
               "--reference-examples", 3, "--batch-size", 4, "--inception-weights", weights, "--device", "cpu", "--json"]
     s = ok_json(invoke(*common))
-    assert s["guidance"] == DEFAULT_GUIDANCE
+    assert s["provenance"]["guidance"] == DEFAULT_GUIDANCE
     # The same samples `diffuse sample` draws by default: classes in turn, guided (over two batches).
     cfg = SampleConfig(model=run, sampler=SamplerConfig(name="ddpm", steps=3), n=6, batch_size=4, out=tmp_path / "s.png", device="cpu")
     samples = to_uint8(sample_images(cfg).images)
     ds, _ = load_dataset("shapes", 8, split="train", num_examples=3)
     features, _ = extract_features(load_inception(weights), [samples, to_uint8(torch.stack([ds[i][0] for i in range(3)]))])
-    assert s["fid"] == pytest.approx(nuclear_fid(features[:6], features[6:]), rel=1e-5)
+    assert s["fid"]["fid"] == pytest.approx(nuclear_fid(features[:6], features[6:]), rel=1e-5)
     unguided = ok_json(invoke(*common, "--guidance", 0))
-    assert unguided["guidance"] == 0 and unguided["fid"] != pytest.approx(s["fid"], rel=1e-6)
+    assert unguided["provenance"]["guidance"] == 0 and unguided["fid"]["fid"] != pytest.approx(s["fid"]["fid"], rel=1e-6)
 
 
 def test_bits_per_dim_runs_mean_and_spread(tiny_run: Path) -> None:
     # No Inception weights anywhere: bits/dim does not need them.
     s = ok_json(invoke("--model", tiny_run, "--metrics", "bpd", "--bpd-runs", 2, "--bpd-examples", 4, "--bpd-rtol", 1e-3,
                        "--bpd-atol", 1e-3, "--batch-size", 4, "--device", "cpu", "--json"))
-    assert s["bpd_runs"] == 2 and s["bpd_examples"] == 4 and s["bpd_data"] == "shapes test at 8x8"
-    assert s["fid"] is None and s["inception_weights"] is None and s["warnings"] == []
-    per_run = s["bpd_per_run"]
-    assert np.isfinite(s["bpd_mean"]) and s["bpd_mean"] > 0
-    assert s["bpd_mean"] == pytest.approx(np.mean(per_run)) and s["bpd_std"] == pytest.approx(np.std(per_run))
-    assert s["bpd_std"] > 0  # the two runs draw different dequantisation noise and probes
+    assert list(s) == ["bpd", "provenance"]
+    bpd = s["bpd"]
+    assert bpd["runs"] == 2 and bpd["examples"] == 4 and bpd["data"] == "shapes test at 8x8"
+    p = s["provenance"]
+    assert p["reference"] is None and p["inception"] is None and p["warnings"] == [] and p["num_samples"] is None
+    assert p["model"] == str(tiny_run / "model.safetensors") and p["sampler"] is None and set(p["seconds"]) == {"bpd"}
+    per_run = bpd["per_run"]
+    assert len(per_run) == 2 and np.isfinite(bpd["mean"]) and bpd["mean"] > 0
+    assert bpd["mean"] == pytest.approx(np.mean(per_run)) and bpd["std"] == pytest.approx(np.std(per_run))
+    assert bpd["std"] > 0  # the two runs draw different dequantisation noise and probes
     # Run 1 is bits_per_dim of the test examples with run 1's generator.
     model, _ = build.load_score_model(tiny_run)
     ds, _ = load_dataset("shapes", 8, split="test", num_examples=4)
     x = torch.stack([ds[i][0] for i in range(4)])
     bpd = bits_per_dim(model.sde, make_score_fn(model), x, generator=bpd_generator(0, 1, 0, torch.device("cpu")), rtol=1e-3, atol=1e-3)
     assert per_run[1] == pytest.approx(float(bpd.double().mean()), rel=1e-6)
+
+
+class MeanNorm:
+    """A toy metric, registered only here: the mean norm of the scored images' features; refuses fewer than 4."""
+
+    name = "toy"
+    description = "mean L2 norm of the Inception features (a test's toy)"
+    needs = frozenset({IMAGES})
+
+    def check(self, what: str, n: int, options: MetricOptions) -> str | None:
+        """At least 4 images; a warning line either way."""
+        if n < 4:
+            raise MetricsError(f"toy needs at least 4 {what}; got {n}")
+        return f"toy of {n} {what} is a toy"
+
+    def compute(self, inputs: Inputs) -> Figures:
+        """{"mean_norm"}, and a warning."""
+        assert inputs.features is not None
+        return Figures({"mean_norm": float(np.linalg.norm(inputs.features, axis=1).mean())}, ("toy: computed",))
+
+    def describe(self, values: Mapping[str, Any], scored: str, reference: str | None) -> str:
+        """toy 1.234  (what)."""
+        return f"toy {values['mean_norm']:.3f}  ({scored})"
+
+
+def test_a_metric_is_one_registry_entry(monkeypatch: pytest.MonkeyPatch, weights: Path, folders: tuple[Path, Path]) -> None:
+    monkeypatch.setitem(METRICS, "toy", MeanNorm())
+    a, b = folders
+    line = one_error_line(invoke("--images", a, "--metrics", "fid,kid", "--allow-few"))
+    assert "unknown metric 'kid'; use a comma-separated list of fid, is, bpd, toy" in line
+    # Its check runs before any long work: no Inception weights are looked for.
+    assert "toy needs at least 4 evaluated images; got 3" in one_error_line(invoke("--images", b, "--metrics", "toy"))
+    args = ["--images", a, "--reference", b, "--metrics", "toy,is,fid", "--allow-few", "--inception-weights", weights]
+    s = ok_json(invoke(*args, "--json"))
+    assert list(s) == ["fid", "is", "toy", "provenance"]
+    fa, _ = folder_features(load_inception(weights), a, recursive=True)
+    assert s["toy"] == {"mean_norm": pytest.approx(float(np.linalg.norm(fa, axis=1).mean()), rel=1e-5)}
+    assert s["fid"]["fid"] == pytest.approx(nuclear_fid(fa, folder_features(load_inception(weights), b)[0]), rel=1e-5)
+    warned = s["provenance"]["warnings"]
+    assert "toy of 4 evaluated images is a toy" in warned and warned[-1] == "toy: computed"
+    # The terminal lines: each metric's own, in registry order, then the weights (what `diffuse evaluate` always printed).
+    res = invoke(*args)
+    assert res.exit_code == 0, res.stderr
+    sha = hashlib.sha256(weights.read_bytes()).hexdigest()
+    assert res.stdout.splitlines() == [
+        f"FID {s['fid']['fid']:.4f}  (4 images in {a} vs images in {b.resolve()} (3))",
+        f"IS {s['is']['mean']:.4f} +- {s['is']['std']:.4f}  (4 images in {a}, 1 split(s))",
+        f"toy {s['toy']['mean_norm']:.3f}  (4 images in {a})",
+        f"Inception weights {weights} (SHA-256 {sha[:12]}..., NOT the official pytorch-fid weights)",
+    ]
+    assert "diffuse: warning: toy: computed" in res.stderr
 
 
 # ----------------------------------------------------------------------------------------------

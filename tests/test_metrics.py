@@ -5,7 +5,10 @@ from __future__ import annotations
 import hashlib
 import re
 import shutil
+import subprocess
+import sys
 import warnings
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -20,14 +23,26 @@ from diffusers_cli.engine.metrics import (
     FID_WEIGHTS_NAME,
     FID_WEIGHTS_SHA256,
     FID_WEIGHTS_URL,
+    IMAGES,
+    LIKELIHOOD,
+    METRICS,
+    NEEDS,
+    REFERENCE,
     WEIGHTS_ENV,
     InceptionV3Features,
+    Inputs,
+    LikelihoodTable,
+    MetricOptions,
     MetricsError,
+    ReferenceStatistics,
+    check_fid_count,
+    check_metrics,
     check_sample_count,
     check_state_dict,
     compute_statistics,
     convert_weights,
     extract_features,
+    fid_against,
     folder_features,
     folder_images,
     frechet_distance,
@@ -40,6 +55,7 @@ from diffusers_cli.engine.metrics import (
     save_statistics,
     stack_images,
 )
+from diffusers_cli.engine.metrics import fid as fid_module
 from diffusers_cli.engine.metrics import weights as weights_module
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "diffusers_cli" / "engine" / "metrics"
@@ -214,6 +230,116 @@ def test_sample_count_warning() -> None:
     )
     with pytest.raises(MetricsError, match="got 2,048, need at least 2,049"):
         check_sample_count(2048)
+
+
+def test_fid_against_takes_the_low_rank_route_for_few_images(monkeypatch: pytest.MonkeyPatch) -> None:
+    rng = np.random.default_rng(0)
+    d = 16
+    many = rng.normal(size=(40, d)) @ rng.normal(size=(d, d))
+    other = rng.normal(size=(55, d)) * 1.5 + 0.2
+    few = many[:5]
+    mu, sigma = compute_statistics(other)
+    low_rank, sqrtm = fid_module.frechet_distance_low_rank, fid_module.frechet_distance
+    routes: list[str] = []
+    monkeypatch.setattr(fid_module, "frechet_distance_low_rank", lambda *a: routes.append("low rank") or low_rank(*a))
+    monkeypatch.setattr(fid_module, "frechet_distance", lambda *a: routes.append("sqrtm") or sqrtm(*a))
+    # More images than dimensions on both sides: pytorch-fid's route, equal to pytorch-fid, and the exact route agrees.
+    fid, lines = fid_against(many, mu, sigma, other)
+    assert routes == ["sqrtm"] and lines == [] and fid > 1.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert fid == pytest.approx(fid_score.calculate_frechet_distance(*compute_statistics(many), mu, sigma), abs=1e-6)
+    assert fid == pytest.approx(low_rank(many, mu, sigma), rel=1e-10)
+    assert fid_against(many, mu, sigma)[0] == fid  # statistics alone: the same route
+    # n <= D images: the exact low-rank route, which gives an image set against itself 0.
+    routes.clear()
+    assert fid_against(few, mu, sigma, other) == (low_rank(few, mu, sigma), []) and routes == ["low rank"]
+    routes.clear()
+    assert abs(fid_against(few, *compute_statistics(few, allow_few=True), few)[0]) < 1e-10 and routes == ["low rank"]
+    # n <= D reference images (their features known): the low-rank route on that side, FID being symmetric.
+    routes.clear()
+    fid, _ = fid_against(many, *compute_statistics(few, allow_few=True), few)
+    assert routes == ["low rank"] and fid == pytest.approx(low_rank(few, *compute_statistics(many)), rel=1e-12)
+
+
+def test_fid_against_reports_numerical_warnings() -> None:
+    # sigma1 sigma2 nilpotent (see above): the eps retry becomes a warning line, not a Python warning.
+    feats = np.array([[1.0, 0.0], [-1.0, 0.0], [0.5, 0.0], [-0.5, 0.0]]) * np.sqrt(6 / 5)  # covariance diag(1, 0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fid, lines = fid_against(feats, np.array([0.5, -1.0]), np.array([[0.0, 1e-7], [1e-7, 0.0]]), None)
+    assert "FID: singular product of covariances; adding 1e-06 to their diagonals" in lines  # scipy's sqrtm warns too
+    assert all(line.startswith("FID: ") and not line.startswith("FID: FID") for line in lines)
+    assert fid == pytest.approx(1.25 + 1.0, abs=1e-2)
+
+
+def test_check_fid_count_names_the_flag() -> None:
+    with pytest.raises(MetricsError, match=r"^reference images: FID needs more images .* pass --allow-few to compute it anyway"):
+        check_fid_count(100, "reference images", allow_few=False)
+    assert "meaningless" in str(check_fid_count(100, "reference images", allow_few=True))
+    with pytest.raises(MetricsError, match="FID needs at least 2 evaluated images; got 1"):
+        check_fid_count(1, "evaluated images", allow_few=True)
+    assert check_fid_count(50_000, "evaluated images", allow_few=False) is None
+
+
+# ----------------------------------------------------------------------------------------------
+# The registry: one entry per metric, each computing its figures from the inputs it names.
+
+
+def test_registry_entries_carry_everything() -> None:
+    assert list(METRICS) == ["fid", "is", "bpd"]
+    for name, metric in METRICS.items():
+        assert metric.name == name != "provenance"  # "provenance" is the summary's other key
+        assert metric.description and "\n" not in metric.description
+        assert metric.needs and metric.needs <= set(NEEDS)
+    assert (METRICS["fid"].needs, METRICS["is"].needs, METRICS["bpd"].needs) == ({IMAGES, REFERENCE}, {IMAGES}, {LIKELIHOOD})
+
+
+def test_registry_imports_no_torch() -> None:
+    # `diffuse evaluate --help` lists METRICS: the registry, its entries and the package must load without them.
+    code = ("import sys\nfrom diffusers_cli.engine.metrics import METRICS, check_metrics\ncheck_metrics(list(METRICS))\n"
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'numpy', 'scipy', 'PIL', 'pytorch_fid'}))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+    # The names that need them still come from the package, from their modules.
+    import diffusers_cli.engine.metrics as package
+
+    assert [name for name in package.__all__ if getattr(package, name) is None] == []
+    assert package.fid_against is fid_module.fid_against and package.load_inception is load_inception
+    # A submodule named like a lazy name would shadow it once imported.
+    assert not {p.stem for p in SRC.glob("*.py")} & set(package.__all__)
+
+
+def test_check_metrics_orders_and_refuses() -> None:
+    assert list(check_metrics(["bpd", "is", "fid"])) == ["fid", "is", "bpd"]
+    assert check_metrics(["is"]) == {"is": METRICS["is"]}
+    with pytest.raises(MetricsError, match=r"unknown metric 'kid'; use a comma-separated list of fid, is, bpd \(e\.g\. --metrics fid,is\)"):
+        check_metrics(["fid", "kid"])
+    with pytest.raises(MetricsError, match="no metric asked for; pass --metrics with some of fid, is, bpd"):
+        check_metrics([])
+
+
+def test_metrics_compute_their_figures() -> None:
+    rng = np.random.default_rng(0)
+    feats, ref = rng.normal(size=(30, 8)), rng.normal(size=(40, 8)) + 0.5
+    logits = rng.normal(scale=3.0, size=(23, 1008))
+    mu, sigma = compute_statistics(ref)
+    inputs = Inputs(MetricOptions(is_splits=5), feats, logits, ReferenceStatistics(mu, sigma, ref),
+                    LikelihoodTable(np.array([[3.0, 4.0, 5.0], [3.5, 4.5, 4.0]]), "shapes test at 8x8"))
+    fid = METRICS["fid"].compute(inputs)
+    assert fid.values == {"fid": frechet_distance(*compute_statistics(feats), mu, sigma)} and fid.warnings == ()
+    mean, std = inception_score(logits, splits=5)
+    assert METRICS["is"].compute(inputs).values == {"mean": mean, "std": std, "splits": 5}
+    assert METRICS["bpd"].compute(inputs).values == {
+        "mean": 4.0, "std": pytest.approx(0.0), "per_run": [4.0, 4.0], "runs": 2, "examples": 3, "data": "shapes test at 8x8"}
+    assert METRICS["bpd"].describe(METRICS["bpd"].compute(inputs).values, "", None) == (
+        "bits/dim 4.0000 +- 0.0000  (std over 2 run(s); 3 examples of shapes test at 8x8)")
+    # Too few images for the splits: refused before any work, or (--allow-few) one split with a warning.
+    with pytest.raises(MetricsError, match=r"Inception Score in 5 splits needs at least 5 images; got 4 .*--allow-few"):
+        METRICS["is"].check("evaluated images", 4, MetricOptions(is_splits=5))
+    few = MetricOptions(allow_few=True, is_splits=30)
+    assert "Inception Score of 23 images in one split" in str(METRICS["is"].check("evaluated images", 23, few))
+    assert METRICS["is"].compute(replace(inputs, options=few)).values == {"mean": inception_score(logits, 1)[0], "std": 0.0, "splits": 1}
 
 
 # ----------------------------------------------------------------------------------------------

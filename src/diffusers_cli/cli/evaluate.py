@@ -4,19 +4,27 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
-from diffusers_cli.cli.common import BatchOpt, ConfigOpt, DeviceOpt, EtaOpt, GridOpt, JsonOpt, ModelOpt, OrderOpt, SamplerOpt, SeedOpt, SetOpt, SnrOpt, StepsOpt, emit_json, make_reporter, parse_kv, run_job
-from diffusers_cli.cli.sample import sampler_overrides
-from diffusers_cli.config import EvaluateConfig, build_config
+from diffusers_cli.cli.common import (
+    AtolOpt, BatchOpt, ConfigOpt, DeviceOpt, EpsOpt, EtaOpt, GridOpt, JsonOpt, ModelOpt, NoDenoiseOpt, OptionOpt, OrderOpt, RtolOpt,
+    SamplerOpt, SeedOpt, SetOpt, SnrOpt, StepsOpt, emit_json, make_reporter, parse_kv, run_job, sampler_overrides,
+)
+
+from diffusers_cli.engine.metrics import METRICS  # the registry alone: no torch, numpy or scipy
+
+if TYPE_CHECKING:  # the job imports torch; the CLI imports it only when a command runs
+    from diffusers_cli.jobs.evaluate import EvaluateResult
+
+METRICS_HELP = f"Metrics to compute, comma-separated: {', '.join(METRICS)} (default fid,is)."
 
 
 def evaluate_command(
     model: ModelOpt = None,
     images: Annotated[Optional[Path], typer.Option(help="Evaluate this folder of images (recursive) instead of generating samples.")] = None,
-    metrics: Annotated[Optional[str], typer.Option(help="Comma-separated: fid, is, bpd (default fid,is).")] = None,
+    metrics: Annotated[Optional[str], typer.Option(help=METRICS_HELP)] = None,
     n: Annotated[Optional[int], typer.Option("-n", "--num-samples", help="Images to generate (default 50,000), or the first N of --images.")] = None,
     reference: Annotated[Optional[str], typer.Option(help="FID reference: dataset name, image folder or statistics .npz (default: the model's dataset).")] = None,
     data_dir: Annotated[Optional[Path], typer.Option(help="Where the reference (and bits/dim) dataset's files are.")] = None,
@@ -31,13 +39,14 @@ def evaluate_command(
     sampler: SamplerOpt = None,
     steps: StepsOpt = None,
     grid: GridOpt = None,
-    eps: Annotated[Optional[float], typer.Option(help="End time of sampling (default: the SDE's).")] = None,
+    eps: EpsOpt = None,
+    option: OptionOpt = None,
     snr: SnrOpt = None,
     order: OrderOpt = None,
     eta: EtaOpt = None,
-    rtol: Annotated[Optional[float], typer.Option(help="Relative tolerance of the ode sampler.")] = None,
-    atol: Annotated[Optional[float], typer.Option(help="Absolute tolerance of the ode sampler.")] = None,
-    no_denoise: Annotated[bool, typer.Option("--no-denoise", help="Skip the final denoising step.")] = False,
+    rtol: RtolOpt = None,
+    atol: AtolOpt = None,
+    no_denoise: NoDenoiseOpt = False,
     no_ema: Annotated[bool, typer.Option("--no-ema", help="Use the online weights instead of the EMA.")] = False,
     guidance: Annotated[Optional[float], typer.Option(help="Class-conditional models: classifier-free guidance of the samples (default as `diffuse sample`).")] = None,
     batch_size: BatchOpt = None,
@@ -71,12 +80,17 @@ def evaluate_command(
     (where pytorch-fid keeps pt_inception-2015-12-05-6726825d.pth). Nothing is downloaded.
 
     Bits/dim: on --bpd-split (test) of the model's dataset, averaged over --bpd-runs runs of the trace
-    estimator; bpd_std is the standard deviation of the runs' means.
+    estimator; its std is the standard deviation of the runs' means.
+
+    --json prints {"fid": {...}, "is": {...}, "bpd": {...}, "provenance": {...}}: one key per metric
+    computed, and what produced them (model or images, sampler, reference, Inception weights, warnings).
 
     Under torchrun, sampling and bits/dim are split across processes; Inception runs on rank 0.
     """
 
     def job() -> None:
+        from diffusers_cli.config import EvaluateConfig, build_config
+
         overrides: dict[str, object] = {
             "model": str(model) if model else None, "images": str(images) if images else None, "metrics": metrics,
             "num_samples": n, "reference": reference, "data_dir": str(data_dir) if data_dir else None, "split": split,
@@ -87,7 +101,7 @@ def evaluate_command(
             "bpd_runs": bpd_runs, "bpd_examples": bpd_examples, "bpd_dataset": bpd_dataset, "bpd_split": bpd_split,
             "bpd_rtol": bpd_rtol, "bpd_atol": bpd_atol, "bpd_probe": bpd_probe,
             "seed": seed, "device": device, "use_ema": False if no_ema else None, "guidance": guidance,
-            **sampler_overrides(sampler, steps, grid, eps, snr, order, eta, rtol, atol, no_denoise),
+            **sampler_overrides(sampler, steps, grid, eps, no_denoise, option, snr=snr, order=order, eta=eta, rtol=rtol, atol=atol),
         }
         overrides.update(parse_kv(set_))
         cfg = build_config(EvaluateConfig, config, overrides)
@@ -99,7 +113,7 @@ def evaluate_command(
         if json_:
             emit_json(res.summary())
         else:
-            for line in human_lines(res.summary()):
+            for line in human_lines(res):
                 print(line)
         for line in res.warnings:
             print(f"diffuse: warning: {line}", file=sys.stderr)
@@ -108,18 +122,19 @@ def evaluate_command(
 
 
 
-def human_lines(s: dict[str, object]) -> list[str]:
-    """The figures of a summary as short lines for a terminal."""
-    lines = []
-    guided = f", guidance {s['guidance']:g}" if s.get("guidance") is not None else ""
-    source = f"{s['num_samples']:,} images in {s['images']}" if s["images"] else f"{s['num_samples']:,} samples ({s['sampler']}, {s['steps']} steps, {s['nfe']} NFE{guided})"
-    if s["fid"] is not None:
-        lines.append(f"FID {s['fid']:.4f}  ({source} vs {s['reference']})")
-    if s["is_mean"] is not None:
-        lines.append(f"IS {s['is_mean']:.4f} +- {s['is_std']:.4f}  ({source}, {s['is_splits']} split(s))")
-    if s["bpd_mean"] is not None:
-        lines.append(f"bits/dim {s['bpd_mean']:.4f} +- {s['bpd_std']:.4f}  (std over {s['bpd_runs']} run(s); {s['bpd_examples']:,} examples of {s['bpd_data']})")
-    if s["inception_weights"] is not None:
-        lines.append(f"Inception weights {s['inception_weights']} (SHA-256 {str(s['inception_sha256'])[:12]}..., "
-                     f"{'official' if s['inception_official'] else 'NOT the official pytorch-fid weights'})")
+def human_lines(res: EvaluateResult) -> list[str]:
+    """The figures of a result as short lines for a terminal: one per metric (its own wording), then the weights."""
+    p = res.provenance
+    guided = f", guidance {p.guidance:g}" if p.guidance is not None else ""
+    if p.num_samples is None:
+        scored = ""  # no image metric asked for
+    elif p.images is not None:
+        scored = f"{p.num_samples:,} images in {p.images}"
+    else:
+        scored = f"{p.num_samples:,} samples ({p.sampler}, {p.steps} steps, {p.nfe} NFE{guided})"
+    reference = p.reference.description if p.reference is not None else None
+    lines = [METRICS[name].describe(values, scored, reference) for name, values in res.figures.items()]
+    if p.weights is not None:
+        lines.append(f"Inception weights {p.weights.path} (SHA-256 {p.weights.sha256[:12]}..., "
+                     f"{'official' if p.weights.official else 'NOT the official pytorch-fid weights'})")
     return lines

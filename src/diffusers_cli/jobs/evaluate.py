@@ -1,16 +1,17 @@
-"""The evaluation job: FID and Inception Score of generated or given images against a reference, and bits/dim on a data split.
+"""The evaluation job: the metrics of METRICS asked for, on generated or given images, a reference and a data split.
 
-Every input is checked before any long work (sampling, Inception passes, ODE solves), so bad
-input fails in seconds. Sampling and bits/dim are sharded across torchrun ranks; the Inception
-network runs on rank 0 only.
+Each metric names what it needs (Inception features of the scored images, reference statistics,
+bits/dim of a data split); the job prepares exactly that and hands it to the metrics' compute.
+Every input is checked before any long work (sampling, Inception passes, ODE solves), so bad input
+fails in seconds. Sampling and bits/dim are sharded across torchrun ranks; the Inception network
+and the metrics run on rank 0 only.
 """
 
 from __future__ import annotations
 
 import time
-import warnings
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -22,45 +23,47 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from diffusers_cli import build
-from diffusers_cli.checkpoints import read_meta
+from diffusers_cli.checkpoints import ModelCard, read_card
 from diffusers_cli.config import EvaluateConfig
 from diffusers_cli.data import DATASETS, DataError, load_dataset, resolve_name
 from diffusers_cli.distributed import World, init_world, shutdown
 from diffusers_cli.engine.likelihood import bits_per_dim
 from diffusers_cli.engine.metrics import (
-    FEATURE_DIM,
+    IMAGES,
+    LIKELIHOOD,
     RECOMMENDED_SAMPLES,
+    REFERENCE,
     InceptionV3Features,
     InceptionWeights,
+    Inputs,
+    LikelihoodTable,
+    Metric,
+    MetricOptions,
     MetricsError,
+    ReferenceStatistics,
     Statistics,
-    check_sample_count,
+    check_metrics,
     compute_statistics,
     extract_features,
     folder_images,
-    frechet_distance,
     image_batches,
-    inception_score,
     load_inception,
     load_statistics,
     save_statistics,
 )
-from diffusers_cli.engine.metrics.fid import frechet_distance_low_rank
 from diffusers_cli.engine.score import ScoreModel, make_score_fn
 from diffusers_cli.files import check_writable
 from diffusers_cli.jobs.report import Reporter, SilentReporter
-from diffusers_cli.jobs.sample import check_sampler, draw, guidance_plan, guided_score_fns
+from diffusers_cli.jobs.sample import draw, guidance_plan, guided_score_fns
 from diffusers_cli.runs import to_uint8
 
-#: Metric names --metrics accepts, in the order results are reported.
-METRICS: tuple[str, ...] = ("fid", "is", "bpd")
 #: The seed of reference and bits/dim data (shapes rendering, subsets): fixed, so --seed moves only the samples.
 DATA_SEED = 0
 #: Keys of a statistics cache that say what it holds (besides pytorch-fid's mu and sigma).
 CACHE_KEYS = ("reference", "inception_sha256")
 
 
-@dataclass
+@dataclass(frozen=True)
 class Reference:
     """The reference side of FID: a description, and statistics read from a file or images to compute them from."""
 
@@ -72,112 +75,89 @@ class Reference:
     cache_path: Path | None = None                       # the --save-reference-stats file, written or reused
     reused: bool = False                                 # the statistics came from the cache
 
+    def summary(self) -> dict[str, Any]:
+        """The reference part of the --json provenance."""
+        return {"description": self.description, "num_samples": self.num_samples,
+                "stats": str(self.cache_path) if self.cache_path else None, "reused": self.reused}
 
-@dataclass
-class EvaluateResult:
-    """What an evaluation measured, and with what."""
 
-    metrics: list[str]
+@dataclass(frozen=True)
+class Provenance:
+    """What produced an evaluation's figures: the images scored (and how they were made), the reference, the weights."""
+
     seed: int
-    is_main: bool = True
-    fid: float | None = None
-    is_mean: float | None = None
-    is_std: float | None = None
-    is_splits: int | None = None
-    bpd_mean: float | None = None
-    bpd_std: float | None = None
-    bpd_per_run: list[float] | None = None
-    bpd_runs: int | None = None
-    bpd_examples: int | None = None
-    bpd_data: str | None = None
-    num_samples: int | None = None
-    images: Path | None = None
-    model: Path | None = None
+    model: Path | None = None                 # the checkpoint sampled from or measured
+    images: Path | None = None                # the --images folder scored instead of samples
+    num_samples: int | None = None            # images scored
     sampler: str | None = None
     steps: int | None = None
-    nfe: int | None = None
-    guidance: float | None = None  # classifier-free guidance scale of a class-conditional model's samples
-    reference: str | None = None
-    reference_num_samples: int | None = None
-    reference_stats: Path | None = None
-    reference_stats_reused: bool = False
+    nfe: int | None = None                    # network evaluations per sample
+    guidance: float | None = None             # classifier-free guidance scale of a class-conditional model's samples
+    reference: Reference | None = None
     weights: InceptionWeights | None = None
-    warnings: list[str] = field(default_factory=list)
+    warnings: tuple[str, ...] = ()
     seconds: dict[str, float] = field(default_factory=dict)
 
     def summary(self) -> dict[str, Any]:
-        """The --json summary: every figure (null where not measured) and what produced it."""
+        """The provenance part of the --json summary (null where it does not apply)."""
         w = self.weights
         return {
-            "metrics": self.metrics, "fid": self.fid, "is_mean": self.is_mean, "is_std": self.is_std,
-            "is_splits": self.is_splits, "bpd_mean": self.bpd_mean, "bpd_std": self.bpd_std,
-            "bpd_runs": self.bpd_runs, "bpd_per_run": self.bpd_per_run, "bpd_examples": self.bpd_examples,
-            "bpd_data": self.bpd_data, "num_samples": self.num_samples,
-            "images": str(self.images) if self.images else None, "model": str(self.model) if self.model else None,
-            "sampler": self.sampler, "steps": self.steps, "nfe": self.nfe, "guidance": self.guidance, "seed": self.seed,
-            "reference": self.reference, "reference_num_samples": self.reference_num_samples,
-            "reference_stats": str(self.reference_stats) if self.reference_stats else None,
-            "reference_stats_reused": self.reference_stats_reused,
-            "inception_weights": str(w.path) if w else None, "inception_sha256": w.sha256 if w else None,
-            "inception_official": w.official if w else None, "inception_origin": w.origin if w else None,
-            "warnings": self.warnings, "seconds": {k: round(v, 3) for k, v in self.seconds.items()},
+            "model": str(self.model) if self.model else None, "images": str(self.images) if self.images else None,
+            "num_samples": self.num_samples, "sampler": self.sampler, "steps": self.steps, "nfe": self.nfe,
+            "guidance": self.guidance, "seed": self.seed,
+            "reference": self.reference.summary() if self.reference else None,
+            "inception": {"weights": str(w.path), "sha256": w.sha256, "official": w.official, "origin": w.origin} if w else None,
+            "warnings": list(self.warnings), "seconds": {k: round(v, 3) for k, v in self.seconds.items()},
         }
+
+
+@dataclass(frozen=True)
+class EvaluateResult:
+    """What an evaluation measured (figures per metric, in registry order; empty off rank 0), and with what."""
+
+    figures: dict[str, dict[str, Any]]
+    provenance: Provenance
+    is_main: bool = True
+
+    @property
+    def warnings(self) -> tuple[str, ...]:
+        """Lines the user should see: too few images, unofficial weights, numerical trouble."""
+        return self.provenance.warnings
+
+    def summary(self) -> dict[str, Any]:
+        """The --json summary: {metric: its figures, ..., "provenance": what produced them}."""
+        return {**self.figures, "provenance": self.provenance.summary()}
 
 
 # ---- checks --------------------------------------------------------------------------------
 
 
-def check_metrics(names: list[str]) -> list[str]:
-    """The requested metrics in canonical order; ValueError for an unknown or missing name."""
-    unknown = [m for m in names if m not in METRICS]
-    if unknown:
-        raise ValueError(f"unknown metric {unknown[0]!r}; use a comma-separated list of {', '.join(METRICS)} (e.g. --metrics fid,is)")
-    if not names:
-        raise ValueError(f"no metric asked for; pass --metrics with some of {', '.join(METRICS)}")
-    return [m for m in METRICS if m in names]
+def checked_counts(metrics: dict[str, Metric], need: str, what: str, n: int, options: MetricOptions) -> list[str]:
+    """Every metric that needs ``need`` checks the ``n`` images of ``what``; their warning lines (MetricsError to refuse)."""
+    lines = [metric.check(what, n, options) for metric in metrics.values() if need in metric.needs]
+    return [line for line in lines if line]
 
 
-def check_fid_count(n: int, what: str, allow_few: bool) -> str | None:
-    """check_sample_count with the flag that overrides it named; returns the warning line, if any."""
-    if n < 2:
-        raise MetricsError(f"FID needs at least 2 {what}; got {n}")
-    try:
-        line = check_sample_count(n, FEATURE_DIM, allow_few)
-    except MetricsError as err:
-        raise MetricsError(f"{what}: {err}; pass --allow-few to compute it anyway (to test a pipeline only)") from None
-    return f"{what}: {line}" if line else None
+def given_images(cfg: EvaluateConfig) -> list[Path]:
+    """The --images files to score: all of them, or the first --num-samples."""
+    assert cfg.images is not None
+    files = folder_images(cfg.images, recursive=True)
+    if cfg.num_samples is not None:
+        if cfg.num_samples > len(files):
+            raise MetricsError(f"--num-samples {cfg.num_samples} but {cfg.images} holds only {len(files)} images")
+        files = files[: cfg.num_samples]
+    return files
 
 
-def check_is_splits(n: int, splits: int, allow_few: bool) -> tuple[int, str | None]:
-    """The number of IS splits to use for n images, and a warning when there are too few images for ``splits``."""
-    if n >= splits:
-        return splits, None
-    if not allow_few:
-        raise MetricsError(
-            f"Inception Score in {splits} splits needs at least {splits} images; got {n} "
-            f"(use more images, lower --is-splits, or pass --allow-few to score them in one split)"
-        )
-    return 1, f"Inception Score of {n} images in one split ({splits} splits need {splits}): is_std is 0 and the score is not comparable"
-
-
-# ---- FID -----------------------------------------------------------------------------------
-
-
-def fid_against(features: np.ndarray, mu: np.ndarray, sigma: np.ndarray, ref_features: np.ndarray | None) -> tuple[float, list[str]]:
-    """FID of features against reference statistics, and any numerical warnings.
-
-    pytorch-fid's computation (the engine's frechet_distance) when both sides have more images than
-    feature dimensions; the exact low-rank route when either side has no more (possible with --allow-few).
-    """
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        if features.shape[0] <= features.shape[1]:
-            fid = frechet_distance_low_rank(features, mu, sigma)
-        elif ref_features is not None and ref_features.shape[0] <= ref_features.shape[1]:
-            fid = frechet_distance_low_rank(ref_features, *compute_statistics(features))
-        else:
-            fid = frechet_distance(*compute_statistics(features), mu, sigma)
-    return fid, [f"FID: {w.message}" for w in caught]
+def weights_warnings(weights: InceptionWeights, ref: Reference | None) -> list[str]:
+    """Warnings when figures made with these weights are not comparable to published ones, or to the reference's."""
+    lines = []
+    if not weights.official:
+        lines.append(f"Inception weights {weights.path} are not pytorch-fid's official ones: figures are not comparable to published FID/IS")
+    recorded = str(ref.stats.extra.get("inception_sha256", "")) if ref is not None and ref.stats is not None else ""
+    if recorded and recorded != weights.sha256:
+        lines.append(f"the reference statistics were computed with other Inception weights (SHA-256 {recorded[:12]}...): FID is not meaningful")
+    return lines
 
 
 # ---- the reference --------------------------------------------------------------------------
@@ -205,11 +185,15 @@ def tensor_batches(images: Tensor, batch_size: int) -> Iterator[Tensor]:
         yield images[start : start + batch_size]
 
 
-def resolve_reference(cfg: EvaluateConfig, meta: dict[str, Any] | None, files: list[Path] | None) -> Reference:
+def _hw(size: int | tuple[int, int]) -> tuple[int, int]:
+    return (size, size) if isinstance(size, int) else (size[0], size[1])
+
+
+def resolve_reference(cfg: EvaluateConfig, card: ModelCard | None, files: list[Path] | None) -> Reference:
     """The FID reference: a statistics file, a folder (read as pytorch-fid reads it) or a dataset (as training reads it)."""
-    name = cfg.reference if cfg.reference is not None else (meta or {}).get("dataset")
+    name = cfg.reference if cfg.reference is not None else (card.dataset if card is not None else None)
     if name is None:
-        raise ValueError("FID needs a reference: pass --reference with a dataset name (e.g. cifar10), a folder of images or a statistics .npz")
+        raise MetricsError("FID needs a reference: pass --reference with a dataset name (e.g. cifar10), a folder of images or a statistics .npz")
     path = Path(str(name)).expanduser()
     if path.is_file() or path.suffix.lower() == ".npz":
         stats = load_statistics(path)
@@ -224,52 +208,50 @@ def resolve_reference(cfg: EvaluateConfig, meta: dict[str, Any] | None, files: l
     try:
         canonical, _ = resolve_name(str(name))
     except DataError:
-        raise ValueError(
+        raise MetricsError(
             f"unknown reference {str(name)!r}: use a dataset name ({', '.join(DATASETS)}), a folder of images, or a statistics .npz file"
         ) from None
-    size = cfg.image_size or (meta or {}).get("image_size") or (image_side(files[0]) if files else None)
+    size = cfg.image_size or (card.image_hw if card is not None else None) or (image_side(files[0]) if files else None)
     if size is None:
-        raise ValueError(f"pass --image-size to say at what resolution to read the reference dataset {canonical}")
-    channels = (meta or {}).get("channels") if meta and meta.get("dataset") == canonical else None
-    ds, info = load_dataset(canonical, size, cfg.data_dir, cfg.split, DATA_SEED, cfg.reference_examples, channels, cfg.download)
+        raise MetricsError(f"pass --image-size to say at what resolution to read the reference dataset {canonical}")
+    h, w = _hw(size)
+    channels = card.channels if card is not None and card.dataset == canonical else None
+    ds, info = load_dataset(canonical, (h, w), cfg.data_dir, cfg.split, DATA_SEED, cfg.reference_examples, channels, cfg.download)
     where = f" from {Path(cfg.data_dir).resolve() if cfg.data_dir else 'data'}" if canonical == "folder" else ""
-    desc = f"{info.name}{where} {cfg.split} at {size}x{size} ({len(ds):,})"  # type: ignore[arg-type]
+    desc = f"{info.name}{where} {cfg.split} at {h}x{w} ({len(ds):,})"  # type: ignore[arg-type]
     return Reference(desc, len(ds), batches=lambda: dataset_batches(ds, cfg.batch_size))  # type: ignore[arg-type]
 
 
-def attach_cache(ref: Reference, cache: Path, weights: InceptionWeights) -> str | None:
-    """Reuse ``cache`` if it holds this reference's statistics under these Inception weights, else mark it to be (re)written.
+def attach_cache(ref: Reference, cache: Path, weights: InceptionWeights) -> tuple[Reference, str | None]:
+    """The reference with ``cache`` reused if it holds its statistics under these weights, else due to be (re)written.
 
-    Returns a line to tell the user what happened. A file at ``cache`` that does not record its
-    reference and weights was not written by diffuse evaluate, and is never overwritten.
+    Also returns a line to tell the user what happened. A file at ``cache`` that does not record
+    its reference and weights was not written by diffuse evaluate, and is never overwritten.
     """
     if ref.batches is None:
-        raise ValueError(f"--save-reference-stats caches statistics computed from a dataset or folder; the reference is already {ref.description}")
-    ref.cache_path = cache
+        raise MetricsError(f"--save-reference-stats caches statistics computed from a dataset or folder; the reference is already {ref.description}")
     if not cache.is_file():
         check_writable(cache)  # a folder, or a place that cannot be written, fails here
-        ref.cache = cache
-        return None
+        return replace(ref, cache=cache, cache_path=cache), None
     stats = load_statistics(cache)
     recorded = tuple(str(stats.extra[k]) if k in stats.extra else "" for k in CACHE_KEYS)
     if not all(recorded):
-        raise ValueError(
+        raise MetricsError(
             f"{cache} exists but was not written by diffuse evaluate (it records no reference or Inception weights); "
             f"pass it as --reference {cache} to use it, or choose another --save-reference-stats path"
         )
     if recorded == (ref.description, weights.sha256):
-        ref.stats, ref.reused = stats, True
-        return f"reusing reference statistics from {cache} ({ref.description})"
+        return replace(ref, stats=stats, reused=True, cache_path=cache), f"reusing reference statistics from {cache} ({ref.description})"
     check_writable(cache)
-    ref.cache = cache
-    return f"recomputing {cache}: it holds {recorded[0]} under Inception weights {recorded[1][:12]}, not {ref.description} under {weights.sha256[:12]}"
+    return (replace(ref, cache=cache, cache_path=cache),
+            f"recomputing {cache}: it holds {recorded[0]} under Inception weights {recorded[1][:12]}, not {ref.description} under {weights.sha256[:12]}")
 
 
 def reference_statistics(ref: Reference, net: InceptionV3Features, weights: InceptionWeights,
-                         reporter: Reporter) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """(mu, sigma, features or None) of the reference; writes the cache when one is due."""
+                         reporter: Reporter) -> ReferenceStatistics:
+    """The reference's mu, sigma (and features, when computed here); writes the cache when one is due."""
     if ref.stats is not None:
-        return ref.stats.mu, ref.stats.sigma, None
+        return ReferenceStatistics(ref.stats.mu, ref.stats.sigma, None)
     assert ref.batches is not None and ref.num_samples is not None
     features, _ = extract_features(net, ref.batches(), progress_for(reporter, ref.num_samples, f"Inception features of {ref.description}"))
     reporter.finish()
@@ -277,7 +259,7 @@ def reference_statistics(ref: Reference, net: InceptionV3Features, weights: Ince
     if ref.cache is not None:
         save_statistics(ref.cache, mu, sigma, num_samples=features.shape[0], reference=ref.description,
                         inception_sha256=weights.sha256, inception_official=weights.official)
-    return mu, sigma, features
+    return ReferenceStatistics(mu, sigma, features)
 
 
 def progress_for(reporter: Reporter, total: int, description: str) -> Callable[[int], None]:
@@ -341,131 +323,115 @@ def evaluate(cfg: EvaluateConfig, reporter: Reporter | None = None) -> EvaluateR
         shutdown(world)
 
 
-def _evaluate(cfg: EvaluateConfig, metrics: list[str], device: torch.device, world: World, reporter: Reporter) -> EvaluateResult:
-    res = EvaluateResult(metrics=metrics, seed=cfg.seed, is_main=world.is_main)
-    image_metrics = [m for m in metrics if m in ("fid", "is")]
-    generate = bool(image_metrics) and cfg.images is None
+def _evaluate(cfg: EvaluateConfig, metrics: dict[str, Metric], device: torch.device, world: World,
+              reporter: Reporter) -> EvaluateResult:
+    needs: frozenset[str] = frozenset().union(*(metric.needs for metric in metrics.values()))
+    options = MetricOptions(allow_few=cfg.allow_few, is_splits=cfg.is_splits)
+    generate = IMAGES in needs and cfg.images is None
+    lines: list[str] = []
 
     # Everything is checked before any long work, cheapest first.
-    meta: dict[str, Any] | None = None
-    if generate or "bpd" in metrics or cfg.model is not None:
-        res.model = build.resolve_model_path(cfg.model, cfg.runs_dir)
-        meta = read_meta(res.model)
-    if generate:
-        check_sampler(cfg.sampler)
-        res.sampler, res.steps = cfg.sampler.name, cfg.sampler.steps
-    files, splits = _images_to_score(cfg, metrics, res) if image_metrics else (None, cfg.is_splits)
-    ref = _reference(cfg, meta, files, res) if "fid" in metrics else None
-    net, notes = _inception(cfg, device, ref, res) if image_metrics else (None, [])
-    bpd_data = _bpd_data(cfg, meta, res) if "bpd" in metrics else None
+    model_path: Path | None = None
+    card: ModelCard | None = None
+    if generate or LIKELIHOOD in needs or cfg.model is not None:
+        model_path = build.resolve_model_path(cfg.model, cfg.runs_dir)
+        card = read_card(model_path)
+    files: list[Path] | None = None
+    num_samples: int | None = None
+    if IMAGES in needs:
+        files = given_images(cfg) if cfg.images is not None else None
+        num_samples = len(files) if files is not None else cfg.num_samples or RECOMMENDED_SAMPLES
+        lines += checked_counts(metrics, IMAGES, "evaluated images", num_samples, options)
+    ref = resolve_reference(cfg, card, files) if REFERENCE in needs else None
+    if ref is not None and ref.num_samples is not None:
+        lines += checked_counts(metrics, REFERENCE, "reference images", ref.num_samples, options)
+    net: InceptionV3Features | None = None
+    weights: InceptionWeights | None = None
+    note: str | None = None
+    if IMAGES in needs or REFERENCE in needs:
+        # Every rank loads it, so missing weights fail everywhere alike.
+        net = load_inception(cfg.inception_weights, device)
+        assert net.weights_info is not None
+        weights = net.weights_info
+        lines += weights_warnings(weights, ref)
+        if ref is not None and cfg.save_reference_stats is not None:
+            ref, note = attach_cache(ref, cfg.save_reference_stats, weights)
+    bpd_data = bpd_dataset(cfg, card) if LIKELIHOOD in needs else None
     model: ScoreModel | None = None
     if generate or bpd_data is not None:
-        assert res.model is not None
-        model, meta = build.load_score_model(res.model, cfg.use_ema)
+        assert model_path is not None
+        model, card = build.load_score_model(model_path, cfg.use_ema)
         model.to(device).requires_grad_(False)
-    for note in notes:
+    if note is not None:
         reporter.message(note)
 
     # Sampling and bits/dim, sharded across ranks.
+    seconds: dict[str, float] = {}
     samples: Tensor | None = None
+    nfe: int | None = None
+    guidance: float | None = None
     if generate:
-        assert model is not None and res.num_samples is not None
+        assert model is not None and card is not None and model_path is not None and num_samples is not None
         t0 = time.perf_counter()
-        shape = (meta["channels"], meta["image_size"], meta["image_size"])  # type: ignore[index]
-        # A class-conditional model is scored on what `diffuse sample` makes: every class in turn, guided.
-        _, res.guidance = guidance_plan(meta, None, cfg.guidance, res.model)  # type: ignore[arg-type]
-        fns = guided_score_fns(model, meta["network"]["num_classes"], None, res.guidance, device) if res.guidance is not None else None  # type: ignore[index]
-        x, res.nfe = draw(model.sde, make_score_fn(model), shape, res.num_samples, cfg.batch_size, cfg.seed,
-                          cfg.sampler, device, world, reporter, score_fn_for=fns)
-        samples = to_uint8(x)  # exactly what `diffuse sample --individual` writes as PNGs
-        res.seconds["sampling"] = time.perf_counter() - t0
+        samples, nfe, guidance = draw_samples(model, card, model_path, num_samples, cfg, device, world, reporter)
+        seconds["sampling"] = time.perf_counter() - t0
+    likelihood: LikelihoodTable | None = None
     if bpd_data is not None:
         assert model is not None
         t0 = time.perf_counter()
-        per_run = bpd_table(model, bpd_data, cfg, device, world, reporter).mean(axis=1)
-        res.bpd_per_run = [float(v) for v in per_run]
-        res.bpd_mean, res.bpd_std = float(per_run.mean()), float(per_run.std())
-        res.seconds["bpd"] = time.perf_counter() - t0
+        likelihood = LikelihoodTable(bpd_table(model, bpd_data[0], cfg, device, world, reporter), bpd_data[1])
+        seconds["bpd"] = time.perf_counter() - t0
 
-    # Inception metrics on rank 0.
-    if world.is_main and net is not None:
+    # Inception and the metrics on rank 0.
+    figures: dict[str, dict[str, Any]] = {}
+    if world.is_main:
         t0 = time.perf_counter()
-        batches = image_batches(files, cfg.batch_size) if files is not None else tensor_batches(samples, cfg.batch_size)  # type: ignore[arg-type]
-        _inception_metrics(net, batches, f"images in {cfg.images}" if files is not None else "the samples", splits, ref, res, reporter)
-        res.seconds["inception"] = time.perf_counter() - t0
-    return res
+        features: np.ndarray | None = None
+        logits: np.ndarray | None = None
+        if IMAGES in needs:
+            assert net is not None and num_samples is not None
+            if files is not None:
+                batches, what = image_batches(files, cfg.batch_size), f"images in {cfg.images}"
+            else:
+                assert samples is not None
+                batches, what = tensor_batches(samples, cfg.batch_size), "the samples"
+            features, logits = extract_features(net, batches, progress_for(reporter, num_samples, f"Inception features of {what}"))
+            reporter.finish()
+        ref_stats: ReferenceStatistics | None = None
+        if ref is not None:
+            assert net is not None and weights is not None
+            ref_stats = reference_statistics(ref, net, weights, reporter)
+        inputs = Inputs(options, features, logits, ref_stats, likelihood)
+        for name, metric in metrics.items():
+            values, warned = metric.compute(inputs)
+            figures[name] = values
+            lines += warned
+        if net is not None:
+            seconds["inception"] = time.perf_counter() - t0
+
+    provenance = Provenance(
+        seed=cfg.seed, model=model_path, images=cfg.images if files is not None else None, num_samples=num_samples,
+        sampler=cfg.sampler.name if generate else None, steps=cfg.sampler.steps if generate else None, nfe=nfe,
+        guidance=guidance, reference=ref, weights=weights, warnings=tuple(lines), seconds=seconds,
+    )
+    return EvaluateResult(figures, provenance, is_main=world.is_main)
 
 
-def _images_to_score(cfg: EvaluateConfig, metrics: list[str], res: EvaluateResult) -> tuple[list[Path] | None, int]:
-    """The --images files (None when generating) and the IS splits; sets num_samples and count warnings."""
-    files: list[Path] | None = None
-    if cfg.images is not None:
-        files = folder_images(cfg.images, recursive=True)
-        if cfg.num_samples is not None:
-            if cfg.num_samples > len(files):
-                raise MetricsError(f"--num-samples {cfg.num_samples} but {cfg.images} holds only {len(files)} images")
-            files = files[: cfg.num_samples]
-        res.images, res.num_samples = cfg.images, len(files)
-    else:
-        res.num_samples = cfg.num_samples or RECOMMENDED_SAMPLES
-    splits = cfg.is_splits
-    if "fid" in metrics:
-        res.warnings += [w for w in [check_fid_count(res.num_samples, "evaluated images", cfg.allow_few)] if w]
-    if "is" in metrics:
-        splits, line = check_is_splits(res.num_samples, cfg.is_splits, cfg.allow_few)
-        res.warnings += [line] if line else []
-    return files, splits
+def draw_samples(model: ScoreModel, card: ModelCard, path: Path, n: int, cfg: EvaluateConfig, device: torch.device,
+                 world: World, reporter: Reporter) -> tuple[Tensor, int, float | None]:
+    """(uint8 samples as `diffuse sample --individual` writes them, NFE per sample, guidance scale or None)."""
+    # A class-conditional model is scored on what `diffuse sample` makes: every class in turn, guided.
+    _, guidance = guidance_plan(card, None, cfg.guidance, path)
+    fns = guided_score_fns(model, card.num_classes, None, guidance, device) if guidance is not None else None
+    x, nfe = draw(model.sde, make_score_fn(model), card.image_shape, n, cfg.batch_size, cfg.seed,
+                  cfg.sampler, device, world, reporter, score_fn_for=fns)
+    return to_uint8(x), nfe, guidance
 
 
-def _reference(cfg: EvaluateConfig, meta: dict[str, Any] | None, files: list[Path] | None, res: EvaluateResult) -> Reference:
-    """The FID reference, its count checked."""
-    ref = resolve_reference(cfg, meta, files)
-    res.reference, res.reference_num_samples = ref.description, ref.num_samples
-    if ref.num_samples is not None:
-        res.warnings += [w for w in [check_fid_count(ref.num_samples, "reference images", cfg.allow_few)] if w]
-    return ref
-
-
-def _inception(cfg: EvaluateConfig, device: torch.device, ref: Reference | None,
-               res: EvaluateResult) -> tuple[InceptionV3Features, list[str]]:
-    """The Inception network (every rank loads it, so missing weights fail everywhere alike) and lines about the cache."""
-    net = load_inception(cfg.inception_weights, device)
-    assert net.weights_info is not None
-    weights = res.weights = net.weights_info
-    if not weights.official:
-        res.warnings.append(f"Inception weights {weights.path} are not pytorch-fid's official ones: figures are not comparable to published FID/IS")
-    recorded = str(ref.stats.extra.get("inception_sha256", "")) if ref is not None and ref.stats is not None else ""
-    if recorded and recorded != weights.sha256:
-        res.warnings.append(f"the reference statistics were computed with other Inception weights (SHA-256 {recorded[:12]}...): FID is not meaningful")
-    notes: list[str] = []
-    if ref is not None and cfg.save_reference_stats is not None:
-        note = attach_cache(ref, cfg.save_reference_stats, weights)
-        notes += [note] if note else []
-        res.reference_stats, res.reference_stats_reused = ref.cache_path, ref.reused
-    return net, notes
-
-
-def _bpd_data(cfg: EvaluateConfig, meta: dict[str, Any] | None, res: EvaluateResult) -> Dataset:
-    """The bits/dim examples: a split of the model's own dataset (or --bpd-dataset) at the model's size and channels."""
-    assert meta is not None
-    size = meta["image_size"]
-    data, info = load_dataset(cfg.bpd_dataset or meta["dataset"], size, cfg.data_dir, cfg.bpd_split, DATA_SEED,
-                              cfg.bpd_examples, meta["channels"], cfg.download)
-    res.bpd_data = f"{info.name} {cfg.bpd_split} at {size}x{size}"
-    res.bpd_examples, res.bpd_runs = len(data), cfg.bpd_runs  # type: ignore[arg-type]
-    return data
-
-
-def _inception_metrics(net: InceptionV3Features, batches: Iterator[Tensor], what: str, splits: int,
-                       ref: Reference | None, res: EvaluateResult, reporter: Reporter) -> None:
-    """IS and FID of the images in ``batches`` (rank 0 only)."""
-    assert res.weights is not None and res.num_samples is not None
-    features, logits = extract_features(net, batches, progress_for(reporter, res.num_samples, f"Inception features of {what}"))
-    reporter.finish()
-    if "is" in res.metrics:
-        res.is_mean, res.is_std = inception_score(logits, splits)
-        res.is_splits = splits
-    if ref is not None:
-        mu, sigma, ref_features = reference_statistics(ref, net, res.weights, reporter)
-        res.fid, numeric = fid_against(features, mu, sigma, ref_features)
-        res.warnings += numeric
+def bpd_dataset(cfg: EvaluateConfig, card: ModelCard | None) -> tuple[Dataset, str]:
+    """The bits/dim examples, a split of the model's own dataset (or --bpd-dataset) at its size and channels, and their description."""
+    assert card is not None
+    h, w = card.image_hw
+    data, info = load_dataset(cfg.bpd_dataset or card.dataset, (h, w), cfg.data_dir, cfg.bpd_split, DATA_SEED,
+                              cfg.bpd_examples, card.channels, cfg.download)
+    return data, f"{info.name} {cfg.bpd_split} at {h}x{w}"

@@ -44,10 +44,6 @@ class SampleResult:
     class_name: str | None = None  # the one class sampled, or None for every class in turn
 
 
-def check_sampler(s: SamplerConfig) -> None:
-    """Kept for callers not yet moved: a SamplerConfig is checked against the engine when it is built."""
-
-
 def guidance_plan(card: ModelCard, label: str | None, guidance: float | None, path: Path) -> tuple[int | None, float | None]:
     """(one class or None for all in turn, guidance scale) for a class-conditional model; (None, None) otherwise."""
     if not card.class_conditional:
@@ -145,7 +141,6 @@ class Trajectory:
 def sample_images(cfg: SampleConfig, reporter: Reporter | None = None) -> SampleResult:
     """Run ``diffuse sample``: returns the images (in [-1, 1]) and where they were written."""
     reporter = reporter or SilentReporter()
-    check_sampler(cfg.sampler)
     check_image_output(cfg.out, individual=cfg.individual)
     if cfg.trajectory is not None:
         check_image_output(cfg.trajectory, "--trajectory")

@@ -122,3 +122,39 @@ def frechet_distance_low_rank(features: np.ndarray, mu: np.ndarray, sigma: np.nd
     diff = mu1 - mu
     tr1 = float(np.sum(a * a)) / (n - 1)
     return float(diff.dot(diff) + tr1 + np.trace(sigma) - 2 * np.sqrt(np.clip(ev, 0.0, None)).sum())
+
+
+def fid_against(
+    features: np.ndarray,
+    mu: np.ndarray,
+    sigma: np.ndarray,
+    ref_features: np.ndarray | None = None,
+) -> tuple[float, list[str]]:
+    """FID of features [n, D] against reference statistics (with the reference's features if known), and numerical warnings.
+
+    pytorch-fid's computation (frechet_distance) when both sides have more images than feature
+    dimensions; the exact low-rank route when either side has no more (possible with --allow-few),
+    where sqrtm of the singular product is slow and off by rounding.
+    """
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        if features.shape[0] <= features.shape[1]:
+            fid = frechet_distance_low_rank(features, mu, sigma)
+        elif ref_features is not None and ref_features.shape[0] <= ref_features.shape[1]:
+            # FID is symmetric: the few reference features against the many images' statistics.
+            fid = frechet_distance_low_rank(ref_features, *compute_statistics(features))
+        else:
+            fid = frechet_distance(*compute_statistics(features), mu, sigma)
+    messages = [str(w.message) for w in caught]
+    return fid, [m if m.startswith("FID") else f"FID: {m}" for m in messages]
+
+
+def check_fid_count(n: int, what: str, allow_few: bool) -> str | None:
+    """check_sample_count for the images of ``what``, naming the flag that overrides it; returns the warning line, if any."""
+    if n < 2:
+        raise MetricsError(f"FID needs at least 2 {what}; got {n}")
+    try:
+        line = check_sample_count(n, FEATURE_DIM, allow_few)
+    except MetricsError as err:
+        raise MetricsError(f"{what}: {err}; pass --allow-few to compute it anyway (to test a pipeline only)") from None
+    return f"{what}: {line}" if line else None

@@ -43,3 +43,15 @@ def _as_float64(logits: Tensor | np.ndarray) -> np.ndarray:
     if isinstance(logits, Tensor):
         return logits.detach().cpu().double().numpy()
     return np.asarray(logits, dtype=np.float64)
+
+
+def splits_for(n: int, splits: int, allow_few: bool) -> tuple[int, str | None]:
+    """The number of IS splits to use for n images, and a warning when there are too few images for ``splits``."""
+    if n >= splits:
+        return splits, None
+    if not allow_few:
+        raise MetricsError(
+            f"Inception Score in {splits} splits needs at least {splits} images; got {n} "
+            f"(use more images, lower --is-splits, or pass --allow-few to score them in one split)"
+        )
+    return 1, f"Inception Score of {n} images in one split ({splits} splits need {splits}): its std is 0 and the score is not comparable"
