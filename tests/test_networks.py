@@ -127,7 +127,9 @@ def test_unet_output_is_zero_at_init_then_nonzero() -> None:
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"image_size": 30, "channel_mult": (1, 2, 2)}, r"image_size 30 is not divisible by 2\*\*\(len\(channel_mult\)-1\) = 4"),
+        ({"image_size": 30, "channel_mult": (1, 2, 2)}, r"image side 30 is not divisible by 2\*\*\(len\(channel_mult\)-1\) = 4"),
+        ({"image_size": (16, 30), "channel_mult": (1, 2, 2)}, r"image side 30 is not divisible by 2\*\*\(len\(channel_mult\)-1\) = 4"),
+        ({"image_size": (8, 8, 8)}, r"image_size must be a side or \(height, width\), got \[8, 8, 8\]"),
         ({"image_size": 32, "attn_resolutions": (12,)}, r"attention resolution 12 is never reached; the U-Net's resolutions are \[32, 16\]"),
         ({"image_size": 16, "channel_mult": ()}, r"channel_mult must be a non-empty sequence of positive ints, got \[\]"),
         ({"image_size": 16, "channel_mult": (1, 0)}, r"channel_mult must be a non-empty sequence of positive ints, got \[1, 0\]"),
@@ -287,7 +289,8 @@ def test_classifier_time_conditioning_and_gradients() -> None:
         ({"depth": 4}, r"depth must be 6 n \+ 4 with n >= 1 \(10, 16, 22, 28, ...\), got 4"),
         ({"num_classes": 1}, r"num_classes must be >= 2, got 1"),
         ({"widen": 0}, r"widen must be >= 1, got 0"),
-        ({"image_size": 2}, r"image_size must be >= 4, got 2"),
+        ({"image_size": 2}, r"image sides must be >= 4, got 2"),
+        ({"image_size": (8, 3)}, r"image sides must be >= 4, got \(8, 3\)"),
     ],
 )
 def test_classifier_rejects_bad_arguments(kwargs: dict[str, object], message: str) -> None:
