@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
-import typer
+import os
+import sys
+
+# Rich help and error boxes cost ~150 ms per call (typer renders them with rich); a shell script or
+# CI log gains nothing from them, so without a terminal typer prints click's plain text. Typer reads
+# this when it is first imported, hence before the import; TYPER_USE_RICH set by the user wins.
+if not (sys.stdout.isatty() or sys.stderr.isatty()):
+    os.environ.setdefault("TYPER_USE_RICH", "0")
+
+import typer  # noqa: E402
 
 from diffusers_cli import __version__
 from diffusers_cli.cli.condition import condition_command
