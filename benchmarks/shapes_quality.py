@@ -34,7 +34,7 @@ from diffusers_cli.engine.guidance import cycle_labels  # noqa: E402
 from diffusers_cli.engine.metrics.fid import frechet_distance  # noqa: E402
 from diffusers_cli.engine.samplers import sample  # noqa: E402
 from diffusers_cli.engine.score import ScoreFn, ScoreModel, make_score_fn  # noqa: E402
-from diffusers_cli.jobs.sample import guided_score_fns  # noqa: E402
+from diffusers_cli.sampling import guided_score_fns  # noqa: E402
 
 #: Seed of the real images judge_fd compares against (not the training seed 0, not the judge's).
 REAL_SEED = 7

@@ -8,9 +8,8 @@ import pytest
 import torch
 
 from diffusers_cli.engine.grids import GRIDS, time_grid
-from diffusers_cli.engine.schedules import CosineSchedule
 from diffusers_cli.engine.options import OptionError
-from diffusers_cli.engine.sde import SDE, VESDE, VPSDE, SubVPSDE
+from diffusers_cli.engine.sde import SDE, VESDE, VPSDE
 
 SDES: dict[str, SDE] = registered_sdes()  # every registered kind (DDPM included) and VP with the cosine schedule
 STEPS = 12

@@ -20,8 +20,7 @@ from diffusers_cli.engine.likelihood import (
     nats_to_bits_per_dim,
     uniform_dequantize,
 )
-from diffusers_cli.engine.schedules import CosineSchedule
-from diffusers_cli.engine.sde import SDE, VESDE, VPSDE, SubVPSDE
+from diffusers_cli.engine.sde import SDE
 
 SDES: dict[str, SDE] = registered_sdes()  # every registered kind (DDPM included) and VP with the cosine schedule
 SHAPE = (1, 4, 4)

@@ -30,9 +30,8 @@ from diffusers_cli.engine.samplers import (
     sampler_options,
     split_options,
 )
-from diffusers_cli.engine.schedules import CosineSchedule
 from diffusers_cli.engine.score import NFECounter
-from diffusers_cli.engine.sde import SDE, VESDE, VPSDE, SubVPSDE
+from diffusers_cli.engine.sde import SDE
 
 SDES: dict[str, SDE] = registered_sdes()  # every registered kind (DDPM included) and VP with the cosine schedule
 SHAPE = (1, 4, 4)

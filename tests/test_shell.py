@@ -12,7 +12,6 @@ from typing import Annotated, Any
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 from torch import Tensor
 from typer.testing import CliRunner

@@ -182,7 +182,7 @@ class RichReporter:
 def make_reporter(json_mode: bool, quiet: bool = False) -> Any:
     """Rich on an interactive terminal, plain lines otherwise; --json keeps stdout for the summary."""
     if quiet:
-        from diffusers_cli.jobs.report import SilentReporter
+        from diffusers_cli.report import SilentReporter
 
         return SilentReporter()
     if sys.stderr.isatty() and not json_mode and os.environ.get("TERM") != "dumb":

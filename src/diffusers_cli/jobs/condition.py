@@ -13,9 +13,9 @@ from diffusers_cli.distributed import init_world, shutdown
 from diffusers_cli.engine.guidance import classifier_fn, classifier_free, guided
 from diffusers_cli.engine.score import make_score_fn
 from diffusers_cli.files import check_image_output
-from diffusers_cli.jobs.report import Reporter, SilentReporter
+from diffusers_cli.report import Reporter, SilentReporter
 from diffusers_cli.errors import UsageError
-from diffusers_cli.jobs.sample import draw
+from diffusers_cli.sampling import draw
 from diffusers_cli.runs import write_images
 
 

@@ -53,8 +53,8 @@ from diffusers_cli.engine.metrics import (
 )
 from diffusers_cli.engine.score import ScoreModel, make_score_fn
 from diffusers_cli.files import check_writable
-from diffusers_cli.jobs.report import Reporter, SilentReporter
-from diffusers_cli.jobs.sample import draw, guidance_plan, guided_score_fns
+from diffusers_cli.report import Reporter, SilentReporter
+from diffusers_cli.sampling import draw, guidance_plan, guided_score_fns
 from diffusers_cli.runs import to_uint8
 
 #: The seed of reference and bits/dim data (shapes rendering, subsets): fixed, so --seed moves only the samples.

@@ -21,7 +21,7 @@ from diffusers_cli.engine.masks import make_mask, mask_from_image
 from diffusers_cli.engine.score import NFECounter, make_score_fn
 from diffusers_cli.errors import UsageError
 from diffusers_cli.files import check_image_output
-from diffusers_cli.jobs.report import Reporter, SilentReporter
+from diffusers_cli.report import Reporter, SilentReporter
 from diffusers_cli.runs import save_png, to_uint8
 
 

@@ -25,7 +25,7 @@ from diffusers_cli.engine.score import ScoreModel, make_score_fn
 from diffusers_cli.engine.sde import SDE
 from diffusers_cli.engine.training import EMA, Hook, batch_indices, train_loop, warmup_lr
 from diffusers_cli.files import atomic_path, write_text_atomic
-from diffusers_cli.jobs.report import Reporter, SilentReporter
+from diffusers_cli.report import Reporter, SilentReporter
 from diffusers_cli.runs import CONFIG_NAME, LOSS_PLOT_NAME, METRICS_NAME, MetricsLog, new_run_name, plot_series, save_grid
 
 
