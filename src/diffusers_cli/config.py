@@ -5,6 +5,7 @@ from __future__ import annotations
 from diffusers_cli.errors import UsageError
 
 import json
+import math
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal, Union, get_args
@@ -18,6 +19,7 @@ from pydantic import (
     PositiveFloat,
     PositiveInt,
     ValidationError,
+    model_serializer,
     model_validator,
 )
 
@@ -109,15 +111,38 @@ class SubVPConfig(_Scheduled):
 
 
 class DDPMConfig(_Scheduled):
-    """DDPM: the discrete T-step chain."""
+    """DDPM: the discrete T-step chain, of a named schedule or of an explicit table of betas (a diffusers scheduler's)."""
 
     kind: Literal["ddpm"] = "ddpm"
     num_steps: PositiveInt = 1000
+    # The chain's betas as a table (diffusers' scaled_linear, sigmoid or trained_betas); replaces the schedule.
+    betas: list[Annotated[float, Field(gt=0.0, lt=1.0)]] | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _steps_of_table(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("betas") is not None:
+            given = data.get("num_steps")
+            if given is not None and int(given) != len(data["betas"]):
+                raise ValueError(f"num_steps {given} disagrees with the {len(data['betas'])} betas of the table")
+            data = {**data, "num_steps": len(data["betas"])}
+        return data
+
+    @model_serializer(mode="wrap")
+    def _without_empty_table(self, handler: Any) -> Any:
+        # Cards and configs of named schedules stay as they were before tables existed (condition compares them).
+        out = handler(self)
+        if isinstance(out, dict) and out.get("betas") is None:
+            out.pop("betas", None)
+        return out
 
     def build(self) -> "SDE":
         """The engine's discrete DDPM chain."""
+        from diffusers_cli.engine.schedules import TabulatedSchedule
         from diffusers_cli.engine.sde import DDPM
 
+        if self.betas is not None:
+            return DDPM(TabulatedSchedule(self.betas), num_steps=self.num_steps)
         return DDPM(self.schedule_obj(), num_steps=self.num_steps)
 
 
@@ -141,7 +166,7 @@ class NetworkConfig(Strict):
     dropout: float | None = Field(None, ge=0.0, lt=1.0)
     embedding: Literal["fourier", "positional"] | None = None
     fourier_scale: PositiveFloat | None = None
-    parameterization: Literal["edm", "eps", "score", "x0"] = "edm"
+    parameterization: Literal["edm", "eps", "score", "x0", "v"] = "edm"
 
 
 class ClassifierConfig(Strict):
@@ -260,6 +285,52 @@ class OptimConfig(Strict):
     ema_warmup: bool = True
 
 
+#: Optimisation steps of a run given neither steps nor epochs.
+DEFAULT_TRAIN_STEPS = 3000
+
+
+def _split_names(value: Any) -> Any:
+    """Metric names as "fid,kid" as well as a list."""
+    if isinstance(value, str):
+        return [m.strip().lower() for m in value.split(",") if m.strip()]
+    return value
+
+
+def _every(value: Any) -> Any:
+    """An evaluation cadence: steps (500, "500") or epochs ("5e", "0.5e"); "0" or 0: never."""
+    text = str(value).strip().lower()
+    number = text[:-1] if text.endswith("e") else text
+    try:
+        ok = float(number) >= 0 and (text.endswith("e") or float(number).is_integer())
+    except ValueError:
+        ok = False
+    if not ok:
+        raise ValueError(f"eval every must be a number of steps (500) or epochs (5e), got {value!r}")
+    return text
+
+
+class TrainEvalConfig(Strict):
+    """Evaluation during training: image metrics of EMA samples against a reference, every N steps or epochs."""
+
+    every: Annotated[str, BeforeValidator(_every)] = "0"  # "500": steps; "5e": epochs; "0": never
+    metrics: Annotated[list[str], BeforeValidator(_split_names)] = Field(default_factory=lambda: ["fid"])
+    samples: PositiveInt = 1000  # images per evaluation; few are fast but biased (FID, KID's spread)
+    sampler: SamplerConfig = Field(default_factory=lambda: SamplerConfig(name="ei", steps=20))
+    reference: str | None = None  # dataset name, image folder or statistics .npz; None: the training data
+    split: Literal["train", "test", "all"] = "train"  # of a reference dataset
+    reference_examples: PositiveInt | None = None  # a seeded subset of the reference dataset
+    keep_best: str | None = None  # metric whose best value keeps best.safetensors (None: the first; "none": off)
+    inception_weights: Path | None = None  # None: $DIFFUSE_INCEPTION_WEIGHTS, then torch's hub cache
+    seed: int = 0  # of the evaluation samples: the same images every time, apart from the model
+    batch_size: PositiveInt = 64
+
+    def steps_between(self, steps_per_epoch: float) -> int:
+        """Training steps between evaluations (0: never)."""
+        if self.every.endswith("e"):
+            return max(1, round(float(self.every[:-1]) * steps_per_epoch)) if float(self.every[:-1]) > 0 else 0
+        return int(float(self.every))
+
+
 class TrainConfig(Strict):
     """``diffuse train``: everything that defines a run."""
 
@@ -280,7 +351,7 @@ class TrainConfig(Strict):
     # label_dropout a label is replaced by "no class", so the one net also learns the unconditional score.
     class_conditional: bool = False
     label_dropout: float = Field(0.1, ge=0.0, lt=1.0)
-    steps: PositiveInt = 3000
+    steps: PositiveInt | None = None  # optimisation steps (None: DEFAULT_TRAIN_STEPS, or as many as epochs make)
     batch_size: PositiveInt = 64
     seed: int = 0
     device: Device = "auto"
@@ -290,11 +361,30 @@ class TrainConfig(Strict):
     out: Path = Path("runs")
     name: str | None = None
     resume: bool = False
+    # A model to fine-tune (run, .safetensors, diffusers folder, hf:ORG/NAME[@REV]): its SDE, network and image shape.
+    init: str | None = None
     log_every: PositiveInt = 50
     sample_every: int = Field(1000, ge=0)
     checkpoint_every: PositiveInt = 500
     sample_n: PositiveInt = 64
     sampler: SamplerConfig = Field(default_factory=lambda: SamplerConfig(name="ei", steps=30))
+    # Instead of steps: passes over the dataset at the global batch size (steps = ceil(epochs * N / batch)).
+    epochs: PositiveFloat | None = None
+    eval: TrainEvalConfig = Field(default_factory=lambda: TrainEvalConfig())
+    # "tensorboard" also writes TensorBoard event files in the run; metrics.jsonl is always written.
+    log: Literal["jsonl", "tensorboard"] = "jsonl"
+
+    @model_validator(mode="after")
+    def _steps_or_epochs(self) -> "TrainConfig":
+        if self.epochs is not None and self.steps is not None:
+            raise ValueError("give steps or epochs, not both (--steps N or --epochs E)")
+        return self
+
+    def total_steps(self, num_examples: int) -> int:
+        """The step the run ends at: ``steps``, or ceil(epochs * examples / global batch)."""
+        if self.epochs is not None:
+            return max(1, math.ceil(self.epochs * num_examples / self.batch_size))
+        return self.steps if self.steps is not None else DEFAULT_TRAIN_STEPS
 
 
 
@@ -315,6 +405,7 @@ class SampleConfig(Strict):
     individual: bool = False
     trajectory: Path | None = None
     seed: int = 0
+    download: bool = False  # fetch a missing hf: model into the Hugging Face cache
     device: Device = "auto"
     use_ema: bool = True
     runs_dir: Path = Path("runs")
@@ -335,6 +426,7 @@ class ConditionConfig(Strict):
     out: Path = Path("conditioned.png")
     individual: bool = False
     seed: int = 0
+    download: bool = False  # fetch a missing hf: model into the Hugging Face cache
     device: Device = "auto"
     use_ema: bool = True
     runs_dir: Path = Path("runs")
@@ -360,6 +452,7 @@ class ImputeConfig(Strict):
     n: PositiveInt = 1
     out: Path = Path("filled.png")
     seed: int = 0
+    download: bool = False  # fetch a missing hf: model into the Hugging Face cache
     device: Device = "auto"
     use_ema: bool = True
     runs_dir: Path = Path("runs")
@@ -481,7 +574,7 @@ class EvaluateConfig(Strict):
     split: Literal["train", "test", "all"] = "train"      # reference dataset split
     image_size: ImageSize | None = None                   # reference dataset resolution (None: the model's)
     reference_examples: PositiveInt | None = None         # a seeded subset of the reference dataset
-    download: bool = False                                # let torchvision download a missing dataset
+    download: bool = False                                # let torchvision fetch a missing dataset, huggingface_hub an hf: model
     save_reference_stats: Path | None = None              # cache of the reference statistics (.npz, pytorch-fid keys)
     inception_weights: Path | None = None                 # None: $DIFFUSE_INCEPTION_WEIGHTS, then torch's hub cache
     allow_few: bool = False                               # permit FID from <= 2048 images (and IS in one split)

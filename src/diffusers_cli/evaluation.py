@@ -24,6 +24,9 @@ from diffusers_cli.config import SamplerConfig
 from diffusers_cli.data import DATASETS, DataError, load_dataset, resolve_name
 from diffusers_cli.distributed import World
 from diffusers_cli.engine.metrics import (
+    IMAGES,
+    LIKELIHOOD,
+    REFERENCE,
     InceptionV3Features,
     InceptionWeights,
     Inputs,
@@ -37,6 +40,7 @@ from diffusers_cli.engine.metrics import (
     extract_features,
     folder_images,
     image_batches,
+    load_inception,
     load_statistics,
     save_statistics,
 )
@@ -248,3 +252,65 @@ def score(metrics: dict[str, Metric], options: MetricOptions, net: InceptionV3Fe
         figures[name] = values
         lines += warned
     return figures, lines
+
+
+# ---- evaluation during training --------------------------------------------------------------
+
+
+@dataclass
+class SampleEvaluator:
+    """Image metrics of a model's samples against one reference, prepared once (Inception, reference statistics).
+
+    Built before training starts (so bad input fails before the first step); calling it draws
+    ``num_samples`` images with per-image seeds from ``seed`` (the same noise at every evaluation,
+    so figures move with the model alone) and scores them on rank 0. It draws from its own
+    generators only: the training run's random streams never see it.
+    """
+
+    metrics: dict[str, Metric]
+    options: MetricOptions
+    net: InceptionV3Features
+    weights: InceptionWeights
+    reference: Reference
+    ref_stats: ReferenceStatistics | None  # None off rank 0
+    num_samples: int
+    sampler: SamplerConfig
+    batch_size: int
+    seed: int
+    warnings: list[str]
+
+    def __call__(self, model: ScoreModel, card: ModelCard, device: torch.device, world: World,
+                 reporter: Reporter) -> tuple[dict[str, dict[str, Any]], int]:
+        """(figures per metric, empty off rank 0; NFE per sample) of the model's samples."""
+        samples, nfe, _ = draw_samples(model, card, Path("(training)"), self.num_samples, self.sampler, self.batch_size,
+                                       self.seed, None, device, world, reporter)
+        if not world.is_main:
+            return {}, nfe
+        figures, _ = score(self.metrics, self.options, self.net, tensor_batches(samples, self.batch_size), self.num_samples,
+                           "the samples", self.ref_stats, None, reporter)
+        return figures, nfe
+
+
+def prepare_evaluator(metrics: dict[str, Metric], options: MetricOptions, request: ReferenceRequest, card: ModelCard,
+                      cache: Path, num_samples: int, sampler: SamplerConfig, batch_size: int, seed: int,
+                      inception_weights: Path | None, device: torch.device, world: World,
+                      reporter: Reporter) -> SampleEvaluator:
+    """Check the metrics and counts, load Inception, and compute (or reuse from ``cache``) the reference statistics once."""
+    for name, metric in metrics.items():
+        if LIKELIHOOD in metric.needs or IMAGES not in metric.needs:
+            raise MetricsError(f"--eval-metrics {name}: only image metrics run during training; "
+                               f"measure {name} with `diffuse evaluate --metrics {name}` on the run")
+    lines = checked_counts(metrics, IMAGES, "evaluation samples", num_samples, options)
+    ref = resolve_reference(request, card, None)
+    if ref.num_samples is not None:
+        lines += checked_counts(metrics, REFERENCE, "reference images", ref.num_samples, options)
+    net = load_inception(inception_weights, device)
+    assert net.weights_info is not None
+    weights = net.weights_info
+    lines += weights_warnings(weights, ref)
+    if ref.batches is not None:
+        ref, note = attach_cache(ref, cache, weights)
+        if note is not None:
+            reporter.message(note)
+    ref_stats = reference_statistics(ref, net, weights, reporter) if world.is_main else None
+    return SampleEvaluator(metrics, options, net, weights, ref, ref_stats, num_samples, sampler, batch_size, seed, lines)

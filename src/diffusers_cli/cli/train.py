@@ -31,7 +31,8 @@ def train_command(
     sde: Annotated[Optional[str], typer.Option(help="ve, vp, subvp or ddpm.")] = None,
     schedule: Annotated[Optional[str], typer.Option(help="linear or cosine (VP, subVP, DDPM).")] = None,
     preset: Annotated[Optional[str], typer.Option(help="Network size preset (tiny, small, base, ncsnpp-cifar10, cars64; wrn-* for classifiers).")] = None,
-    steps: Annotated[Optional[int], typer.Option(help="Total optimisation steps.")] = None,
+    steps: Annotated[Optional[int], typer.Option(help="Total optimisation steps (default 3000).")] = None,
+    epochs: Annotated[Optional[float], typer.Option(help="Instead of --steps: passes over the dataset at the global batch size.")] = None,
     batch_size: Annotated[Optional[int], typer.Option(help="Global batch size (split across processes under torchrun).")] = None,
     lr: Annotated[Optional[float], typer.Option(help="Peak learning rate of AdamW.")] = None,
     lr_decay: Annotated[Optional[str], typer.Option(help="After warm-up: none (constant), cosine or linear (to 0 at the last step).")] = None,
@@ -40,6 +41,7 @@ def train_command(
     out: Annotated[Optional[Path], typer.Option(help="Folder that holds run directories.")] = None,
     name: Annotated[Optional[str], typer.Option(help="Run name (default: dataset-sde-date).")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run --name (or the latest run) from its saved state.")] = False,
+    init: Annotated[Optional[str], typer.Option("--init", help="Fine-tune this model: a run, .safetensors, diffusers folder or hf:ORG/NAME[@REV] (its SDE, network and image size are kept).")] = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
     seed: SeedOpt = None,
@@ -48,10 +50,19 @@ def train_command(
     compile_: Annotated[bool, typer.Option("--compile", help="torch.compile the training step.")] = False,
     channels_last: Annotated[bool, typer.Option("--channels-last", help="Use the channels-last memory format.")] = False,
     num_workers: Annotated[Optional[int], typer.Option(help="Data-loading worker processes (folders and Cars).")] = None,
-    download: Annotated[bool, typer.Option("--download", help="Let torchvision download a missing MNIST, Fashion-MNIST or CIFAR-10.")] = False,
+    download: Annotated[bool, typer.Option("--download", help="Let torchvision download a missing MNIST, Fashion-MNIST or CIFAR-10, and huggingface_hub a missing hf: --init model.")] = False,
     sample_every: Annotated[Optional[int], typer.Option(help="Write a sample grid every N steps (0: only at the end).")] = None,
     sampler: Annotated[Optional[str], typer.Option(help="Sampler of the sample grids (default ei, 30 steps); `diffuse samplers` lists them.")] = None,
     option: Annotated[Optional[list[str]], typer.Option("-o", "--option", help="Option KEY=VALUE of the grids' sampler, repeatable (e.g. -o order=3).")] = None,
+    eval_every: Annotated[Optional[str], typer.Option(help="Evaluate EMA samples every N steps, or every Ne epochs (5e); slow on a CPU: each evaluation samples and runs Inception on --eval-samples images (minutes; benchmarks/README.md).")] = None,
+    eval_metrics: Annotated[Optional[str], typer.Option(help="Metrics of each evaluation, comma-separated: fid, kid, is (default fid).")] = None,
+    eval_samples: Annotated[Optional[int], typer.Option(help="Samples per evaluation (default 1000); fewer are faster but biased, so compare only figures of one count.")] = None,
+    eval_sampler: Annotated[Optional[str], typer.Option(help="Sampler of the evaluation samples (default ei).")] = None,
+    eval_steps: Annotated[Optional[int], typer.Option(help="Steps of the evaluation sampler (default 20).")] = None,
+    eval_reference: Annotated[Optional[str], typer.Option(help="Evaluation reference: dataset name, image folder or statistics .npz (default: the training data); its statistics are computed once and cached in the run.")] = None,
+    keep_best: Annotated[Optional[str], typer.Option(help="Keep best.safetensors by this metric (default: the first of --eval-metrics; none: off).")] = None,
+    inception_weights: Annotated[Optional[Path], typer.Option(help="pytorch-fid's Inception weights for --eval-every (default: $DIFFUSE_INCEPTION_WEIGHTS, then torch's hub cache).")] = None,
+    log: Annotated[Optional[str], typer.Option(help="jsonl (default) or tensorboard: also write TensorBoard events in the run (needs the tensorboard extra).")] = None,
     json_: JsonOpt = False,
 ) -> None:
     """Train a score model (or a classifier) and write a run directory with weights, state, logs and grids."""
@@ -65,12 +76,16 @@ def train_command(
         overrides: dict[str, object] = {
             "data.dataset": dataset, "data.data_dir": str(data_dir) if data_dir else None, "data.split": split,
             "data.image_size": image_size, "data.num_workers": num_workers,
-            "data.download": True if download else None, "task": task,
+            "data.download": True if download else None, "init": init, "task": task,
             "sde.kind": sde, "sde.schedule": schedule, "steps": steps, "batch_size": batch_size, "optim.lr": lr, "optim.decay": lr_decay,
             "out": str(out) if out else None, "name": name, "seed": seed, "device": device, "precision": precision,
             "compile": True if compile_ else None, "channels_last": True if channels_last else None,
             "sample_every": sample_every, "class_conditional": True if class_conditional else None, "label_dropout": label_dropout,
             **sampler_overrides(sampler, options=option),
+            "epochs": epochs, "eval.every": eval_every, "eval.metrics": eval_metrics, "eval.samples": eval_samples,
+            "eval.sampler.name": eval_sampler, "eval.sampler.steps": eval_steps, "eval.reference": eval_reference,
+            "eval.keep_best": keep_best, "eval.inception_weights": str(inception_weights) if inception_weights else None,
+            "log": log,
         }
         if preset is not None:
             overrides["classifier.preset" if (task == "classifier" or preset.startswith("wrn")) else "network.preset"] = preset
@@ -91,11 +106,15 @@ def train_command(
             "run_dir": str(result.run_dir), "task": cfg.task, "steps": result.step, "start_step": result.start_step,
             "loss": result.loss, "seconds": round(result.seconds, 3), "parameters": result.parameters,
             "interrupted": result.interrupted, "weights": str(result.run_dir / "model.safetensors"),
+            **result.extra,
         }
         if json_:
             emit_json(summary)
         else:
-            print(f"trained {result.run_dir} to step {result.step} in {result.seconds:.0f}s (loss {result.loss:.4f})")
+            best = result.extra.get("best")
+            kept = f"; best {best['metric']} {best['value']:.4g} at step {best['step']} in {best['weights']}" if best else ""
+            print(f"trained {result.run_dir} to step {result.step} ({result.extra['epochs']:g} epochs) in {result.seconds:.0f}s "
+                  f"(loss {result.loss:.4f}){kept}")
         return EXIT_INTERRUPTED if result.interrupted else 0
 
     code = run_job(job)

@@ -26,7 +26,22 @@ from diffusers_cli.engine.sde import SDE
 from diffusers_cli.engine.training import EMA, Hook, batch_indices, train_loop, warmup_lr
 from diffusers_cli.files import atomic_path, write_text_atomic
 from diffusers_cli.report import Reporter, SilentReporter
-from diffusers_cli.runs import CONFIG_NAME, LOSS_PLOT_NAME, METRICS_NAME, MetricsLog, new_run_name, plot_series, save_grid
+from diffusers_cli.engine.metrics import MetricOptions, check_metrics
+from diffusers_cli.evaluation import ReferenceRequest, prepare_evaluator
+from diffusers_cli.runs import (
+    BEST_NAME,
+    CONFIG_NAME,
+    EVAL_REFERENCE_NAME,
+    LOSS_PLOT_NAME,
+    METRICS_NAME,
+    MetricsLog,
+    make_grid,
+    new_run_name,
+    plot_series,
+    save_grid,
+)
+from diffusers_cli.tblog import TensorBoardLog
+from diffusers_cli.watch import Watch
 
 
 @dataclass
@@ -59,14 +74,14 @@ def _preloaded(dataset: Any) -> bool:
     return isinstance(images, Tensor) and images.dtype == torch.uint8 and tuple(images.shape[-2:]) == hw
 
 
-def _prefetching(dataset: Any, cfg: TrainConfig, start: int) -> Iterator[tuple[Tensor, Tensor]]:
-    """Global batches from ``start`` on; lazy datasets are read by DataLoader workers ahead of the GPU."""
+def _prefetching(dataset: Any, cfg: TrainConfig, start: int, steps: int) -> Iterator[tuple[Tensor, Tensor]]:
+    """Global batches of steps ``start`` .. ``steps`` - 1; lazy datasets are read by DataLoader workers ahead of the GPU."""
     n = len(dataset)
     if cfg.data.num_workers == 0 or _preloaded(dataset):
-        for step in range(start, cfg.steps):
+        for step in range(start, steps):
             yield _fetch(dataset, batch_indices(n, cfg.batch_size, cfg.seed, step))
         return
-    batches = [batch_indices(n, cfg.batch_size, cfg.seed, s).tolist() for s in range(start, cfg.steps)]
+    batches = [batch_indices(n, cfg.batch_size, cfg.seed, s).tolist() for s in range(start, steps)]
     loader = torch.utils.data.DataLoader(
         dataset,
         batch_sampler=batches,
@@ -87,9 +102,10 @@ def _run_dir(cfg: TrainConfig) -> Path:
 def model_card(cfg: TrainConfig, info: DatasetInfo, net: nn.Module, step: int, ema_updates: int) -> ModelCard:
     """What a weights file says about itself: the network's own config, the SDE, the images; enough to rebuild it."""
     return ModelCard(
-        kind=cfg.task, arch="unet" if cfg.task == "score" else "wrn", network=dict(net.config), sde=dump_config(cfg.sde),
+        kind=cfg.task, arch=build.arch_of(net), network=dict(net.config), sde=dump_config(cfg.sde),
         image_shape=(info.channels, *cfg.data.image_hw), class_names=info.class_names, dataset=info.name,
         parameterization=cfg.network.parameterization if cfg.task == "score" else None, step=step, ema_updates=ema_updates,
+        extra=build.init_record(cfg),
     )
 
 
@@ -131,6 +147,31 @@ def _sample_grid(ema_net: nn.Module, cfg: TrainConfig, sde: SDE, shape: tuple[in
     return sample(sde, score_fn, shape, s.name, s.steps, gen, device=device, grid=s.grid, eps=s.eps, final_denoise=s.final_denoise, **s.options)
 
 
+def _watch(cfg: TrainConfig, run_dir: Path, log: MetricsLog, card: ModelCard, steps_per_epoch: float, device: torch.device,
+           world: World, reporter: Reporter, tb: TensorBoardLog | None) -> Watch | None:
+    """The evaluation hook's state, prepared before the first step (None without --eval-every)."""
+    e = cfg.eval
+    if e.steps_between(steps_per_epoch) == 0:
+        return None
+    metrics = check_metrics(e.metrics)
+    keep = e.keep_best if e.keep_best is not None else next(iter(metrics))
+    if keep != "none" and keep not in metrics:
+        raise ConfigError(f"--keep-best {keep}: it must be one of the evaluated metrics ({', '.join(metrics)}) or none")
+    # Few samples are allowed here: figures are compared between evaluations of one run, always of the same count.
+    options = MetricOptions(allow_few=True, seed=e.seed)
+    request = ReferenceRequest(e.reference, None, cfg.data.data_dir, e.split, e.reference_examples, cfg.data.download, e.batch_size)
+    evaluator = prepare_evaluator(metrics, options, request, card, run_dir / EVAL_REFERENCE_NAME, e.samples, e.sampler,
+                                  e.batch_size, e.seed, e.inception_weights, device, world, reporter)
+    if world.is_main:
+        for line in evaluator.warnings:
+            reporter.message(f"evaluation: {line}")
+        reporter.message(f"evaluating {', '.join(metrics)} on {e.samples} EMA samples ({e.sampler.name}, {e.sampler.steps} steps) "
+                         f"every {e.steps_between(steps_per_epoch)} steps against {evaluator.reference.description}; "
+                         f"on a CPU each evaluation takes minutes (benchmarks/README.md)")
+    return Watch(evaluator, run_dir, log, None if keep == "none" else keep, steps_per_epoch, world, device, reporter,
+                 tb.record if tb is not None else None)
+
+
 def train(cfg: TrainConfig, reporter: Reporter | None = None) -> TrainResult:
     """Train a score model or a noise-aware classifier as ``cfg`` says; returns where and how far."""
     reporter = reporter or SilentReporter()
@@ -147,6 +188,7 @@ def _train(cfg: TrainConfig, reporter: Reporter, device: torch.device, world: Wo
         raise ConfigError(f"batch_size {cfg.batch_size} (the global batch) must be divisible by the {world.size} processes")
     if cfg.precision == "fp16" and device.type != "cuda":
         raise ConfigError("precision fp16 needs a CUDA device; use bf16 or fp32 on the CPU")
+    cfg, init = build.apply_init(cfg)  # --init MODEL: its SDE, parameterisation, image shape, and its weights below
     run_dir = _run_dir(cfg)
     if not cfg.resume and (run_dir / STATE_NAME).exists():
         raise ConfigError(f"run {run_dir} already exists; pass --resume to continue it or choose another --name")
@@ -161,7 +203,9 @@ def _train(cfg: TrainConfig, reporter: Reporter, device: torch.device, world: Wo
         raise ConfigError(f"--class-conditional needs a dataset with at least 2 classes; {info.name} has {info.num_classes} (use class subfolders)")
     sde = build.build_sde(cfg.sde)
     torch.manual_seed(cfg.seed)  # the initial weights, and later dropout, draw from the global generator
-    if cfg.task == "score":
+    if init is not None:
+        net = build.init_network(init, info.num_classes)
+    elif cfg.task == "score":
         net_kwargs = build.network_kwargs(cfg.network)
         if cfg.class_conditional:
             net_kwargs["num_classes"] = info.num_classes
@@ -177,6 +221,8 @@ def _train(cfg: TrainConfig, reporter: Reporter, device: torch.device, world: Wo
     gen = build.make_generator(cfg.seed, device)
 
     start = _resume(run_dir, net, ema, opt, gen) if cfg.resume else 0
+    steps = cfg.total_steps(len(dataset))  # type: ignore[arg-type]
+    steps_per_epoch = len(dataset) / cfg.batch_size  # type: ignore[arg-type]
     log = MetricsLog(run_dir / METRICS_NAME)
     if world.is_main:
         (run_dir / "samples").mkdir(parents=True, exist_ok=True)
@@ -184,6 +230,10 @@ def _train(cfg: TrainConfig, reporter: Reporter, device: torch.device, world: Wo
         if cfg.resume:
             log.truncate_after(start)
     barrier(world)
+    tb = TensorBoardLog(run_dir, purge_step=start + 1 if cfg.resume else None) if cfg.log == "tensorboard" and world.is_main else None
+    watch = _watch(cfg, run_dir, log, model_card(cfg, info, net, start, ema.num_updates), steps_per_epoch, device, world,
+                   reporter, tb) if cfg.task == "score" else None
+    eval_every = cfg.eval.steps_between(steps_per_epoch) if watch is not None else 0
 
     objective = build.build_objective(cfg, net, sde)
     forward: nn.Module = objective  # the module the loop calls: DDP and compile wrap it, the objective still draws
@@ -205,20 +255,38 @@ def _train(cfg: TrainConfig, reporter: Reporter, device: torch.device, world: Wo
     def grid(step: int, path: Path) -> None:
         if world.is_main and cfg.task == "score":
             n = cfg.sample_n
-            save_grid(_sample_grid(ema.module, cfg, sde, (n, *shape[1:]), device, info.num_classes), path)
+            images = _sample_grid(ema.module, cfg, sde, (n, *shape[1:]), device, info.num_classes)
+            save_grid(images, path)
+            if tb is not None:
+                tb.grid(step, make_grid(images))
 
     def write_log(step: int, record: dict[str, Any]) -> None:
         if world.is_main:
+            record = {**record, "epoch": round(step / steps_per_epoch, 4)}
             log.write(record)
+            if tb is not None:
+                tb.record(step, record)
+
+    def evaluate(step: int) -> None:
+        assert watch is not None
+        card = model_card(cfg, info, net, step, ema.num_updates)
+        model = ScoreModel(ema.module, sde, cfg.network.parameterization)
+
+        def tensors() -> dict[str, Tensor]:
+            out = {f"online.{k}": v for k, v in net.state_dict().items()}
+            out.update({f"ema.{k}": v for k, v in ema.module.state_dict().items()})
+            return out
+
+        watch(step, ema.module, model, card, tensors)
 
     o = cfg.optim
-    reporter.start(cfg.steps - start, f"training {run_dir.name}")
+    reporter.start(steps - start, f"training {run_dir.name} ({steps} steps = {steps / steps_per_epoch:.3g} epochs)")
     t0 = time.perf_counter()
     res = train_loop(
-        net, ema, opt, objective, _prefetching(dataset, cfg, start), gen,
-        steps=cfg.steps,
+        net, ema, opt, objective, _prefetching(dataset, cfg, start, steps), gen,
+        steps=steps,
         start=start,
-        lr=lambda step: warmup_lr(step, o.lr, o.warmup, o.decay, cfg.steps),
+        lr=lambda step: warmup_lr(step, o.lr, o.warmup, o.decay, steps),
         device=device,
         grad_clip=o.grad_clip,
         precision=cfg.precision,
@@ -230,7 +298,8 @@ def _train(cfg: TrainConfig, reporter: Reporter, device: torch.device, world: Wo
         on_log=write_log,
         on_step=lambda step, loss: reporter.advance(1, loss=loss),
         hooks=[Hook(cfg.sample_every, lambda step: grid(step, run_dir / "samples" / f"step_{step:07d}.png")),
-               Hook(cfg.checkpoint_every, snapshot)],
+               Hook(cfg.checkpoint_every, snapshot),
+               *([Hook(eval_every, evaluate, final=True)] if eval_every else [])],
     )
     if res.interrupted:
         reporter.message(f"interrupted at step {res.step}; saving the training state (Ctrl-C again aborts)")
@@ -238,4 +307,12 @@ def _train(cfg: TrainConfig, reporter: Reporter, device: torch.device, world: Wo
     snapshot(res.step)
     if not res.interrupted and res.step > start:
         grid(res.step, run_dir / "samples.png")
-    return TrainResult(run_dir, start, res.step, time.perf_counter() - t0, res.loss, res.interrupted, n_params)
+    if tb is not None:
+        tb.close()
+    extra: dict[str, Any] = {"epochs": round(res.step / steps_per_epoch, 4), "total_steps": steps}
+    if watch is not None and watch.best is not None:
+        extra["best"] = {"metric": watch.best.metric, "value": watch.best.value, "step": watch.best.step,
+                         "weights": str(run_dir / BEST_NAME)}
+    if watch is not None:
+        extra["evaluations"] = watch.evaluations
+    return TrainResult(run_dir, start, res.step, time.perf_counter() - t0, res.loss, res.interrupted, n_params, extra)

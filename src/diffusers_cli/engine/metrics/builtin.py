@@ -1,4 +1,4 @@
-"""The METRICS entries diffuse ships: FID, Inception Score and bits/dim, over the maths in fid.py, iscore.py and the job's table."""
+"""The METRICS entries diffuse ships: FID, Inception Score and bits/dim, over the maths in fid.py, iscore.py and the job's table (KID is in kid.py)."""
 
 from __future__ import annotations
 
@@ -14,8 +14,10 @@ class FID:
     """``fid``: the scored images' features against the reference's statistics (Heusel et al. 2017)."""
 
     name = "fid"
-    description = "Frechet Inception Distance to the reference (Heusel et al. 2017), equal to pytorch-fid's"
+    description = "Frechet Inception Distance to the reference (Heusel et al. 2017), equal to pytorch-fid's; std by bootstrap"
     needs = frozenset({IMAGES, REFERENCE})
+    headline = "fid"
+    higher_is_better = False
 
     def check(self, what: str, n: int, options: MetricOptions) -> str | None:
         """Both sides need more images than the 2048 feature dimensions, unless --allow-few."""
@@ -24,17 +26,27 @@ class FID:
         return check_fid_count(n, what, options.allow_few)
 
     def compute(self, inputs: Inputs) -> Figures:
-        """{"fid": the distance}, and any numerical warnings."""
-        from diffusers_cli.engine.metrics.fid import fid_against
+        """{"fid", "std", "std_method", "bootstrap"}: std over --fid-bootstrap resamples of the scored images (None for 0)."""
+        import numpy as np
+
+        from diffusers_cli.engine.metrics.fid import bootstrap_fids, fid_against
 
         assert inputs.features is not None and inputs.reference is not None
-        ref = inputs.reference
+        ref, resamples = inputs.reference, inputs.options.fid_bootstrap
         fid, lines = fid_against(inputs.features, ref.mu, ref.sigma, ref.features)
-        return Figures({"fid": fid}, tuple(lines))
+        std: float | None = None
+        if resamples:
+            # The reference stays fixed: the std says how much the figure moves with the scored images alone.
+            fids = bootstrap_fids(inputs.features, ref.mu, ref.sigma, resamples, np.random.default_rng(inputs.options.seed))
+            std = float(np.std(fids, ddof=1))
+        return Figures({"fid": fid, "std": std, "std_method": "bootstrap" if resamples else None, "bootstrap": resamples},
+                       tuple(lines))
 
     def describe(self, values: Mapping[str, Any], scored: str, reference: str | None) -> str:
-        """FID 12.3456  (what vs reference)."""
-        return f"FID {values['fid']:.4f}  ({scored} vs {reference})"
+        """FID 12.3456 +- 0.4000  (bootstrap over 20 resamples; what vs reference), or FID 12.3456  (what vs reference)."""
+        if values.get("std") is None:
+            return f"FID {values['fid']:.4f}  ({scored} vs {reference})"
+        return f"FID {values['fid']:.4f} +- {values['std']:.4f}  (bootstrap over {values['bootstrap']} resamples; {scored} vs {reference})"
 
 
 class InceptionScore:
@@ -43,6 +55,8 @@ class InceptionScore:
     name = "is"
     description = "Inception Score (Salimans et al. 2016): mean and std over splits, as openai/improved-gan"
     needs = frozenset({IMAGES})
+    headline = "mean"
+    higher_is_better = True
 
     def check(self, what: str, n: int, options: MetricOptions) -> str | None:
         """Each split needs an image; with --allow-few, too few images are scored in one split."""
@@ -51,13 +65,13 @@ class InceptionScore:
         return splits_for(n, options.is_splits, options.allow_few)[1]
 
     def compute(self, inputs: Inputs) -> Figures:
-        """{"mean", "std", "splits"}."""
+        """{"mean", "std" (over splits, ddof 0), "std_method": "splits", "splits"}."""
         from diffusers_cli.engine.metrics.iscore import inception_score, splits_for
 
         assert inputs.logits is not None
         splits, _ = splits_for(inputs.logits.shape[0], inputs.options.is_splits, inputs.options.allow_few)
         mean, std = inception_score(inputs.logits, splits)
-        return Figures({"mean": mean, "std": std, "splits": splits})
+        return Figures({"mean": mean, "std": std, "std_method": "splits", "splits": splits})
 
     def describe(self, values: Mapping[str, Any], scored: str, reference: str | None) -> str:
         """IS 3.1416 +- 0.0100  (what, N split(s))."""
@@ -70,6 +84,8 @@ class BitsPerDim:
     name = "bpd"
     description = "bits/dim of a data split by the probability-flow ODE; std over runs of the trace estimator"
     needs = frozenset({LIKELIHOOD})
+    headline = "mean"
+    higher_is_better = False
 
     def check(self, what: str, n: int, options: MetricOptions) -> str | None:
         """Nothing to check: bits/dim is defined for any number of examples (and counts no images)."""

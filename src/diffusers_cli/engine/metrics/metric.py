@@ -11,29 +11,50 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
+from diffusers_cli.engine.metrics.errors import MetricsError
+
 if TYPE_CHECKING:
     import numpy as np
 
 #: Inception pool3 features [N, 2048] and logits [N, 1008] of the scored images (a model's samples, or --images).
 IMAGES = "images"
-#: Statistics of the FID reference (and its features, when they were computed in this run rather than read).
+#: Statistics of the FID reference (and its features, when they were computed in this run or stored with them).
 REFERENCE = "reference"
+#: The reference's Inception features [N, 2048] themselves (KID): computed in this run or read from a statistics
+#: file that stores them; a pytorch-fid .npz holds only mu and sigma and cannot provide them.
+REFERENCE_FEATURES = "reference_features"
 #: Bits/dim of each example of a data split under the model, per run of the trace estimator.
 LIKELIHOOD = "likelihood"
 #: Every need the evaluation job knows how to prepare.
-NEEDS: tuple[str, ...] = (IMAGES, REFERENCE, LIKELIHOOD)
+NEEDS: tuple[str, ...] = (IMAGES, REFERENCE, REFERENCE_FEATURES, LIKELIHOOD)
 
 
 @dataclass(frozen=True)
 class MetricOptions:
     """The user's settings that metrics read (the rest of the job's configuration is not theirs)."""
 
-    allow_few: bool = False  # accept too few images for a meaningful figure (to test a pipeline)
-    is_splits: int = 10      # Inception Score splits
+    allow_few: bool = False       # accept too few images for a meaningful figure (to test a pipeline)
+    is_splits: int = 10           # Inception Score splits
+    kid_subsets: int = 100        # KID: random subsets averaged (clean-fid's and torch-fidelity's 100)
+    kid_subset_size: int = 1000   # KID: images per subset at most (theirs: 1000)
+    fid_bootstrap: int = 20       # FID: bootstrap resamples of the scored images for its std; 0 skips it
+    seed: int = 0                 # seeds KID's subsets and FID's bootstrap resamples
+
+    def __post_init__(self) -> None:
+        """Refuse settings no metric can use, naming the flag."""
+        if self.kid_subsets < 1:
+            raise MetricsError(f"--kid-subsets must be at least 1; got {self.kid_subsets}")
+        if self.kid_subset_size < 2:
+            raise MetricsError(f"--kid-subset-size must be at least 2 (MMD needs pairs); got {self.kid_subset_size}")
+        if self.fid_bootstrap < 0 or self.fid_bootstrap == 1:
+            raise MetricsError(f"--fid-bootstrap must be 0 (no std) or at least 2 resamples; got {self.fid_bootstrap}")
 
 
 class ReferenceStatistics(NamedTuple):
-    """The reference side of FID: mean [D], covariance [D, D], and features [N, D] when computed in this run."""
+    """The reference: mean [D], covariance [D, D], and features [N, D] when known (computed in this run, or stored in its file).
+
+    ``features`` is never None when a requested metric needs REFERENCE_FEATURES.
+    """
 
     mu: np.ndarray
     sigma: np.ndarray
@@ -54,7 +75,7 @@ class Inputs:
     options: MetricOptions
     features: np.ndarray | None = None            # IMAGES: pool3 features [N, 2048], float64
     logits: np.ndarray | None = None              # IMAGES: logits [N, 1008], float64
-    reference: ReferenceStatistics | None = None  # REFERENCE
+    reference: ReferenceStatistics | None = None  # REFERENCE, REFERENCE_FEATURES (then with its features)
     likelihood: LikelihoodTable | None = None     # LIKELIHOOD
 
 
@@ -71,12 +92,16 @@ class Metric(Protocol):
     name: str                # the --metrics name and the key of its figures in the summary
     description: str         # one line, for listings and the README
     needs: frozenset[str]    # a subset of NEEDS: what the job must prepare for compute
+    headline: str            # the key of the figure that ranks results (training's best checkpoint, plots)
+    higher_is_better: bool   # which way the headline figure improves
 
     def check(self, what: str, n: int, options: MetricOptions) -> str | None:
         """Before any long work: refuse ``n`` images of ``what`` (MetricsError) or return a warning line, else None.
 
-        Called once for each counted image set the metric needs: "evaluated images" (IMAGES) and
-        "reference images" (REFERENCE, where the reference says how many).
+        Called once for each counted set the metric needs: "evaluated images" (IMAGES), "reference
+        images" (REFERENCE, where the reference says how many) and "reference features"
+        (REFERENCE_FEATURES: the rows of features the reference will provide, 0 for a statistics
+        file that holds only mu and sigma).
         """
         ...
 

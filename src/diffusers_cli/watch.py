@@ -1,0 +1,120 @@
+"""Watching quality while training: evaluations appended to metrics.jsonl, metrics.png, and the best checkpoint.
+
+``Watch`` is called by the training loop's evaluation hook with the EMA network. It scores EMA
+samples (``evaluation.SampleEvaluator``), appends ``{"step", "epoch", "eval": {metric: figures}}``
+to the run's metrics log, redraws ``metrics.png`` (one panel per figure) and, when the ranking
+metric improved, writes ``best.safetensors`` whose card records the step and the figure. Only
+rank 0 writes; every rank samples its share.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from diffusers_cli.checkpoints import ModelCard, read_card, save_model
+from diffusers_cli.distributed import World, barrier
+from diffusers_cli.engine.metrics import Metric
+from diffusers_cli.engine.score import ScoreModel
+from diffusers_cli.evaluation import SampleEvaluator
+from diffusers_cli.report import Reporter
+from diffusers_cli.runs import BEST_NAME, METRICS_PLOT_NAME, MetricsLog, plot_panels
+
+#: Key of the best checkpoint's figure in its card's ``extra``.
+BEST_KEY = "best"
+
+
+def headline(metric: Metric, figures: dict[str, Any]) -> float:
+    """The one number that ranks a metric's figures (FID's fid, KID's and IS's mean)."""
+    return float(figures[metric.headline])
+
+
+@dataclass
+class Best:
+    """The best figure so far of the ranking metric, and the step it was reached at."""
+
+    metric: str
+    value: float
+    step: int
+
+
+def read_best(run_dir: Path) -> Best | None:
+    """The best figure recorded in a run's best.safetensors (None if there is none yet)."""
+    path = run_dir / BEST_NAME
+    if not path.is_file():
+        return None
+    record = read_card(path).extra.get(BEST_KEY)
+    return Best(record["metric"], float(record["value"]), int(record["step"])) if record else None
+
+
+class Watch:
+    """The evaluation hook of a training run: figures, plot and best checkpoint (see the module docstring)."""
+
+    def __init__(
+        self,
+        evaluator: SampleEvaluator,  # prepared before training: Inception and the reference statistics
+        run_dir: Path,  # where metrics.png and best.safetensors go
+        log: MetricsLog,  # the run's metrics.jsonl
+        keep_best: str | None,  # metric that ranks checkpoints; None: keep none
+        steps_per_epoch: float,  # to report each evaluation's epoch
+        world: World,
+        device: torch.device,
+        reporter: Reporter,
+        on_record: Callable[[int, dict[str, Any]], None] | None = None,  # e.g. TensorBoard
+    ) -> None:
+        self.evaluator, self.run_dir, self.log, self.world, self.device, self.reporter = evaluator, run_dir, log, world, device, reporter
+        self.keep_best = keep_best
+        self.steps_per_epoch = steps_per_epoch
+        self.on_record = on_record
+        self.best = read_best(run_dir) if keep_best else None
+        if self.best is not None and self.best.metric != keep_best:
+            self.best = None  # a resumed run that ranks by another metric starts its own best
+        self.evaluations = 0
+
+    def __call__(self, step: int, net: nn.Module, model: ScoreModel, card: ModelCard, tensors: Callable[[], dict[str, torch.Tensor]]) -> None:
+        """Evaluate the EMA model at ``step``; ``tensors()`` gives the weights to keep if it is the best so far."""
+        t0 = time.perf_counter()
+        was_training = net.training
+        figures, nfe = self.evaluator(model.eval(), card, self.device, self.world, self.reporter)
+        net.train(was_training)
+        self.evaluations += 1
+        if self.world.is_main:
+            record = {"step": step, "epoch": round(step / self.steps_per_epoch, 4), "eval": figures,
+                      "eval_samples": self.evaluator.num_samples, "eval_nfe": nfe}
+            self.log.write(record)
+            self.plot()
+            line = ", ".join(self.evaluator.metrics[name].describe(values, "", None) for name, values in figures.items())
+            self.reporter.message(f"step {step}: {line} ({time.perf_counter() - t0:.0f}s)")
+            if self.keep_best is not None:
+                self._keep(step, figures, card, tensors)
+            if self.on_record is not None:
+                self.on_record(step, record)
+        barrier(self.world)
+
+    def _keep(self, step: int, figures: dict[str, dict[str, Any]], card: ModelCard,
+              tensors: Callable[[], dict[str, torch.Tensor]]) -> None:
+        metric = self.evaluator.metrics[str(self.keep_best)]
+        value = headline(metric, figures[metric.name])
+        better = self.best is None or (value > self.best.value if metric.higher_is_better else value < self.best.value)
+        if not better:
+            return
+        self.best = Best(metric.name, value, step)
+        extra = {**card.extra, BEST_KEY: {"metric": metric.name, "value": value, "step": step}}
+        save_model(self.run_dir / BEST_NAME, tensors(), ModelCard(**{**card.__dict__, "extra": extra}))
+        self.reporter.message(f"best {metric.name} so far ({value:.4g} at step {step}): wrote {self.run_dir / BEST_NAME}")
+
+    def plot(self) -> None:
+        """Redraw metrics.png from the log: one panel per figure of each metric, against the step."""
+        series: dict[str, list[tuple[float, float]]] = {}
+        for row in self.log.read():
+            for name, figures in row.get("eval", {}).items():
+                metric = self.evaluator.metrics.get(name)
+                if metric is not None and metric.headline in figures:
+                    series.setdefault(f"{name} ({metric.headline}) vs step", []).append((row["step"], float(figures[metric.headline])))
+        plot_panels(series, self.run_dir / METRICS_PLOT_NAME)
