@@ -67,11 +67,13 @@ class Watch:
         device: torch.device,
         reporter: Reporter,
         on_record: Callable[[int, dict[str, Any]], None] | None = None,  # e.g. TensorBoard
+        remaining: Callable[[int], int] | None = None,  # evaluations still to come after a step (for the cost line)
     ) -> None:
         self.evaluator, self.run_dir, self.log, self.world, self.device, self.reporter = evaluator, run_dir, log, world, device, reporter
         self.keep_best = keep_best
         self.steps_per_epoch = steps_per_epoch
         self.on_record = on_record
+        self.remaining = remaining
         self.best = read_best(run_dir) if keep_best else None
         if self.best is not None and self.best.metric != keep_best:
             self.best = None  # a resumed run that ranks by another metric starts its own best
@@ -90,7 +92,13 @@ class Watch:
             self.log.write(record)
             self.plot()
             line = ", ".join(self.evaluator.metrics[name].describe(values, "", None) for name, values in figures.items())
-            self.reporter.message(f"step {step}: {line} ({time.perf_counter() - t0:.0f}s)")
+            seconds = time.perf_counter() - t0
+            self.reporter.message(f"step {step}: {line} ({seconds:.0f}s)")
+            if self.evaluations == 1 and self.remaining is not None:
+                # The first evaluation's cost is the honest estimate of the rest: say it once, up front.
+                left = self.remaining(step)
+                self.reporter.message(f"one evaluation took {seconds:.0f}s on this machine; {left} more in this run "
+                                      f"(about {left * seconds / 60:.1f} min); fewer --eval-samples or a rarer --eval-every cost less")
             if self.keep_best is not None:
                 self._keep(step, figures, card, tensors)
             if self.on_record is not None:

@@ -168,8 +168,14 @@ def _watch(cfg: TrainConfig, run_dir: Path, log: MetricsLog, card: ModelCard, st
         reporter.message(f"evaluating {', '.join(metrics)} on {e.samples} EMA samples ({e.sampler.name}, {e.sampler.steps} steps) "
                          f"every {e.steps_between(steps_per_epoch)} steps against {evaluator.reference.description}; "
                          f"on a CPU each evaluation takes minutes (benchmarks/README.md)")
+    every = e.steps_between(steps_per_epoch)
+    total = cfg.total_steps(round(steps_per_epoch * cfg.batch_size))
+
+    def remaining(step: int) -> int:  # multiples of every still ahead, plus the one after the last step
+        return (total - 1) // every - step // every + 1
+
     return Watch(evaluator, run_dir, log, None if keep == "none" else keep, steps_per_epoch, world, device, reporter,
-                 tb.record if tb is not None else None)
+                 tb.record if tb is not None else None, remaining)
 
 
 def train(cfg: TrainConfig, reporter: Reporter | None = None) -> TrainResult:
