@@ -7,6 +7,8 @@ from typing import Annotated, Optional
 
 import typer
 
+from diffusers_cli.data.registry import DATASETS  # torch-free: the names for --dataset's help
+
 from diffusers_cli.cli.common import (
     EXIT_INTERRUPTED,
     ConfigOpt,
@@ -23,7 +25,7 @@ from diffusers_cli.cli.common import (
 
 
 def train_command(
-    dataset: Annotated[Optional[str], typer.Option(help="shapes, mnist, fashion-mnist, cifar10, cars, folder, or a folder path.")] = None,
+    dataset: Annotated[Optional[str], typer.Option(help=f"{', '.join(DATASETS)}, or a folder path (`diffuse datasets` describes them).")] = None,
     data_dir: Annotated[Optional[Path], typer.Option(help="Where the dataset's files are.")] = None,
     split: Annotated[Optional[str], typer.Option(help="Dataset split: train, test or all.")] = None,
     image_size: Annotated[Optional[str], typer.Option(help="Train at this resolution: a side (32) or HEIGHTxWIDTH (32x48).")] = None,
