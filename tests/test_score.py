@@ -19,6 +19,8 @@ def ideal_output(p: str, x0: torch.Tensor, eps: torch.Tensor, x: torch.Tensor, m
         return -eps
     if p == "x0":
         return x0
+    if p == "v":  # Salimans & Ho's velocity, v = m eps - s x0 (diffusers' v_prediction)
+        return m4 * eps - s4 * x0
     c_skip, c_out = edm_coefficients(s / m)
     return (x0 - append_dims(c_skip, 4) * x / m4) / append_dims(c_out, 4)
 

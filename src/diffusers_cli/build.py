@@ -2,37 +2,29 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from diffusers_cli.checkpoints import CheckpointError, WEIGHTS_NAME, ModelCard, load_into, load_model, subset
-from diffusers_cli.config import ClassifierConfig, ConfigError, NetworkConfig, SDEConfig, TrainConfig
+from diffusers_cli.checkpoints import ModelCard
+from diffusers_cli.config import ClassifierConfig, ConfigError, NetworkConfig, SDEConfig, TrainConfig, dump_config
 from diffusers_cli.engine.networks.classifier import WRN_PRESETS, WideResNet
 from diffusers_cli.engine.networks.unet import UNET_PRESETS, UNet
 from diffusers_cli.engine.objectives import ClassifierObjective, Objective, ScoreObjective
 from diffusers_cli.engine.score import ScoreModel
 from diffusers_cli.engine.sde import SDE
 
-#: Network classes by the ``arch`` a model card names.
-NETWORKS: dict[str, type[nn.Module]] = {"unet": UNet, "wrn": WideResNet}
+# Where models come from lives in models/ (our runs, diffusers folders, the Hugging Face cache); these names stay here too.
+from diffusers_cli.models import load_classifier, load_score_model, read_model_card, resolve_model_path  # noqa: F401
+from diffusers_cli.models.ours import NETWORKS, arch_of, network_from_card, sde_config_from_dict, sde_from_card  # noqa: F401
 
 
 def build_sde(cfg: SDEConfig) -> SDE:
     """The forward process a config describes (each SDE config class builds its own)."""
     return cfg.build()
-
-
-def sde_config_from_dict(data: dict[str, Any]) -> SDEConfig:
-    """Re-validate an SDE config stored in checkpoint metadata."""
-    from pydantic import TypeAdapter, ValidationError
-
-    try:
-        return TypeAdapter(SDEConfig).validate_python(data)
-    except ValidationError as err:
-        raise CheckpointError(f"checkpoint metadata has an invalid SDE ({err.errors()[0]['msg']})") from None
 
 
 def _resolve(presets: dict[str, dict[str, Any]], preset: str, overrides: dict[str, Any], what: str) -> dict[str, Any]:
@@ -75,19 +67,6 @@ def build_classifier(kwargs: dict[str, Any], image_size: int | tuple[int, int], 
         raise ConfigError(f"invalid classifier: {err}") from None
 
 
-def network_from_card(card: ModelCard, path: Path) -> nn.Module:
-    """The network a card describes (its own config), untrained; CheckpointError if the config does not build."""
-    try:
-        return NETWORKS[card.arch](**card.network)
-    except (TypeError, ValueError) as err:
-        raise CheckpointError(f"{path}: its model card describes a network that cannot be built ({err})") from None
-
-
-def sde_from_card(card: ModelCard) -> SDE:
-    """The SDE a card's model was trained for."""
-    return build_sde(sde_config_from_dict(card.sde))
-
-
 def build_objective(cfg: TrainConfig, net: nn.Module, sde: SDE) -> Objective:
     """The loss the config asks for: DSM of a score model, or a noise-aware classifier's cross-entropy."""
     if cfg.task == "classifier":
@@ -125,43 +104,70 @@ def make_generator(seed: int, device: torch.device) -> torch.Generator:
     return torch.Generator(device=device).manual_seed(seed)
 
 
-# ---- models from checkpoints -------------------------------------------------------------
+# ---- train --init: fine-tune a model from any source -----------------------------------------------
+
+#: extra["init_from"] of the --init models read in this process: a run's card is written at every checkpoint, the model read once.
+_INIT_RECORDS: dict[str, dict[str, Any]] = {}
 
 
-def resolve_model_path(model: Path | None, runs_dir: Path) -> Path:
-    """A run directory, a .safetensors file, or (None) the newest run under ``runs_dir``."""
-    if model is None:
-        candidates = sorted(runs_dir.glob(f"*/{WEIGHTS_NAME}"), key=lambda p: p.stat().st_mtime) if runs_dir.is_dir() else []
-        if not candidates:
-            raise CheckpointError(f"no --model given and no trained run under {runs_dir}/; run `diffuse train` first or pass --model")
-        return candidates[-1]
-    if model.is_dir():
-        path = model / WEIGHTS_NAME
-        if not path.is_file():
-            raise CheckpointError(f"{model} holds no {WEIGHTS_NAME}; is it a run directory of `diffuse train`?")
-        return path
-    if not model.exists():
-        raise CheckpointError(f"model {model} does not exist; pass a run directory or a .safetensors file")
-    return model
+@dataclass(frozen=True)
+class InitModel:
+    """What ``diffuse train --init MODEL`` starts from."""
+
+    net: nn.Module  # the model's network with its weights (the EMA weights of our runs)
+    card: ModelCard  # the model's card
+    path: Path  # where it was read from
 
 
-def load_score_model(path: Path, use_ema: bool = True) -> tuple[ScoreModel, ModelCard]:
-    """The score model stored at ``path`` (a run directory or weights file; EMA weights by default) and its card."""
-    path = resolve_model_path(Path(path), Path("runs"))
-    tensors, card = load_model(path)
-    if card.kind != "score":
-        raise CheckpointError(f"{path} holds a {card.kind} model, not a score model; pass the score model's run")
-    model = ScoreModel(network_from_card(card, path), sde_from_card(card), str(card.parameterization))
-    load_into(model.net, subset(tensors, "ema" if use_ema else "online"), path)
-    return model.eval(), card
+def apply_init(cfg: TrainConfig) -> tuple[TrainConfig, InitModel | None]:
+    """``--init MODEL``: the config with the model's SDE, parameterisation, image shape and class conditioning, and its net.
+
+    What the model fixes may be left out; given with another value it is an error naming the flag. A diffusers
+    model also goes on training as it was trained, unless told otherwise: DDPM's simple loss (``eps`` weighting)
+    at uniform times (a DDPM chain's own integer steps).
+    """
+    if cfg.init is None:
+        return cfg, None
+    if cfg.task != "score":
+        raise ConfigError("--init fine-tunes a score model; a classifier starts from scratch (drop --init)")
+    path = resolve_model_path(cfg.init, cfg.out, cfg.data.download)
+    model, card = load_score_model(path, use_ema=True)
+    data = cfg.model_dump(mode="json")
+
+    def keep(section: Any, out: dict[str, Any], key: str, value: Any, flag: str, current: Any = None) -> None:
+        current = getattr(section, key) if current is None else current
+        if key in section.model_fields_set and current != value:
+            raise ConfigError(f"--init {cfg.init} fixes {flag} (the model's is {value!r}, this run asks {current!r}); drop {flag}")
+        out[key] = value
+
+    keep(cfg, data, "sde", card.sde, "--sde/--schedule", dump_config(cfg.sde))
+    h, w = card.image_hw
+    keep(cfg.data, data["data"], "image_size", (h, w), "--image-size", cfg.data.image_hw)
+    data["data"]["image_size"] = h if h == w else [h, w]
+    keep(cfg.data, data["data"], "channels", card.channels, "--set data.channels")
+    keep(cfg, data, "class_conditional", card.class_conditional, "--class-conditional")
+    if cfg.network.model_dump(exclude={"parameterization"}) != NetworkConfig().model_dump(exclude={"parameterization"}):
+        raise ConfigError(f"--init {cfg.init} brings its own network; drop --preset and --set network.*")
+    keep(cfg.network, data["network"], "parameterization", str(card.parameterization), "--set network.parameterization")
+    if card.source == "diffusers":
+        for key, value in (("loss_weighting", "eps"), ("time_sampling", "uniform")):
+            if key not in cfg.model_fields_set:
+                data[key] = value
+    _INIT_RECORDS[cfg.init] = {"model": cfg.init, "path": str(path), "source": card.source, "step": card.step,
+                               "dataset": card.dataset, **({"extra": card.extra} if card.extra else {})}
+    return TrainConfig.model_validate(data), InitModel(model.net, card, path)
 
 
-def load_classifier(path: Path) -> tuple[nn.Module, SDE, ModelCard]:
-    """A time-dependent classifier, the SDE it was trained for, and its card."""
-    path = resolve_model_path(Path(path), Path("runs"))
-    tensors, card = load_model(path)
-    if card.kind != "classifier":
-        raise CheckpointError(f"{path} holds a {card.kind} model, not a classifier; pass a run of `diffuse train --task classifier`")
-    net = network_from_card(card, path)
-    load_into(net, subset(tensors, "ema"), path)
-    return net.eval(), sde_from_card(card), card
+def init_network(init: InitModel, num_classes: int) -> nn.Module:
+    """The --init model's network, checked against the dataset's classes (a class-conditional net knows a count)."""
+    if init.card.class_conditional and init.card.num_classes != num_classes:
+        raise ConfigError(f"--init {init.path} is conditional on {init.card.num_classes} classes but the dataset has "
+                          f"{num_classes}; fine-tune it on data with the same classes")
+    return init.net
+
+
+def init_record(cfg: TrainConfig) -> dict[str, Any]:
+    """The ``extra`` of a run's card: where an --init run started from ({} for a run from scratch)."""
+    if cfg.init is None:
+        return {}
+    return {"init_from": dict(_INIT_RECORDS.get(cfg.init, {"model": cfg.init}))}

@@ -24,6 +24,10 @@ WEIGHTS_NAME = "model.safetensors"
 STATE_NAME = "state.safetensors"
 
 
+#: The network classes a card may name (models.own.NETWORKS builds them).
+ARCHS: tuple[str, ...] = ("unet", "wrn", "diffusers")
+
+
 class CheckpointError(UsageError):
     """A checkpoint is missing, corrupt, foreign, or does not fit the model it is loaded into."""
 
@@ -36,13 +40,13 @@ class ModelCard:
     """
 
     kind: Literal["score", "classifier"]  # a score network, or a noise-aware classifier
-    arch: Literal["unet", "wrn"]  # which network class ``network`` configures
+    arch: Literal["unet", "wrn", "diffusers"]  # which network class ``network`` configures (models.own.NETWORKS)
     network: dict[str, Any]  # the network's own constructor config (its ``config`` attribute)
     sde: dict[str, Any]  # the SDE config (config.SDEConfig) the model was trained for
     image_shape: tuple[int, int, int]  # (C, H, W) of the images
     class_names: tuple[str, ...]  # label index -> name (classifiers, class-conditional models)
     dataset: str  # what it was trained on
-    parameterization: str | None = None  # score networks: edm, eps, score or x0
+    parameterization: str | None = None  # score networks: edm, eps, v, score or x0 (engine.score.PARAMETERIZATIONS)
     step: int = 0  # training steps behind the weights
     ema_updates: int = 0  # updates of the EMA weights
     source: str = "diffuse"  # who made it
@@ -92,7 +96,7 @@ class ModelCard:
             )
         except (KeyError, TypeError, ValueError) as err:
             raise CheckpointError(f"{path} has an invalid model card ({type(err).__name__}: {err}); re-export it from its run") from None
-        if card.kind not in ("score", "classifier") or card.arch not in ("unet", "wrn") or len(card.image_shape) != 3:
+        if card.kind not in ("score", "classifier") or card.arch not in ARCHS or len(card.image_shape) != 3:
             raise CheckpointError(f"{path} has an invalid model card (kind {card.kind!r}, arch {card.arch!r}, "
                                   f"image shape {card.image_shape}); re-export it from its run")
         if card.kind == "score" and card.parameterization is None:

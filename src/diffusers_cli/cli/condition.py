@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from diffusers_cli.cli.common import (
-    BatchOpt, ConfigOpt, DeviceOpt, EtaOpt, GridOpt, IndividualOpt, JsonOpt, ModelOpt, NumOpt, OptionOpt, OrderOpt, SamplerOpt,
+    BatchOpt, ConfigOpt, DeviceOpt, DownloadModelOpt, EtaOpt, GridOpt, IndividualOpt, JsonOpt, ModelOpt, NumOpt, OptionOpt, OrderOpt, SamplerOpt,
     SeedOpt, SetOpt, SnrOpt, StepsOpt, emit_json, make_reporter, parse_kv, run_job, sampler_overrides,
 )
 
@@ -29,6 +29,7 @@ def condition_command(
     snr: SnrOpt = None,
     order: OrderOpt = None,
     eta: EtaOpt = None,
+    download: DownloadModelOpt = False,
     config: ConfigOpt = None,
     set_: SetOpt = None,
     seed: SeedOpt = None,
@@ -43,7 +44,7 @@ def condition_command(
         overrides: dict[str, object] = {
             "classifier": str(classifier) if classifier else None, "class": class_, "scale": scale,
             "model": str(model) if model else None, "n": n, "batch_size": batch_size, "out": str(out) if out else None,
-            "individual": True if individual else None, "seed": seed, "device": device,
+            "individual": True if individual else None, "download": True if download else None, "seed": seed, "device": device,
             **sampler_overrides(sampler, steps, grid, options=option, snr=snr, order=order, eta=eta),
         }
         overrides.update(parse_kv(set_))

@@ -31,7 +31,7 @@ def evaluate_command(
     split: Annotated[Optional[str], typer.Option(help="Reference dataset split: train, test or all (default train).")] = None,
     image_size: Annotated[Optional[int], typer.Option(help="Resolution of the reference dataset (default: the model's).")] = None,
     reference_examples: Annotated[Optional[int], typer.Option(help="Use a seeded subset of this many reference dataset images.")] = None,
-    download: Annotated[bool, typer.Option("--download", help="Let torchvision download a missing reference or bits/dim dataset.")] = False,
+    download: Annotated[bool, typer.Option("--download", help="Let torchvision download a missing reference or bits/dim dataset, and huggingface_hub a missing hf: --model.")] = False,
     save_reference_stats: Annotated[Optional[Path], typer.Option(help="Cache the reference statistics in this .npz; reused when it matches (see below).")] = None,
     inception_weights: Annotated[Optional[Path], typer.Option(help="pytorch-fid's Inception weights (.pth, checked by SHA-256) or a .safetensors of them.")] = None,
     allow_few: Annotated[bool, typer.Option("--allow-few", help="Allow FID from <= 2048 images (meaningless; to test a pipeline) and IS in one split.")] = False,

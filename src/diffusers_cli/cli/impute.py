@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from diffusers_cli.cli.common import (
-    ConfigOpt, DeviceOpt, GridOpt, JsonOpt, ModelOpt, SeedOpt, SetOpt, StepsOpt, emit_json, make_reporter, option_pairs, parse_kv,
+    ConfigOpt, DeviceOpt, DownloadModelOpt, GridOpt, JsonOpt, ModelOpt, SeedOpt, SetOpt, StepsOpt, emit_json, make_reporter, option_pairs, parse_kv,
     run_job, sampler_overrides,
 )
 
@@ -28,6 +28,7 @@ def impute_command(
     grid: GridOpt = None,
     n: Annotated[Optional[int], typer.Option("-n", "--num-samples", help="How many candidates.")] = None,
     out: Annotated[Optional[Path], typer.Option(help="Output PNG (with -n > 1: <stem>_NN.png).")] = None,
+    download: DownloadModelOpt = False,
     config: ConfigOpt = None,
     set_: SetOpt = None,
     seed: SeedOpt = None,
@@ -42,7 +43,7 @@ def impute_command(
         overrides: dict[str, object] = {
             "image": str(image), "mask": str(mask) if mask else None, "mask_kind": mask_kind,
             "mask_fraction": mask_fraction, "mask_side": mask_side, "model": str(model) if model else None,
-            "method": method, "n": n, "out": str(out) if out else None, "seed": seed,
+            "method": method, "download": True if download else None, "n": n, "out": str(out) if out else None, "seed": seed,
             "device": device, **sampler_overrides(sampler, steps, grid),
             **{f"options.{k}": v for k, v in {"particles": particles, **option_pairs(option)}.items()},
         }

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from diffusers_cli.cli.common import (
-    AtolOpt, BatchOpt, ConfigOpt, DeviceOpt, EpsOpt, EtaOpt, GridOpt, IndividualOpt, JsonOpt, ModelOpt, NoDenoiseOpt, NumOpt,
+    AtolOpt, BatchOpt, ConfigOpt, DeviceOpt, DownloadModelOpt, EpsOpt, EtaOpt, GridOpt, IndividualOpt, JsonOpt, ModelOpt, NoDenoiseOpt, NumOpt,
     OptionOpt, OrderOpt, RtolOpt, SamplerOpt, SeedOpt, SetOpt, SnrOpt, StepsOpt, emit_json, make_reporter, parse_kv,
     run_job, sampler_overrides,
 )
@@ -36,6 +36,7 @@ def sample_command(
     rtol: RtolOpt = None,
     atol: AtolOpt = None,
     no_denoise: NoDenoiseOpt = False,
+    download: DownloadModelOpt = False,
     no_ema: Annotated[bool, typer.Option("--no-ema", help="Use the online weights instead of the EMA.")] = False,
     config: ConfigOpt = None,
     set_: SetOpt = None,
@@ -51,7 +52,7 @@ def sample_command(
         overrides: dict[str, object] = {
             "model": str(model) if model else None, "n": n, "first": first, "batch_size": batch_size, "out": str(out) if out else None,
             "individual": True if individual else None, "trajectory": str(trajectory) if trajectory else None,
-            "seed": seed, "device": device, "use_ema": False if no_ema else None, "class": class_, "guidance": guidance,
+            "seed": seed, "device": device, "use_ema": False if no_ema else None, "download": True if download else None, "class": class_, "guidance": guidance,
             **sampler_overrides(sampler, steps, grid, eps, no_denoise, option, snr=snr, order=order, eta=eta, rtol=rtol, atol=atol),
         }
         overrides.update(parse_kv(set_))

@@ -1,4 +1,4 @@
-"""Noise schedules beta(t) on t in [0, 1]: linear (Ho et al. 2020) and cosine (Nichol & Dhariwal 2021).
+"""Noise schedules beta(t) on t in [0, 1]: linear (Ho et al. 2020), cosine (Nichol & Dhariwal 2021), and tabulated betas.
 
 A schedule is continuous: ``beta(t)`` is the instantaneous rate and ``integral(t)`` is
 ``B(t) = int_0^t beta(s) ds = -log alpha_bar(t)``. The discrete DDPM view (``T`` steps,
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
@@ -129,3 +130,45 @@ class CosineSchedule(Schedule):
 
     def __repr__(self) -> str:
         return f"CosineSchedule(s={self.s}, beta_clip={self.beta_clip})"
+
+
+class TabulatedSchedule(Schedule):
+    """A T-step chain given by its betas (e.g. a diffusers scheduler's table), continuous in t between the steps.
+
+    B(i / T) = -log prod_{j<i} (1 - betas[j]) exactly, and B is linear on each [i / T, (i + 1) / T]
+    (so log alpha is, as in DPM-Solver's discrete-time noise schedule).
+    """
+
+    def __init__(self, betas: Sequence[float] | Tensor) -> None:
+        table = torch.as_tensor(betas, dtype=torch.float64).detach().cpu().clone()
+        if table.ndim != 1 or table.numel() < 1 or not bool(((table > 0) & (table < 1)).all()):
+            raise ValueError("betas must be a non-empty 1-D table of values in (0, 1)")
+        self.betas = table
+        self.num_steps = int(table.numel())
+        self._rates = -torch.log1p(-table) * self.num_steps  # slope of B on each interval
+        self._knots = torch.cat([torch.zeros(1, dtype=torch.float64), torch.cumsum(-torch.log1p(-table), 0)])
+
+    def _index(self, t: Tensor) -> Tensor:
+        return torch.clamp((t.detach() * self.num_steps).floor().long(), 0, self.num_steps - 1).cpu()
+
+    def beta(self, t: Tensor) -> Tensor:
+        return self._rates[self._index(t)].to(device=t.device, dtype=t.dtype)
+
+    def integral(self, t: Tensor) -> Tensor:
+        i = self._index(t)
+        k = self._knots[i].to(device=t.device, dtype=t.dtype)
+        return k + self._rates[i].to(device=t.device, dtype=t.dtype) * (t - i.to(t.device, t.dtype) / self.num_steps)
+
+    def inverse_integral(self, b: Tensor) -> Tensor:
+        knots = self._knots.to(device=b.device, dtype=b.dtype)
+        i = torch.clamp(torch.searchsorted(knots, b.contiguous(), right=True) - 1, 0, self.num_steps - 1)
+        rates = self._rates.to(device=b.device, dtype=b.dtype)
+        return i.to(b.dtype) / self.num_steps + (b - knots[i]) / rates[i]
+
+    def discrete_betas(self, num_steps: int = REFERENCE_T) -> Tensor:
+        if num_steps != self.num_steps:
+            raise ValueError(f"this table has {self.num_steps} steps, not {num_steps}")
+        return self.betas.clone()
+
+    def __repr__(self) -> str:
+        return f"TabulatedSchedule({self.num_steps} betas, {float(self.betas[0]):.4g}..{float(self.betas[-1]):.4g})"

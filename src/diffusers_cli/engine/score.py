@@ -1,4 +1,4 @@
-"""Network output <-> score: the eps, score and x0 parameterisations and input preconditioning, in one place."""
+"""Network output <-> score: the eps, v, score and x0 parameterisations and the networks' input conventions, in one place."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from diffusers_cli.engine.utils import append_dims
 
 #: (x [B, C, H, W], t [B]) -> grad_x log p_t(x): what every sampler, guidance and imputation takes.
 ScoreFn = Callable[[Tensor, Tensor], Tensor]
-Parameterization = Literal["edm", "eps", "score", "x0"]
-PARAMETERIZATIONS: tuple[str, ...] = ("edm", "eps", "score", "x0")
+Parameterization = Literal["edm", "eps", "score", "x0", "v"]
+PARAMETERIZATIONS: tuple[str, ...] = ("edm", "eps", "score", "x0", "v")
 
 #: Assumed data std for input scaling (EDM's sigma_data); images live in [-1, 1].
 SIGMA_DATA = 0.5
@@ -28,6 +28,8 @@ def output_to_score(out: Tensor, x: Tensor, mean: Tensor, std: Tensor, parameter
         return out / s
     if parameterization == "x0":  # out predicts the clean image: score = (m x0 - x) / std^2
         return (m * out - x) / (s * s)
+    if parameterization == "v":  # Salimans & Ho 2022, v = m eps - s x0 with x = m x0 + s eps: eps = (s x + m v) / (m^2 + s^2)
+        return -(s * x + m * out) / ((m * m + s * s) * s)
     if parameterization == "edm":  # Karras et al. 2022: x0 = c_skip x/m + c_out out, in sigma = std/m
         c_skip, c_out = edm_coefficients(s / m)
         return (m * (c_skip * x / m + c_out * out) - x) / (s * s)
@@ -42,8 +44,42 @@ def precondition_input(x: Tensor, t: Tensor, sde: SDE) -> tuple[Tensor, Tensor]:
     return x * append_dims(c_in, x.ndim).to(x.dtype), sde.noise_label(t).to(x.dtype)
 
 
+def timestep_input(x: Tensor, t: Tensor, sde: SDE) -> tuple[Tensor, Tensor]:
+    """Inputs of a net trained on a T-step chain's integer steps (diffusers' DDPM family): x as is, and t T - 1.
+
+    The chain's step k (0-based, as diffusers counts) is our time t = (k + 1) / T, so a grid on the
+    training steps feeds the net exactly the integers it was trained on; between them the net sees
+    fractional steps, as DPM-Solver's discrete-time wrapper feeds it ((t - 1/N) 1000 for N = 1000).
+    """
+    num_steps = getattr(sde, "num_steps", None)
+    if num_steps is None:
+        raise ValueError(f"a net that takes timesteps needs a discrete chain (DDPM), not {sde!r}")
+    k = t.double() * num_steps - 1.0
+    # Float32 grids land a few 1e-5 off the integers; the net then sees exactly the step it was trained on.
+    near = k.round()
+    k = torch.where((k - near).abs() < 1e-3, near, k)
+    return x, k.to(x.dtype)
+
+
+def std_input(x: Tensor, t: Tensor, sde: SDE) -> tuple[Tensor, Tensor]:
+    """Inputs of a net conditioned on the noise std itself (score_sde's NCSN++ in diffusers): x as is, and std(t)."""
+    return x, sde.marginal(t)[1].to(x.dtype)
+
+
+#: How a network takes (x_t, t), by the ``net_inputs`` it declares (ours: "edm", the default): -> (x_in, c_noise).
+NET_INPUTS: dict[str, Callable[[Tensor, Tensor, SDE], tuple[Tensor, Tensor]]] = {
+    "edm": precondition_input,
+    "timestep": timestep_input,
+    "std": std_input,
+}
+
+
 class ScoreModel(nn.Module):
-    """Preconditioning wrapper: scales inputs, feeds the noise label, and reads the output as a score."""
+    """Preconditioning wrapper: scales inputs, feeds the noise label, and reads the output as a score.
+
+    A network that takes other inputs than ours says so with a ``net_inputs`` attribute (a key of
+    NET_INPUTS): a diffusers UNet2DModel takes raw x and a timestep, or raw x and the noise std.
+    """
 
     def __init__(
         self,
@@ -54,13 +90,17 @@ class ScoreModel(nn.Module):
         super().__init__()
         if parameterization not in PARAMETERIZATIONS:
             raise ValueError(f"unknown parameterization {parameterization!r}; use one of {PARAMETERIZATIONS}")
+        inputs = getattr(net, "net_inputs", "edm")
+        if inputs not in NET_INPUTS:
+            raise ValueError(f"unknown network inputs {inputs!r}; use one of {tuple(NET_INPUTS)}")
         self.net = net
         self.sde = sde
         self.parameterization = parameterization
+        self.inputs = NET_INPUTS[inputs]
 
     def forward(self, x: Tensor, t: Tensor, class_labels: Tensor | None = None) -> Tensor:
         """Raw network output at (x_t, t)."""
-        x_in, c_noise = precondition_input(x, t, self.sde)
+        x_in, c_noise = self.inputs(x, t, self.sde)
         return self.net(x_in, c_noise, class_labels)
 
     def score(self, x: Tensor, t: Tensor, class_labels: Tensor | None = None) -> Tensor:

@@ -13,7 +13,7 @@ from abc import ABC, abstractmethod
 import torch
 from torch import Tensor
 
-from diffusers_cli.engine.schedules import REFERENCE_T, LinearSchedule, Schedule
+from diffusers_cli.engine.schedules import REFERENCE_T, LinearSchedule, Schedule, TabulatedSchedule
 from diffusers_cli.engine.rng import RNG, randn
 from diffusers_cli.engine.utils import append_dims
 
@@ -193,37 +193,12 @@ class SubVPSDE(VPSDE):
         return f"SubVPSDE({self.schedule!r})"
 
 
-class DiscreteSchedule(Schedule):
-    """The T-step DDPM chain as a schedule: B(i / T) = -log prod_{j<=i} (1 - beta_j), linear between."""
+class DiscreteSchedule(TabulatedSchedule):
+    """The T-step DDPM chain of a schedule: its discrete betas as a table, B(i / T) = -log prod_{j<i} (1 - beta_j), linear between."""
 
     def __init__(self, base: Schedule, num_steps: int = REFERENCE_T) -> None:
         self.base = base
-        self.num_steps = int(num_steps)
-        betas = base.discrete_betas(self.num_steps)
-        self._rates = -torch.log1p(-betas) * self.num_steps  # slope of B on each interval
-        self._knots = torch.cat([torch.zeros(1, dtype=torch.float64), torch.cumsum(-torch.log1p(-betas), 0)])
-
-    def _index(self, t: Tensor) -> Tensor:
-        return torch.clamp((t.detach() * self.num_steps).floor().long(), 0, self.num_steps - 1).cpu()
-
-    def beta(self, t: Tensor) -> Tensor:
-        return self._rates[self._index(t)].to(device=t.device, dtype=t.dtype)
-
-    def integral(self, t: Tensor) -> Tensor:
-        i = self._index(t)
-        k = self._knots[i].to(device=t.device, dtype=t.dtype)
-        return k + self._rates[i].to(device=t.device, dtype=t.dtype) * (t - i.to(t.device, t.dtype) / self.num_steps)
-
-    def inverse_integral(self, b: Tensor) -> Tensor:
-        knots = self._knots.to(device=b.device, dtype=b.dtype)
-        i = torch.clamp(torch.searchsorted(knots, b.contiguous(), right=True) - 1, 0, self.num_steps - 1)
-        rates = self._rates.to(device=b.device, dtype=b.dtype)
-        return i.to(b.dtype) / self.num_steps + (b - knots[i]) / rates[i]
-
-    def discrete_betas(self, num_steps: int = REFERENCE_T) -> Tensor:
-        if num_steps != self.num_steps:
-            raise ValueError(f"this chain has {self.num_steps} steps, not {num_steps}")
-        return self.base.discrete_betas(num_steps)
+        super().__init__(base.discrete_betas(int(num_steps)))
 
     def __repr__(self) -> str:
         return f"DiscreteSchedule({self.base!r}, num_steps={self.num_steps})"

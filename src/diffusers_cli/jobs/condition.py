@@ -49,7 +49,7 @@ def condition(cfg: ConditionConfig, reporter: Reporter | None = None) -> Conditi
     device = build.resolve_device(cfg.device)
     world, device = init_world(device)
     try:
-        model_path = build.resolve_model_path(cfg.model, cfg.runs_dir)
+        model_path = build.resolve_model_path(cfg.model, cfg.runs_dir, cfg.download)
         model, card = build.load_score_model(model_path, cfg.use_ema)
         model.to(device)
         clf_path: Path | None = None

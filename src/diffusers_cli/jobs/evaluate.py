@@ -22,7 +22,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from diffusers_cli import build
-from diffusers_cli.checkpoints import ModelCard, read_card
+from diffusers_cli.checkpoints import ModelCard
 from diffusers_cli.config import EvaluateConfig
 from diffusers_cli.data import load_dataset
 from diffusers_cli.distributed import World, init_world, shutdown
@@ -186,8 +186,8 @@ def _evaluate(cfg: EvaluateConfig, metrics: dict[str, Metric], device: torch.dev
     model_path: Path | None = None
     card: ModelCard | None = None
     if generate or LIKELIHOOD in needs or cfg.model is not None:
-        model_path = build.resolve_model_path(cfg.model, cfg.runs_dir)
-        card = read_card(model_path)
+        model_path = build.resolve_model_path(cfg.model, cfg.runs_dir, cfg.download)
+        card = build.read_model_card(model_path)
     files: list[Path] | None = None
     num_samples: int | None = None
     if IMAGES in needs:

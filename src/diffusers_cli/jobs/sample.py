@@ -41,7 +41,7 @@ def sample_images(cfg: SampleConfig, reporter: Reporter | None = None) -> Sample
     device = build.resolve_device(cfg.device)
     world, device = init_world(device)
     try:
-        path = build.resolve_model_path(cfg.model, cfg.runs_dir)
+        path = build.resolve_model_path(cfg.model, cfg.runs_dir, cfg.download)
         model, card = build.load_score_model(path, cfg.use_ema)
         model.to(device)
         label, scale = guidance_plan(card, cfg.label, cfg.guidance, path)

@@ -1,0 +1,69 @@
+"""Our own checkpoints: a run directory or a .safetensors file of ``diffuse train``, rebuilt from its ModelCard."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from diffusers_cli.checkpoints import WEIGHTS_NAME, CheckpointError, ModelCard, load_into, load_model, subset
+from diffusers_cli.config import SDEConfig
+from diffusers_cli.engine.networks.classifier import WideResNet
+from diffusers_cli.engine.networks.unet import UNet
+from diffusers_cli.engine.sde import SDE
+from diffusers_cli.models.diffusers_folder import DiffusersUNet
+
+#: Network classes by the ``arch`` a model card names (checkpoints.ARCHS).
+NETWORKS: dict[str, Callable[..., nn.Module]] = {"unet": UNet, "wrn": WideResNet, "diffusers": DiffusersUNet}
+
+
+def arch_of(net: nn.Module) -> str:
+    """The ``arch`` a card names for this network."""
+    for arch, cls in NETWORKS.items():
+        if isinstance(cls, type) and isinstance(net, cls):
+            return arch
+    raise ValueError(f"{type(net).__name__} is not a network a model card can name ({', '.join(NETWORKS)})")
+
+
+def sde_config_from_dict(data: dict[str, Any]) -> SDEConfig:
+    """Re-validate an SDE config stored in checkpoint metadata."""
+    from pydantic import TypeAdapter, ValidationError
+
+    try:
+        return TypeAdapter(SDEConfig).validate_python(data)
+    except ValidationError as err:
+        raise CheckpointError(f"checkpoint metadata has an invalid SDE ({err.errors()[0]['msg']})") from None
+
+
+def sde_from_card(card: ModelCard) -> SDE:
+    """The SDE a card's model was trained for (each SDE config class builds its own)."""
+    return sde_config_from_dict(card.sde).build()
+
+
+def network_from_card(card: ModelCard, path: Path) -> nn.Module:
+    """The network a card describes (its own config), untrained; CheckpointError if the config does not build."""
+    try:
+        return NETWORKS[card.arch](**card.network)
+    except (TypeError, ValueError) as err:
+        raise CheckpointError(f"{path}: its model card describes a network that cannot be built ({err})") from None
+
+
+def newest_run(runs_dir: Path) -> Path:
+    """The weights of the most recently written run under ``runs_dir``."""
+    candidates = sorted(runs_dir.glob(f"*/{WEIGHTS_NAME}"), key=lambda p: p.stat().st_mtime) if runs_dir.is_dir() else []
+    if not candidates:
+        raise CheckpointError(f"no --model given and no trained run under {runs_dir}/; run `diffuse train` first or pass --model")
+    return candidates[-1]
+
+
+def load_net(path: Path, kind: str, use_ema: bool = True) -> tuple[nn.Module, ModelCard]:
+    """The network (EMA or online weights, eval mode) and card of one of our model files of ``kind`` (score | classifier)."""
+    tensors, card = load_model(path)
+    if card.kind != kind:
+        hint = "pass the score model's run" if kind == "score" else "pass a run of `diffuse train --task classifier`"
+        raise CheckpointError(f"{path} holds a {card.kind} model, not a {'score model' if kind == 'score' else 'classifier'}; {hint}")
+    net = network_from_card(card, path)
+    load_into(net, subset(tensors, "ema" if use_ema else "online"), path)
+    return net.eval(), card
