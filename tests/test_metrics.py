@@ -1,14 +1,18 @@
-"""Tests of the metrics engine: FID/IS maths against pytorch-fid and numpy, offline Inception weights, statistics files."""
+"""Tests of the metrics engine: FID/IS/KID maths against pytorch-fid and numpy, FID's bootstrap, Inception weights, statistics files."""
 
 from __future__ import annotations
 
 import hashlib
+import http.server
 import re
 import shutil
 import subprocess
 import sys
+import threading
 import warnings
+from collections.abc import Iterator
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +32,7 @@ from diffusers_cli.engine.metrics import (
     METRICS,
     NEEDS,
     REFERENCE,
+    REFERENCE_FEATURES,
     WEIGHTS_ENV,
     InceptionV3Features,
     Inputs,
@@ -35,28 +40,35 @@ from diffusers_cli.engine.metrics import (
     MetricOptions,
     MetricsError,
     ReferenceStatistics,
+    bootstrap_fids,
     check_fid_count,
+    check_kid_count,
     check_metrics,
     check_sample_count,
     check_state_dict,
     compute_statistics,
     convert_weights,
+    download_weights,
     extract_features,
     fid_against,
     folder_features,
     folder_images,
     frechet_distance,
+    frechet_distance_low_rank,
     hub_weights_path,
     inception_score,
+    kid_values,
     load_inception,
     load_statistics,
     locate_weights,
+    mmd2_unbiased,
     read_weights,
     save_statistics,
     stack_images,
 )
 from diffusers_cli.engine.metrics import fid as fid_module
 from diffusers_cli.engine.metrics import weights as weights_module
+from diffusers_cli.engine.metrics.kid import NO_REFERENCE_FEATURES
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "diffusers_cli" / "engine" / "metrics"
 
@@ -283,16 +295,84 @@ def test_check_fid_count_names_the_flag() -> None:
 
 
 # ----------------------------------------------------------------------------------------------
+# FID's standard error: a bootstrap over the scored images, the reference fixed.
+
+
+def gaussian(d: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """A fixed random covariance factor L [d, d] (covariance L L^T, well conditioned) and a reference set of 5000 draws."""
+    rng = np.random.default_rng(seed)
+    a = rng.normal(size=(d, d)) / np.sqrt(d)
+    factor = np.linalg.cholesky(a @ a.T + 0.1 * np.eye(d))
+    return factor, rng.normal(size=(5000, d)) @ factor.T
+
+
+# Each route: D x D Gram in blocks of rows (n = 8000) and in one (300); r x r of Y's rows (80); r x r under sigma (40).
+@pytest.mark.parametrize("n", [8000, 300, 80, 40])
+def test_bootstrap_fids_are_the_fids_of_the_resamples(n: int) -> None:
+    d = 64
+    factor, ref = gaussian(d)
+    mu, sigma = compute_statistics(ref)
+    x = np.random.default_rng(1).normal(size=(n, d)) @ factor.T + 0.1
+    fids = bootstrap_fids(x, mu, sigma, 4, np.random.default_rng(5))
+    # The documented draw: resample b is rows rng.integers(0, n, size=(resamples, n))[b].
+    rows = np.random.default_rng(5).integers(0, n, size=(4, n))
+    if n > d:
+        direct = [frechet_distance(*compute_statistics(x[r]), mu, sigma) for r in rows]
+    else:
+        direct = [frechet_distance_low_rank(x[r], mu, sigma) for r in rows]
+    np.testing.assert_allclose(fids, direct, rtol=1e-7)
+    assert len(set(fids.tolist())) == 4  # four different resamples
+    np.testing.assert_array_equal(fids, bootstrap_fids(x, mu, sigma, 4, np.random.default_rng(5)))
+
+
+def test_bootstrap_std_matches_the_spread_over_sample_sets() -> None:
+    # FID's maths does not depend on the dimension: 64 keeps 20 independent sets fast.
+    d, n, sets = 64, 500, 20
+    factor, ref = gaussian(d)
+    mu, sigma = compute_statistics(ref)
+
+    def draw(seed: int) -> np.ndarray:
+        """n features of a fixed Gaussian 0.3 away from the reference in every coordinate."""
+        return np.random.default_rng(seed).normal(size=(n, d)) @ factor.T + 0.3
+
+    spread = np.std([frechet_distance(*compute_statistics(draw(100 + s)), mu, sigma) for s in range(sets)], ddof=1)
+    boot = np.std(bootstrap_fids(draw(7), mu, sigma, 20, np.random.default_rng(0)), ddof=1)
+    assert 0.5 < boot / spread < 2.0, (boot, spread)
+    # Four times the images, half the spread: the bootstrap follows the sample count.
+    more = np.random.default_rng(8).normal(size=(4 * n, d)) @ factor.T + 0.3
+    boot_more = np.std(bootstrap_fids(more, mu, sigma, 20, np.random.default_rng(0)), ddof=1)
+    assert 0.3 < boot_more / boot < 0.7
+
+
+def test_bootstrap_bad_input() -> None:
+    with pytest.raises(MetricsError, match=r"do not match features of dimension 4"):
+        bootstrap_fids(np.zeros((5, 4)), np.zeros(3), np.eye(3), 2, np.random.default_rng(0))
+    for n in (5, 2):  # the two routes: more rows than dimensions, and fewer
+        with pytest.raises(MetricsError, match=r"reference covariance is not positive semi-definite"):
+            bootstrap_fids(np.random.default_rng(0).normal(size=(n, 3)), np.zeros(3), -np.eye(3), 2, np.random.default_rng(0))
+
+
+def test_metric_options_refuse_unusable_settings() -> None:
+    with pytest.raises(MetricsError, match=r"--fid-bootstrap must be 0 \(no std\) or at least 2 resamples; got 1"):
+        MetricOptions(fid_bootstrap=1)
+    with pytest.raises(MetricsError, match=r"--kid-subsets must be at least 1; got 0"):
+        MetricOptions(kid_subsets=0)
+    with pytest.raises(MetricsError, match=r"--kid-subset-size must be at least 2 \(MMD needs pairs\); got 1"):
+        MetricOptions(kid_subset_size=1)
+
+
+# ----------------------------------------------------------------------------------------------
 # The registry: one entry per metric, each computing its figures from the inputs it names.
 
 
 def test_registry_entries_carry_everything() -> None:
-    assert list(METRICS) == ["fid", "is", "bpd"]
+    assert list(METRICS) == ["fid", "is", "bpd", "kid"]
     for name, metric in METRICS.items():
         assert metric.name == name != "provenance"  # "provenance" is the summary's other key
         assert metric.description and "\n" not in metric.description
         assert metric.needs and metric.needs <= set(NEEDS)
     assert (METRICS["fid"].needs, METRICS["is"].needs, METRICS["bpd"].needs) == ({IMAGES, REFERENCE}, {IMAGES}, {LIKELIHOOD})
+    assert METRICS["kid"].needs == {IMAGES, REFERENCE_FEATURES}
 
 
 def test_registry_imports_no_torch() -> None:
@@ -311,11 +391,11 @@ def test_registry_imports_no_torch() -> None:
 
 
 def test_check_metrics_orders_and_refuses() -> None:
-    assert list(check_metrics(["bpd", "is", "fid"])) == ["fid", "is", "bpd"]
+    assert list(check_metrics(["kid", "bpd", "is", "fid"])) == ["fid", "is", "bpd", "kid"]
     assert check_metrics(["is"]) == {"is": METRICS["is"]}
-    with pytest.raises(MetricsError, match=r"unknown metric 'kid'; use a comma-separated list of fid, is, bpd \(e\.g\. --metrics fid,is\)"):
-        check_metrics(["fid", "kid"])
-    with pytest.raises(MetricsError, match="no metric asked for; pass --metrics with some of fid, is, bpd"):
+    with pytest.raises(MetricsError, match=r"unknown metric 'prd'; use a comma-separated list of fid, is, bpd, kid \(e\.g\. --metrics fid,is\)"):
+        check_metrics(["fid", "prd"])
+    with pytest.raises(MetricsError, match="no metric asked for; pass --metrics with some of fid, is, bpd, kid"):
         check_metrics([])
 
 
@@ -326,10 +406,18 @@ def test_metrics_compute_their_figures() -> None:
     mu, sigma = compute_statistics(ref)
     inputs = Inputs(MetricOptions(is_splits=5), feats, logits, ReferenceStatistics(mu, sigma, ref),
                     LikelihoodTable(np.array([[3.0, 4.0, 5.0], [3.5, 4.5, 4.0]]), "shapes test at 8x8"))
-    fid = METRICS["fid"].compute(inputs)
-    assert fid.values == {"fid": frechet_distance(*compute_statistics(feats), mu, sigma)} and fid.warnings == ()
+    fid = METRICS["fid"].compute(replace(inputs, options=MetricOptions(is_splits=5, fid_bootstrap=0)))
+    assert fid.values == {"fid": frechet_distance(*compute_statistics(feats), mu, sigma), "std": None, "std_method": None,
+                          "bootstrap": 0} and fid.warnings == ()
+    assert METRICS["fid"].describe(fid.values, "30 images", "ref") == f"FID {fid.values['fid']:.4f}  (30 images vs ref)"
+    # By default its std is that of 20 bootstrap resamples of the scored features (seeded by the options).
+    boot = METRICS["fid"].compute(inputs).values
+    assert boot["fid"] == fid.values["fid"] and (boot["std_method"], boot["bootstrap"]) == ("bootstrap", 20)
+    assert boot["std"] == pytest.approx(np.std(bootstrap_fids(feats, mu, sigma, 20, np.random.default_rng(0)), ddof=1), rel=1e-12)
+    assert METRICS["fid"].describe(boot, "30 images", "ref") == (
+        f"FID {boot['fid']:.4f} +- {boot['std']:.4f}  (bootstrap over 20 resamples; 30 images vs ref)")
     mean, std = inception_score(logits, splits=5)
-    assert METRICS["is"].compute(inputs).values == {"mean": mean, "std": std, "splits": 5}
+    assert METRICS["is"].compute(inputs).values == {"mean": mean, "std": std, "std_method": "splits", "splits": 5}
     assert METRICS["bpd"].compute(inputs).values == {
         "mean": 4.0, "std": pytest.approx(0.0), "per_run": [4.0, 4.0], "runs": 2, "examples": 3, "data": "shapes test at 8x8"}
     assert METRICS["bpd"].describe(METRICS["bpd"].compute(inputs).values, "", None) == (
@@ -339,7 +427,8 @@ def test_metrics_compute_their_figures() -> None:
         METRICS["is"].check("evaluated images", 4, MetricOptions(is_splits=5))
     few = MetricOptions(allow_few=True, is_splits=30)
     assert "Inception Score of 23 images in one split" in str(METRICS["is"].check("evaluated images", 23, few))
-    assert METRICS["is"].compute(replace(inputs, options=few)).values == {"mean": inception_score(logits, 1)[0], "std": 0.0, "splits": 1}
+    assert METRICS["is"].compute(replace(inputs, options=few)).values == {
+        "mean": inception_score(logits, 1)[0], "std": 0.0, "std_method": "splits", "splits": 1}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -389,6 +478,99 @@ def test_inception_score_bad_input() -> None:
 
 
 # ----------------------------------------------------------------------------------------------
+# Kernel Inception Distance.
+
+
+def direct_mmd2(x: np.ndarray, y: np.ndarray) -> float:
+    """The unbiased MMD^2 under k(a, b) = (a.b / d + 1)^3, written out pair by pair."""
+    m, d = x.shape
+
+    def k(a: np.ndarray, b: np.ndarray) -> float:
+        return (float(np.dot(a, b)) / d + 1.0) ** 3
+
+    xx = sum(k(x[i], x[j]) for i in range(m) for j in range(m)) - sum(k(x[i], x[i]) for i in range(m))
+    yy = sum(k(y[i], y[j]) for i in range(m) for j in range(m)) - sum(k(y[i], y[i]) for i in range(m))
+    xy = sum(k(x[i], y[j]) for i in range(m) for j in range(m))
+    return xx / (m * (m - 1)) + yy / (m * (m - 1)) - 2 * xy / m**2
+
+
+def test_kid_equals_the_direct_estimator() -> None:
+    rng = np.random.default_rng(0)
+    x, y = rng.uniform(0, 2, size=(25, 8)), rng.uniform(0, 2, size=(25, 8)) + 0.2
+    assert mmd2_unbiased(x, y) == pytest.approx(direct_mmd2(x, y), rel=1e-12)
+    # Subsets as large as both sets: every subset is the whole of both, computed once.
+    assert kid_values(x, y, np.random.default_rng(0), subsets=5, subset_size=1000).tolist() == [pytest.approx(direct_mmd2(x, y), rel=1e-12)]
+    # Subsets of 12 of 25 and of 40: the documented draws, scored side first, without replacement.
+    z = rng.uniform(0, 2, size=(40, 8))
+    values = kid_values(x, z, np.random.default_rng(3), subsets=4, subset_size=12)
+    draws = np.random.default_rng(3)
+    direct = []
+    for _ in range(4):
+        a = x[draws.choice(25, 12, replace=False)]
+        direct.append(direct_mmd2(a, z[draws.choice(40, 12, replace=False)]))
+    np.testing.assert_allclose(values, direct, rtol=1e-12)
+    # A side no larger than the subsets is whole in each (not drawn); only the other side's rows are.
+    few = x[:12]
+    for scored, ref in ((few, z), (z, few)):
+        draws = np.random.default_rng(4)
+        expected = [direct_mmd2(few, z[draws.choice(40, 12, replace=False)]) for _ in range(3)]
+        np.testing.assert_allclose(kid_values(scored, ref, np.random.default_rng(4), subsets=3, subset_size=100), expected, rtol=1e-10)
+    # The metric: mean and std (ddof 0, as torch-fidelity) of those, with the subsets' count and size.
+    options = MetricOptions(kid_subsets=4, kid_subset_size=12, seed=3)
+    figures = METRICS["kid"].compute(Inputs(options, x, None, ReferenceStatistics(*compute_statistics(z), z)))
+    assert figures.values == {"mean": pytest.approx(np.mean(direct), rel=1e-12), "std": pytest.approx(np.std(direct), rel=1e-9),
+                              "std_method": "subsets", "subsets": 4, "subset_size": 12}
+    v = figures.values
+    assert METRICS["kid"].describe(v, "25 images", "ref") == (
+        f"KID {v['mean']:.6f} +- {v['std']:.6f}  (std over 4 subset(s) of 12; 25 images vs ref)")
+
+
+def test_kid_near_zero_for_one_distribution_and_positive_for_two() -> None:
+    d, n = 32, 1500
+    rng = np.random.default_rng(0)
+    mix = rng.normal(size=(d, d)) / np.sqrt(d)
+
+    def draw(shift: float) -> np.ndarray:
+        """Non-negative, correlated features (pool3 features are averages of ReLUs)."""
+        return np.abs(rng.normal(size=(n, d)) @ mix + shift)
+
+    ref, same, shifted = draw(0.0), draw(0.0), draw(0.5)
+    options = MetricOptions(kid_subsets=20, kid_subset_size=500)
+    stats = ReferenceStatistics(*compute_statistics(ref), ref)
+    null = METRICS["kid"].compute(Inputs(options, same, None, stats)).values
+    alt = METRICS["kid"].compute(Inputs(options, shifted, None, stats)).values
+    assert abs(null["mean"]) < 3 * null["std"]
+    assert alt["mean"] > 5 * alt["std"] > 0 and alt["mean"] > 20 * abs(null["mean"])
+    # Reproducible with its seed; another seed draws other subsets.
+    assert METRICS["kid"].compute(Inputs(options, same, None, stats)).values == null
+    other = METRICS["kid"].compute(Inputs(replace(options, seed=1), same, None, stats)).values
+    assert other["mean"] != null["mean"]
+
+
+def test_kid_checks_counts_and_reference_features() -> None:
+    kid, options = METRICS["kid"], MetricOptions()
+    assert kid.check("evaluated images", 1000, options) is None
+    assert kid.check("reference features", 50_000, options) is None
+    assert kid.check("evaluated images", 300, options) == (
+        "KID: 300 evaluated images, fewer than the subset size 1,000: subsets hold at most 300 (all of them); "
+        "compare KIDs only at equal subset sizes")
+    assert kid.check("evaluated images", 300, MetricOptions(kid_subset_size=300)) is None
+    with pytest.raises(MetricsError, match="KID needs at least 2 evaluated images; got 1"):
+        kid.check("evaluated images", 1, options)
+    # A pytorch-fid statistics file offers no features: refused, saying what to pass instead.
+    with pytest.raises(MetricsError) as err:
+        kid.check("reference features", 0, options)
+    assert str(err.value) == NO_REFERENCE_FEATURES and "\n" not in NO_REFERENCE_FEATURES
+    assert "--reference" in NO_REFERENCE_FEATURES and "--save-reference-stats" in NO_REFERENCE_FEATURES
+    feats = np.random.default_rng(0).normal(size=(10, 4))
+    with pytest.raises(MetricsError, match=re.escape(NO_REFERENCE_FEATURES)):
+        kid.compute(Inputs(options, feats, None, ReferenceStatistics(*compute_statistics(feats), None)))
+    with pytest.raises(MetricsError, match=r"same D on both sides; got \(10, 4\) and \(10, 3\)"):
+        kid_values(feats, feats[:, :3], np.random.default_rng(0))
+    assert check_kid_count(5, "reference features", subset_size=5) is None
+
+
+# ----------------------------------------------------------------------------------------------
 # The network and its weights, offline.
 
 
@@ -430,8 +612,9 @@ def test_missing_weights_say_where_to_put_them(hub: Path) -> None:
     message = str(err.value)
     assert "\n" not in message
     for part in (FID_WEIGHTS_NAME, FID_WEIGHTS_SHA256, str(hub / FID_WEIGHTS_NAME), "--inception-weights",
-                 WEIGHTS_ENV, FID_WEIGHTS_URL):
+                 WEIGHTS_ENV, f"or pass --download to fetch it from {FID_WEIGHTS_URL}"):
         assert part in message
+    assert list(hub.iterdir()) == []  # nothing fetched without --download
     with pytest.raises(MetricsError, match=re.escape(f"Inception weights not found at {hub / 'nope.pth'} (from the given path); put")):
         load_inception(hub / "nope.pth")
 
@@ -533,6 +716,78 @@ def test_wrong_weights_files(tmp_path: Path, made: dict[str, object]) -> None:
         load_inception(garbage)
 
 
+class QuietHandler(http.server.SimpleHTTPRequestHandler):
+    """Serves a folder without logging each request to stderr."""
+
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 (the base class's name)
+        """Say nothing."""
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[tuple[Path, str]]:
+    """A folder served over HTTP on 127.0.0.1 (a thread of this process): (the folder, its base URL)."""
+    folder = tmp_path / "served"
+    folder.mkdir()
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), partial(QuietHandler, directory=str(folder)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield folder, f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+def test_download_verifies_then_publishes(hub: Path, made: dict[str, object], served: tuple[Path, str],
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    folder, base = served
+    shutil.copy(made["pth"], folder / FID_WEIGHTS_NAME)
+    digest = sha256_file(made["pth"])
+    monkeypatch.setattr(weights_module, "FID_WEIGHTS_SHA256", digest)  # the made file stands for pytorch-fid's
+    monkeypatch.setattr(weights_module, "FID_WEIGHTS_URL", f"{base}/{FID_WEIGHTS_NAME}")
+    net = load_inception(download=True)
+    assert net.weights_info.downloaded and net.weights_info.origin == "downloaded to the torch hub cache"
+    assert net.weights_info.path == hub / FID_WEIGHTS_NAME and net.weights_info.sha256 == digest
+    assert_same_state(net, made["state"])
+    assert [p.name for p in hub.iterdir()] == [FID_WEIGHTS_NAME]  # no temporary file left
+    # Found in the cache next time: no download.
+    again = load_inception(download=True)
+    assert again.weights_info.origin == "torch hub cache" and not again.weights_info.downloaded
+
+
+def test_download_from_a_file_url(tmp_path: Path, made: dict[str, object]) -> None:
+    dest = tmp_path / "cache" / FID_WEIGHTS_NAME
+    out = download_weights(dest, url=Path(made["pth"]).as_uri(), sha256=sha256_file(made["pth"]))
+    assert out == dest and dest.read_bytes() == Path(made["pth"]).read_bytes()
+    assert [p.name for p in dest.parent.iterdir()] == [FID_WEIGHTS_NAME]
+
+
+def test_download_with_a_wrong_hash_leaves_nothing(hub: Path, made: dict[str, object], served: tuple[Path, str],
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    folder, base = served
+    shutil.copy(made["pth"], folder / FID_WEIGHTS_NAME)
+    monkeypatch.setattr(weights_module, "FID_WEIGHTS_URL", f"{base}/{FID_WEIGHTS_NAME}")
+    digest = sha256_file(made["pth"])
+    with pytest.raises(MetricsError) as err:
+        load_inception(download=True)  # the real checksum, which the made file does not have
+    message = str(err.value)
+    assert "\n" not in message
+    assert message.startswith(f"the file downloaded from {base}/{FID_WEIGHTS_NAME} has SHA-256 {digest}, not {FID_WEIGHTS_SHA256}")
+    assert "it was deleted and nothing was saved" in message and "--download" not in message
+    assert list(hub.iterdir()) == []
+    # A missing file on the server, and a server that is not there: one line each, nothing left.
+    monkeypatch.setattr(weights_module, "FID_WEIGHTS_URL", f"{base}/nope.pth")
+    with pytest.raises(MetricsError, match=rf"cannot download the Inception weights from {re.escape(base)}/nope\.pth: HTTP Error 404"):
+        load_inception(download=True)
+    with pytest.raises(MetricsError, match=r"cannot download the Inception weights from file:///no/such/file\.pth: "):
+        download_weights(hub / FID_WEIGHTS_NAME, url="file:///no/such/file.pth")
+    assert list(hub.iterdir()) == []
+    # A named file that is missing is not downloaded in its place.
+    with pytest.raises(MetricsError, match="Inception weights not found at"):
+        load_inception(hub / "nope.pth", download=True)
+
+
 def test_only_torch_load_is_weights_only() -> None:
     lines = [ln for p in SRC.glob("*.py") for ln in p.read_text().splitlines() if "torch.load(" in ln]
     assert len(lines) == 1 and "weights_only=True" in lines[0]
@@ -620,3 +875,32 @@ def test_bad_statistics_files(tmp_path: Path) -> None:
         load_statistics(shapes)
     with pytest.raises(MetricsError, match="statistics file .*missing.npz does not exist"):
         load_statistics(tmp_path / "missing.npz")
+
+
+def test_statistics_with_features(tmp_path: Path) -> None:
+    # Features from a float32 network are stored as float32 (nothing lost) and read back as float64.
+    feats = np.random.default_rng(0).normal(size=(30, 8)).astype(np.float32).astype(np.float64)
+    mu, sigma = compute_statistics(feats, allow_few=True)
+    path = save_statistics(tmp_path / "ref.npz", mu, sigma, features=feats, num_samples=30)
+    with np.load(path) as f:
+        assert f["features"].dtype == np.float32 and sorted(f.files) == ["features", "mu", "num_samples", "sigma"]
+    back = load_statistics(path)
+    assert back.features is not None and back.features.dtype == np.float64 and "features" not in back.extra
+    np.testing.assert_array_equal(back.features, feats)
+    m, s = fid_score.compute_statistics_of_path(str(path), None, 50, 8, "cpu")  # pytorch-fid still reads it
+    np.testing.assert_array_equal(s, sigma)
+    # Features that float32 would round stay float64.
+    fine = feats + 1e-9
+    save_statistics(path, *compute_statistics(fine, allow_few=True), features=fine)
+    np.testing.assert_array_equal(load_statistics(path).features, fine)
+    # pytorch-fid's own files hold none.
+    theirs = tmp_path / "theirs.npz"
+    np.savez(theirs, mu=mu, sigma=sigma)
+    assert load_statistics(theirs).features is None
+    # Features that are not those of mu, or of the wrong shape, are refused.
+    np.savez(theirs, mu=mu, sigma=sigma, features=feats + 1.0)
+    with pytest.raises(MetricsError, match=r"'features' are not the ones 'mu' was computed from"):
+        load_statistics(theirs)
+    np.savez(theirs, mu=mu, sigma=sigma, features=feats[:, :4])
+    with pytest.raises(MetricsError, match=r"'features' must be \[N >= 2, 8\] for 'mu' of length 8; got \(30, 4\)"):
+        load_statistics(theirs)

@@ -1,4 +1,4 @@
-"""Metrics: FID and Inception Score with pytorch-fid's Inception network, offline, reference statistics files, bits/dim.
+"""Metrics: FID, KID and Inception Score with pytorch-fid's Inception network, offline, reference statistics files, bits/dim.
 
 Importing this package imports no torch, numpy or scipy: METRICS (the registry) and the Metric
 protocol answer `diffuse evaluate --help` at once, and the names that need those libraries are
@@ -16,6 +16,7 @@ from diffusers_cli.engine.metrics.metric import (
     LIKELIHOOD,
     NEEDS,
     REFERENCE,
+    REFERENCE_FEATURES,
     Figures,
     Inputs,
     LikelihoodTable,
@@ -37,6 +38,7 @@ if TYPE_CHECKING:
     )
     from diffusers_cli.engine.metrics.fid import (
         RECOMMENDED_SAMPLES,
+        bootstrap_fids,
         check_fid_count,
         check_sample_count,
         compute_statistics,
@@ -54,6 +56,7 @@ if TYPE_CHECKING:
         load_inception,
     )
     from diffusers_cli.engine.metrics.iscore import inception_score, splits_for
+    from diffusers_cli.engine.metrics.kid import check_kid_count, kid_values, mmd2_unbiased, polynomial_kernel
     from diffusers_cli.engine.metrics.stats import Statistics, load_statistics, save_statistics
     from diffusers_cli.engine.metrics.weights import (
         FID_WEIGHTS_NAME,
@@ -61,6 +64,7 @@ if TYPE_CHECKING:
         FID_WEIGHTS_URL,
         WEIGHTS_ENV,
         InceptionWeights,
+        download_weights,
         hub_weights_path,
         locate_weights,
         read_weights,
@@ -70,14 +74,15 @@ if TYPE_CHECKING:
 _HOMES: dict[str, str] = {
     **dict.fromkeys(("IMAGE_EXTENSIONS", "extract_features", "folder_features", "folder_images", "image_batches",
                      "load_image", "stack_images"), "features"),
-    **dict.fromkeys(("RECOMMENDED_SAMPLES", "check_fid_count", "check_sample_count", "compute_statistics", "fid_against",
+    **dict.fromkeys(("RECOMMENDED_SAMPLES", "bootstrap_fids", "check_fid_count", "check_sample_count", "compute_statistics", "fid_against",
                      "fid_from_features", "frechet_distance", "frechet_distance_low_rank"), "fid"),
     **dict.fromkeys(("FEATURE_DIM", "NUM_CLASSES", "InceptionV3Features", "check_state_dict", "convert_weights",
                      "load_inception"), "inception"),
     **dict.fromkeys(("inception_score", "splits_for"), "iscore"),
+    **dict.fromkeys(("check_kid_count", "kid_values", "mmd2_unbiased", "polynomial_kernel"), "kid"),
     **dict.fromkeys(("Statistics", "load_statistics", "save_statistics"), "stats"),
     **dict.fromkeys(("FID_WEIGHTS_NAME", "FID_WEIGHTS_SHA256", "FID_WEIGHTS_URL", "WEIGHTS_ENV", "InceptionWeights",
-                     "hub_weights_path", "locate_weights", "read_weights"), "weights"),
+                     "download_weights", "hub_weights_path", "locate_weights", "read_weights"), "weights"),
 }
 
 __all__ = [
@@ -86,6 +91,7 @@ __all__ = [
     "METRICS",
     "NEEDS",
     "REFERENCE",
+    "REFERENCE_FEATURES",
     "Figures",
     "Inputs",
     "LikelihoodTable",

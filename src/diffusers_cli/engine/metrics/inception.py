@@ -106,9 +106,14 @@ def check_state_dict(net: torch.nn.Module, state: dict[str, Tensor], path: Path)
         raise MetricsError(f"{path} does not fit pytorch-fid's FID Inception network: {'; '.join(problems)}; {where_to_put_weights()}")
 
 
-def load_inception(weights: str | Path | None = None, device: str | torch.device = "cpu") -> InceptionV3Features:
-    """The FID Inception in eval mode with frozen weights from ``weights`` (or $DIFFUSE_INCEPTION_WEIGHTS, or torch's hub cache)."""
-    path, origin = locate_weights(weights)
+def load_inception(weights: str | Path | None = None, device: str | torch.device = "cpu",
+                   download: bool = False) -> InceptionV3Features:
+    """The FID Inception in eval mode with frozen weights from ``weights`` (or $DIFFUSE_INCEPTION_WEIGHTS, or torch's hub cache).
+
+    With ``download``, weights found nowhere are first fetched into the hub cache and verified;
+    ``weights_info.downloaded`` then says so.
+    """
+    path, origin = locate_weights(weights, download)
     state, info = read_weights(path, origin)
     net = InceptionV3Features()
     check_state_dict(net, state, path)

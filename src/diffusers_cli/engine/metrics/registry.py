@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from diffusers_cli.engine.metrics.builtin import FID, BitsPerDim, InceptionScore
 from diffusers_cli.engine.metrics.errors import MetricsError
+from diffusers_cli.engine.metrics.kid import KID
 from diffusers_cli.engine.metrics.metric import Metric
 
 #: Every metric, in the order results are reported. A new metric is one module and one line here.
@@ -11,6 +12,7 @@ METRICS: dict[str, Metric] = {
     "fid": FID(),
     "is": InceptionScore(),
     "bpd": BitsPerDim(),
+    "kid": KID(),
 }
 
 

@@ -1,11 +1,16 @@
-"""Finding, verifying and reading pytorch-fid's Inception weights offline (never unpickling an unverified file)."""
+"""Finding, verifying, reading and (when allowed) downloading pytorch-fid's Inception weights (never unpickling an unverified file)."""
 
 from __future__ import annotations
 
 import hashlib
+import http.client
 import io
 import json
 import os
+import tempfile
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +30,12 @@ FID_WEIGHTS_SHA256 = "6726825d0af5f729cebd5821db510b11b1cfad8faad88a03f1befd49fb
 WEIGHTS_ENV = "DIFFUSE_INCEPTION_WEIGHTS"
 #: The CLI flag naming a weights file (named in error messages).
 WEIGHTS_FLAG = "--inception-weights"
+#: The CLI flag that lets a missing file be downloaded (named in error messages).
+DOWNLOAD_FLAG = "--download"
+#: The origin of weights this process downloaded into the torch hub cache.
+DOWNLOADED = "downloaded to the torch hub cache"
+#: Seconds without data before a download gives up.
+DOWNLOAD_TIMEOUT = 60.0
 #: Metadata key, in a converted .safetensors, holding the SHA-256 of the .pth it came from.
 SOURCE_KEY = "source_sha256"
 
@@ -34,7 +45,7 @@ class InceptionWeights:
     """Where the Inception weights came from: the file read, how it was found, its SHA-256 and that of its source .pth."""
 
     path: Path                 # the file read
-    origin: str                # "argument", "$DIFFUSE_INCEPTION_WEIGHTS" or "torch hub cache"
+    origin: str                # "argument", "$DIFFUSE_INCEPTION_WEIGHTS", "torch hub cache" or DOWNLOADED
     sha256: str                # SHA-256 of the file read (for --json summaries)
     source_sha256: str | None  # the .pth's SHA-256: verified for a .pth, as recorded for a .safetensors conversion
 
@@ -43,23 +54,32 @@ class InceptionWeights:
         """True for pytorch-fid's own weights (a verified .pth, or a .safetensors that records converting it)."""
         return self.source_sha256 == FID_WEIGHTS_SHA256
 
+    @property
+    def downloaded(self) -> bool:
+        """True when this process downloaded the file (verified) into the torch hub cache."""
+        return self.origin == DOWNLOADED
+
 
 def hub_weights_path() -> Path:
     """Where pytorch-fid (torch.hub) caches the weights: torch.hub.get_dir()/checkpoints/<name> (honours TORCH_HOME)."""
     return Path(torch.hub.get_dir()) / "checkpoints" / FID_WEIGHTS_NAME
 
 
-def where_to_put_weights() -> str:
-    """The how-to-fix sentence of every missing-weights message: file name, checksum, places, flag, env var, URL."""
+def where_to_put_weights(offer_download: bool = True) -> str:
+    """The how-to-fix sentence of every missing-weights message: file name, checksum, places, flags, env var, URL."""
+    fetch = f"or pass {DOWNLOAD_FLAG} to fetch it from" if offer_download else "or fetch it yourself from"
     return (
         f"put {FID_WEIGHTS_NAME} (SHA-256 {FID_WEIGHTS_SHA256}) at {hub_weights_path()}, "
-        f"or pass {WEIGHTS_FLAG} PATH, or set {WEIGHTS_ENV}=PATH; "
-        f"on a machine with network it downloads from {FID_WEIGHTS_URL}"
+        f"or pass {WEIGHTS_FLAG} PATH, or set {WEIGHTS_ENV}=PATH, {fetch} {FID_WEIGHTS_URL}"
     )
 
 
-def locate_weights(weights: str | Path | None = None) -> tuple[Path, str]:
-    """Find the weights file: the given path, then $DIFFUSE_INCEPTION_WEIGHTS, then the torch hub cache; returns (path, origin)."""
+def locate_weights(weights: str | Path | None = None, download: bool = False) -> tuple[Path, str]:
+    """Find the weights file: the given path, then $DIFFUSE_INCEPTION_WEIGHTS, then the torch hub cache; returns (path, origin).
+
+    With ``download``, weights found nowhere are fetched into the torch hub cache (download_weights);
+    a path that is named but missing is an error either way.
+    """
     if weights is not None and str(weights) != "":
         return _existing(Path(weights).expanduser(), "argument")
     env = os.environ.get(WEIGHTS_ENV, "")
@@ -70,7 +90,56 @@ def locate_weights(weights: str | Path | None = None) -> tuple[Path, str]:
     for candidate in (pth.with_suffix(".safetensors"), pth):
         if candidate.is_file():
             return candidate, "torch hub cache"
+    if download:
+        return download_weights(pth), DOWNLOADED
     raise MetricsError(f"Inception weights for FID/IS not found; {where_to_put_weights()}")
+
+
+def download_weights(dest: str | Path | None = None, url: str | None = None, sha256: str | None = None,
+                     timeout: float = DOWNLOAD_TIMEOUT) -> Path:
+    """Fetch ``url`` (FID_WEIGHTS_URL) to ``dest`` (the hub cache path) through a temporary file, renamed only once its SHA-256 matches.
+
+    Any failure (network, a wrong checksum) removes the temporary file and raises a one-line
+    MetricsError; nothing is ever left at ``dest`` but the verified file.
+    """
+    # Read at call time, so tests can stand in a URL and a file of their own.
+    dest = Path(dest) if dest is not None else hub_weights_path()
+    url = url if url is not None else FID_WEIGHTS_URL
+    expected = sha256 if sha256 is not None else FID_WEIGHTS_SHA256
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
+    except OSError as err:
+        raise MetricsError(f"cannot write the Inception weights to {dest.parent}: {err.strerror}; {where_to_put_weights(False)}") from None
+    digest = hashlib.sha256()
+    try:
+        with os.fdopen(fd, "wb") as out:
+            for chunk in _chunks(url, timeout):
+                digest.update(chunk)
+                out.write(chunk)  # a full disk is the machine's failure, not the download's: its OSError goes up as is
+        got = digest.hexdigest()
+        if got != expected:
+            raise MetricsError(
+                f"the file downloaded from {url} has SHA-256 {got}, not {expected} ({FID_WEIGHTS_NAME}); "
+                f"it was deleted and nothing was saved: retry, or {where_to_put_weights(False)}"
+            )
+        os.replace(tmp, dest)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return dest
+
+
+def _chunks(url: str, timeout: float) -> Iterator[bytes]:
+    """The body of ``url`` in pieces of 1 MiB; any failure to fetch it as a one-line MetricsError."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 (the URL is ours or the caller's)
+            while chunk := response.read(1 << 20):
+                yield chunk
+    except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as err:
+        # An HTTP status, a refused connection or unknown host, a cut-off body, a timeout, or a malformed URL.
+        reason = err if isinstance(err, urllib.error.HTTPError) else (getattr(err, "reason", None) or err)
+        raise MetricsError(f"cannot download the Inception weights from {url}: {reason}; {where_to_put_weights(False)}") from None
 
 
 def _existing(path: Path, origin: str) -> tuple[Path, str]:
