@@ -175,9 +175,11 @@ def test_folders_equal_engine_and_statistics_cache(weights: Path, folders: tuple
     fb, _ = folder_features(net, b, batch_size=50)
     # One key per metric asked for, in registry order, then what produced them.
     assert list(s) == ["fid", "is", "provenance"]
-    assert s["fid"] == {"fid": pytest.approx(nuclear_fid(fa, fb), rel=1e-5)} and s["fid"]["fid"] > 1.0
+    assert s["fid"]["fid"] == pytest.approx(nuclear_fid(fa, fb), rel=1e-5) and s["fid"]["fid"] > 1.0
+    assert (s["fid"]["std_method"], s["fid"]["bootstrap"]) == ("bootstrap", 20) and s["fid"]["std"] > 0
     is_mean, is_std = inception_score(la, splits=1)
-    assert s["is"] == {"mean": pytest.approx(is_mean, rel=1e-5), "std": is_std, "splits": 1} and s["is"]["mean"] > 1.0
+    assert s["is"] == {"mean": pytest.approx(is_mean, rel=1e-5), "std": is_std, "splits": 1, "std_method": "splits"}
+    assert s["is"]["mean"] > 1.0
     p = s["provenance"]
     assert p["num_samples"] == 4 and p["images"] == str(a) and p["sampler"] is None and p["model"] is None
     assert p["reference"] == {"description": f"images in {b.resolve()} (3)", "num_samples": 3, "stats": str(stats), "reused": False}
@@ -304,8 +306,8 @@ class MeanNorm:
 def test_a_metric_is_one_registry_entry(monkeypatch: pytest.MonkeyPatch, weights: Path, folders: tuple[Path, Path]) -> None:
     monkeypatch.setitem(METRICS, "toy", MeanNorm())
     a, b = folders
-    line = one_error_line(invoke("--images", a, "--metrics", "fid,kid", "--allow-few"))
-    assert "unknown metric 'kid'; use a comma-separated list of fid, is, bpd, toy" in line
+    line = one_error_line(invoke("--images", a, "--metrics", "fid,prd", "--allow-few"))
+    assert "unknown metric 'prd'; use a comma-separated list of fid, is, bpd, kid, toy" in line
     # Its check runs before any long work: no Inception weights are looked for.
     assert "toy needs at least 4 evaluated images; got 3" in one_error_line(invoke("--images", b, "--metrics", "toy"))
     args = ["--images", a, "--reference", b, "--metrics", "toy,is,fid", "--allow-few", "--inception-weights", weights]
@@ -321,7 +323,7 @@ def test_a_metric_is_one_registry_entry(monkeypatch: pytest.MonkeyPatch, weights
     assert res.exit_code == 0, res.stderr
     sha = hashlib.sha256(weights.read_bytes()).hexdigest()
     assert res.stdout.splitlines() == [
-        f"FID {s['fid']['fid']:.4f}  (4 images in {a} vs images in {b.resolve()} (3))",
+        f"FID {s['fid']['fid']:.4f} +- {s['fid']['std']:.4f}  (bootstrap over 20 resamples; 4 images in {a} vs images in {b.resolve()} (3))",
         f"IS {s['is']['mean']:.4f} +- {s['is']['std']:.4f}  (4 images in {a}, 1 split(s))",
         f"toy {s['toy']['mean_norm']:.3f}  (4 images in {a})",
         f"Inception weights {weights} (SHA-256 {sha[:12]}..., NOT the official pytorch-fid weights)",
@@ -347,8 +349,8 @@ def test_bad_input_exits_2_with_one_line(folders: tuple[Path, Path], weights: Pa
                      r"pass --allow-few to compute it anyway", line)
     line = one_error_line(invoke("--images", a, "--reference", b, "--allow-few"))
     assert f"put {FID_WEIGHTS_NAME} (SHA-256 {FID_WEIGHTS_SHA256}) at {empty_hub}, or pass --inception-weights PATH" in line
-    line = one_error_line(invoke("--images", a, "--metrics", "fid,kid", "--allow-few"))
-    assert "unknown metric 'kid'; use a comma-separated list of fid, is, bpd" in line
+    line = one_error_line(invoke("--images", a, "--metrics", "fid,prd", "--allow-few"))
+    assert "unknown metric 'prd'; use a comma-separated list of fid, is, bpd, kid" in line
     line = one_error_line(invoke("--model", tmp_path / "no-such-run", "--metrics", "bpd"))
     assert f"model {tmp_path / 'no-such-run'} does not exist" in line
     line = one_error_line(invoke("--images", a, "--metrics", "fid", "--allow-few"))
@@ -361,3 +363,28 @@ def test_bad_input_exits_2_with_one_line(folders: tuple[Path, Path], weights: Pa
     np.savez(theirs, mu=np.zeros(2048), sigma=np.eye(2048))
     line = one_error_line(invoke("--images", a, "--reference", b, "--allow-few", "--inception-weights", weights, "--save-reference-stats", theirs))
     assert f"{theirs} exists but was not written by diffuse evaluate" in line
+
+
+def test_kid_on_folders_and_its_reference_features(weights: Path, folders: tuple[Path, Path], tmp_path: Path) -> None:
+    """KID from the CLI equals the unbiased MMD^2 of the same features; a cache keeps the features KID needs."""
+    a, b = folders
+    # Scored and reference sets of one size (4): every subset is the whole set, so KID is one exact MMD^2.
+    stats = tmp_path / "ref.npz"
+    s = ok_json(invoke("--images", a, "--reference", a, "--metrics", "kid", "--allow-few", "--inception-weights", weights,
+                       "--save-reference-stats", stats, "--json"))
+    fa, _ = folder_features(load_inception(weights), a, recursive=True)
+    fb = fa
+    d = fa.shape[1]
+    k = lambda x, y: (x @ y.T / d + 1) ** 3  # noqa: E731
+    m, n = len(fa), len(fb)
+    kxx, kyy, kxy = k(fa, fa), k(fb, fb), k(fa, fb)
+    mmd = (kxx.sum() - np.trace(kxx)) / (m * (m - 1)) + (kyy.sum() - np.trace(kyy)) / (n * (n - 1)) - 2 * kxy.mean()
+    assert s["kid"]["mean"] == pytest.approx(mmd, rel=1e-6, abs=1e-9) and s["kid"]["std_method"] == "subsets"
+    # The cache written for KID holds the features: as --reference it serves KID again, with the same figure.
+    again = ok_json(invoke("--images", a, "--reference", stats, "--metrics", "kid", "--allow-few", "--inception-weights", weights, "--json"))
+    assert again["kid"]["mean"] == pytest.approx(s["kid"]["mean"], rel=1e-9)
+    # A pytorch-fid statistics file (mu and sigma only) cannot: one line says what to pass instead.
+    plain = tmp_path / "plain.npz"
+    np.savez(plain, mu=fb.mean(axis=0), sigma=np.cov(fb, rowvar=False))
+    line = one_error_line(invoke("--images", a, "--reference", plain, "--metrics", "kid", "--allow-few", "--inception-weights", weights))
+    assert "kid" in line.lower() and "--reference" in line

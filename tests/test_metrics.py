@@ -887,7 +887,7 @@ def test_statistics_with_features(tmp_path: Path) -> None:
     back = load_statistics(path)
     assert back.features is not None and back.features.dtype == np.float64 and "features" not in back.extra
     np.testing.assert_array_equal(back.features, feats)
-    m, s = fid_score.compute_statistics_of_path(str(path), None, 50, 8, "cpu")  # pytorch-fid still reads it
+    _, s = fid_score.compute_statistics_of_path(str(path), None, 50, 8, "cpu")  # pytorch-fid still reads it
     np.testing.assert_array_equal(s, sigma)
     # Features that float32 would round stay float64.
     fine = feats + 1e-9

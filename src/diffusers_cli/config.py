@@ -323,6 +323,9 @@ class TrainEvalConfig(Strict):
     inception_weights: Path | None = None  # None: $DIFFUSE_INCEPTION_WEIGHTS, then torch's hub cache
     seed: int = 0  # of the evaluation samples: the same images every time, apart from the model
     batch_size: PositiveInt = 64
+    kid_subsets: PositiveInt = 100  # as `diffuse evaluate --kid-subsets`
+    kid_subset_size: int = Field(1000, ge=2)
+    fid_bootstrap: int = Field(20, ge=0)  # resamples for FID's std (0: none)
 
     def steps_between(self, steps_per_epoch: float) -> int:
         """Training steps between evaluations (0: never)."""
@@ -579,6 +582,9 @@ class EvaluateConfig(Strict):
     inception_weights: Path | None = None                 # None: $DIFFUSE_INCEPTION_WEIGHTS, then torch's hub cache
     allow_few: bool = False                               # permit FID from <= 2048 images (and IS in one split)
     is_splits: PositiveInt = 10
+    kid_subsets: PositiveInt = 100                        # KID: random subsets averaged (clean-fid's, torch-fidelity's 100)
+    kid_subset_size: int = Field(1000, ge=2)              # KID: images per subset at most
+    fid_bootstrap: int = Field(20, ge=0)                  # FID: bootstrap resamples for its std (0: none)
     sampler: SamplerConfig = Field(default_factory=SamplerConfig)
     guidance: float | None = Field(None, ge=0.0)              # class-conditional models (None: DEFAULT_GUIDANCE)
     batch_size: PositiveInt = 64

@@ -22,11 +22,12 @@ from torch.utils.data import Dataset
 from diffusers_cli.checkpoints import ModelCard
 from diffusers_cli.config import SamplerConfig
 from diffusers_cli.data import DATASETS, DataError, load_dataset, resolve_name
-from diffusers_cli.distributed import World
+from diffusers_cli.distributed import World, barrier
 from diffusers_cli.engine.metrics import (
     IMAGES,
     LIKELIHOOD,
     REFERENCE,
+    REFERENCE_FEATURES,
     InceptionV3Features,
     InceptionWeights,
     Inputs,
@@ -34,6 +35,7 @@ from diffusers_cli.engine.metrics import (
     Metric,
     MetricOptions,
     MetricsError,
+    FID_WEIGHTS_URL,
     ReferenceStatistics,
     Statistics,
     compute_statistics,
@@ -73,6 +75,18 @@ class Reference:
         """The reference part of the --json provenance."""
         return {"description": self.description, "num_samples": self.num_samples,
                 "stats": str(self.cache_path) if self.cache_path else None, "reused": self.reused}
+
+
+def reference_counts(metrics: dict[str, Metric], ref: Reference, options: MetricOptions) -> list[str]:
+    """The reference's counts checked by the metrics that need it: its images, and the feature rows it will provide."""
+    lines = checked_counts(metrics, REFERENCE, "reference images", ref.num_samples, options) if ref.num_samples is not None else []
+    rows = ref.num_samples if ref.batches is not None else (ref.stats.features.shape[0] if ref.stats is not None and ref.stats.features is not None else 0)
+    return lines + checked_counts(metrics, REFERENCE_FEATURES, "reference features", int(rows or 0), options)
+
+
+def needs_of(metrics: dict[str, Metric]) -> frozenset[str]:
+    """Everything the metrics need, together."""
+    return frozenset().union(*(metric.needs for metric in metrics.values()))
 
 
 def checked_counts(metrics: dict[str, Metric], need: str, what: str, n: int, options: MetricOptions) -> list[str]:
@@ -167,7 +181,7 @@ def resolve_reference(cfg: ReferenceRequest, card: ModelCard | None, files: list
     return Reference(desc, len(ds), batches=lambda: dataset_batches(ds, cfg.batch_size))  # type: ignore[arg-type]
 
 
-def attach_cache(ref: Reference, cache: Path, weights: InceptionWeights) -> tuple[Reference, str | None]:
+def attach_cache(ref: Reference, cache: Path, weights: InceptionWeights, need_features: bool = False) -> tuple[Reference, str | None]:
     """The reference with ``cache`` reused if it holds its statistics under these weights, else due to be (re)written.
 
     Also returns a line to tell the user what happened. A file at ``cache`` that does not record
@@ -185,25 +199,29 @@ def attach_cache(ref: Reference, cache: Path, weights: InceptionWeights) -> tupl
             f"{cache} exists but was not written by diffuse evaluate (it records no reference or Inception weights); "
             f"pass it as --reference {cache} to use it, or choose another --save-reference-stats path"
         )
-    if recorded == (ref.description, weights.sha256):
+    if recorded == (ref.description, weights.sha256) and (stats.features is not None or not need_features):
         return replace(ref, stats=stats, reused=True, cache_path=cache), f"reusing reference statistics from {cache} ({ref.description})"
+    if recorded == (ref.description, weights.sha256):
+        check_writable(cache)
+        return replace(ref, cache=cache, cache_path=cache), f"recomputing {cache}: KID needs the reference's features, which it does not hold"
     check_writable(cache)
     return (replace(ref, cache=cache, cache_path=cache),
             f"recomputing {cache}: it holds {recorded[0]} under Inception weights {recorded[1][:12]}, not {ref.description} under {weights.sha256[:12]}")
 
 
 def reference_statistics(ref: Reference, net: InceptionV3Features, weights: InceptionWeights,
-                         reporter: Reporter) -> ReferenceStatistics:
-    """The reference's mu, sigma (and features, when computed here); writes the cache when one is due."""
+                         reporter: Reporter, keep_features: bool = False) -> ReferenceStatistics:
+    """The reference's mu, sigma and features (when known); writes the cache, with the features if ``keep_features``."""
     if ref.stats is not None:
-        return ReferenceStatistics(ref.stats.mu, ref.stats.sigma, None)
+        return ReferenceStatistics(ref.stats.mu, ref.stats.sigma, ref.stats.features)
     assert ref.batches is not None and ref.num_samples is not None
     features, _ = extract_features(net, ref.batches(), progress_for(reporter, ref.num_samples, f"Inception features of {ref.description}"))
     reporter.finish()
     mu, sigma = compute_statistics(features, allow_few=True)
     if ref.cache is not None:
-        save_statistics(ref.cache, mu, sigma, num_samples=features.shape[0], reference=ref.description,
-                        inception_sha256=weights.sha256, inception_official=weights.official)
+        # Features make the file 8 KB per image larger (410 MB at 50,000): stored only when a metric needs them.
+        save_statistics(ref.cache, mu, sigma, features=features if keep_features else None, num_samples=features.shape[0],
+                        reference=ref.description, inception_sha256=weights.sha256, inception_official=weights.official)
     return ReferenceStatistics(mu, sigma, features)
 
 
@@ -217,6 +235,20 @@ def progress_for(reporter: Reporter, total: int, description: str) -> Callable[[
         done[0] = n
 
     return progress
+
+
+def load_weights_once(weights: Path | None, device: torch.device, download: bool, world: World, reporter: Reporter) -> InceptionV3Features:
+    """pytorch-fid's Inception on every rank; with ``download``, rank 0 fetches missing weights first, the others then read them."""
+    net: InceptionV3Features | None = None
+    if world.is_main:
+        net = load_inception(weights, device, download=download)
+    barrier(world)
+    if net is None:
+        net = load_inception(weights, device)
+    assert net.weights_info is not None
+    if world.is_main and net.weights_info.downloaded:
+        reporter.message(f"downloaded the Inception weights from {FID_WEIGHTS_URL} to {net.weights_info.path} (SHA-256 verified)")
+    return net
 
 
 # ---- samples and scores ------------------------------------------------------------------
@@ -293,7 +325,7 @@ class SampleEvaluator:
 
 def prepare_evaluator(metrics: dict[str, Metric], options: MetricOptions, request: ReferenceRequest, card: ModelCard,
                       cache: Path, num_samples: int, sampler: SamplerConfig, batch_size: int, seed: int,
-                      inception_weights: Path | None, device: torch.device, world: World,
+                      inception_weights: Path | None, download: bool, device: torch.device, world: World,
                       reporter: Reporter) -> SampleEvaluator:
     """Check the metrics and counts, load Inception, and compute (or reuse from ``cache``) the reference statistics once."""
     for name, metric in metrics.items():
@@ -302,15 +334,15 @@ def prepare_evaluator(metrics: dict[str, Metric], options: MetricOptions, reques
                                f"measure {name} with `diffuse evaluate --metrics {name}` on the run")
     lines = checked_counts(metrics, IMAGES, "evaluation samples", num_samples, options)
     ref = resolve_reference(request, card, None)
-    if ref.num_samples is not None:
-        lines += checked_counts(metrics, REFERENCE, "reference images", ref.num_samples, options)
-    net = load_inception(inception_weights, device)
+    lines += reference_counts(metrics, ref, options)
+    need_features = REFERENCE_FEATURES in needs_of(metrics)
+    net = load_weights_once(inception_weights, device, download, world, reporter)
     assert net.weights_info is not None
     weights = net.weights_info
     lines += weights_warnings(weights, ref)
     if ref.batches is not None:
-        ref, note = attach_cache(ref, cache, weights)
+        ref, note = attach_cache(ref, cache, weights, need_features)
         if note is not None:
             reporter.message(note)
-    ref_stats = reference_statistics(ref, net, weights, reporter) if world.is_main else None
+    ref_stats = reference_statistics(ref, net, weights, reporter, need_features) if world.is_main else None
     return SampleEvaluator(metrics, options, net, weights, ref, ref_stats, num_samples, sampler, batch_size, seed, lines)

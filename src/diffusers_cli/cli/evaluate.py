@@ -31,11 +31,14 @@ def evaluate_command(
     split: Annotated[Optional[str], typer.Option(help="Reference dataset split: train, test or all (default train).")] = None,
     image_size: Annotated[Optional[int], typer.Option(help="Resolution of the reference dataset (default: the model's).")] = None,
     reference_examples: Annotated[Optional[int], typer.Option(help="Use a seeded subset of this many reference dataset images.")] = None,
-    download: Annotated[bool, typer.Option("--download", help="Let torchvision download a missing reference or bits/dim dataset, and huggingface_hub a missing hf: --model.")] = False,
+    download: Annotated[bool, typer.Option("--download", help="Fetch what is missing: a reference or bits/dim dataset (torchvision), an hf: --model (huggingface_hub), pytorch-fid's Inception weights (checked by SHA-256).")] = False,
     save_reference_stats: Annotated[Optional[Path], typer.Option(help="Cache the reference statistics in this .npz; reused when it matches (see below).")] = None,
     inception_weights: Annotated[Optional[Path], typer.Option(help="pytorch-fid's Inception weights (.pth, checked by SHA-256) or a .safetensors of them.")] = None,
     allow_few: Annotated[bool, typer.Option("--allow-few", help="Allow FID from <= 2048 images (meaningless; to test a pipeline) and IS in one split.")] = False,
-    is_splits: Annotated[Optional[int], typer.Option(help="Inception Score splits (default 10).")] = None,
+    is_splits: Annotated[Optional[int], typer.Option(help="Inception Score splits (default 10); IS's std is over them.")] = None,
+    kid_subsets: Annotated[Optional[int], typer.Option(help="KID: random subsets averaged (default 100); KID's std is over them.")] = None,
+    kid_subset_size: Annotated[Optional[int], typer.Option(help="KID: images per subset at most (default 1000).")] = None,
+    fid_bootstrap: Annotated[Optional[int], typer.Option(help="FID: bootstrap resamples of the scored images for its std (default 20; 0: none).")] = None,
     sampler: SamplerOpt = None,
     steps: StepsOpt = None,
     grid: GridOpt = None,
@@ -77,7 +80,7 @@ def evaluate_command(
     write is never overwritten. Delete PATH to force a recompute.
 
     Inception weights: --inception-weights PATH, else $DIFFUSE_INCEPTION_WEIGHTS, else torch's hub cache
-    (where pytorch-fid keeps pt_inception-2015-12-05-6726825d.pth). Nothing is downloaded.
+    (where pytorch-fid keeps pt_inception-2015-12-05-6726825d.pth). Nothing is downloaded unless --download is given.
 
     Bits/dim: on --bpd-split (test) of the model's dataset, averaged over --bpd-runs runs of the trace
     estimator; its std is the standard deviation of the runs' means.
@@ -98,6 +101,7 @@ def evaluate_command(
             "save_reference_stats": str(save_reference_stats) if save_reference_stats else None,
             "inception_weights": str(inception_weights) if inception_weights else None,
             "allow_few": True if allow_few else None, "is_splits": is_splits, "batch_size": batch_size,
+            "kid_subsets": kid_subsets, "kid_subset_size": kid_subset_size, "fid_bootstrap": fid_bootstrap,
             "bpd_runs": bpd_runs, "bpd_examples": bpd_examples, "bpd_dataset": bpd_dataset, "bpd_split": bpd_split,
             "bpd_rtol": bpd_rtol, "bpd_atol": bpd_atol, "bpd_probe": bpd_probe,
             "seed": seed, "device": device, "use_ema": False if no_ema else None, "guidance": guidance,

@@ -32,6 +32,7 @@ from diffusers_cli.engine.metrics import (
     LIKELIHOOD,
     RECOMMENDED_SAMPLES,
     REFERENCE,
+    REFERENCE_FEATURES,
     InceptionV3Features,
     InceptionWeights,
     LikelihoodTable,
@@ -42,7 +43,6 @@ from diffusers_cli.engine.metrics import (
     check_metrics,
     folder_images,
     image_batches,
-    load_inception,
 )
 from diffusers_cli.engine.score import ScoreModel, make_score_fn
 from diffusers_cli.evaluation import (
@@ -51,6 +51,9 @@ from diffusers_cli.evaluation import (
     ReferenceRequest,
     attach_cache,
     checked_counts,
+    load_weights_once,
+    needs_of,
+    reference_counts,
     draw_samples,
     reference_statistics,
     resolve_reference,
@@ -177,8 +180,10 @@ def evaluate(cfg: EvaluateConfig, reporter: Reporter | None = None) -> EvaluateR
 
 def _evaluate(cfg: EvaluateConfig, metrics: dict[str, Metric], device: torch.device, world: World,
               reporter: Reporter) -> EvaluateResult:
-    needs: frozenset[str] = frozenset().union(*(metric.needs for metric in metrics.values()))
-    options = MetricOptions(allow_few=cfg.allow_few, is_splits=cfg.is_splits)
+    needs = needs_of(metrics)
+    options = MetricOptions(allow_few=cfg.allow_few, is_splits=cfg.is_splits, kid_subsets=cfg.kid_subsets,
+                            kid_subset_size=cfg.kid_subset_size, fid_bootstrap=cfg.fid_bootstrap, seed=cfg.seed)
+    uses_reference = bool(needs & {REFERENCE, REFERENCE_FEATURES})
     generate = IMAGES in needs and cfg.images is None
     lines: list[str] = []
 
@@ -196,20 +201,20 @@ def _evaluate(cfg: EvaluateConfig, metrics: dict[str, Metric], device: torch.dev
         lines += checked_counts(metrics, IMAGES, "evaluated images", num_samples, options)
     request = ReferenceRequest(cfg.reference, cfg.image_size, cfg.data_dir, cfg.split, cfg.reference_examples, cfg.download,
                                cfg.batch_size)
-    ref = resolve_reference(request, card, files) if REFERENCE in needs else None
-    if ref is not None and ref.num_samples is not None:
-        lines += checked_counts(metrics, REFERENCE, "reference images", ref.num_samples, options)
+    ref = resolve_reference(request, card, files) if uses_reference else None
+    if ref is not None:
+        lines += reference_counts(metrics, ref, options)
     net: InceptionV3Features | None = None
     weights: InceptionWeights | None = None
     note: str | None = None
-    if IMAGES in needs or REFERENCE in needs:
-        # Every rank loads it, so missing weights fail everywhere alike.
-        net = load_inception(cfg.inception_weights, device)
+    if IMAGES in needs or uses_reference:
+        # Every rank loads it, so missing weights fail everywhere alike (rank 0 downloads first with --download).
+        net = load_weights_once(cfg.inception_weights, device, cfg.download, world, reporter)
         assert net.weights_info is not None
         weights = net.weights_info
         lines += weights_warnings(weights, ref)
         if ref is not None and cfg.save_reference_stats is not None:
-            ref, note = attach_cache(ref, cfg.save_reference_stats, weights)
+            ref, note = attach_cache(ref, cfg.save_reference_stats, weights, REFERENCE_FEATURES in needs)
     bpd_data = bpd_dataset(cfg, card) if LIKELIHOOD in needs else None
     model: ScoreModel | None = None
     if generate or bpd_data is not None:
@@ -252,7 +257,7 @@ def _evaluate(cfg: EvaluateConfig, metrics: dict[str, Metric], device: torch.dev
         ref_stats: ReferenceStatistics | None = None
         if ref is not None:
             assert net is not None and weights is not None
-            ref_stats = reference_statistics(ref, net, weights, reporter)
+            ref_stats = reference_statistics(ref, net, weights, reporter, REFERENCE_FEATURES in needs)
         figures, warned = score(metrics, options, net, batches, num_samples, what, ref_stats, likelihood, reporter)
         lines += warned
         if net is not None:

@@ -158,10 +158,11 @@ def _watch(cfg: TrainConfig, run_dir: Path, log: MetricsLog, card: ModelCard, st
     if keep != "none" and keep not in metrics:
         raise ConfigError(f"--keep-best {keep}: it must be one of the evaluated metrics ({', '.join(metrics)}) or none")
     # Few samples are allowed here: figures are compared between evaluations of one run, always of the same count.
-    options = MetricOptions(allow_few=True, seed=e.seed)
+    options = MetricOptions(allow_few=True, kid_subsets=e.kid_subsets, kid_subset_size=e.kid_subset_size,
+                            fid_bootstrap=e.fid_bootstrap, seed=e.seed)
     request = ReferenceRequest(e.reference, None, cfg.data.data_dir, e.split, e.reference_examples, cfg.data.download, e.batch_size)
     evaluator = prepare_evaluator(metrics, options, request, card, run_dir / EVAL_REFERENCE_NAME, e.samples, e.sampler,
-                                  e.batch_size, e.seed, e.inception_weights, device, world, reporter)
+                                  e.batch_size, e.seed, e.inception_weights, cfg.data.download, device, world, reporter)
     if world.is_main:
         for line in evaluator.warnings:
             reporter.message(f"evaluation: {line}")
