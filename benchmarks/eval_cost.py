@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import time
 from pathlib import Path
 
 import torch
+from machine import cpu_model  # benchmarks/machine.py
 
 from diffusers_cli.config import SamplerConfig, TrainConfig
 from diffusers_cli.build import build_objective, build_sde, build_unet, network_kwargs
@@ -30,14 +30,6 @@ from diffusers_cli.engine.training import EMA
 from diffusers_cli.report import SilentReporter
 from diffusers_cli.checkpoints import ModelCard
 from diffusers_cli.evaluation import draw_samples, tensor_batches
-
-
-def cpu_name() -> str:
-    """The CPU model, for the figures' context."""
-    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown CPU"
 
 
 def time_training(size: int, steps: int, batch: int) -> float:
@@ -102,7 +94,7 @@ def main() -> None:
         rows.append({"size": size, "train_step_s": step_s, "sampling_s": sampling, "inception_s": inception,
                      "eval_s": total, "nfe": runs[0][2], "eval_in_train_steps": total / step_s,
                      "share_at_every": total / (total + args.every * step_s)})
-    print(f"cpu: {cpu_name()}, torch threads {torch.get_num_threads()}, M = {args.samples}, ei 20 steps, batch {args.batch_size}")
+    print(f"cpu: {cpu_model()}, torch threads {torch.get_num_threads()}, M = {args.samples}, ei 20 steps, batch {args.batch_size}")
     print(f"{'size':>5} {'train step':>11} {'sampling':>9} {'Inception':>10} {'one eval':>9} {'= steps':>8} {'share at every ' + str(args.every):>18}")
     for r in rows:
         print(f"{r['size']:>5} {r['train_step_s']:>10.3f}s {r['sampling_s']:>8.1f}s {r['inception_s']:>9.1f}s {r['eval_s']:>8.1f}s "

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -35,20 +34,10 @@ from diffusers_cli.engine.rng import ImageGenerators  # noqa: E402
 from diffusers_cli.engine.samplers import sample  # noqa: E402
 from diffusers_cli.engine.score import NFECounter, make_score_fn  # noqa: E402
 from diffusers_cli.models.diffusers_folder import layout  # noqa: E402
+from machine import cpu_model  # benchmarks/machine.py, beside this script
 
 #: Ours: (sampler, steps) on the sampler's default grid, with the final denoising step (1 NFE).
 OURS = [("ei", 10), ("ei", 20), ("ipndm", 10), ("ipndm", 20)]
-
-
-def cpu_model() -> str:
-    """The CPU's model name from /proc/cpuinfo (or what platform knows elsewhere)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace").splitlines():
-            if line.lower().startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def random_pipeline(folder: Path, size: int, width: int) -> Path:

@@ -18,6 +18,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from machine import cpu_model  # benchmarks/machine.py, beside this script
 
 #: (label, arguments, expected exit code)
 CASES: list[tuple[str, list[str], int]] = [
@@ -29,17 +30,6 @@ CASES: list[tuple[str, list[str], int]] = [
 
 #: What each command must stay under, in seconds (the shell's promise: instant help and usage errors).
 BUDGET_S = 0.5
-
-
-def cpu_model() -> str:
-    """The CPU's model name from /proc/cpuinfo (or what platform knows elsewhere)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace").splitlines():
-            if line.lower().startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def diffuse_command() -> list[str]:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
-import pickle
+from pickle import UnpicklingError  # the error class only: nothing here unpickles (torch.load(weights_only=True) does)
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -270,7 +270,7 @@ def read_weights(file: Path, kind: str) -> dict[str, Tensor]:
                 state.update(load_file(str(file.parent / shard)))
             return state
         state = torch.load(file, map_location="cpu", weights_only=True)
-    except (SafetensorError, OSError, RuntimeError, ValueError, EOFError, pickle.UnpicklingError) as err:
+    except (SafetensorError, OSError, RuntimeError, ValueError, EOFError, UnpicklingError) as err:
         raise CheckpointError(f"{file} is not a readable state dict ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}); "
                               "is it corrupt or truncated?") from None
     if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
