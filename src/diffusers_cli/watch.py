@@ -23,7 +23,7 @@ from diffusers_cli.distributed import World, barrier
 from diffusers_cli.engine.metrics import Metric
 from diffusers_cli.engine.score import ScoreModel
 from diffusers_cli.evaluation import SampleEvaluator
-from diffusers_cli.report import Reporter
+from diffusers_cli.report import Reporter, SilentReporter
 from diffusers_cli.runs import BEST_NAME, METRICS_PLOT_NAME, MetricsLog, plot_panels
 
 #: Key of the best checkpoint's figure in its card's ``extra``.
@@ -83,7 +83,8 @@ class Watch:
         """Evaluate the EMA model at ``step``; ``tensors()`` gives the weights to keep if it is the best so far."""
         t0 = time.perf_counter()
         was_training = net.training
-        figures, nfe = self.evaluator(model.eval(), card, self.device, self.world, self.reporter)
+        # The training bar is the reporter's one task: the evaluation's own progress would take it over, so it stays silent.
+        figures, nfe = self.evaluator(model.eval(), card, self.device, self.world, SilentReporter())
         net.train(was_training)
         self.evaluations += 1
         if self.world.is_main:
