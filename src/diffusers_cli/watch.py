@@ -92,7 +92,8 @@ class Watch:
                       "eval_samples": self.evaluator.num_samples, "eval_nfe": nfe}
             self.log.write(record)
             self.plot()
-            line = ", ".join(self.evaluator.metrics[name].describe(values, "", None) for name, values in figures.items())
+            scored, against = f"{self.evaluator.num_samples} EMA samples", self.evaluator.reference.description
+            line = "; ".join(self.evaluator.metrics[name].describe(values, scored, against) for name, values in figures.items())
             seconds = time.perf_counter() - t0
             self.reporter.message(f"step {step}: {line} ({seconds:.0f}s)")
             if self.evaluations == 1 and self.remaining is not None:
@@ -119,11 +120,17 @@ class Watch:
         self.reporter.message(f"best {metric.name} so far ({value:.4g} at step {step}): wrote {self.run_dir / BEST_NAME}")
 
     def plot(self) -> None:
-        """Redraw metrics.png from the log: one panel per figure of each metric, against the step."""
-        series: dict[str, list[tuple[float, float]]] = {}
-        for row in self.log.read():
-            for name, figures in row.get("eval", {}).items():
-                metric = self.evaluator.metrics.get(name)
-                if metric is not None and metric.headline in figures:
-                    series.setdefault(f"{name} ({metric.headline}) vs step", []).append((row["step"], float(figures[metric.headline])))
-        plot_panels(series, self.run_dir / METRICS_PLOT_NAME)
+        """Redraw metrics.png from the log."""
+        plot_evaluations(self.log.read(), self.evaluator.metrics, self.run_dir / METRICS_PLOT_NAME)
+
+
+def plot_evaluations(rows: list[dict[str, Any]], metrics: dict[str, Metric], path: Path) -> None:
+    """One panel per metric: its headline figure against the training step, from metrics.jsonl records."""
+    series: dict[str, list[tuple[float, float]]] = {}
+    for row in rows:
+        for name, figures in row.get("eval", {}).items():
+            metric = metrics.get(name)
+            if metric is not None and metric.headline in figures:
+                title = f"{name.upper()} ({metric.headline}, {'higher' if metric.higher_is_better else 'lower'} is better) by training step"
+                series.setdefault(title, []).append((row["step"], float(figures[metric.headline])))
+    plot_panels(series, path)
