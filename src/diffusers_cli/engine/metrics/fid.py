@@ -93,6 +93,18 @@ def fid_from_features(features1: np.ndarray, features2: np.ndarray, allow_few: b
     return frechet_distance(*compute_statistics(features1, allow_few), *compute_statistics(features2, allow_few))
 
 
+def _checked(features: np.ndarray, mu: np.ndarray, sigma: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Features [N >= 2, D] and statistics (mu [D], sigma [D, D]) as float64, or a MetricsError saying what does not fit."""
+    x = np.asarray(features, dtype=np.float64)
+    mu, sigma = np.asarray(mu, dtype=np.float64), np.asarray(sigma, dtype=np.float64)
+    if x.ndim != 2 or x.shape[0] < 2:
+        raise MetricsError(f"features must be an array [N >= 2, D]; got shape {x.shape}")
+    d = x.shape[1]
+    if mu.shape != (d,) or sigma.shape != (d, d):
+        raise MetricsError(f"statistics mu {mu.shape} and sigma {sigma.shape} do not match features of dimension {d}")
+    return x, mu, sigma
+
+
 def frechet_distance_low_rank(features: np.ndarray, mu: np.ndarray, sigma: np.ndarray) -> float:
     """FID between features [n, D] and statistics (mu [D], sigma [D, D]), exact for any n, cheap for n <= D.
 
@@ -102,13 +114,8 @@ def frechet_distance_low_rank(features: np.ndarray, mu: np.ndarray, sigma: np.nd
     n <= D, S1 is singular, where scipy's sqrtm (pytorch-fid's route) is slow and inaccurate
     (an image folder against itself gives |FID| ~ 1e-3); here it is exact to rounding.
     """
-    x = np.asarray(features, dtype=np.float64)
-    mu, sigma = np.asarray(mu, dtype=np.float64), np.asarray(sigma, dtype=np.float64)
-    if x.ndim != 2 or x.shape[0] < 2:
-        raise MetricsError(f"features must be an array [N >= 2, D]; got shape {x.shape}")
+    x, mu, sigma = _checked(features, mu, sigma)
     n, d = x.shape
-    if mu.shape != (d,) or sigma.shape != (d, d):
-        raise MetricsError(f"statistics mu {mu.shape} and sigma {sigma.shape} do not match features of dimension {d}")
     mu1 = np.mean(x, axis=0)
     a = x - mu1
     _, s, vt = np.linalg.svd(a, full_matrices=False)
@@ -173,13 +180,8 @@ def bootstrap_fids(
     when the distributions differ; when they (nearly) agree, FID moves with the square of the
     sampling error and the bootstrap overstates its spread, up to about twice.
     """
-    x = np.asarray(features, dtype=np.float64)
-    mu, sigma = np.asarray(mu, dtype=np.float64), np.asarray(sigma, dtype=np.float64)
-    if x.ndim != 2 or x.shape[0] < 2:
-        raise MetricsError(f"features must be an array [N >= 2, D]; got shape {x.shape}")
+    x, mu, sigma = _checked(features, mu, sigma)
     n, d = x.shape
-    if mu.shape != (d,) or sigma.shape != (d, d):
-        raise MetricsError(f"statistics mu {mu.shape} and sigma {sigma.shape} do not match features of dimension {d}")
     sym = (sigma + sigma.T) / 2
     # A constant shift changes no covariance; centring first keeps the sums below from cancelling.
     centre = x.mean(axis=0)
