@@ -88,6 +88,9 @@ def impute_image(cfg: ImputeConfig, reporter: Reporter | None = None) -> ImputeR
     """Run ``diffuse impute``: n filled candidates at the image's original size; known pixels are the input's exactly."""
     reporter = reporter or SilentReporter()
     check_image_output(cfg.out, individual=cfg.n > 1)  # with -n > 1, --out may be a bare name stem
+    for what, path in (("image", cfg.image), ("mask", cfg.mask)):
+        if path is not None and not path.is_file():  # before the model: the cheapest mistake is reported first
+            raise UsageError(f"{what} {path} does not exist")
     device = build.resolve_device(cfg.device)
     model_path = build.resolve_model_path(cfg.model, cfg.runs_dir, cfg.download)
     model, card = build.load_score_model(model_path, cfg.use_ema)
