@@ -52,7 +52,7 @@ def test_condition_bad_inputs(tiny_run: Path, tiny_classifier: Path, tmp_path: P
     assert "expects images of shape (3, 16, 16) (C, H, W) but the model makes (3, 8, 8)" in line
 
 
-@pytest.mark.parametrize("method", ["smc", "replacement", "repaint"])
+@pytest.mark.parametrize("method", ["twisted", "smc", "replacement", "repaint"])
 def test_impute_keeps_known_pixels_exactly_at_any_size(method: str, tiny_run: Path, tmp_path: Path) -> None:
     img = write_image(tmp_path / "img.png", (20, 12))  # not the model's 8x8, not square
     write_mask(tmp_path / "mask.png", (20, 12), slice(10, 20))
@@ -72,13 +72,14 @@ def test_impute_keeps_known_pixels_exactly_at_any_size(method: str, tiny_run: Pa
 def test_impute_auto_method_follows_the_mask(tiny_run: Path, tmp_path: Path) -> None:
     write_image(tmp_path / "img.png", (8, 8))
     base = ["impute", tmp_path / "img.png", "--model", tiny_run, "--steps", "2", "--out", tmp_path / "o.png", "--json"]
-    half = json.loads(invoke(*base, "--mask", "half").stdout)  # 32 of 64 known: at the limit, smc
-    assert half["method"] == "smc" and "--method auto chose smc (32 of 64 pixels known at 8x8)" in half["notes"]
+    half = json.loads(invoke(*base, "--mask", "half").stdout)  # 32 of 64 known: at the limit, twisted
+    assert half["method"] == "twisted" and "--method auto chose twisted (32 of 64 pixels known at 8x8)" in half["notes"]
+    assert half["particles"] == 5
     most = json.loads(invoke(*base, "--mask", "box", "--mask-fraction", "0.25").stdout)  # 48 known
     assert most["method"] == "repaint" and most["nfe"] > 2
     # An option only one method takes overrides the mask's choice.
     forced = json.loads(invoke(*base, "--mask", "box", "--mask-fraction", "0.25", "--particles", "2").stdout)
-    assert forced["method"] == "smc" and "--method auto chose smc (particles is set)" in forced["notes"]
+    assert forced["method"] == "twisted" and "--method auto chose twisted (particles is set)" in forced["notes"]
 
 
 def test_impute_generated_mask_and_greyscale_conversion(tiny_run: Path, tmp_path: Path) -> None:

@@ -446,7 +446,7 @@ class ImputeConfig(Strict):
     mask_fraction: float | None = Field(None, gt=0.0, lt=1.0)
     mask_side: Literal["left", "right", "top", "bottom"] | None = None
     model: Path | None = None
-    # "auto": smc for a few known pixels, repaint for large known regions (engine.imputation.choose_method).
+    # "auto": twisted SMC for a few known pixels, repaint for large known regions (engine.imputation.choose_method).
     method: str = "auto"
     # The method's options, checked against its signature (engine.imputation.METHODS); replacement
     # passes the ones it does not take on to its sampler.

@@ -21,7 +21,7 @@ def impute_command(
     mask_side: Annotated[Optional[str], typer.Option(help="half: the side to fill (left, right, top, bottom).")] = None,
     model: ModelOpt = None,
     method: Annotated[Optional[str], typer.Option(help="auto (default: smc for <= 32 known pixels, else repaint), smc (asymptotically exact), replacement (fast, biased), repaint.")] = None,
-    particles: Annotated[Optional[int], typer.Option(help="smc: particles per candidate (more is closer to the exact posterior); = -o particles=N.")] = None,
+    particles: Annotated[Optional[int], typer.Option(help="twisted / smc: particles per candidate (more is closer to the exact posterior); = -o particles=N.")] = None,
     option: Annotated[Optional[list[str]], typer.Option("-o", "--option", help="Method option KEY=VALUE, repeatable (e.g. -o resample=5); replacement passes the rest to its sampler. `diffuse samplers` lists them.")] = None,
     sampler: Annotated[Optional[str], typer.Option(help="replacement: any sampler of `diffuse sample`.")] = None,
     steps: StepsOpt = None,

@@ -95,3 +95,29 @@ class GaussianMixture:
 def gaussian(mean: Tensor, variance: Tensor) -> GaussianMixture:
     """A single diagonal Gaussian N(mean, diag(variance)) for an image shape ``mean.shape``."""
     return GaussianMixture(mean[None], torch.broadcast_to(variance, mean.shape)[None])
+
+
+def imputation_problem(
+    seed: int,
+    size: int = 8,  # images are [1, size, size]
+    known: int = 4,  # observed pixels, at random places
+    weights: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4),  # mixture weights (one component per entry)
+    sep: float = 1.0,  # how many stds apart the components' means are at the known pixels (about)
+    var: float = 0.1,  # every pixel's variance within a component
+    comp: int = 0,  # the component the observation is drawn from (0: the rarest by default)
+) -> tuple[GaussianMixture, Tensor, Tensor]:
+    """(mixture, x_known [1, 1, size, size], mask) for imputation: an observation the exact posterior can judge.
+
+    Elsewhere than the known pixels the component means differ by about 0.5 / sqrt(var) stds per pixel,
+    so a fill's component can be read off it (``component_log_probs(x).argmax(1)``).
+    """
+    g = torch.Generator().manual_seed(seed)
+    k = len(weights)
+    means = 0.5 * torch.randn(k, 1, size, size, generator=g)
+    pos = torch.randperm(size * size, generator=g)[:known]
+    means.view(k, -1)[:, pos] = sep * var**0.5 * torch.randn(k, known, generator=g)
+    gm = GaussianMixture(means, torch.tensor(var), torch.tensor(weights))
+    mask = torch.zeros(1, 1, size, size)
+    mask.view(-1)[pos] = 1
+    x = (means[comp] + var**0.5 * torch.randn(1, size, size, generator=g))[None] * mask
+    return gm, x, mask

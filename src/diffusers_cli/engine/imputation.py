@@ -1,4 +1,4 @@
-"""Imputation (inpainting) on top of any sampler: replacement, RePaint, and SMC (MCGdiff, Cardoso et al. 2023).
+"""Imputation (inpainting) on top of any sampler: replacement, RePaint, SMC (MCGdiff) and twisted SMC (TDS).
 
 Inputs: ``x_known`` [B, C, H, W] in data space and ``mask`` [B or 1, C or 1, H, W] with
 **1 = known (observed) pixel, 0 = pixel to fill**. (PNG masks use the opposite convention,
@@ -18,7 +18,7 @@ Methods:
   times, jump back up ``jump_length`` steps with the exact forward transition and redo
   them, ``resample`` times in all, so that known and generated content harmonise. About
   ``steps * resample`` NFE. Less biased than replacement, still not exact.
-- ``smc`` (what ``auto`` runs for few known pixels): sequential Monte Carlo over the reverse chain, as MCGdiff does
+- ``smc``: sequential Monte Carlo over the reverse chain, as MCGdiff (Cardoso et al. 2023) does
   for noiseless linear observations (inpainting is the case where the SVD is trivial).
   ``particles`` chains per image target p(x_{t_k}) N(x_obs; mean(t_k) x_known, std(t_k)^2),
   which at the last time is the posterior given the known pixels. The observed coordinates
@@ -26,23 +26,29 @@ Methods:
   noised observation, the weights are the marginal likelihoods of the observation under
   each particle's predicted mean, and particles are resampled (systematic by default)
   when the effective sample size falls below ``ess_threshold * particles``. One particle
-  is drawn from the final weighted set. It is *asymptotically exact*: as particles and
-  steps grow, draws follow p(x_missing | x_known). Cost: ``particles`` times the NFE of
-  one chain (batched). ``impute(..., n=4)`` runs a particle system per draw, so draws are
-  independent (never copies of one surviving particle).
+  is drawn from the final weighted set. Asymptotically exact, but its potentials see only the
+  known pixels: the missing ones commit to a mode blind to the observation, so few particles
+  are not enough when the observation favours what the prior finds rare.
+- ``twisted`` (what ``auto`` runs for few known pixels): twisted SMC (TDS, Wu et al. 2023). The
+  potential is h_t(x) = N(x_known; E[x_0 | x_t] on the known pixels, r_t^2), with r_t^2 the variance
+  of x_0 given x_t for pixels of std ``twist_scale``; each move is the ancestral kernel with its mean
+  moved by std^2 grad log h_t (one backward pass through the score per step), weighted by
+  p h_s / (q h_t). The gradient steers every pixel toward fills that explain the observation while
+  the image is still undecided, so a handful of particles does what SMC needs dozens for. Exact in
+  the limit of particles (any positive twist keeps it so); ``twist_scale`` only sets how well few
+  particles do: the conditional std of a pixel given what the image is (measured best at 0.3-0.5 on
+  mixtures; benchmarks/README.md). Cost: particles x (1 forward + 1 backward) per step.
 
-The default, ``auto``, picks by the mask: ``smc`` when at most ``SMC_MAX_KNOWN_PIXELS`` pixels are
-known, ``repaint`` otherwise. With few informative known pixels only ``smc`` is right: with an exact
-score on a 3-component mixture whose component one observed pixel reveals, SMC (16 particles, 100
-steps) lands within total variation 0.02 of the exact posterior component weights (0.008 is the
-sampling-noise floor of its 2000 draws), while replacement stays 0.29 away at any NFE and RePaint
-0.23 at 370 NFE (benchmarks/controllable.py). With many known pixels the measurement goes
-the other way: filling the hidden half of real 16x16 shapes keeps the class in 94 % of cases with
-RePaint (U = 10) against 82 % for SMC at 8 particles and 88 % for replacement; the known
-region then constrains the rest strongly, and RePaint's repeated passes harmonise it, while SMC
-either degenerates over hundreds of observed values or faithfully samples a learned posterior that
-is worse (not separated; benchmarks/README.md). ``replacement`` is
-the cheap option (the sampler's NFE), for any sampler.
+``impute(..., n=4)`` runs a particle system per draw, so draws are independent (never copies
+of one surviving particle).
+
+The default, ``auto``, picks by the mask: ``twisted`` when at most ``SMC_MAX_KNOWN_PIXELS`` pixels
+are known, ``repaint`` otherwise. With few informative known pixels only the SMC methods are right
+(replacement and RePaint stay far from the exact posterior at any NFE; benchmarks/README.md). With
+many known pixels the measurement goes the other way: filling the hidden half of real 16x16 shapes
+keeps the class in 94 % of cases with RePaint (U = 10) against 82 % for SMC at 8 particles and 88 %
+for replacement; the known region then constrains the rest strongly, and RePaint's repeated passes
+harmonise it. ``replacement`` is the cheap option (the sampler's NFE), for any sampler.
 """
 
 from __future__ import annotations
@@ -74,12 +80,14 @@ from diffusers_cli.engine.utils import append_dims, randn_like
 
 #: The method ``impute`` uses unless told otherwise: "auto" picks smc or repaint by the mask (see ``choose_method``).
 DEFAULT_METHOD = "auto"
-#: "auto" uses smc up to this many known pixels per image, repaint above. Measured ends: smc is exact on
+#: "auto" uses twisted up to this many known pixels per image, repaint above. Measured ends: smc is exact on
 #: one observed pixel where repaint is 0.23 off; on 128 known pixels of a learned 16x16 model smc keeps a
 #: half-shape's class 82 % of the time and repaint 94 % (benchmarks/README.md).
 #: In between is unmeasured: 32 pixels is a judgement, not a tuned value.
 SMC_MAX_KNOWN_PIXELS = 32
 RESAMPLING = ("systematic", "multinomial")
+#: Methods that run several chains per draw (their ``particles`` option).
+PARTICLE_METHODS = ("twisted", "smc")
 
 
 def _vec(t: Tensor | float, x: Tensor) -> Tensor:
@@ -308,6 +316,91 @@ def impute_smc(
     return paste(x, x_known, known)
 
 
+def _twist(
+    sde: SDE, score_fn: ScoreFn, x: Tensor, t: Tensor, y: Tensor, known: Tensor, scale: float, grad: bool = True
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """(score, log h_t(x) [N], grad_x log h_t) for the twist h_t(x) = N(y; E[x_0 | x] on the known pixels, r_t^2 I).
+
+    r_t^2 = scale^2 s^2 / (m^2 scale^2 + s^2) is the variance of x_0 given x_t for x_0 of std ``scale``:
+    it tends to s^2 / m^2 (the noise itself) at the end and to scale^2 at the start.
+    """
+    m, s = sde.marginal(t)
+    r2 = scale**2 * s**2 / (m**2 * scale**2 + s**2)
+    with torch.enable_grad():
+        xg = x.detach().requires_grad_(grad)
+        score = score_fn(xg, t)
+        x0 = sde.tweedie(xg, t, score)
+        sq = ((y - x0) ** 2 * known).flatten(1).sum(1)
+        log_h = -0.5 * sq / r2 - 0.5 * known.flatten(1).sum(1) * torch.log(r2)
+        g = torch.autograd.grad(log_h.sum(), xg)[0] if grad else None
+    return score.detach(), log_h.detach(), g
+
+
+def impute_twisted(
+    sde: SDE,
+    score_fn: ScoreFn,
+    x_known: Tensor,
+    mask: Tensor,
+    *,
+    steps: int = 1000,
+    particles: Annotated[int, Opt("chains per image, evaluated as one batch of B * particles", ge=1)] = 5,
+    ess_threshold: Annotated[float, Opt("resample when the ESS falls below this fraction of particles", ge=0, le=1)] = 0.5,
+    resampling: Annotated[str, Opt("how ancestors are drawn", choices=RESAMPLING)] = "systematic",
+    twist_scale: Annotated[float, Opt("the twist's width: the std of a pixel given the image's kind (see the module doc)", gt=0)] = 0.4,
+    generator: RNG = None,
+    grid: str = "uniform",
+    eps: float | None = None,
+    callback: Callback | None = None,  # sees all particles, [B * particles, ...]
+) -> Tensor:
+    """Twisted SMC: MCGdiff's exact moves on the known pixels, the rest steered by the observation through the denoiser."""
+    x_known, known = prepare(x_known, mask)
+    if particles < 1 or not 0.0 <= ess_threshold <= 1.0:
+        raise OptionError(f"need particles >= 1 and ess_threshold in [0, 1], got {particles}, {ess_threshold}")
+    if resampling not in RESAMPLING:
+        raise OptionError(f"unknown resampling {resampling!r}; use one of {', '.join(RESAMPLING)}")
+    b, p = x_known.shape[0], particles
+    y = x_known.repeat_interleave(p, dim=0)
+    known_p = known.repeat_interleave(p, dim=0)
+    ts = time_grid(sde, steps, grid, eps)
+    offsets = (torch.arange(b, device=y.device) * p)[:, None]
+    nd = y.ndim
+    x = sde.prior_sample(tuple(y.shape), generator, y.device, y.dtype)
+    log_w = torch.zeros(b, p, dtype=torch.float64, device=y.device)
+    # Target at time t: p_t(x) h_t(x). A move t -> s is weighted by p(x_s | x_t) h_s(x_s) / (q(x_s | x_t) h_t(x_t));
+    # h_s needs the denoiser at x_s, so ``pending`` holds the rest until the next step computes it.
+    pending = torch.zeros(b * p, dtype=torch.float64, device=y.device)
+    for i in range(steps):
+        t, s = _vec(ts[i], x), _vec(ts[i + 1], x)
+        score, log_h, grad = _twist(sde, score_fn, x, t, y, known_p, twist_scale)
+        assert grad is not None
+        log_w = log_w + (pending + log_h.double()).reshape(b, p)
+        low = effective_sample_size(log_w) < ess_threshold * p
+        if bool(low.any()):
+            idx = resample_indices(log_w, resampling, generator)
+            keep = torch.arange(p, device=y.device).expand(b, p)
+            flat = (torch.where(low[:, None], idx, keep) + offsets).reshape(-1)
+            x, score, grad, log_h = x[flat], score[flat], grad[flat], log_h[flat]
+            log_w = torch.where(low[:, None], torch.zeros_like(log_w), log_w)
+        with torch.no_grad():
+            mean, std = ancestral_kernel(sde, x, t, s, score)
+            std_b = append_dims(std, nd)
+            shift = std_b**2 * grad  # the kernel's mean moved up the twist's gradient
+            noise = std_b * randn_like(x, generator)
+            x_prev, x = x, mean + shift + noise
+            # log p(x_s | x_t) - log q(x_s | x_t), for N(mean, std^2) against N(mean + shift, std^2).
+            log_pq = (-(shift * (shift + 2 * noise)) / (2 * std_b**2)).flatten(1).sum(1)
+            pending = log_pq.double() - log_h.double()
+            if callback is not None:
+                x = notify(callback, x, i, float(ts[i + 1]), sde.tweedie(x_prev, t, score))
+    t_end = _vec(ts[-1], x)
+    score, log_h, _ = _twist(sde, score_fn, x, t_end, y, known_p, twist_scale, grad=False)
+    log_w = log_w + (pending + log_h.double()).reshape(b, p)
+    pick = (multinomial(torch.softmax(log_w, dim=1), 1, generator) + offsets).reshape(-1)
+    with torch.no_grad():
+        x0 = sde.tweedie(x[pick], t_end[pick], score[pick])
+    return paste(x0, x_known, known)
+
+
 @dataclass(frozen=True)
 class MethodSpec:
     """A METHODS entry: the function (whose keyword-only parameters are its options) and one line about it."""
@@ -325,6 +418,7 @@ METHODS: dict[str, MethodSpec] = {
     "smc": MethodSpec(impute_smc, "sequential Monte Carlo (MCGdiff): asymptotically exact, particles x the NFE"),
     "replacement": MethodSpec(impute_replacement, "re-impose the noised known pixels after each step of any sampler", True),
     "repaint": MethodSpec(impute_repaint, "RePaint: replacement with jumps back through the forward process"),
+    "twisted": MethodSpec(impute_twisted, "twisted SMC (TDS): particles steered by the observation through the denoiser"),
 }
 
 
@@ -366,15 +460,17 @@ def reverse_steps(method: str, steps: int, **options: Any) -> int:
 
 
 def choose_method(mask: Tensor, **options: Any) -> tuple[str, str]:
-    """What "auto" stands for, and why: an option only one method takes names it; else smc for few known pixels, repaint above."""
+    """What "auto" stands for, and why: an option only one method takes names it; else twisted for few known pixels, repaint above."""
+    if options.get("twist_scale") is not None:
+        return "twisted", "twist_scale is set"
     if options.get("particles") is not None:
-        return "smc", "particles is set"
+        return "twisted", "particles is set"
     if options.get("resample") is not None or options.get("jump_length") is not None:
         return "repaint", "resample/jump_length is set"
     # mask is [B or 1, C or 1, H, W] with 1 = known; a pixel counts if any channel of it is known.
     known = (mask.amax(dim=1) > 0.5).flatten(1).sum(dim=1)
     h, w = mask.shape[-2:]
-    method = "smc" if int(known.max()) <= SMC_MAX_KNOWN_PIXELS else "repaint"
+    method = "twisted" if int(known.max()) <= SMC_MAX_KNOWN_PIXELS else "repaint"
     return method, f"{int(known.max())} of {h * w} pixels known at {h}x{w}"
 
 

@@ -15,7 +15,7 @@ from torch import Tensor
 
 from diffusers_cli import build
 from diffusers_cli.config import ImputeConfig
-from diffusers_cli.engine.imputation import METHODS, choose_method, impute, reverse_steps
+from diffusers_cli.engine.imputation import METHODS, PARTICLE_METHODS, choose_method, impute, reverse_steps
 from diffusers_cli.engine.rng import ImageGenerators
 from diffusers_cli.engine.masks import make_mask, mask_from_image
 from diffusers_cli.engine.score import NFECounter, make_score_fn
@@ -35,7 +35,7 @@ class ImputeResult:
     model: Path
     image_size: tuple[int, int]
     method: str  # the method that ran ("auto" resolved)
-    particles: int  # chains per candidate (1 unless smc)
+    particles: int  # chains per candidate (1 unless smc or twisted)
     notes: list[str] = field(default_factory=list)
 
 
@@ -141,6 +141,6 @@ def impute_image(cfg: ImputeConfig, reporter: Reporter | None = None) -> ImputeR
         path = cfg.out if cfg.n == 1 else cfg.out.with_name(f"{cfg.out.stem}_{i:02d}{cfg.out.suffix or '.png'}")
         save_png(img, path)
         outputs.append(path)
-    particles = int(options.get("particles", METHODS["smc"].options()["particles"].default)) if method == "smc" else 1
+    particles = int(options.get("particles", METHODS[method].options()["particles"].default)) if method in PARTICLE_METHODS else 1
     return ImputeResult(outputs, counter.nfe, seconds, model_path, tuple(image.shape[-2:]), method, particles, notes)
 
