@@ -33,11 +33,11 @@ STEPS = 200  # `diffuse impute`'s default
 
 #: name -> keywords of engine.analytic.imputation_problem.
 PROBLEMS: dict[str, dict[str, Any]] = {
-    "8x8, 4 known, well separated": dict(seed=1, sep=1.5),
-    "8x8, 4 known, badly separated": dict(seed=2, sep=0.7),
-    "8x8, 16 known, badly separated": dict(seed=3, known=16, sep=0.5),
-    "8x8, 8 known, wide components (var 0.3)": dict(seed=7, var=0.3, sep=1.0, known=8),
-    "16x16, 2 known, well separated": dict(seed=5, size=16, known=2, sep=2.0),
+    "8x8, 4 known, well separated": {"seed": 1, "sep": 1.5},
+    "8x8, 4 known, badly separated": {"seed": 2, "sep": 0.7},
+    "8x8, 16 known, badly separated": {"seed": 3, "known": 16, "sep": 0.5},
+    "8x8, 8 known, wide components (var 0.3)": {"seed": 7, "var": 0.3, "sep": 1.0, "known": 8},
+    "16x16, 2 known, well separated": {"seed": 5, "size": 16, "known": 2, "sep": 2.0},
 }
 
 
@@ -72,13 +72,13 @@ def exact_floor(spec: dict[str, Any], draws: int, seeds: int) -> float:
 def methods(quick: bool) -> list[tuple[str, str, dict[str, Any]]]:
     """(method, label, options) rows of the table."""
     rows: list[tuple[str, str, dict[str, Any]]] = [
-        ("replacement", "ddpm sampler", dict(sampler="ddpm", steps=STEPS)),
-        ("repaint", "40 steps, U=5, jump 4", dict(steps=40, resample=5, jump_length=4)),
+        ("replacement", "ddpm sampler", {"sampler": "ddpm", "steps": STEPS}),
+        ("repaint", "40 steps, U=5, jump 4", {"steps": 40, "resample": 5, "jump_length": 4}),
     ]
     for p in (4, 16) if quick else (4, 16, 64):
-        rows.append(("smc", f"{p} particles", dict(steps=STEPS, particles=p)))
+        rows.append(("smc", f"{p} particles", {"steps": STEPS, "particles": p}))
     for p in (1, 5) if quick else (1, 2, 5, 10):
-        rows.append(("twisted", f"{p} particles", dict(steps=STEPS, particles=p)))
+        rows.append(("twisted", f"{p} particles", {"steps": STEPS, "particles": p}))
     return rows
 
 

@@ -8,8 +8,7 @@ import pytest
 import torch
 from torch import Tensor
 
-from diffusers_cli.engine.analytic import GaussianMixture
-from diffusers_cli.engine.analytic import imputation_problem
+from diffusers_cli.engine.analytic import GaussianMixture, imputation_problem
 from diffusers_cli.engine.imputation import (
     METHODS,
     PARTICLE_METHODS,

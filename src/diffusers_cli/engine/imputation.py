@@ -62,7 +62,13 @@ import torch
 from torch import Tensor
 
 from diffusers_cli.engine.grids import time_grid
-from diffusers_cli.engine.options import Opt, OptionError, OptionSpec, option_specs, validate_options
+from diffusers_cli.engine.options import (
+    Opt,
+    OptionError,
+    OptionSpec,
+    option_specs,
+    validate_options,
+)
 from diffusers_cli.engine.rng import RNG, multinomial, rand
 from diffusers_cli.engine.samplers import (
     PREDICTORS,
