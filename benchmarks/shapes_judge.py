@@ -13,6 +13,8 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from diffusers_cli.data import load_dataset
@@ -110,6 +112,26 @@ def train_judge(
         acc = (judge(x_test).argmax(1) == y_test).float().mean().item()
     _, confident = judge_images(judge, x_test)
     return judge, acc, confident.float().mean().item()
+
+
+def cached_judge(
+    image_size: int, cache: Path | None, dataset: str = "shapes", data_dir: Path | None = None
+) -> tuple[nn.Module, float, float]:
+    """``train_judge``'s result, read from the safetensors file ``cache`` if it is there, else trained and written there."""
+    if cache is not None and cache.is_file():
+        with safe_open(str(cache), "pt") as f:
+            meta = f.metadata()
+        state = load_file(str(cache))
+        # The first conv's input channels and the last layer's outputs: the judge's only free sizes.
+        judge = make_judge(state["0.weight"].shape[1], state[f"{len(make_judge(1, 1)) - 1}.weight"].shape[0])
+        judge.load_state_dict(state)
+        return judge.eval(), float(meta["accuracy"]), float(meta["real_recognised_share"])
+    judge, acc, share = train_judge(image_size, dataset=dataset, data_dir=data_dir)
+    if cache is not None:
+        save_file({k: v.contiguous() for k, v in judge.state_dict().items()}, str(cache),
+                  metadata={"accuracy": str(acc), "real_recognised_share": str(share), "dataset": dataset,
+                            "image_size": str(image_size)})
+    return judge, acc, share
 
 
 @torch.no_grad()

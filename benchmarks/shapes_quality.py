@@ -25,16 +25,17 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from shapes_judge import judge_images, train_judge  # noqa: E402
+from shapes_judge import cached_judge, judge_images
 
-from diffusers_cli.build import load_score_model  # noqa: E402
-from diffusers_cli.defaults import DEFAULT_GUIDANCE  # noqa: E402
-from diffusers_cli.data import load_dataset  # noqa: E402
-from diffusers_cli.engine.guidance import cycle_labels  # noqa: E402
-from diffusers_cli.engine.metrics.fid import frechet_distance  # noqa: E402
-from diffusers_cli.engine.samplers import sample  # noqa: E402
-from diffusers_cli.engine.score import ScoreFn, ScoreModel, make_score_fn  # noqa: E402
-from diffusers_cli.sampling import guided_score_fns  # noqa: E402
+from diffusers_cli.build import load_score_model
+from diffusers_cli.checkpoints import ModelCard
+from diffusers_cli.data import load_dataset
+from diffusers_cli.defaults import DEFAULT_GUIDANCE
+from diffusers_cli.engine.guidance import cycle_labels
+from diffusers_cli.engine.metrics.fid import frechet_distance
+from diffusers_cli.engine.samplers import sample
+from diffusers_cli.engine.score import ScoreFn, ScoreModel, make_score_fn
+from diffusers_cli.sampling import guided_score_fns
 
 #: Seed of the real images judge_fd compares against (not the training seed 0, not the judge's).
 REAL_SEED = 7
@@ -52,19 +53,18 @@ def judge_fd(judge: torch.nn.Module, x: torch.Tensor, real: torch.Tensor) -> flo
     return frechet_distance(a.mean(0).numpy(), torch.cov(a.T).numpy(), b.mean(0).numpy(), torch.cov(b.T).numpy())
 
 
-def score_for(model: ScoreModel, meta: dict, n: int, guidance: float | None) -> tuple[ScoreFn, torch.Tensor | None]:
+def score_for(model: ScoreModel, card: ModelCard, n: int, guidance: float | None) -> tuple[ScoreFn, torch.Tensor | None]:
     """The score `diffuse sample` uses by default, and the labels asked for (None: unconditional)."""
-    k = meta["network"].get("num_classes")
+    k = card.network.get("num_classes")
     if k is None:
         return make_score_fn(model), None
     scale = DEFAULT_GUIDANCE if guidance is None else guidance
     return guided_score_fns(model, k, None, scale, torch.device("cpu"))(0, n), cycle_labels(0, n, k)
 
 
-def load_real(meta: dict, data_dir: Path, n: int) -> torch.Tensor:
-    """n real images of the run's dataset in [-1, 1], from a seed neither the model nor the judge trained on."""
-    name = meta.get("dataset", "shapes")
-    ds, _ = load_dataset(name, meta["image_size"], data_dir if name == "mnist" else None, "test", REAL_SEED, n, meta["channels"], False)
+def load_real(dataset: str, image_size: int, channels: int, data_dir: Path, n: int) -> torch.Tensor:
+    """n real images of a dataset in [-1, 1], from a seed neither the model nor the judge trained on."""
+    ds, _ = load_dataset(dataset, image_size, data_dir if dataset == "mnist" else None, "test", REAL_SEED, n, channels, False)
     return torch.stack([ds[i][0] for i in range(n)])
 
 
@@ -79,34 +79,36 @@ def main() -> None:
     ap.add_argument("--threshold", type=float, default=0.9)
     ap.add_argument("--data-dir", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist",
                     help="where MNIST's IDX files are, for an MNIST run")
+    ap.add_argument("--judge-cache", type=Path, default=None,
+                    help="a .safetensors file: the judge is read from it, or trained and written there")
     ap.add_argument("--train-seconds", type=float, default=None, help="wall time of the training run, to report beside")
     ap.add_argument("--guidance", type=float, default=None, help=f"class-conditional runs: guidance scale (default {DEFAULT_GUIDANCE})")
     ap.add_argument("--sweep", default="0,1,2,3,5", help="class-conditional runs: also these guidance scales (0: unconditional)")
     args = ap.parse_args()
 
-    model, meta = load_score_model(args.model)
+    model, card = load_score_model(args.model)
     t0 = time.perf_counter()
-    dataset = meta.get("dataset", "shapes")
+    dataset = card.dataset or "shapes"
     if dataset not in ("shapes", "mnist"):
         raise SystemExit(f"the judge knows shapes and mnist, not {dataset!r}")
-    judge, acc, real_share = train_judge(meta["image_size"], dataset=dataset, data_dir=args.data_dir)
+    judge, acc, real_share = cached_judge(card.image_hw[0], args.judge_cache, dataset, args.data_dir)
     t_judge = time.perf_counter() - t0
     t0 = time.perf_counter()
-    shape = (args.n, meta["channels"], meta["image_size"], meta["image_size"])
-    score_fn, labels = score_for(model, meta, args.n, args.guidance)
+    shape = (args.n, card.channels, *card.image_hw)
+    score_fn, labels = score_for(model, card, args.n, args.guidance)
     x = sample(model.sde, score_fn, shape, args.sampler, args.steps, torch.Generator().manual_seed(args.seed))
     t_sample = time.perf_counter() - t0
     cls, confident = judge_images(judge, x, args.threshold)
     # The reject class at work: Gaussian noise must not count as recognised (a judge without it said "ring").
     noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(args.seed))
     _, noise_recognised = judge_images(judge, noise, args.threshold)
-    counts = torch.bincount(cls[confident], minlength=len(meta["class_names"])).tolist()
-    real = load_real(meta, args.data_dir, 2 * args.n)
+    counts = torch.bincount(cls[confident], minlength=len(card.class_names)).tolist()
+    real = load_real(dataset, card.image_hw[0], card.channels, args.data_dir, 2 * args.n)
     result = {
-        "model": str(args.model), "steps_trained": meta["step"], "sampler": args.sampler, "sampler_steps": args.steps,
+        "model": str(args.model), "steps_trained": card.step, "sampler": args.sampler, "sampler_steps": args.steps,
         "n": args.n, "recognised_share": round(confident.float().mean().item(), 4), "threshold": args.threshold,
-        "per_class_recognised": dict(zip(meta["class_names"], counts)),
-        "judged_no_class_share": round((cls == len(meta["class_names"])).float().mean().item(), 4),
+        "per_class_recognised": dict(zip(card.class_names, counts)),
+        "judged_no_class_share": round((cls == len(card.class_names)).float().mean().item(), 4),
         "judge_fd": round(judge_fd(judge, x, real[: args.n]), 3),
         "judge_fd_real_vs_real": round(judge_fd(judge, real[args.n:], real[: args.n]), 3),
         "judge_accuracy": round(acc, 4),
@@ -119,7 +121,7 @@ def main() -> None:
         result["recognised_as_asked_share"] = round((confident & (cls == labels)).float().mean().item(), 4)
         sweep = []
         for scale in (float(v) for v in args.sweep.split(",") if v.strip()):
-            xs = sample(model.sde, score_for(model, meta, args.n, scale)[0], shape, args.sampler, args.steps,
+            xs = sample(model.sde, score_for(model, card, args.n, scale)[0], shape, args.sampler, args.steps,
                         torch.Generator().manual_seed(args.seed))
             c, ok = judge_images(judge, xs, args.threshold)
             sweep.append({"guidance": scale, "recognised_share": round(ok.float().mean().item(), 4),
