@@ -42,8 +42,8 @@ class EMA:
     def update(self, module: nn.Module) -> None:
         """Move the average toward ``module``'s weights; buffers are copied."""
         d = self.current_decay()
-        for avg, cur in zip(self.module.parameters(), module.parameters()):
-            avg.lerp_(cur.detach(), 1.0 - d)
+        # One fused call for all parameters: on a small CPU net a per-tensor loop is a visible share of a step.
+        torch._foreach_lerp_(list(self.module.parameters()), [p.detach() for p in module.parameters()], 1.0 - d)
         for avg_b, cur_b in zip(self.module.buffers(), module.buffers()):
             avg_b.copy_(cur_b)
         self.num_updates += 1
