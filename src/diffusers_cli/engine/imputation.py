@@ -255,6 +255,14 @@ def resample_indices(log_w: Tensor, method: str, generator: RNG) -> Tensor:
     raise OptionError(f"unknown resampling {method!r}; use one of {', '.join(RESAMPLING)}")
 
 
+def _check_particles(particles: int, ess_threshold: float, resampling: str) -> None:
+    """OptionError unless the particle options of smc / twisted are valid."""
+    if particles < 1 or not 0.0 <= ess_threshold <= 1.0:
+        raise OptionError(f"need particles >= 1 and ess_threshold in [0, 1], got {particles}, {ess_threshold}")
+    if resampling not in RESAMPLING:
+        raise OptionError(f"unknown resampling {resampling!r}; use one of {', '.join(RESAMPLING)}")
+
+
 def effective_sample_size(log_w: Tensor) -> Tensor:
     """ESS = 1 / sum w_i^2 of each group's normalised weights, [G]."""
     w = torch.softmax(log_w.double(), dim=1)
@@ -278,10 +286,7 @@ def impute_smc(
 ) -> Tensor:
     """SMC imputation (MCGdiff for noiseless inpainting): asymptotically exact draws of p(x_missing | x_known)."""
     x_known, known = prepare(x_known, mask)
-    if particles < 1 or not 0.0 <= ess_threshold <= 1.0:
-        raise OptionError(f"need particles >= 1 and ess_threshold in [0, 1], got {particles}, {ess_threshold}")
-    if resampling not in RESAMPLING:
-        raise OptionError(f"unknown resampling {resampling!r}; use one of {', '.join(RESAMPLING)}")
+    _check_particles(particles, ess_threshold, resampling)
     b, p = x_known.shape[0], particles
     y = x_known.repeat_interleave(p, dim=0)
     known_p = known.repeat_interleave(p, dim=0)
@@ -358,12 +363,9 @@ def impute_twisted(
     eps: float | None = None,
     callback: Callback | None = None,  # sees all particles, [B * particles, ...]
 ) -> Tensor:
-    """Twisted SMC: MCGdiff's exact moves on the known pixels, the rest steered by the observation through the denoiser."""
+    """Twisted SMC (TDS): particles steered by the observation's gradient through the denoiser, reweighted to stay exact."""
     x_known, known = prepare(x_known, mask)
-    if particles < 1 or not 0.0 <= ess_threshold <= 1.0:
-        raise OptionError(f"need particles >= 1 and ess_threshold in [0, 1], got {particles}, {ess_threshold}")
-    if resampling not in RESAMPLING:
-        raise OptionError(f"unknown resampling {resampling!r}; use one of {', '.join(RESAMPLING)}")
+    _check_particles(particles, ess_threshold, resampling)
     b, p = x_known.shape[0], particles
     y = x_known.repeat_interleave(p, dim=0)
     known_p = known.repeat_interleave(p, dim=0)
