@@ -440,7 +440,7 @@ class ConditionConfig(Strict):
 class ImputeConfig(Strict):
     """``diffuse impute``: fill the masked pixels of one image."""
 
-    image: Path
+    image: Path | None = None  # None only from the Python face, which hands the job an image tensor
     mask: Path | None = None
     mask_kind: Literal["box", "outpaint", "half", "random-pixels"] | None = None
     mask_fraction: float | None = Field(None, gt=0.0, lt=1.0)
@@ -472,13 +472,18 @@ class ImputeConfig(Strict):
 
     @model_validator(mode="after")
     def _one_mask(self) -> "ImputeConfig":
-        if (self.mask is None) == (self.mask_kind is None):
+        # An image tensor (the Python face) may come with a mask tensor instead of either.
+        if (self.mask is not None and self.mask_kind is not None) or (self.image is not None and self.mask is None
+                                                                      and self.mask_kind is None):
             raise ValueError("give exactly one of a MASK image or --mask box|half|random-pixels|outpaint")
         from diffusers_cli.engine.imputation import check_method, validate_method_options
 
         if self.method != "auto":
-            check_method(self.method)
-            object.__setattr__(self, "options", validate_method_options(self.method, self.options))
+            spec = check_method(self.method)
+            # Replacement rides on the sampler section's sampler (the job passes it), so its options are that one's.
+            given = "sampler" in self.options or not spec.takes_sampler_options
+            checked = validate_method_options(self.method, self.options if given else {"sampler": self.sampler.name, **self.options})
+            object.__setattr__(self, "options", checked if given else {k: v for k, v in checked.items() if k != "sampler"})
         return self
 
 

@@ -21,6 +21,7 @@ from diffusers_cli.cli.sample import sample_command
 from diffusers_cli.cli.samplers import samplers_command
 from diffusers_cli.cli.train import train_command
 from diffusers_cli.cli.info import datasets_command, env_command
+from diffusers_cli.cli.models import models_command
 
 app = typer.Typer(
     name="diffuse",
@@ -37,6 +38,7 @@ app.command("impute")(impute_command)
 app.command("datasets")(datasets_command)
 app.command("env")(env_command)
 app.command("samplers")(samplers_command)
+app.command("models")(models_command)
 
 
 def _version(value: bool) -> None:

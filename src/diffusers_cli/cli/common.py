@@ -12,8 +12,10 @@ from typing import Annotated, Any, Callable, Optional, TypeVar
 import click
 import typer
 
+from diffusers_cli.config_overrides import sampler_section
 from diffusers_cli.errors import MachineError, UsageError
 from diffusers_cli.files import MACHINE_ERRNOS, MACHINE_HINTS
+from diffusers_cli.report import LineReporter
 
 T = TypeVar("T")
 
@@ -98,49 +100,6 @@ def emit_json(summary: dict[str, Any]) -> None:
     print(json.dumps(summary, default=lambda o: str(o) if isinstance(o, Path) else repr(o)), flush=True)
 
 
-class LineReporter:
-    """Plain progress lines on stderr (for logs and CI): at most one every ``every`` seconds."""
-
-    def __init__(self, every: float = 10.0) -> None:
-        self.every = every
-        self.total = 0
-        self.done = 0
-        self.desc = ""
-        self._t0 = self._last = time.perf_counter()
-        self.fields: dict[str, Any] = {}
-
-    def start(self, total: int, description: str) -> None:
-        """Begin a task."""
-        self.total, self.done, self.desc, self.fields, self._printed = total, 0, description, {}, -1
-        self._t0 = self._last = time.perf_counter()
-        print(f"{description}: {total} steps", file=sys.stderr, flush=True)
-
-    def advance(self, n: int = 1, **fields: Any) -> None:
-        """Count progress; print a line now and then."""
-        self.done += n
-        self.fields.update(fields)
-        now = time.perf_counter()
-        if now - self._last >= self.every:
-            self._last = now
-            self._printed = self.done
-            print(self._line(now), file=sys.stderr, flush=True)
-
-    def _line(self, now: float) -> str:
-        rate = self.done / max(now - self._t0, 1e-9)
-        eta = (self.total - self.done) / rate if rate > 0 else float("nan")
-        extra = " ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in self.fields.items())
-        return f"{self.desc}: {self.done}/{self.total} {extra} {rate:.2f} it/s eta {eta:.0f}s".replace("  ", " ")
-
-    def finish(self) -> None:
-        """End the task with a last line (unless that line was just printed)."""
-        if getattr(self, "_printed", -1) != self.done:
-            print(self._line(time.perf_counter()), file=sys.stderr, flush=True)
-
-    def message(self, text: str) -> None:
-        """An informational line."""
-        print(text, file=sys.stderr, flush=True)
-
-
 class RichReporter:
     """A rich progress bar (loss, it/s, ETA) on an interactive terminal."""
 
@@ -221,19 +180,9 @@ def sampler_overrides(
     section: str = "sampler",
     **named: Any,
 ) -> dict[str, object]:
-    """Config overrides (None: not given) of a sampler section from its flags.
-
-    Named option flags (``--order``, ``--eta``, ``--snr``, ...) and each ``-o KEY=VALUE`` become
-    ``<section>.options.KEY``; the engine's signature of the chosen sampler checks them.
-    """
-    out: dict[str, object] = {
-        f"{section}.name": sampler, f"{section}.steps": steps, f"{section}.grid": grid, f"{section}.eps": eps,
-        f"{section}.final_denoise": False if no_denoise else None,
-    }
-    given = {k: v for k, v in named.items() if v is not None}
-    given.update(_pairs(options, "-o", "corrector=true"))
-    out.update({f"{section}.options.{k}": v for k, v in given.items()})
-    return out
+    """Config overrides (None: not given) of a sampler section from its flags; ``-o KEY=VALUE`` pairs join the named ones."""
+    return sampler_section(sampler, steps, grid, eps, False if no_denoise else None,
+                           {**named, **_pairs(options, "-o", "corrector=true")}, section)
 
 
 def option_pairs(items: list[str] | None) -> dict[str, Any]:
@@ -249,7 +198,7 @@ SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="Override any
 SeedOpt = Annotated[Optional[int], typer.Option("--seed", help="Seed; image i depends only on (seed, i), whatever the batch size.")]
 DeviceOpt = Annotated[Optional[str], typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print a JSON summary on stdout.")]
-ModelOpt = Annotated[Optional[Path], typer.Option("--model", help="Run directory, .safetensors file, diffusers folder or hf:ORG/NAME[@REV] (default: the newest run under ./runs).")]
+ModelOpt = Annotated[Optional[Path], typer.Option("--model", help="Run directory, .safetensors file, diffusers folder, hf:ORG/NAME[@REV] or builtin:NAME (`diffuse models`; default: the newest run under ./runs).")]
 DownloadModelOpt = Annotated[bool, typer.Option("--download", help="Fetch a --model hf:ORG/NAME missing from the Hugging Face cache (huggingface_hub); never otherwise.")]
 SamplerOpt = Annotated[Optional[str], typer.Option("--sampler", help="Sampler name; `diffuse samplers` lists them with their options.")]
 StepsOpt = Annotated[Optional[int], typer.Option("--steps", help="Sampler steps (the ode sampler adapts its own).")]

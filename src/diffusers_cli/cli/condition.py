@@ -14,7 +14,7 @@ from diffusers_cli.cli.common import (
 
 
 def condition_command(
-    classifier: Annotated[Optional[Path], typer.Option(help="Classifier run (from `diffuse train --task classifier`) or .safetensors; not needed for a --class-conditional model.")] = None,
+    classifier: Annotated[Optional[Path], typer.Option(help="Classifier run (from `diffuse train --task classifier`), .safetensors or builtin:mnist-classifier; not needed for a --class-conditional model.")] = None,
     class_: Annotated[Optional[str], typer.Option("--class", help="Class index or name (e.g. 3, circle).")] = None,
     scale: Annotated[Optional[float], typer.Option(help="Guidance scale: 1 samples p(x | y); larger is sharper, less diverse.")] = None,
     model: ModelOpt = None,

@@ -43,7 +43,7 @@ def train_command(
     out: Annotated[Optional[Path], typer.Option(help="Folder that holds run directories.")] = None,
     name: Annotated[Optional[str], typer.Option(help="Run name (default: dataset-sde-date).")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run --name (or the latest run) from its saved state.")] = False,
-    init: Annotated[Optional[str], typer.Option("--init", help="Fine-tune this model: a run, .safetensors, diffusers folder or hf:ORG/NAME[@REV] (its SDE, network and image size are kept).")] = None,
+    init: Annotated[Optional[str], typer.Option("--init", help="Fine-tune this model: a run, .safetensors, diffusers folder, hf:ORG/NAME[@REV] or builtin:NAME (its SDE, network and image size are kept).")] = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
     seed: SeedOpt = None,

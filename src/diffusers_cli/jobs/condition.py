@@ -5,6 +5,9 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from torch import Tensor
+
 from diffusers_cli import build
 from diffusers_cli.checkpoints import ModelCard
 from diffusers_cli.config import ConditionConfig
@@ -13,6 +16,7 @@ from diffusers_cli.distributed import init_world, shutdown
 from diffusers_cli.engine.guidance import classifier_fn, classifier_free, guided
 from diffusers_cli.engine.score import make_score_fn
 from diffusers_cli.files import check_image_output
+from diffusers_cli.models import Loaded, score_model_of
 from diffusers_cli.report import Reporter, SilentReporter
 from diffusers_cli.errors import UsageError
 from diffusers_cli.sampling import draw
@@ -30,6 +34,8 @@ class ConditionResult:
     seconds: float
     model: Path
     classifier: Path | None  # None: classifier-free guidance of a class-conditional model
+    images: Tensor | None = None  # the images in [-1, 1]
+    scale: float = 1.0  # the guidance scale
 
 
 def check_compatible(model: ModelCard, clf: ModelCard, classifier: Path) -> None:
@@ -42,18 +48,27 @@ def check_compatible(model: ModelCard, clf: ModelCard, classifier: Path) -> None
                          f"{model.image_shape}; train the classifier on the model's images")
 
 
-def condition(cfg: ConditionConfig, reporter: Reporter | None = None) -> ConditionResult:
-    """Run ``diffuse condition``: n images of one class, written as a grid or PNGs."""
+def condition(cfg: ConditionConfig, reporter: Reporter | None = None, loaded: Loaded | None = None,
+              classifier: Loaded | None = None, write: bool = True) -> ConditionResult:
+    """Run ``diffuse condition``: n images of one class, written as a grid or PNGs.
+
+    ``loaded`` and ``classifier`` are models already read (the Python face), used instead of ``cfg.model``
+    and ``cfg.classifier``; ``write=False`` writes no file.
+    """
     reporter = reporter or SilentReporter()
-    check_image_output(cfg.out, individual=cfg.individual)
+    if write:
+        check_image_output(cfg.out, individual=cfg.individual)
     device = build.resolve_device(cfg.device)
     world, device = init_world(device)
     try:
-        model_path = build.resolve_model_path(cfg.model, cfg.runs_dir, cfg.download)
-        model, card = build.load_score_model(model_path, cfg.use_ema)
+        if loaded is None:
+            model_path = build.resolve_model_path(cfg.model, cfg.runs_dir, cfg.download)
+            model, card = build.load_score_model(model_path, cfg.use_ema)
+        else:
+            model_path, model, card = loaded.path, score_model_of(loaded), loaded.card
         model.to(device)
         clf_path: Path | None = None
-        if cfg.classifier is None:
+        if cfg.classifier is None and classifier is None:
             # A class-conditional model needs no classifier: its own conditional and unconditional scores guide it.
             if not card.class_conditional:
                 raise UsageError(f"{model_path} is an unconditional model: pass --classifier RUN (from `diffuse train "
@@ -62,8 +77,14 @@ def condition(cfg: ConditionConfig, reporter: Reporter | None = None) -> Conditi
             label = class_index(cfg.label, names)
             score_fn = classifier_free(model, label, cfg.scale)
         else:
-            clf_path = build.resolve_model_path(cfg.classifier, cfg.runs_dir)
-            net, sde, clf_card = build.load_classifier(clf_path)
+            if classifier is None:
+                clf_path = build.resolve_model_path(cfg.classifier, cfg.runs_dir)
+                net, sde, clf_card = build.load_classifier(clf_path)
+            else:
+                if classifier.card.kind != "classifier":
+                    raise UsageError(f"{classifier.spec} is a {classifier.card.kind} model, not a classifier; pass a run of "
+                                     "`diffuse train --task classifier` or builtin:mnist-classifier")
+                clf_path, net, clf_card = classifier.path, classifier.net, classifier.card
             check_compatible(card, clf_card, clf_path)
             names = clf_card.class_names
             label = class_index(cfg.label, names)
@@ -73,7 +94,7 @@ def condition(cfg: ConditionConfig, reporter: Reporter | None = None) -> Conditi
         t0 = time.perf_counter()
         images, nfe = draw(model.sde, score_fn, shape, cfg.n, cfg.batch_size, cfg.seed, cfg.sampler, device, world, reporter)
         seconds = time.perf_counter() - t0
-        outputs = write_images(images, cfg.out, cfg.individual) if world.is_main else []
-        return ConditionResult(outputs, label, names[label], nfe, seconds, model_path, clf_path)
+        outputs = write_images(images, cfg.out, cfg.individual) if world.is_main and write else []
+        return ConditionResult(outputs, label, names[label], nfe, seconds, model_path, clf_path, images, cfg.scale)
     finally:
         shutdown(world)

@@ -21,6 +21,7 @@ from diffusers_cli.engine.masks import make_mask, mask_from_image
 from diffusers_cli.engine.score import NFECounter, make_score_fn
 from diffusers_cli.errors import UsageError
 from diffusers_cli.files import check_image_output
+from diffusers_cli.models import Loaded, score_model_of
 from diffusers_cli.report import Reporter, SilentReporter
 from diffusers_cli.runs import save_png, to_uint8
 
@@ -37,6 +38,8 @@ class ImputeResult:
     method: str  # the method that ran ("auto" resolved)
     particles: int  # chains per candidate (1 unless smc or twisted)
     notes: list[str] = field(default_factory=list)
+    images: Tensor | None = None  # the filled candidates [n, C, H, W] in [-1, 1]
+    known: Tensor | None = None  # the mask [1, 1, H, W], 1 = known
 
 
 def open_image(path: Path, what: str) -> Image.Image:
@@ -84,27 +87,47 @@ def to_model_resolution(x: Tensor, known: Tensor, hw: tuple[int, int]) -> tuple[
     return xs, ks
 
 
-def impute_image(cfg: ImputeConfig, reporter: Reporter | None = None) -> ImputeResult:
-    """Run ``diffuse impute``: n filled candidates at the image's original size; known pixels are the input's exactly."""
+def impute_image(cfg: ImputeConfig, reporter: Reporter | None = None, loaded: Loaded | None = None,
+                 image: Tensor | None = None, known: Tensor | None = None, write: bool = True) -> ImputeResult:
+    """Run ``diffuse impute``: n filled candidates at the image's original size; known pixels are the input's exactly.
+
+    The Python face may hand over a model already read (``loaded``), the image as a tensor [1, C, H, W] in [-1, 1]
+    and the mask as a tensor [1, 1, H, W] with 1 = known, instead of ``cfg``'s files; ``write=False`` writes no file.
+    """
     reporter = reporter or SilentReporter()
-    check_image_output(cfg.out, individual=cfg.n > 1)  # with -n > 1, --out may be a bare name stem
+    if write:
+        check_image_output(cfg.out, individual=cfg.n > 1)  # with -n > 1, --out may be a bare name stem
     for what, path in (("image", cfg.image), ("mask", cfg.mask)):
         if path is not None and not path.is_file():  # before the model: the cheapest mistake is reported first
             raise UsageError(f"{what} {path} does not exist")
     device = build.resolve_device(cfg.device)
-    model_path = build.resolve_model_path(cfg.model, cfg.runs_dir, cfg.download)
-    model, card = build.load_score_model(model_path, cfg.use_ema)
-    notes: list[str] = []
-    image = read_image(cfg.image, card.channels, notes)
-    if cfg.mask is not None:
-        known = read_mask(cfg.mask, image)
+    if loaded is None:
+        model_path = build.resolve_model_path(cfg.model, cfg.runs_dir, cfg.download)
+        model, card = build.load_score_model(model_path, cfg.use_ema)
     else:
-        opts: dict[str, Any] = {}
-        if cfg.mask_fraction is not None:
-            opts["fraction"] = cfg.mask_fraction
-        if cfg.mask_side is not None:
-            opts["side"] = cfg.mask_side
-        known = make_mask(str(cfg.mask_kind), (1, 1, *image.shape[-2:]), torch.Generator().manual_seed(cfg.seed), **opts)
+        model_path, model, card = loaded.path, score_model_of(loaded), loaded.card
+    notes: list[str] = []
+    if image is None:
+        if cfg.image is None:
+            raise UsageError("give the image to fill (a file, or a tensor from Python)")
+        image = read_image(cfg.image, card.channels, notes)
+    elif image.shape[:2] != (1, card.channels):
+        raise UsageError(f"the image has shape {tuple(image.shape)}; the model takes [1, {card.channels}, H, W] in [-1, 1]")
+    if known is None:
+        if cfg.mask is not None:
+            known = read_mask(cfg.mask, image)
+        elif cfg.mask_kind is not None:
+            opts: dict[str, Any] = {}
+            if cfg.mask_fraction is not None:
+                opts["fraction"] = cfg.mask_fraction
+            if cfg.mask_side is not None:
+                opts["side"] = cfg.mask_side
+            known = make_mask(str(cfg.mask_kind), (1, 1, *image.shape[-2:]), torch.Generator().manual_seed(cfg.seed), **opts)
+        else:
+            raise UsageError("give a mask: a MASK image or --mask box|half|random-pixels|outpaint")
+    elif known.shape != (1, 1, *image.shape[-2:]):
+        raise UsageError(f"the mask has shape {tuple(known.shape)}; it must be [1, 1, H, W] (1 = known) at the image's "
+                         f"{image.shape[-2]}x{image.shape[-1]}")
     for note in notes:
         reporter.message(note)
     x_small, known_small = to_model_resolution(image, known, card.image_hw)
@@ -125,7 +148,8 @@ def impute_image(cfg: ImputeConfig, reporter: Reporter | None = None) -> ImputeR
         options["grid"] = METHODS[method].options()["grid"].default
     options = {k: v for k, v in {**options, **cfg.options}.items() if v is not None}
     t0 = time.perf_counter()
-    reporter.start(reverse_steps(method, **options), f"imputing {cfg.image.name} with {method}")
+    what = cfg.image.name if cfg.image is not None else "the image"
+    reporter.start(reverse_steps(method, **options), f"imputing {what} with {method}")
     # Candidate i draws from its own stream seeded by (seed, i): the same fill whatever -n is.
     filled = impute(model.sde, counter, x_small.to(device), known_small.to(device), method=method, n=cfg.n,
                     generator=ImageGenerators.for_images(cfg.seed, 0, cfg.n, device),
@@ -136,11 +160,11 @@ def impute_image(cfg: ImputeConfig, reporter: Reporter | None = None) -> ImputeR
     if tuple(filled.shape[-2:]) != tuple(image.shape[-2:]):
         filled = F.interpolate(filled, size=tuple(image.shape[-2:]), mode="bicubic", align_corners=False)
     out = torch.where(known.bool(), image, filled.clamp(-1, 1))
-    outputs = []
-    for i, img in enumerate(to_uint8(out)):
+    outputs: list[Path] = []
+    for i, img in enumerate(to_uint8(out) if write else []):
         path = cfg.out if cfg.n == 1 else cfg.out.with_name(f"{cfg.out.stem}_{i:02d}{cfg.out.suffix or '.png'}")
         save_png(img, path)
         outputs.append(path)
     particles = int(options.get("particles", METHODS[method].options()["particles"].default)) if method in PARTICLE_METHODS else 1
-    return ImputeResult(outputs, counter.nfe, seconds, model_path, tuple(image.shape[-2:]), method, particles, notes)
+    return ImputeResult(outputs, counter.nfe, seconds, model_path, tuple(image.shape[-2:]), method, particles, notes, out, known)
 

@@ -14,9 +14,11 @@ from diffusers_cli.config import SampleConfig
 from diffusers_cli.distributed import init_world, shutdown
 from diffusers_cli.engine.score import make_score_fn
 from diffusers_cli.files import check_image_output
+from diffusers_cli.models import Loaded, score_model_of
 from diffusers_cli.report import Reporter, SilentReporter
 from diffusers_cli.runs import save_png, write_images
 from diffusers_cli.sampling import Trajectory, draw, guidance_plan, guided_score_fns
+
 
 @dataclass
 class SampleResult:
@@ -30,36 +32,47 @@ class SampleResult:
     card: ModelCard
     guidance: float | None = None  # classifier-free guidance scale (class-conditional models)
     class_name: str | None = None  # the one class sampled, or None for every class in turn
+    trajectory: Tensor | None = None  # the --trajectory strip as a uint8 grid [C, H, W], when asked for
 
 
-def sample_images(cfg: SampleConfig, reporter: Reporter | None = None) -> SampleResult:
-    """Run ``diffuse sample``: returns the images (in [-1, 1]) and where they were written."""
+def sample_images(cfg: SampleConfig, reporter: Reporter | None = None, loaded: Loaded | None = None,
+                  write: bool = True, trajectory: bool = False) -> SampleResult:
+    """Run ``diffuse sample``: returns the images (in [-1, 1]) and where they were written.
+
+    ``loaded`` is a model already read (the Python face), used instead of ``cfg.model``; ``write=False``
+    writes no file, and ``trajectory`` collects the strip without ``cfg.trajectory``'s file.
+    """
     reporter = reporter or SilentReporter()
-    check_image_output(cfg.out, individual=cfg.individual)
-    if cfg.trajectory is not None:
-        check_image_output(cfg.trajectory, "--trajectory")
+    if write:
+        check_image_output(cfg.out, individual=cfg.individual)
+        if cfg.trajectory is not None:
+            check_image_output(cfg.trajectory, "--trajectory")
     device = build.resolve_device(cfg.device)
     world, device = init_world(device)
     try:
-        path = build.resolve_model_path(cfg.model, cfg.runs_dir, cfg.download)
-        model, card = build.load_score_model(path, cfg.use_ema)
+        if loaded is None:
+            path = build.resolve_model_path(cfg.model, cfg.runs_dir, cfg.download)
+            model, card = build.load_score_model(path, cfg.use_ema)
+        else:
+            path, model, card = loaded.path, score_model_of(loaded), loaded.card
         model.to(device)
         label, scale = guidance_plan(card, cfg.label, cfg.guidance, path)
         score_fn_for = guided_score_fns(model, card.num_classes, label, scale, device) if scale is not None else None
         shape = card.image_shape
-        traj = Trajectory(cfg.sampler.steps) if cfg.trajectory is not None else None
+        traj = Trajectory(cfg.sampler.steps) if trajectory or cfg.trajectory is not None else None
         t0 = time.perf_counter()
         images, nfe = draw(model.sde, make_score_fn(model), shape, cfg.n, cfg.batch_size, cfg.seed, cfg.sampler,
                            device, world, reporter, (lambda b: traj if b == 0 else None) if traj else None, score_fn_for,
                            cfg.first)
         seconds = time.perf_counter() - t0
+        strip = traj.strip(images) if traj is not None else None
         outputs: list[Path] = []
-        if world.is_main:
+        if world.is_main and write:
             outputs = write_images(images, cfg.out, cfg.individual, cfg.first)
-            if traj is not None and cfg.trajectory is not None:
-                save_png(traj.strip(images), cfg.trajectory)
+            if strip is not None and cfg.trajectory is not None:
+                save_png(strip, cfg.trajectory)
                 outputs.append(cfg.trajectory)
         name = card.class_names[label] if label is not None else None
-        return SampleResult(images, outputs, nfe, seconds, path, card, scale, name)
+        return SampleResult(images, outputs, nfe, seconds, path, card, scale, name, strip)
     finally:
         shutdown(world)

@@ -1,8 +1,9 @@
-"""Where a score model comes from: our checkpoints, diffusers folders and the Hugging Face cache -> (ScoreModel, ModelCard).
+"""Where a score model comes from: our checkpoints, the ready-made models, diffusers folders, the Hugging Face cache -> (ScoreModel, ModelCard).
 
 ``--model`` is resolved here, once, for every command that reads a model:
 - nothing: the newest run under ``runs/``;
 - a run directory or a ``.safetensors`` file of ``diffuse train`` (``models.ours``);
+- ``builtin:NAME``: a ready-made model shipped in the package (``models.builtin``);
 - a diffusers pipeline folder or a bare UNet2DModel folder (``models.diffusers_folder``);
 - ``hf:ORG/NAME[@REVISION]``: a snapshot in the Hugging Face cache, fetched only with --download (``models.hub``).
 Below the jobs and build.py, above the engine (which never imports it).
@@ -10,6 +11,7 @@ Below the jobs and build.py, above the engine (which never imports it).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from torch import nn
@@ -17,7 +19,7 @@ from torch import nn
 from diffusers_cli.checkpoints import WEIGHTS_NAME, CheckpointError, ModelCard, read_card
 from diffusers_cli.engine.score import ScoreModel
 from diffusers_cli.engine.sde import SDE
-from diffusers_cli.models import diffusers_folder, hub, ours
+from diffusers_cli.models import builtin, diffusers_folder, hub, ours
 
 
 def resolve_model_path(model: Path | str | None, runs_dir: Path = Path("runs"), download: bool = False) -> Path:
@@ -26,6 +28,8 @@ def resolve_model_path(model: Path | str | None, runs_dir: Path = Path("runs"), 
         return ours.newest_run(Path(runs_dir))
     if hub.is_hub_ref(model):
         return hub.resolve(str(model), download)
+    if builtin.is_builtin_ref(model):
+        return builtin.resolve(str(model))
     path = Path(model)
     if path.is_dir():
         if (path / WEIGHTS_NAME).is_file():
@@ -35,8 +39,8 @@ def resolve_model_path(model: Path | str | None, runs_dir: Path = Path("runs"), 
         raise CheckpointError(f"{model} holds neither {WEIGHTS_NAME} (a run of `diffuse train`) nor a diffusers model "
                               "(model_index.json, or the config.json of a UNet2DModel)")
     if not path.exists():
-        raise CheckpointError(f"model {model} does not exist; pass a run directory, a .safetensors file, a diffusers folder "
-                              "or hf:ORG/NAME")
+        raise CheckpointError(f"model {model} does not exist; pass a run directory, a .safetensors file, a diffusers folder, "
+                              "hf:ORG/NAME or builtin:NAME (`diffuse models` lists them)")
     return path
 
 
@@ -64,3 +68,39 @@ def load_classifier(model: Path | str) -> tuple[nn.Module, SDE, ModelCard]:
         raise CheckpointError(f"{model} is a diffusers folder, not a classifier; pass a run of `diffuse train --task classifier`")
     net, card = ours.load_net(path, "classifier")
     return net, ours.sde_from_card(card), card
+
+
+@dataclass
+class Loaded:
+    """A model read once, for jobs that are handed one instead of a ``--model`` (the Python face, ``dc.load_model``)."""
+
+    spec: str  # what the user named (a path, hf:..., builtin:...)
+    path: Path  # the file or folder it resolved to
+    card: ModelCard  # what the model says about itself
+    net: nn.Module  # the score network (inside ``score``) or the classifier
+    sde: SDE  # the SDE it was trained for
+    score: ScoreModel | None  # the score model; None for a classifier
+    use_ema: bool = True  # whether ``net`` holds the EMA weights
+
+    def __repr__(self) -> str:
+        c, h, w = self.card.image_shape
+        classes = f", classes {list(self.card.class_names)}" if self.card.class_names else ""
+        return (f"Model({self.spec!s}: {self.card.kind}, {c}x{h}x{w}, {self.card.sde.get('kind')} SDE, "
+                f"{sum(p.numel() for p in self.net.parameters()):,} parameters{classes})")
+
+
+def load(spec: Path | str | None, use_ema: bool = True, download: bool = False, runs_dir: Path = Path("runs")) -> Loaded:
+    """Any ``--model`` value as a Loaded model: a score model, or one of our classifiers."""
+    path = resolve_model_path(spec, runs_dir, download)
+    if not path.is_dir() and read_card(path).kind == "classifier":
+        net, sde, card = load_classifier(path)
+        return Loaded(str(spec), path, card, net, sde, None, use_ema)
+    score, card = load_score_model(path, use_ema)
+    return Loaded(str(spec if spec is not None else path), path, card, score.net, score.sde, score, use_ema)
+
+
+def score_model_of(loaded: Loaded) -> ScoreModel:
+    """The score model of a Loaded model; CheckpointError for a classifier."""
+    if loaded.score is None:
+        raise CheckpointError(f"{loaded.spec} is a classifier, not a score model; pass it as the classifier and a score model as the model")
+    return loaded.score

@@ -65,5 +65,9 @@ def load_net(path: Path, kind: str, use_ema: bool = True) -> tuple[nn.Module, Mo
         hint = "pass the score model's run" if kind == "score" else "pass a run of `diffuse train --task classifier`"
         raise CheckpointError(f"{path} holds a {card.kind} model, not a {'score model' if kind == 'score' else 'classifier'}; {hint}")
     net = network_from_card(card, path)
-    load_into(net, subset(tensors, "ema" if use_ema else "online"), path)
+    weights = subset(tensors, "ema" if use_ema else "online")
+    if not weights and not use_ema:
+        # The ready-made models ship their EMA weights alone (half the size).
+        raise CheckpointError(f"{path} holds only EMA weights; drop --no-ema")
+    load_into(net, weights, path)
     return net.eval(), card

@@ -1,0 +1,232 @@
+"""The recipes of the ready-made models shipped in the package (``--model builtin:NAME``): train, measure, pack.
+
+Anyone can rerun them; each stage reads what the one before wrote under ``--work`` (default runs/builtin):
+
+    python examples/builtin_models.py train [--only mnist]   # diffuse train, one CPU thread per model
+    python examples/builtin_models.py pack  [--only mnist]   # EMA weights in fp16 + card, measured, -> the package
+
+``pack`` keeps the EMA weights alone, in fp16, writes the card (recipe, data, commit, parameters), then
+measures the packed file itself, as users get it: the judge's recognised share and judge FD of 256
+samples (benchmarks/shapes_quality.py's measure; for a classifier, of builtin:mnist guided by it), and
+bits/dim by `diffuse evaluate --metrics bpd`. The figures go into the card, which `diffuse models` shows.
+
+MNIST models train on the real MNIST *test* split (../shared/data/mnist, 10,000 digits): that is all the
+data the project has offline, and each card says so. The judge (benchmarks/shapes_judge.py) is trained on
+9,000 of the same digits, so its figures say how legible samples are, not how well a model generalises.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+MNIST = ROOT.parent / "shared" / "data" / "mnist"
+PACKAGE_DIR = ROOT / "src" / "diffusers_cli" / "models" / "weights"
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """One ready-made model: what it is, the `diffuse train` flags that make it, and how it is judged."""
+
+    description: str  # one line for `diffuse models`
+    train: list[str]  # `diffuse train` arguments (the run name and --out are added)
+    judge: dict[str, Any] = field(default_factory=dict)  # how `pack` samples it: sampler, steps, scales
+    goes_with: str | None = None  # a classifier: the builtin score model it guides
+
+
+MNIST_DATA = ["--dataset", "mnist", "--data-dir", str(MNIST), "--split", "test", "--image-size", "28"]
+
+RECIPES: dict[str, Recipe] = {
+    "shapes": Recipe(
+        "class-conditional 16x16 shapes (the Quickstart's model): VP SDE, tiny U-Net, classifier-free guidance",
+        ["--image-size", "16", "--steps", "1000", "--lr", "3e-3", "--class-conditional"],
+        {"sampler": "ei", "steps": 20},
+    ),
+    "shapes-ve": Recipe(
+        "class-conditional 16x16 shapes on the VE SDE (sigma 0.01..50), for comparing SDEs",
+        ["--image-size", "16", "--steps", "1000", "--lr", "3e-3", "--class-conditional", "--sde", "ve"],
+        {"sampler": "ei", "steps": 20},
+    ),
+    "shapes-subvp": Recipe(
+        "class-conditional 16x16 shapes on the sub-VP SDE, for comparing SDEs",
+        ["--image-size", "16", "--steps", "1000", "--lr", "3e-3", "--class-conditional", "--sde", "subvp"],
+        {"sampler": "ei", "steps": 20},
+    ),
+    "mnist": Recipe(
+        "class-conditional 28x28 MNIST digits: VP SDE, tiny U-Net, classifier-free guidance (trained on MNIST's test split)",
+        [*MNIST_DATA, "--batch-size", "32", "--steps", "3000", "--lr", "1e-3", "--lr-decay", "cosine", "--class-conditional"],
+        {"sampler": "ei", "steps": 20},
+    ),
+    "mnist-classifier": Recipe(
+        "noise-aware WideResNet (wrn-10-2) of MNIST digits on the VP SDE, for `diffuse condition --classifier` "
+        "with builtin:mnist (trained on MNIST's test split)",
+        ["--task", "classifier", "--preset", "wrn-10-2", *MNIST_DATA, "--batch-size", "64", "--steps", "2500",
+         "--lr", "1e-3", "--lr-decay", "cosine"],
+        {"sampler": "ei", "steps": 20, "scales": [1, 2, 4, 8]},
+        goes_with="mnist",
+    ),
+}
+
+
+def run_dir(work: Path, name: str) -> Path:
+    """Where the recipe's training run lives."""
+    return work / name
+
+
+def train(name: str, work: Path) -> None:
+    """Train one recipe with one CPU thread (so that two recipes can share a 2-core machine)."""
+    cmd = ["diffuse", "train", *RECIPES[name].train, "--name", name, "--out", str(work), "--sample-every", "0", "--json"]
+    t0 = time.perf_counter()
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run(cmd, check=True, env=env)
+    (work / name / "recipe.json").write_text(json.dumps({"command": cmd, "seconds": round(time.perf_counter() - t0, 1),
+                                                         "threads": 1}, indent=2))
+
+
+def commit() -> str:
+    """The commit the recipes ran at (with '+changes' when the tree was not clean)."""
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    dirty = subprocess.run(["git", "status", "--porcelain", "--", "src"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    return head + ("+changes" if dirty else "")
+
+
+def data_line(card_dataset: str, train_args: list[str]) -> str:
+    """What the model was trained on, in words."""
+    if card_dataset == "mnist":
+        return "the MNIST test split (10,000 digits, ../shared/data/mnist)"
+    return f"{card_dataset} generated in-process (seed 0)"
+
+
+def judged(x: torch.Tensor, labels: torch.Tensor, judge: torch.nn.Module, real: torch.Tensor) -> dict[str, float]:
+    """Recognised share, share recognised as the class asked, and judge FD of samples x."""
+    from shapes_judge import judge_images
+    from shapes_quality import judge_fd
+
+    cls, ok = judge_images(judge, x)
+    return {"recognised": round(ok.float().mean().item(), 4),
+            "recognised_as_asked": round((ok & (cls == labels)).float().mean().item(), 4),
+            "judge_fd": round(judge_fd(judge, x, real), 2)}
+
+
+def measure(name: str, path: Path, work: Path, n: int = 256) -> dict[str, Any]:
+    """The packed model's quality: judged samples at its recipe's sampler (and bits/dim of a score model)."""
+    from shapes_judge import cached_judge
+    from shapes_quality import load_real
+
+    from diffusers_cli.build import load_classifier, load_score_model
+    from diffusers_cli.defaults import DEFAULT_GUIDANCE
+    from diffusers_cli.engine.guidance import classifier_fn, classifier_free, cycle_labels, guided
+    from diffusers_cli.engine.rng import ImageGenerators
+    from diffusers_cli.engine.samplers import sample
+    from diffusers_cli.engine.score import make_score_fn
+
+    recipe = RECIPES[name]
+    score_path = path if recipe.goes_with is None else PACKAGE_DIR / f"{recipe.goes_with}.safetensors"
+    model, card = load_score_model(score_path)
+    judge, acc, real_share = cached_judge(card.image_hw[0], work / f"judge-{card.dataset}-{card.image_hw[0]}.safetensors",
+                                          card.dataset, MNIST)
+    real = load_real(card.dataset, card.image_hw[0], card.channels, MNIST, n)
+    labels = cycle_labels(0, n, card.num_classes)
+    sampler, steps = recipe.judge["sampler"], recipe.judge["steps"]
+
+    def draw(score_fn: Any) -> torch.Tensor:
+        # Per-image generators, as `diffuse sample --seed 0` draws them.
+        return sample(model.sde, score_fn, (n, *card.image_shape), sampler, steps, ImageGenerators.for_images(0, 0, n))
+
+    out: dict[str, Any] = {"n": n, "sampler": f"{sampler}, {steps} steps", "seed": 0,
+                           "judge_accuracy_on_real": round(acc, 4), "real_recognised": round(real_share, 4)}
+    if recipe.goes_with is None:
+        out.update({"guidance": DEFAULT_GUIDANCE, **judged(draw(classifier_free(model, labels, DEFAULT_GUIDANCE)), labels, judge, real)})
+        out["unconditional_recognised"] = judged(draw(classifier_free(model, labels, 0.0)), labels, judge, real)["recognised"]
+        out.update(bits_per_dim(path, card.dataset))
+    else:
+        net, sde, _ = load_classifier(path)
+        sweep = [{"scale": s, **judged(draw(guided(make_score_fn(model), classifier_fn(net, sde), labels, s)), labels, judge, real)}
+                 for s in recipe.judge["scales"]]
+        best = min((r for r in sweep if r["recognised_as_asked"] >= 0.95), key=lambda r: r["scale"], default=sweep[-1])
+        out.update({"guides": f"builtin:{recipe.goes_with}", "scale": best["scale"],
+                    "recognised_as_asked": best["recognised_as_asked"], "recognised": best["recognised"],
+                    "judge_fd": best["judge_fd"], "scale_sweep": sweep})
+    return out
+
+
+def bits_per_dim(path: Path, dataset: str, examples: int = 128) -> dict[str, Any]:
+    """bits/dim of the packed model by `diffuse evaluate --metrics bpd` on the first examples of its data."""
+    cmd = ["diffuse", "evaluate", "--model", str(path), "--metrics", "bpd", "--bpd-examples", str(examples), "--json"]
+    if dataset == "mnist":
+        cmd += ["--data-dir", str(MNIST), "--bpd-split", "test"]
+    res = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1])
+    return {"bits_per_dim": round(res["bpd"]["mean"], 4), "bits_per_dim_examples": examples}
+
+
+def pack(name: str, work: Path) -> Path:
+    """EMA weights in fp16 with a card that records the recipe and, after measuring the packed file, its quality."""
+    from diffusers_cli.checkpoints import ModelCard, load_model, save_model, subset
+
+    recipe = RECIPES[name]
+    tensors, card = load_model(work / name / "model.safetensors")
+    ema = {f"ema.{k}": v.to(torch.float16) for k, v in subset(tensors, "ema").items()}
+    trained = json.loads((work / name / "recipe.json").read_text())
+    info: dict[str, Any] = {
+        "description": recipe.description,
+        "recipe": "diffuse train " + " ".join(recipe.train) + f"  (examples/builtin_models.py, recipe {name!r})",
+        "train_seconds": trained["seconds"], "train_threads": trained["threads"], "cpu": cpu_name(),
+        "data": data_line(card.dataset, recipe.train), "commit": commit(), "dtype": "fp16",
+        "parameters": sum(v.numel() for v in ema.values()), "goes_with": f"builtin:{recipe.goes_with}" if recipe.goes_with else None,
+    }
+    PACKAGE_DIR.mkdir(parents=True, exist_ok=True)
+    final = PACKAGE_DIR / f"{name}.safetensors"
+    with tempfile.TemporaryDirectory() as tmp:
+        draft = Path(tmp) / f"{name}.safetensors"
+        save_model(draft, ema, ModelCard(**{**card.__dict__, "extra": {"builtin": info}}))
+        info["quality"] = measure(name, draft, work)
+    save_model(final, ema, ModelCard(**{**card.__dict__, "extra": {"builtin": info}}))
+    print(json.dumps({"model": f"builtin:{name}", "bytes": final.stat().st_size, **info}, indent=2))
+    return final
+
+
+def cpu_name() -> str:
+    """The CPU's model name (Linux), for the card's training time."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown CPU"
+
+
+def selected(only: str | None) -> list[str]:
+    """The recipes a stage runs."""
+    names = list(RECIPES) if only is None else only.split(",")
+    unknown = [n for n in names if n not in RECIPES]
+    if unknown:
+        raise SystemExit(f"unknown recipe {unknown[0]!r}: use one of {', '.join(RECIPES)}")
+    return names
+
+
+def main() -> None:
+    """Run one stage of the recipes."""
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("stage", choices=["train", "pack"])
+    ap.add_argument("--only", default=None, help="comma-separated recipe names (default: all)")
+    ap.add_argument("--work", type=Path, default=ROOT / "runs" / "builtin")
+    args = ap.parse_args()
+    for name in selected(args.only):
+        train(name, args.work) if args.stage == "train" else pack(name, args.work)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,39 @@
+"""`diffuse models`: the ready-made models shipped in the package (`--model builtin:NAME`), read from their cards."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from diffusers_cli.cli.common import emit_json, run_job
+
+
+def _quality_line(quality: dict[str, object]) -> str:
+    """The card's headline figures, one short clause."""
+    parts = [f"{k.replace('_', ' ')} {v}" for k, v in quality.items() if not isinstance(v, (dict, list))]
+    return "; ".join(parts)
+
+
+def models_command(
+    json_: Annotated[bool, typer.Option("--json", help="Print JSON on stdout.")] = False,
+) -> None:
+    """List the ready-made models (`--model builtin:NAME`): what each is, its recipe, size and measured quality."""
+
+    def job() -> None:
+        from diffusers_cli.models.builtin import BUILTIN_MODELS, describe
+
+        rows = [describe(name) for name in BUILTIN_MODELS]
+        if json_:
+            emit_json({"models": rows})
+            return
+        for row in rows:
+            c, h, w = row["image_shape"]
+            size = f"{row['size_bytes'] / 1e6:.1f} MB {row['dtype'] or ''}".strip()
+            print(f"{row['name']:<26} {row['description']}")
+            print(f"{'':<26} {row['kind']}, {c}x{h}x{w}, {row['sde']['kind']} SDE, {row['parameters']:,} parameters, {size}; "
+                  f"trained {row['training_steps']} steps on {row['data']}")
+            if row["quality"]:
+                print(f"{'':<26} measured: {_quality_line(row['quality'])}")
+
+    run_job(job)

@@ -1,0 +1,62 @@
+"""``builtin:NAME``: the ready-made models shipped in the package (fp16 EMA weights + card), offline and instant.
+
+Each file's card is the one source of what the model is: its description, recipe, data, commit and measured
+quality sit in ``card.extra["builtin"]``, written by ``examples/builtin_models.py`` (which trains and packs them).
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from diffusers_cli.checkpoints import CheckpointError, read_card
+
+PREFIX = "builtin:"
+
+#: The ready-made models: name -> weights file in ``diffusers_cli/models/weights/``.
+BUILTIN_MODELS: dict[str, str] = {
+    "shapes": "shapes.safetensors",
+    "shapes-ve": "shapes-ve.safetensors",
+    "shapes-subvp": "shapes-subvp.safetensors",
+    "mnist": "mnist.safetensors",
+    "mnist-classifier": "mnist-classifier.safetensors",
+}
+
+
+def is_builtin_ref(model: object) -> bool:
+    """Whether ``--model`` names a ready-made model (``builtin:NAME``)."""
+    return str(model).startswith(PREFIX)
+
+
+def weights_dir() -> Path:
+    """The package folder that holds the ready-made weights."""
+    return Path(str(resources.files("diffusers_cli.models") / "weights"))
+
+
+def resolve(ref: str) -> Path:
+    """The weights file of ``builtin:NAME``; CheckpointError naming the models for an unknown name or a missing file."""
+    name = str(ref)[len(PREFIX):]
+    if name not in BUILTIN_MODELS:
+        raise CheckpointError(f"there is no ready-made model {name!r}; use one of "
+                              f"{', '.join(PREFIX + n for n in BUILTIN_MODELS)} (`diffuse models` describes them)")
+    path = weights_dir() / BUILTIN_MODELS[name]
+    if not path.is_file():
+        raise CheckpointError(f"the weights of {PREFIX}{name} are missing from this installation ({path}); "
+                              "reinstall diffusers-cli, or rebuild them with `python examples/builtin_models.py`")
+    return path
+
+
+def describe(name: str) -> dict[str, Any]:
+    """What `diffuse models` says of one ready-made model, read from its card alone (no weights are loaded)."""
+    path = resolve(PREFIX + name)
+    card = read_card(path)
+    info = dict(card.extra.get("builtin", {}))
+    return {
+        "name": PREFIX + name, "kind": card.kind, "description": info.get("description", ""),
+        "image_shape": list(card.image_shape), "classes": list(card.class_names), "sde": card.sde,
+        "dataset": card.dataset, "parameterization": card.parameterization, "training_steps": card.step,
+        "parameters": info.get("parameters"), "size_bytes": path.stat().st_size, "dtype": info.get("dtype"),
+        "recipe": info.get("recipe"), "commit": info.get("commit"), "data": info.get("data"),
+        "quality": info.get("quality", {}), "goes_with": info.get("goes_with"),
+    }
