@@ -64,6 +64,14 @@ RECIPES: dict[str, Recipe] = {
         ["--image-size", "16", "--steps", "1000", "--lr", "3e-3", "--class-conditional", "--sde", "subvp"],
         {"sampler": "ei", "steps": 20},
     ),
+    "shapes-classifier": Recipe(
+        "noise-aware WideResNet (wrn-10-2) of the five shapes at 16x16 on the VP SDE, for `diffuse condition --classifier` "
+        "with builtin:shapes",
+        ["--task", "classifier", "--preset", "wrn-10-2", "--image-size", "16", "--steps", "2500", "--lr", "1e-3",
+         "--lr-decay", "cosine"],
+        {"sampler": "ei", "steps": 20, "scales": [1, 2, 4, 8]},
+        goes_with="shapes",
+    ),
     "mnist": Recipe(
         "class-conditional 28x28 MNIST digits: VP SDE, tiny U-Net, classifier-free guidance (trained on MNIST's test split)",
         [*MNIST_DATA, "--batch-size", "32", "--steps", "3000", "--lr", "1e-3", "--lr-decay", "cosine", "--class-conditional"],
@@ -88,15 +96,16 @@ def run_dir(work: Path, name: str) -> Path:
 def train(name: str, work: Path) -> None:
     """Train one recipe with one CPU thread (so that two recipes can share a 2-core machine)."""
     cmd = ["diffuse", "train", *RECIPES[name].train, "--name", name, "--out", str(work), "--sample-every", "0", "--json"]
+    at = commit()
     t0 = time.perf_counter()
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     subprocess.run(cmd, check=True, env=env)
     (work / name / "recipe.json").write_text(json.dumps({"command": cmd, "seconds": round(time.perf_counter() - t0, 1),
-                                                         "threads": 1}, indent=2))
+                                                         "threads": 1, "commit": at}, indent=2))
 
 
 def commit() -> str:
-    """The commit the recipes ran at (with '+changes' when the tree was not clean)."""
+    """The commit a recipe trained at (with '+changes' when src/ had uncommitted changes)."""
     head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
     dirty = subprocess.run(["git", "status", "--porcelain", "--", "src"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
     return head + ("+changes" if dirty else "")
@@ -183,7 +192,7 @@ def pack(name: str, work: Path) -> Path:
         "description": recipe.description,
         "recipe": "diffuse train " + " ".join(recipe.train) + f"  (examples/builtin_models.py, recipe {name!r})",
         "train_seconds": trained["seconds"], "train_threads": trained["threads"], "cpu": cpu_name(),
-        "data": data_line(card.dataset, recipe.train), "commit": commit(), "dtype": "fp16",
+        "data": data_line(card.dataset, recipe.train), "commit": trained["commit"], "dtype": "fp16",
         "parameters": sum(v.numel() for v in ema.values()), "goes_with": f"builtin:{recipe.goes_with}" if recipe.goes_with else None,
     }
     PACKAGE_DIR.mkdir(parents=True, exist_ok=True)

@@ -19,6 +19,7 @@ BUILTIN_MODELS: dict[str, str] = {
     "shapes": "shapes.safetensors",
     "shapes-ve": "shapes-ve.safetensors",
     "shapes-subvp": "shapes-subvp.safetensors",
+    "shapes-classifier": "shapes-classifier.safetensors",
     "mnist": "mnist.safetensors",
     "mnist-classifier": "mnist-classifier.safetensors",
 }
