@@ -69,7 +69,7 @@ RECIPES: dict[str, Recipe] = {
         "with builtin:shapes",
         ["--task", "classifier", "--preset", "wrn-10-2", "--image-size", "16", "--steps", "2500", "--lr", "1e-3",
          "--lr-decay", "cosine"],
-        {"sampler": "ei", "steps": 20, "scales": [1, 2, 4, 8]},
+        {"sampler": "ei", "steps": 20, "sweeps": [(None, [1, 2, 4, 8])]},
         goes_with="shapes",
     ),
     "mnist": Recipe(
@@ -82,7 +82,7 @@ RECIPES: dict[str, Recipe] = {
         "with builtin:mnist (trained on MNIST's test split)",
         ["--task", "classifier", "--preset", "wrn-10-2", *MNIST_DATA, "--batch-size", "64", "--steps", "2500",
          "--lr", "1e-3", "--lr-decay", "cosine"],
-        {"sampler": "ei", "steps": 20, "scales": [1, 2, 4, 8]},
+        {"sampler": "ei", "steps": 20, "sweeps": [(1.0, [2, 4, 8]), (None, [8])]},
         goes_with="mnist",
     ),
 }
@@ -162,10 +162,16 @@ def measure(name: str, path: Path, work: Path, n: int = 256) -> dict[str, Any]:
         out.update(bits_per_dim(path, card.dataset))
     else:
         net, sde, _ = load_classifier(path)
-        sweep = [{"scale": s, **judged(draw(guided(make_score_fn(model), classifier_fn(net, sde), labels, s)), labels, judge, real)}
-                 for s in recipe.judge["scales"]]
-        best = min((r for r in sweep if r["recognised_as_asked"] >= 0.95), key=lambda r: r["scale"], default=sweep[-1])
-        out.update({"guides": f"builtin:{recipe.goes_with}", "scale": best["scale"],
+        # `diffuse condition --classifier` steers the unconditional score, or with --guidance G the model's
+        # classifier-free guided one (G = 1: p(x | y)); the recipe says which bases to sweep.
+        sweep = []
+        for base_guidance, scales in recipe.judge["sweeps"]:
+            base = make_score_fn(model) if base_guidance is None else classifier_free(model, labels, base_guidance)
+            sweep += [{"guidance": base_guidance, "scale": s,
+                       **judged(draw(guided(base, classifier_fn(net, sde), labels, s)), labels, judge, real)} for s in scales]
+        best = min((r for r in sweep if r["recognised_as_asked"] >= 0.95), key=lambda r: (r["guidance"] is None, r["scale"]),
+                   default=max(sweep, key=lambda r: r["recognised_as_asked"]))
+        out.update({"guides": f"builtin:{recipe.goes_with}", "scale": best["scale"], "guidance": best["guidance"],
                     "recognised_as_asked": best["recognised_as_asked"], "recognised": best["recognised"],
                     "judge_fd": best["judge_fd"], "scale_sweep": sweep})
     return out

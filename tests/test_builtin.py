@@ -133,3 +133,16 @@ def test_bad_names_and_flags_exit_2_with_one_line() -> None:
     assert result.exit_code == 2 and "only EMA weights; drop --no-ema" in result.stderr
     result = invoke("condition", "--model", "builtin:mnist", "--classifier", "builtin:shapes-classifier", "--class", "1")
     assert result.exit_code == 2 and "expects images of shape (3, 16, 16)" in result.stderr
+
+
+def test_condition_steers_the_conditional_score_with_guidance(tmp_path: Path) -> None:
+    mnist, clf = dc.load_model("builtin:mnist"), dc.load_model("builtin:mnist-classifier")
+    common = {"classifier": clf, "sampler": "ei", "steps": 6, "seed": 0}
+    uncond = dc.condition(mnist, 7, 4, scale=2, **common)
+    cond = dc.condition(mnist, 7, 4, scale=2, guidance=1, **common)
+    plain = dc.condition(mnist, 7, 4, scale=0, guidance=1, **common)
+    # guidance=1 changes the base score; scale 0 leaves plain p(x | y), which is dc.sample's guidance 1.
+    assert (cond - uncond).abs().mean() > 0.05 and (cond - plain).abs().mean() > 1e-3
+    assert torch.allclose(plain, dc.sample(mnist, 4, label=7, guidance=1, sampler="ei", steps=6, seed=0), atol=1e-5)
+    result = invoke("condition", "--model", "builtin:mnist", "--class", "7", "--guidance", "1", "-n", "1")
+    assert result.exit_code == 2 and "without --classifier, --scale alone" in result.stderr

@@ -106,6 +106,7 @@ def condition(
     *,
     classifier: ModelLike | None = None,  # None: a class-conditional model guides itself (classifier-free)
     scale: float | None = None,
+    guidance: float | None = None,  # with a classifier on a class-conditional model: steer p(x | y) guided at this scale
     sampler: str | None = None,  # default: `diffuse condition`'s (pc, 1000 steps)
     steps: int | None = None,
     seed: int | None = None,
@@ -125,7 +126,7 @@ def condition(
     clf = _model(classifier) if classifier is not None else None
     cfg = build_config(ConditionConfig, None, {
         "model": str(loaded.path), "classifier": str(clf.path) if clf is not None else None, "class": str(label),
-        "scale": scale, "n": n, "seed": seed, "batch_size": batch_size, "device": device, "use_ema": loaded.use_ema,
+        "scale": scale, "guidance": guidance, "n": n, "seed": seed, "batch_size": batch_size, "device": device, "use_ema": loaded.use_ema,
         **_out(out), **sampler_section(sampler, steps, grid, eps, final_denoise, options),
     })
     res = condition_job(cfg, _reporter(progress), loaded=loaded, classifier=clf, write=out is not None)

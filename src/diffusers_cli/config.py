@@ -423,6 +423,9 @@ class ConditionConfig(Strict):
     classifier: Path | None = None  # None: a class-conditional model guides itself (classifier-free)
     label: str = Field(alias="class")
     scale: float = Field(1.0, ge=0.0)
+    # With a classifier and a class-conditional model: the score the classifier steers is the model's own
+    # classifier-free guided one at this scale (1: p(x | y)); None: its unconditional ("no class") score.
+    guidance: float | None = Field(None, ge=0.0)
     sampler: SamplerConfig = Field(default_factory=lambda: SamplerConfig(name="pc", steps=1000))
     n: PositiveInt = 64
     batch_size: PositiveInt = 64

@@ -17,6 +17,7 @@ def condition_command(
     classifier: Annotated[Optional[Path], typer.Option(help="Classifier run (from `diffuse train --task classifier`), .safetensors or builtin:mnist-classifier; not needed for a --class-conditional model.")] = None,
     class_: Annotated[Optional[str], typer.Option("--class", help="Class index or name (e.g. 3, circle).")] = None,
     scale: Annotated[Optional[float], typer.Option(help="Guidance scale: 1 samples p(x | y); larger is sharper, less diverse.")] = None,
+    guidance: Annotated[Optional[float], typer.Option(help="With --classifier on a class-conditional model: steer its conditional score, classifier-free at this scale (1: p(x | y)), instead of its unconditional one.")] = None,
     model: ModelOpt = None,
     sampler: SamplerOpt = None,
     steps: StepsOpt = None,
@@ -42,7 +43,7 @@ def condition_command(
         from diffusers_cli.config import ConditionConfig, build_config
 
         overrides: dict[str, object] = {
-            "classifier": str(classifier) if classifier else None, "class": class_, "scale": scale,
+            "classifier": str(classifier) if classifier else None, "class": class_, "scale": scale, "guidance": guidance,
             "model": str(model) if model else None, "n": n, "batch_size": batch_size, "out": str(out) if out else None,
             "individual": True if individual else None, "download": True if download else None, "seed": seed, "device": device,
             **sampler_overrides(sampler, steps, grid, options=option, snr=snr, order=order, eta=eta),
@@ -53,7 +54,7 @@ def condition_command(
 
         res = condition(cfg, make_reporter(json_))
         summary = {"outputs": [str(p) for p in res.outputs], "class": res.label, "class_name": res.class_name,
-                   "scale": cfg.scale, "n": cfg.n, "sampler": cfg.sampler.name, "steps": cfg.sampler.steps,
+                   "scale": cfg.scale, "guidance": cfg.guidance, "n": cfg.n, "sampler": cfg.sampler.name, "steps": cfg.sampler.steps,
                    "nfe": res.nfe, "seconds": round(res.seconds, 3), "seed": cfg.seed,
                    "model": str(res.model), "classifier": str(res.classifier) if res.classifier else None}
         if json_:

@@ -68,6 +68,10 @@ def condition(cfg: ConditionConfig, reporter: Reporter | None = None, loaded: Lo
             model_path, model, card = loaded.path, score_model_of(loaded), loaded.card
         model.to(device)
         clf_path: Path | None = None
+        if cfg.guidance is not None and (not card.class_conditional or (cfg.classifier is None and classifier is None)):
+            raise UsageError("--guidance sets the class-conditional score that a --classifier steers; "
+                             + ("this model is unconditional, drop --guidance" if not card.class_conditional
+                                else "without --classifier, --scale alone is the classifier-free scale: drop --guidance"))
         if cfg.classifier is None and classifier is None:
             # A class-conditional model needs no classifier: its own conditional and unconditional scores guide it.
             if not card.class_conditional:
@@ -89,7 +93,12 @@ def condition(cfg: ConditionConfig, reporter: Reporter | None = None, loaded: Lo
             names = clf_card.class_names
             label = class_index(cfg.label, names)
             net.to(device)
-            score_fn = guided(make_score_fn(model), classifier_fn(net, model.sde), label, cfg.scale)
+            if cfg.guidance is not None and tuple(clf_card.class_names) != tuple(card.class_names):
+                raise UsageError(f"--guidance needs the classifier's classes to be the model's; {clf_path} has "
+                                 f"{list(clf_card.class_names)}, the model {list(card.class_names)}")
+            # Dhariwal & Nichol 2021 steer a conditional model too: it starts from p(x | y), not p(x).
+            base = make_score_fn(model) if cfg.guidance is None else classifier_free(model, label, cfg.guidance)
+            score_fn = guided(base, classifier_fn(net, model.sde), label, cfg.scale)
         shape = card.image_shape
         t0 = time.perf_counter()
         images, nfe = draw(model.sde, score_fn, shape, cfg.n, cfg.batch_size, cfg.seed, cfg.sampler, device, world, reporter)
