@@ -30,6 +30,8 @@ from typing import Any
 
 import torch
 
+import diffusers_cli as dc
+
 ROOT = Path(__file__).resolve().parents[1]
 MNIST = ROOT.parent / "shared" / "data" / "mnist"
 PACKAGE_DIR = ROOT / "src" / "diffusers_cli" / "models" / "weights"
@@ -199,13 +201,15 @@ def pack(name: str, work: Path) -> Path:
         "recipe": "diffuse train " + " ".join(recipe.train) + f"  (examples/builtin_models.py, recipe {name!r})",
         "train_seconds": trained["seconds"], "train_threads": trained["threads"], "cpu": cpu_name(),
         "data": data_line(card.dataset, recipe.train), "commit": trained["commit"], "dtype": "fp16",
-        "parameters": sum(v.numel() for v in ema.values()), "goes_with": f"builtin:{recipe.goes_with}" if recipe.goes_with else None,
+        "goes_with": f"builtin:{recipe.goes_with}" if recipe.goes_with else None,
     }
     PACKAGE_DIR.mkdir(parents=True, exist_ok=True)
     final = PACKAGE_DIR / f"{name}.safetensors"
     with tempfile.TemporaryDirectory() as tmp:
         draft = Path(tmp) / f"{name}.safetensors"
         save_model(draft, ema, ModelCard(**{**card.__dict__, "extra": {"builtin": info}}))
+        # The network's parameters, as `dc.load_model` counts them (buffers such as the Fourier features left out).
+        info["parameters"] = sum(p.numel() for p in dc.load_model(draft).net.parameters())
         info["quality"] = measure(name, draft, work)
     save_model(final, ema, ModelCard(**{**card.__dict__, "extra": {"builtin": info}}))
     print(json.dumps({"model": f"builtin:{name}", "bytes": final.stat().st_size, **info}, indent=2))

@@ -41,7 +41,7 @@ def test_notebook_is_committed_executed_and_imports_only_the_face(path: Path) ->
 def test_notebook_runs_from_a_clean_kernel(path: Path, tmp_path: Path) -> None:
     nb = nbformat.read(path, as_version=4)
     # Any cell error (a failed assert in a lesson included) raises CellExecutionError here; the per-cell timeout
-    # only stops a hang (run times are measured in benchmarks/notebooks.py, not here).
+    # only stops a hang (run times are measured by benchmarks/builtin_models.py --notebooks, not here).
     nbclient.NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
     assert any(o.get("output_type") == "display_data" for o in outputs)

@@ -9,10 +9,20 @@ import typer
 from diffusers_cli.cli.common import emit_json, run_job
 
 
+#: Card figures that are shares of samples or images, shown as percentages.
+_SHARES = ("recognised", "accuracy")
+
+
+def _figure(key: str, value: object) -> str:
+    """One card figure as a reader wants it: shares as percentages, the rest as written."""
+    if isinstance(value, float) and any(word in key for word in _SHARES):
+        return f"{key.replace('_', ' ')} {100 * value:.1f} %"
+    return f"{key.replace('_', ' ')} {value}"
+
+
 def _quality_line(quality: dict[str, object]) -> str:
     """The card's headline figures, one short clause."""
-    parts = [f"{k.replace('_', ' ')} {v}" for k, v in quality.items() if not isinstance(v, (dict, list))]
-    return "; ".join(parts)
+    return "; ".join(_figure(k, v) for k, v in quality.items() if not isinstance(v, (dict, list)))
 
 
 def models_command(
@@ -32,7 +42,8 @@ def models_command(
             size = f"{row['size_bytes'] / 1e6:.1f} MB {row['dtype'] or ''}".strip()
             print(f"{row['name']:<26} {row['description']}")
             print(f"{'':<26} {row['kind']}, {c}x{h}x{w}, {row['sde']['kind']} SDE, {row['parameters']:,} parameters, {size}; "
-                  f"trained {row['training_steps']} steps on {row['data']}")
+                  f"trained {row['training_steps']} steps on {row['data']}"
+                  + (f" in {row['train_seconds']:.0f} s on {row['train_threads']} thread(s) of {row['cpu']}" if row["train_seconds"] else ""))
             if row["quality"]:
                 print(f"{'':<26} measured: {_quality_line(row['quality'])}")
 

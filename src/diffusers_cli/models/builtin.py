@@ -59,5 +59,6 @@ def describe(name: str) -> dict[str, Any]:
         "dataset": card.dataset, "parameterization": card.parameterization, "training_steps": card.step,
         "parameters": info.get("parameters"), "size_bytes": path.stat().st_size, "dtype": info.get("dtype"),
         "recipe": info.get("recipe"), "commit": info.get("commit"), "data": info.get("data"),
+        "train_seconds": info.get("train_seconds"), "train_threads": info.get("train_threads"), "cpu": info.get("cpu"),
         "quality": info.get("quality", {}), "goes_with": info.get("goes_with"),
     }
