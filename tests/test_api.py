@@ -51,6 +51,18 @@ def test_import_is_light_and_lists_the_api() -> None:
         dc.nope  # noqa: B018
 
 
+def test_no_api_name_is_shadowed_by_a_submodule() -> None:
+    # Importing diffusers_cli.X sets the package attribute X to the module, hiding a lazy dc.X of the same name
+    # (dc.models was hidden this way once diffusers_cli.models was imported).
+    import importlib.util
+
+    for name in dc.API:
+        assert importlib.util.find_spec(f"diffusers_cli.{name}") is None, f"dc.{name} collides with diffusers_cli.{name}"
+    import diffusers_cli.models  # noqa: F401
+
+    assert callable(dc.list_models) and dc.list_models()[0]["name"].startswith("builtin:")
+
+
 def test_sample_equals_the_command_byte_for_byte(cc_run: Path, tmp_path: Path) -> None:
     args = ["--model", cc_run, "--sampler", "ei", "--steps", "4", "-n", "6", "--seed", "5", "--batch-size", "4",
             "--class", "ring", "--guidance", "1.5", "--order", "2", "--device", "cpu"]

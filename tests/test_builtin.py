@@ -67,7 +67,7 @@ def test_models_command_lists_what_the_cards_say() -> None:
         assert row["image_shape"] == list(card.image_shape) and row["size_bytes"] == (weights_dir() / file).stat().st_size
     human = invoke("models")
     assert human.exit_code == 0 and "builtin:mnist " in human.stdout and "recognised as asked" in human.stdout
-    assert dc.models() == list(rows.values())
+    assert dc.list_models() == list(rows.values())
 
 
 def test_the_quality_bar_of_the_card_is_met() -> None:

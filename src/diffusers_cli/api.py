@@ -35,7 +35,7 @@ def load_model(spec: str | Path | None = None, *, use_ema: bool = True, download
     return load(spec, use_ema=use_ema, download=download)
 
 
-def models() -> list[dict[str, Any]]:
+def list_models() -> list[dict[str, Any]]:
     """The ready-made models (``builtin:NAME``) as `diffuse models --json` lists them."""
     from diffusers_cli.models.builtin import BUILTIN_MODELS, describe
 
