@@ -104,4 +104,4 @@ def test_impute_bad_inputs(tiny_run: Path, tmp_path: Path) -> None:
     assert "every" in one_error_line(invoke(*base, tmp_path / "all.png", "--model", tiny_run)).lower()
     assert "give exactly one of a MASK image or --mask" in one_error_line(invoke(*base, "--model", tiny_run))
     (tmp_path / "bad.png").write_bytes(b"not a png")
-    assert "cannot read image" in one_error_line(invoke("impute", tmp_path / "bad.png", "--mask", "box", "--model", tiny_run))
+    assert "bad.png is not a readable image" in one_error_line(invoke("impute", tmp_path / "bad.png", "--mask", "box", "--model", tiny_run))

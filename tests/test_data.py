@@ -353,12 +353,13 @@ def test_folder_errors(tmp_path):
     bad = tmp_path / "a" / "bad.png"
     bad.parent.mkdir()
     bad.write_bytes(b"definitely not a png")
-    assert data_error(load_dataset, tmp_path, 8).startswith(f"cannot read image {bad}")
+    assert data_error(load_dataset, tmp_path, 8) == (f"dataset image {bad} is not a readable image (truncated or corrupt): "
+                                                   "not in any image format PIL knows; remove or replace the file")
     # A header that opens but pixel data cut short fails when read, still naming the file.
     Image.effect_noise((64, 64), 50).save(bad)
     bad.write_bytes(bad.read_bytes()[:200])
     ds, _ = load_dataset(tmp_path, 8)
-    assert data_error(ds.__getitem__, 0).startswith(f"cannot read image {bad}")
+    assert data_error(ds.__getitem__, 0).startswith(f"dataset image {bad} is not a readable image (truncated or corrupt)")
 
 
 # ---- Stanford Cars ---------------------------------------------------------------------

@@ -229,6 +229,15 @@ def test_sample_impute_and_bits_per_dim_run_on_both_kinds(request: pytest.Fixtur
     assert 0 < bpd["mean"] < 100, bpd
 
 
+def test_bits_per_dim_of_a_model_that_records_no_data_asks_for_bpd_dataset(ve_model: Path) -> None:
+    # ncsnpp-8 names no dataset of ours (ddpm-shapes-8 would: its data is guessed from the name).
+    res = invoke("evaluate", "--model", ve_model, "--metrics", "bpd", "--bpd-examples", "2", "--device", "cpu")
+    assert res.exit_code == 2
+    line, = res.stderr.strip().splitlines()
+    assert line == (f"diffuse: error: {ve_model} does not record the data it was trained on; name it for bits/dim with "
+                    "--bpd-dataset (e.g. --bpd-dataset cifar10 --data-dir DIR, or a folder of images)")
+
+
 def test_condition_guides_a_diffusers_model_with_a_classifier_trained_for_its_sde(eps_model: Path, tmp_path: Path) -> None:
     res = invoke("train", "--task", "classifier", "--sde", "ddpm", "--preset", "wrn-10-2", "--set", "classifier.widen=1",
                  "--image-size", "8", "--steps", "3", "--batch-size", "8", "--set", "data.num_examples=16", "--sample-every", "0",

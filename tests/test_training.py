@@ -27,7 +27,7 @@ from diffusers_cli.engine.networks.unet import UNet
 from diffusers_cli.engine.objectives import ClassifierObjective, Objective, ScoreObjective
 from diffusers_cli.engine.score import ScoreModel
 from diffusers_cli.engine.sde import DDPM, SDE, VESDE, VPSDE, SubVPSDE
-from diffusers_cli.engine.training import EMA, Hook, LoopResult, batch_indices, train_loop, warmup_lr
+from diffusers_cli.engine.training import EMA, Hook, LoopResult, NonFiniteError, batch_indices, train_loop, warmup_lr
 from diffusers_cli.jobs.train import train
 
 
@@ -317,10 +317,41 @@ def test_loop_draws_on_the_global_batch_and_computes_the_local_slice() -> None:
 
 
 def test_loop_raises_on_a_non_finite_loss() -> None:
+    # Steps are counted from 1, as the log and the checkpoints count them: batch 2 is the third step.
     batches = [(torch.ones(4, 3), torch.zeros(4, dtype=torch.long)) for _ in range(4)]
     batches[2] = (torch.full((4, 3), math.nan), batches[2][1])
-    with pytest.raises(FloatingPointError, match="loss became nan at step 2"):
+    with pytest.raises(NonFiniteError, match="loss became nan at step 3") as err:
         _toy_loop(4, batches=batches)
+    assert err.value.step == 3 and isinstance(err.value, FloatingPointError)
+
+
+def test_loop_stops_on_a_non_finite_gradient_before_the_weights_take_it() -> None:
+    # A finite loss whose gradient overflows float32: with x = 3e19 the loss is about 1e38, its gradient about 1e39.
+    torch.manual_seed(0)
+    net = torch.nn.Linear(3, 1)
+    before = [p.detach().clone() for p in net.parameters()]
+    batches = [(torch.full((4, 3), 3e19), torch.zeros(4, dtype=torch.long))]
+    with pytest.raises(NonFiniteError, match="the gradient norm became inf at step 1"):
+        train_loop(net, EMA(net, 0.5, warmup=False), torch.optim.SGD(net.parameters(), lr=0.0), _Toy(net), batches, None,
+                   steps=1, lr=lambda s: 0.05, device=torch.device("cpu"), grad_clip=0.0)
+    assert all(torch.equal(a, b) for a, b in zip(before, net.parameters()))
+
+
+def test_skip_mode_skips_counts_and_gives_up_after_max_skips() -> None:
+    good = (torch.ones(4, 3), torch.zeros(4, dtype=torch.long))
+    bad = (torch.full((4, 3), math.nan), good[1])
+    logs: list[dict[str, Any]] = []
+    res, _, net = _toy_loop(5, batches=[good, bad, good, bad, good], on_nonfinite="skip", log_every=5,
+                            on_log=lambda s, r: logs.append(r))
+    # The skipped steps changed nothing: the weights are those of three good steps.
+    _, _, ref = _toy_loop(3, batches=[good, good, good])
+    assert all(torch.equal(a, b) for a, b in zip(net.parameters(), ref.parameters()))
+    assert res.step == 5 and logs[-1]["skipped"] == 2 and math.isfinite(res.loss)
+    # Three bad steps in a row with max_skips 2: the third stops the run.
+    with pytest.raises(NonFiniteError, match="at step 4 \\(3 non-finite steps in a row; max_skips 2\\)"):
+        _toy_loop(5, batches=[good, bad, bad, bad, good], on_nonfinite="skip", max_skips=2)
+    with pytest.raises(ValueError, match="on_nonfinite must be"):
+        _toy_loop(1, on_nonfinite="ignore")
 
 
 def test_ctrl_c_ends_the_loop_after_the_current_step() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from diffusers_cli.errors import UsageError
+from diffusers_cli.runs import check_run_name
 
 import json
 import math
@@ -19,6 +20,7 @@ from pydantic import (
     PositiveFloat,
     PositiveInt,
     ValidationError,
+    field_validator,
     model_serializer,
     model_validator,
 )
@@ -376,6 +378,18 @@ class TrainConfig(Strict):
     eval: TrainEvalConfig = Field(default_factory=lambda: TrainEvalConfig())
     # "tensorboard" also writes TensorBoard event files in the run; metrics.jsonl is always written.
     log: Literal["jsonl", "tensorboard"] = "jsonl"
+    # A non-finite loss or gradient: "stop" the run (the last checkpoint stays intact), or "skip" the step and
+    # count it in metrics.jsonl, stopping after max_skips consecutive skips (a run that stays broken).
+    on_nonfinite: Literal["stop", "skip"] = "stop"
+    max_skips: PositiveInt = 10
+
+    @field_validator("name")
+    @classmethod
+    def _one_path_component(cls, name: str | None) -> str | None:
+        # Scripts build names from user strings: a name must never reach outside --out or hide itself.
+        if name is not None:
+            check_run_name(name)
+        return name
 
     @model_validator(mode="after")
     def _steps_or_epochs(self) -> "TrainConfig":

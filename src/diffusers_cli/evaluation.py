@@ -15,7 +15,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset
 
@@ -48,6 +47,7 @@ from diffusers_cli.engine.metrics import (
 )
 from diffusers_cli.engine.score import ScoreModel, make_score_fn
 from diffusers_cli.files import check_writable
+from diffusers_cli.images import ImageError, image_size
 from diffusers_cli.report import Reporter
 from diffusers_cli.runs import to_uint8
 from diffusers_cli.sampling import draw, guidance_plan, guided_score_fns
@@ -110,12 +110,11 @@ def weights_warnings(weights: InceptionWeights, ref: Reference | None) -> list[s
 
 
 def image_side(path: Path) -> int:
-    """The longer side of an image file (read from its header)."""
+    """The longer side of an image file (read from its header, within the pixel limit)."""
     try:
-        with Image.open(path) as img:
-            return max(img.size)
-    except (OSError, ValueError) as err:
-        raise MetricsError(f"cannot read image {path}: {err}") from None
+        return max(image_size(path, what="reference image"))
+    except ImageError as err:
+        raise MetricsError(str(err)) from None
 
 
 def dataset_batches(ds: Dataset, batch_size: int) -> Iterator[Tensor]:
@@ -323,15 +322,20 @@ class SampleEvaluator:
         return figures, nfe
 
 
+def check_training_metrics(metrics: dict[str, Metric]) -> None:
+    """MetricsError unless every metric scores samples alone (what evaluation during training can run)."""
+    for name, metric in metrics.items():
+        if LIKELIHOOD in metric.needs or IMAGES not in metric.needs:
+            raise MetricsError(f"--eval-metrics {name}: only image metrics run during training; "
+                               f"measure {name} with `diffuse evaluate --metrics {name}` on the run")
+
+
 def prepare_evaluator(metrics: dict[str, Metric], options: MetricOptions, request: ReferenceRequest, card: ModelCard,
                       cache: Path, num_samples: int, sampler: SamplerConfig, batch_size: int, seed: int,
                       inception_weights: Path | None, download: bool, device: torch.device, world: World,
                       reporter: Reporter) -> SampleEvaluator:
     """Check the metrics and counts, load Inception, and compute (or reuse from ``cache``) the reference statistics once."""
-    for name, metric in metrics.items():
-        if LIKELIHOOD in metric.needs or IMAGES not in metric.needs:
-            raise MetricsError(f"--eval-metrics {name}: only image metrics run during training; "
-                               f"measure {name} with `diffuse evaluate --metrics {name}` on the run")
+    check_training_metrics(metrics)
     lines = checked_counts(metrics, IMAGES, "evaluation samples", num_samples, options)
     ref = resolve_reference(request, card, None)
     lines += reference_counts(metrics, ref, options)

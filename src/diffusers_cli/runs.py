@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable
 
+from diffusers_cli.errors import UsageError
 from diffusers_cli.files import MACHINE_ERRNOS, atomic_path, check_image_output, machine_error
 
 if TYPE_CHECKING:  # torch and PIL load only when an image is written, so `diffuse --help` stays instant
@@ -21,6 +22,32 @@ LOSS_PLOT_NAME = "loss.png"
 METRICS_PLOT_NAME = "metrics.png"
 BEST_NAME = "best.safetensors"
 EVAL_REFERENCE_NAME = "eval_reference.npz"
+
+
+def check_run_name(name: str) -> str:
+    """``name`` if it is one safe path component, else UsageError naming the rule it breaks."""
+    if not name:
+        problem = "is empty"
+    elif any(c in name for c in "/\\"):
+        problem = "contains a path separator"
+    elif name in {".", ".."} or ".." in name:
+        problem = "contains '..'"
+    elif name.startswith("."):
+        problem = "starts with '.' (a hidden directory)"
+    elif any(ord(c) < 32 or ord(c) == 127 for c in name):
+        problem = "contains a control character"
+    else:
+        return name
+    raise UsageError(f"run name {name!r} {problem}: a run name is one folder inside --out, without '/', '\\', '..', "
+                     "a leading '.' or control characters")
+
+
+def run_dir_inside(out: Path, name: str) -> Path:
+    """``out / name`` once the name is checked and the resolved path is seen to stay inside ``out``."""
+    run = out / check_run_name(name)
+    if not run.resolve().is_relative_to(out.resolve()):  # e.g. a symlink named like the run pointing elsewhere
+        raise UsageError(f"run {run} resolves to {run.resolve()}, outside --out {out}; choose another --name")
+    return run
 
 
 def new_run_name(dataset: str, sde: str) -> str:

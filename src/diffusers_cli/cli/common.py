@@ -13,7 +13,7 @@ import click
 import typer
 
 from diffusers_cli.config_overrides import sampler_section
-from diffusers_cli.errors import MachineError, UsageError
+from diffusers_cli.errors import MachineError, RunFailed, UsageError
 from diffusers_cli.files import MACHINE_ERRNOS, MACHINE_HINTS
 from diffusers_cli.report import LineReporter
 
@@ -34,6 +34,11 @@ def fail(message: str, code: int = EXIT_USAGE) -> typer.Exit:
 def first_line(err: BaseException) -> str:
     """The first non-empty line of an error's message, or its type's name when it has none."""
     text = str(err).strip()
+    if text.startswith("Caught ") and "Original Traceback" in text:
+        # Raised in a DataLoader worker: torch re-raises the same type with the worker's traceback as its message,
+        # whose last line is the original "module.Type: message".
+        last = text.splitlines()[-1].strip()
+        return last.split(": ", 1)[1] if ": " in last else last
     return text.splitlines()[0].strip() if text else type(err).__name__
 
 
@@ -75,7 +80,7 @@ def run_job(job: Callable[[], T]) -> T:
         raise
     except UsageError as err:
         raise _failure(err, first_line(err), EXIT_USAGE) from None
-    except MachineError as err:
+    except (MachineError, RunFailed) as err:
         raise _failure(err, first_line(err), EXIT_FAILURE) from None
     except OSError as err:
         if err.errno in MACHINE_ERRNOS:  # a full disk etc. outside atomic_path: still the machine, not a bug

@@ -72,7 +72,7 @@ def train_command(
     def job() -> int:
         from diffusers_cli.config import TrainConfig, build_config
         from diffusers_cli.errors import UsageError
-        from diffusers_cli.runs import CONFIG_NAME, latest_run
+        from diffusers_cli.runs import CONFIG_NAME, latest_run, run_dir_inside
 
         file = config
         overrides: dict[str, object] = {
@@ -94,7 +94,7 @@ def train_command(
         if resume:
             # The saved config is the base; flags given now (e.g. more --steps) override it.
             runs = out or Path("runs")
-            run = runs / name if name else latest_run(runs)
+            run = run_dir_inside(runs, name) if name else latest_run(runs)  # a name never reaches outside --out
             if run is None or not (run / CONFIG_NAME).is_file():
                 raise UsageError(f"nothing to resume: no run {'named ' + repr(name) if name else 'at all'} under {runs}/")
             file = run / CONFIG_NAME

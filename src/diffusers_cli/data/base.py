@@ -8,12 +8,12 @@ from typing import Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset
 
 # Re-exported: the loaders and older callers import them from here.
 from diffusers_cli.data.spec import DataError, DatasetInfo, parse_image_size
+from diffusers_cli.images import ImageError, open_image
 
 __all__ = [
     "DataError",
@@ -139,28 +139,16 @@ def load_image(path: Path, image_size: ImageSize, channels: int, box: tuple[int,
     """Decode one image file to uint8 [channels, H, W] (optionally cropped to ``box`` = x1, y1, x2, y2 first)."""
     height, width = parse_image_size(image_size)
     try:
-        with Image.open(path) as img:
-            if box is None and img.format == "JPEG":
-                # Decode at a reduced scale (a JPEG feature) when the image is much larger than needed;
-                # draft keeps both sides at least the requested (width, height), so the crop still covers.
-                img.draft(None, (width, height))
-            img.load()
-            rgb = _flatten_alpha(img)
-    except (OSError, ValueError, SyntaxError) as err:
-        raise DataError(f"cannot read image {path} ({err}); remove or replace the file") from None
+        # Without a crop box, a JPEG much larger than needed decodes at a reduced scale (a JPEG feature);
+        # draft keeps both sides at least the requested (width, height), so the crop still covers.
+        # Alpha is composited over white, 16-bit grey scaled, palettes and CMYK expanded (diffusers_cli.images).
+        rgb = open_image(path, "RGB", what="dataset image", draft=(width, height) if box is None else None)
+    except ImageError as err:
+        raise DataError(f"{err}; remove or replace the file") from None
     if box is not None:
         rgb = rgb.crop(box)
     x = torch.from_numpy(np.asarray(rgb, dtype=np.uint8).copy()).permute(2, 0, 1).unsqueeze(0)
     return resize_crop(convert_channels(x, channels), (height, width))[0]
-
-
-def _flatten_alpha(img: Image.Image) -> Image.Image:
-    # Transparent pixels are undefined colour underneath; on white they look as a viewer shows them.
-    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
-        rgba = img.convert("RGBA")
-        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(white, rgba).convert("RGB")
-    return img.convert("RGB")
 
 
 class ImageFileDataset(Dataset):

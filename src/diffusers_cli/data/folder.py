@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from PIL import Image
-
 from diffusers_cli.data.base import DataError, ImageFileDataset, ImageSize, subset_indices
 from diffusers_cli.data.spec import Loaded, LoadRequest
+from diffusers_cli.images import ImageError, image_size
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif"})
 SINGLE_CLASS = "all"
@@ -34,13 +33,16 @@ def classes_of(root: Path, images: list[Path]) -> tuple[tuple[str, ...], list[in
 
 
 def check_headers(images: list[Path]) -> None:
-    """Open each file's header, so that a file that is not an image fails now, by name, not mid-training."""
+    """Read each file's header, so that a file that is not an image, or one over the pixel limit, fails now, by name.
+
+    Pixel data is decoded only when an item is read: data cut short fails then (still naming the file), since
+    decoding every file up front would double the reading of a large folder.
+    """
     for path in images:
         try:
-            with Image.open(path) as img:
-                img.size
-        except (OSError, ValueError, SyntaxError) as err:
-            raise DataError(f"cannot read image {path} ({err}); remove or replace the file") from None
+            image_size(path, what="dataset image")
+        except ImageError as err:
+            raise DataError(f"{err}; remove or replace the file") from None
 
 
 def folder_dataset(

@@ -138,6 +138,22 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
+class NonFiniteError(FloatingPointError):
+    """A step's loss or gradient was not finite (and the run stops): the message names the step and the value."""
+
+    def __init__(self, message: str, step: int) -> None:
+        super().__init__(message)
+        self.step = step
+
+
+def _grad_norm(net: nn.Module, grad_clip: float) -> Tensor:
+    """The global gradient norm, clipping to ``grad_clip`` on the way when it is > 0 (non-finite norms pass through)."""
+    params = [p for p in net.parameters() if p.grad is not None]
+    if grad_clip > 0:
+        return torch.nn.utils.clip_grad_norm_(params, grad_clip)
+    return torch.nn.utils.get_total_norm([p.grad for p in params])
+
+
 def train_loop(
     net: nn.Module,  # the online network: its parameters are clipped, stepped and averaged
     ema: EMA,  # the average updated after every step
@@ -160,18 +176,25 @@ def train_loop(
     on_log: Callable[[int, dict[str, Any]], None] | None = None,  # (step, record) of the steps since the last
     on_step: Callable[[int, float], None] | None = None,  # (step, loss) after every step: progress bars
     hooks: Sequence[Hook] = (),  # grids, checkpoints, evaluations, in this order after the log
+    on_nonfinite: str = "stop",  # a non-finite loss or gradient: "stop" (NonFiniteError) or "skip" the step
+    max_skips: int = 10,  # with "skip": NonFiniteError after this many consecutive skipped steps
 ) -> LoopResult:
-    """Run steps ``start`` .. ``steps`` - 1 (fewer if Ctrl-C stops it); raises FloatingPointError on a non-finite loss.
+    """Run steps ``start`` .. ``steps`` - 1 (fewer if Ctrl-C stops it); NonFiniteError on a non-finite loss or gradient.
 
     Each step draws on the global batch (augmentation, then the objective's times, noise,
     labels), slices it to ``local``, and takes one optimizer step on the mean per-example loss.
+    The check comes before the optimizer step, so neither the weights nor the EMA ever take a non-finite
+    update; a skipped step still consumes its batch and draws, so a resumed run skips the same steps.
     """
+    if on_nonfinite not in ("stop", "skip"):
+        raise ValueError(f"on_nonfinite must be 'stop' or 'skip', got {on_nonfinite!r}")
     forward = objective if forward is None else forward
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     log_hook = Hook(log_every, lambda s: None, final=True)
     window: list[float] = []
     t0 = time.perf_counter()
     t_log, step, last_loss = t0, start, math.nan
+    skipped, consecutive = 0, 0  # non-finite steps skipped since the last record, and in a row
     with DeferredInterrupt() as stop:
         for step, (x, y) in enumerate(batches, start=start):
             # One global draw, sliced per rank: any world size sees the same examples and noise.
@@ -187,29 +210,46 @@ def train_loop(
                 per_example, stats = forward(**batch)
             loss = per_example.float().mean()
             opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.unscale_(opt)
-            if grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(net.parameters(), grad_clip)
-            scaler.step(opt)
-            scaler.update()
-            ema.update(net)
-            last_loss = float(loss.detach())
-            if not math.isfinite(last_loss):
-                raise FloatingPointError(f"loss became {last_loss} at step {step}; lower --lr or use fp32")
-            window.append(last_loss)
-            objective.observe(batch, stats)
+            value = float(loss.detach())
+            bad = None if math.isfinite(value) else f"the loss became {value} at step {step + 1}"
+            if bad is None:
+                scaler.scale(loss).backward()
+                scaler.unscale_(opt)
+                norm = float(_grad_norm(net, grad_clip))
+                # Under fp16 the scaler itself skips steps with inf gradients and lowers its scale: that is its job.
+                if not math.isfinite(norm) and precision != "fp16":
+                    bad = f"the gradient norm became {norm} at step {step + 1}"
+            if bad is not None:
+                skipped, consecutive = skipped + 1, consecutive + 1
+                if on_nonfinite == "stop":
+                    raise NonFiniteError(bad, step + 1)
+                if consecutive > max_skips:
+                    raise NonFiniteError(f"{bad} ({consecutive} non-finite steps in a row; max_skips {max_skips})", step + 1)
+                opt.zero_grad(set_to_none=True)
+            else:
+                consecutive = 0
+                scaler.step(opt)
+                scaler.update()
+                ema.update(net)
+                last_loss = value
+                window.append(last_loss)
+                objective.observe(batch, stats)
             done = step + 1
             if on_step is not None:
                 on_step(done, last_loss)
             if log_hook.due(done, steps):
                 now = time.perf_counter()
-                record: dict[str, Any] = {"step": done, "loss": sum(window) / len(window), "lr": opt.param_groups[0]["lr"],
-                                          "it_per_s": len(window) / max(now - t_log, 1e-9), "time": round(now - t0, 3)}
+                taken = len(window) + skipped  # steps since the last record
+                # No loss when every step since the last record was skipped.
+                record: dict[str, Any] = {"step": done, **({"loss": sum(window) / len(window)} if window else {}),
+                                          "lr": opt.param_groups[0]["lr"], "it_per_s": taken / max(now - t_log, 1e-9),
+                                          "time": round(now - t0, 3)}
+                if on_nonfinite == "skip":
+                    record["skipped"] = skipped  # non-finite steps skipped since the last record
                 record.update(objective.report())
                 if on_log is not None:
                     on_log(done, record)
-                window, t_log = [], now
+                window, t_log, skipped = [], now, 0
             for hook in hooks:
                 if hook.due(done, steps):
                     hook.fn(done)

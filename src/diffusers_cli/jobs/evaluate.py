@@ -23,7 +23,7 @@ from torch.utils.data import Dataset
 
 from diffusers_cli import build
 from diffusers_cli.checkpoints import ModelCard
-from diffusers_cli.config import EvaluateConfig
+from diffusers_cli.config import ConfigError, EvaluateConfig
 from diffusers_cli.data import load_dataset
 from diffusers_cli.distributed import World, init_world, shutdown
 from diffusers_cli.engine.likelihood import bits_per_dim
@@ -275,6 +275,9 @@ def bpd_dataset(cfg: EvaluateConfig, card: ModelCard | None) -> tuple[Dataset, s
     """The bits/dim examples, a split of the model's own dataset (or --bpd-dataset) at its size and channels, and their description."""
     assert card is not None
     h, w = card.image_hw
+    if cfg.bpd_dataset is None and card.dataset in ("unknown", ""):
+        raise ConfigError(f"{cfg.model} does not record the data it was trained on; name it for bits/dim with "
+                          f"--bpd-dataset (e.g. --bpd-dataset cifar10 --data-dir DIR, or a folder of images)")
     data, info = load_dataset(cfg.bpd_dataset or card.dataset, (h, w), cfg.data_dir, cfg.bpd_split, DATA_SEED,
                               cfg.bpd_examples, card.channels, cfg.download)
     return data, f"{info.name} {cfg.bpd_split} at {h}x{w}"

@@ -10,7 +10,6 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 
 from diffusers_cli import build
@@ -21,6 +20,7 @@ from diffusers_cli.engine.masks import make_mask, mask_from_image
 from diffusers_cli.engine.score import NFECounter, make_score_fn
 from diffusers_cli.errors import UsageError
 from diffusers_cli.files import check_image_output
+from diffusers_cli.images import ALPHA_MODES, GREY_MODES, convert_image, decode_image, open_image
 from diffusers_cli.models import Loaded, score_model_of
 from diffusers_cli.report import Reporter, SilentReporter
 from diffusers_cli.runs import save_png, to_uint8
@@ -42,37 +42,26 @@ class ImputeResult:
     known: Tensor | None = None  # the mask [1, 1, H, W], 1 = known
 
 
-def open_image(path: Path, what: str) -> Image.Image:
-    """Open and decode an image file, or fail with one line naming it."""
-    if not path.is_file():
-        raise UsageError(f"{what} {path} does not exist")
-    try:
-        img = Image.open(path)
-        img.load()
-    except (UnidentifiedImageError, OSError) as err:
-        raise UsageError(f"cannot read {what} {path}: {err}") from None
-    return img
-
-
 def read_image(path: Path, channels: int, notes: list[str]) -> Tensor:
     """An image file as float [1, C, H, W] in [-1, 1] with the model's channels (converting, and saying so)."""
-    img = open_image(path, "image")
+    raw = decode_image(path, what="image")
     mode = "L" if channels == 1 else "RGB"
-    if img.mode in ("RGBA", "LA", "P") and mode == "RGB":
-        img = img.convert("RGBA")
-        background = Image.new("RGBA", img.size, (255, 255, 255, 255))
-        img = Image.alpha_composite(background, img)
-    if (img.mode in ("L", "LA", "1", "I", "I;16") and mode == "RGB") or (img.mode not in ("L", "1") and mode == "L"):
-        notes.append(f"converted the {img.mode} image {path.name} to {mode} for a {channels}-channel model")
-    arr = torch.from_numpy(np.asarray(img.convert(mode), dtype="uint8").copy())
+    img = convert_image(raw, mode, what="image", path=path)
+    alpha = raw.mode in ALPHA_MODES or (raw.mode == "P" and "transparency" in raw.info)
+    deep = raw.mode in GREY_MODES - {"1", "L", "LA", "La"}  # 16/32-bit grey, scaled to 8 bits
+    # Said whenever pixels change: grey <-> colour, a bit depth scaled, transparency flattened.
+    if (raw.mode in GREY_MODES) != (mode == "L") or deep or alpha:
+        notes.append(f"converted the {raw.mode} image {path.name} to {mode} for a {channels}-channel model"
+                     + (" (transparent pixels composited over white)" if alpha else ""))
+    arr = torch.from_numpy(np.asarray(img, dtype="uint8").copy())
     x = arr[None] if arr.ndim == 2 else arr.permute(2, 0, 1)
     return x[None].float() / 127.5 - 1.0
 
 
 def read_mask(path: Path, like: Tensor) -> Tensor:
-    """A mask PNG (white = fill) as an engine mask [1, 1, H, W] with 1 = known."""
-    img = open_image(path, "mask")
-    arr = torch.from_numpy(np.asarray(img.convert("L"), dtype="uint8").copy())
+    """A mask PNG (white = fill) as an engine mask [1, 1, H, W] with 1 = known; transparent pixels count as black (keep)."""
+    img = open_image(path, "L", what="mask")
+    arr = torch.from_numpy(np.asarray(img, dtype="uint8").copy())
     return mask_from_image(arr, like=like)
 
 

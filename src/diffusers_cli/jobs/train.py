@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import shutil
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -17,17 +19,19 @@ from diffusers_cli.checkpoints import STATE_NAME, WEIGHTS_NAME, CheckpointError,
 from diffusers_cli.config import ConfigError, TrainConfig, dump_config
 from diffusers_cli.defaults import DEFAULT_GUIDANCE
 from diffusers_cli.data import DatasetInfo, load_dataset, random_flip
-from diffusers_cli.distributed import World, barrier, init_world, shutdown
+from diffusers_cli.distributed import World, barrier, broadcast_object, init_world, shutdown
 from diffusers_cli.engine.guidance import classifier_free, cycle_labels
 from diffusers_cli.engine.rng import ImageGenerators
 from diffusers_cli.engine.samplers import sample
 from diffusers_cli.engine.score import ScoreModel, make_score_fn
 from diffusers_cli.engine.sde import SDE
-from diffusers_cli.engine.training import EMA, Hook, batch_indices, train_loop, warmup_lr
+from diffusers_cli.engine.training import EMA, Hook, NonFiniteError, batch_indices, train_loop, warmup_lr
 from diffusers_cli.files import atomic_path, write_text_atomic
 from diffusers_cli.report import Reporter, SilentReporter
+from diffusers_cli.runlock import busy, hold_run
 from diffusers_cli.engine.metrics import MetricOptions, check_metrics
-from diffusers_cli.evaluation import ReferenceRequest, prepare_evaluator
+from diffusers_cli.errors import RunFailed, UsageError
+from diffusers_cli.evaluation import ReferenceRequest, check_training_metrics, prepare_evaluator
 from diffusers_cli.runs import (
     BEST_NAME,
     CONFIG_NAME,
@@ -38,6 +42,7 @@ from diffusers_cli.runs import (
     make_grid,
     new_run_name,
     plot_series,
+    run_dir_inside,
     save_grid,
 )
 from diffusers_cli.tblog import TensorBoardLog
@@ -96,7 +101,33 @@ def _prefetching(dataset: Any, cfg: TrainConfig, start: int, steps: int) -> Iter
 
 def _run_dir(cfg: TrainConfig) -> Path:
     name = cfg.name or new_run_name(cfg.data.dataset, cfg.sde.kind if cfg.task == "score" else "classifier")
-    return cfg.out / name
+    return run_dir_inside(cfg.out, name)
+
+
+def _check_eval(cfg: TrainConfig) -> tuple[dict[str, Any], str] | None:
+    """The metrics evaluated during training and the one kept best, checked before anything is written (None: no --eval-every)."""
+    e = cfg.eval
+    if cfg.task != "score" or e.steps_between(1.0) == 0:  # 0 steps between: no evaluation at any epoch size
+        return None
+    metrics = check_metrics(e.metrics)
+    check_training_metrics(metrics)
+    keep = e.keep_best if e.keep_best is not None else next(iter(metrics))
+    if keep != "none" and keep not in metrics:
+        raise ConfigError(f"--keep-best {keep}: it must be one of the evaluated metrics ({', '.join(metrics)}) or none")
+    return metrics, keep
+
+
+def _diverged(err: NonFiniteError, run_dir: Path, saved: int | None, cfg: TrainConfig) -> RunFailed:
+    """The one line a diverged run ends with: where, what is kept, how to go on."""
+    if saved is None:
+        kept = f"no checkpoint was written before it (one every {cfg.checkpoint_every} steps); start again"
+    else:
+        out = "" if cfg.out == Path("runs") else f" --out {cfg.out}"
+        kept = f"the last checkpoint (step {saved}) in {run_dir} is intact: resume it with --resume --name {run_dir.name}{out}"
+    skip = ("--set max_skips=K skips longer runs of them" if cfg.on_nonfinite == "skip"
+            else "--set on_nonfinite=skip skips such steps instead")
+    return RunFailed(f"training diverged: {err}; {kept} after lowering --lr, training in fp32 (--precision fp32) or clipping "
+                     f"gradients harder (--set optim.grad_clip=0.5); {skip}")
 
 
 def model_card(cfg: TrainConfig, info: DatasetInfo, net: nn.Module, step: int, ema_updates: int) -> ModelCard:
@@ -151,12 +182,10 @@ def _watch(cfg: TrainConfig, run_dir: Path, log: MetricsLog, card: ModelCard, st
            world: World, reporter: Reporter, tb: TensorBoardLog | None) -> Watch | None:
     """The evaluation hook's state, prepared before the first step (None without --eval-every)."""
     e = cfg.eval
-    if e.steps_between(steps_per_epoch) == 0:
+    checked = _check_eval(cfg)
+    if e.steps_between(steps_per_epoch) == 0 or checked is None:
         return None
-    metrics = check_metrics(e.metrics)
-    keep = e.keep_best if e.keep_best is not None else next(iter(metrics))
-    if keep != "none" and keep not in metrics:
-        raise ConfigError(f"--keep-best {keep}: it must be one of the evaluated metrics ({', '.join(metrics)}) or none")
+    metrics, keep = checked
     # Few samples are allowed here: figures are compared between evaluations of one run, always of the same count.
     options = MetricOptions(allow_few=True, kid_subsets=e.kid_subsets, kid_subset_size=e.kid_subset_size,
                             fid_bootstrap=e.fid_bootstrap, seed=e.seed)
@@ -196,9 +225,16 @@ def _train(cfg: TrainConfig, reporter: Reporter, device: torch.device, world: Wo
     if cfg.precision == "fp16" and device.type != "cuda":
         raise ConfigError("precision fp16 needs a CUDA device; use bf16 or fp32 on the CPU")
     cfg, init = build.apply_init(cfg)  # --init MODEL: its SDE, parameterisation, image shape, and its weights below
-    run_dir = _run_dir(cfg)
+    # Rank 0's name: a dated default name could differ between ranks that start a second apart.
+    run_dir = Path(str(broadcast_object(str(_run_dir(cfg)), world)))
+    # First: "being trained by pid ..." says more than "exists" while another job writes it. Rank 0 asks, every
+    # rank hears (rank 0 may hold the run by the time another rank looks).
+    held = broadcast_object(busy(run_dir) if world.is_main else None, world)
+    if held is not None:
+        raise UsageError(held)
     if not cfg.resume and (run_dir / STATE_NAME).exists():
         raise ConfigError(f"run {run_dir} already exists; pass --resume to continue it or choose another --name")
+    _check_eval(cfg)  # before the run directory exists: a bad --eval-metrics leaves nothing behind
 
     d = cfg.data
     dataset, info = load_dataset(d.dataset, d.image_size, d.data_dir, d.split, cfg.seed, d.num_examples, d.channels, d.download)
@@ -208,6 +244,35 @@ def _train(cfg: TrainConfig, reporter: Reporter, device: torch.device, world: Wo
         raise ConfigError("--class-conditional is for score models; a classifier is conditional by nature (drop the flag)")
     if cfg.class_conditional and info.num_classes < 2:
         raise ConfigError(f"--class-conditional needs a dataset with at least 2 classes; {info.name} has {info.num_classes} (use class subfolders)")
+    new_dir = not run_dir.exists()
+    with ExitStack() as stack:
+        # One writer per run (DESIGN.md): rank 0 holds the lock and every rank hears whether it got it.
+        refused = None
+        if world.is_main:
+            try:
+                stack.enter_context(hold_run(run_dir, "trained", reporter.message))
+            except UsageError as err:
+                refused = str(err)
+        refused = broadcast_object(refused, world)
+        if refused is not None:
+            raise UsageError(refused)
+        try:
+            return _train_held(cfg, init, run_dir, dataset, info, reporter, device, world)
+        except UsageError:
+            # Bad input found after the directory was made (e.g. a reference the evaluation cannot read): a run
+            # this job created and never checkpointed is removed, so nothing half-written stays behind.
+            if world.is_main and new_dir and not (run_dir / STATE_NAME).exists():
+                stack.close()
+                shutil.rmtree(run_dir, ignore_errors=True)
+            raise
+
+
+def _train_held(cfg: TrainConfig, init: Any, run_dir: Path, dataset: Any, info: DatasetInfo, reporter: Reporter,
+                device: torch.device, world: World) -> TrainResult:
+    """The run itself, with its directory held by this job."""
+    if not cfg.resume and (run_dir / STATE_NAME).exists():  # another job finished this run while we waited to start
+        raise ConfigError(f"run {run_dir} already exists; pass --resume to continue it or choose another --name")
+    d = cfg.data
     sde = build.build_sde(cfg.sde)
     torch.manual_seed(cfg.seed)  # the initial weights, and later dropout, draw from the global generator
     if init is not None:
@@ -252,9 +317,12 @@ def _train(cfg: TrainConfig, reporter: Reporter, device: torch.device, world: Wo
     local = slice(world.rank * (cfg.batch_size // world.size), (world.rank + 1) * (cfg.batch_size // world.size))
     shape = (cfg.batch_size, info.channels, *d.image_hw)
 
+    saved: list[int | None] = [start if cfg.resume else None]  # the step of the last checkpoint on disk
+
     def snapshot(step: int) -> None:
         if world.is_main:
             _save(run_dir, net, ema, opt, gen, model_card(cfg, info, net, step, ema.num_updates))
+            saved[0] = step
             rows = [(r["step"], r["loss"]) for r in log.read() if "loss" in r]
             plot_series(rows, run_dir / LOSS_PLOT_NAME, title=f"training loss ({cfg.task})")
         barrier(world)
@@ -289,25 +357,31 @@ def _train(cfg: TrainConfig, reporter: Reporter, device: torch.device, world: Wo
     o = cfg.optim
     reporter.start(steps - start, f"training {run_dir.name} ({steps} steps = {steps / steps_per_epoch:.3g} epochs)")
     t0 = time.perf_counter()
-    res = train_loop(
-        net, ema, opt, objective, _prefetching(dataset, cfg, start, steps), gen,
-        steps=steps,
-        start=start,
-        lr=lambda step: warmup_lr(step, o.lr, o.warmup, o.decay, steps),
-        device=device,
-        grad_clip=o.grad_clip,
-        precision=cfg.precision,
-        channels_last=cfg.channels_last,
-        local=local,
-        forward=forward,
-        augment=random_flip if d.flip else None,
-        log_every=cfg.log_every,
-        on_log=write_log,
-        on_step=lambda step, loss: reporter.advance(1, loss=loss),
-        hooks=[Hook(cfg.sample_every, lambda step: grid(step, run_dir / "samples" / f"step_{step:07d}.png")),
-               Hook(cfg.checkpoint_every, snapshot),
-               *([Hook(eval_every, evaluate, final=True)] if eval_every else [])],
-    )
+    try:
+        res = train_loop(
+            net, ema, opt, objective, _prefetching(dataset, cfg, start, steps), gen,
+            steps=steps,
+            start=start,
+            lr=lambda step: warmup_lr(step, o.lr, o.warmup, o.decay, steps),
+            device=device,
+            grad_clip=o.grad_clip,
+            precision=cfg.precision,
+            channels_last=cfg.channels_last,
+            local=local,
+            forward=forward,
+            augment=random_flip if d.flip else None,
+            log_every=cfg.log_every,
+            on_log=write_log,
+            on_step=lambda step, loss: reporter.advance(1, loss=loss),
+            hooks=[Hook(cfg.sample_every, lambda step: grid(step, run_dir / "samples" / f"step_{step:07d}.png")),
+                   Hook(cfg.checkpoint_every, snapshot),
+                   *([Hook(eval_every, evaluate, final=True)] if eval_every else [])],
+            on_nonfinite=cfg.on_nonfinite,
+            max_skips=cfg.max_skips,
+        )
+    except NonFiniteError as err:
+        reporter.finish()
+        raise _diverged(err, run_dir, saved[0], cfg) from err
     if res.interrupted:
         reporter.message(f"interrupted at step {res.step}; saving the training state (Ctrl-C again aborts)")
     reporter.finish()

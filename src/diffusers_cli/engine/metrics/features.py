@@ -1,4 +1,8 @@
-"""Inception features of image folders and image batches, read the way pytorch-fid reads them (PIL RGB, ToTensor)."""
+"""Inception features of image folders and image batches, read the way pytorch-fid reads them (PIL RGB, ToTensor).
+
+One difference, for files pytorch-fid misreads: alpha is composited over white (it drops alpha) and 16-bit grey
+is scaled to 8 bits (it clips); RGB, grey, palette and CMYK files read exactly alike.
+"""
 
 from __future__ import annotations
 
@@ -8,12 +12,12 @@ from typing import Callable, Iterable, Iterator
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, UnidentifiedImageError
 from torch import Tensor, nn
 from torchvision.transforms.functional import to_tensor
 
 from diffusers_cli.engine.metrics.errors import MetricsError
 from diffusers_cli.engine.metrics.inception import INPUT_SIZE
+from diffusers_cli.images import ImageError, open_image
 
 #: pytorch-fid's IMAGE_EXTENSIONS (matched here regardless of case).
 IMAGE_EXTENSIONS = frozenset({"bmp", "jpg", "jpeg", "pgm", "png", "ppm", "tif", "tiff", "webp"})
@@ -40,10 +44,9 @@ def folder_images(path: str | Path, recursive: bool = False) -> list[Path]:
 def load_image(path: Path) -> Tensor:
     """One image as pytorch-fid loads it: PIL, converted to RGB, ToTensor -> float32 [3, H, W] in [0, 1]."""
     try:
-        with Image.open(path) as img:
-            return to_tensor(img.convert("RGB"))
-    except (OSError, UnidentifiedImageError, ValueError) as err:
-        raise MetricsError(f"cannot read image {path}: {err}") from None
+        return to_tensor(open_image(path, "RGB", what="image"))
+    except ImageError as err:  # too large, corrupt or unconvertible: the one line, as a metrics error
+        raise MetricsError(str(err)) from None
 
 
 def stack_images(images: list[Tensor]) -> Tensor:
