@@ -210,15 +210,16 @@ def train_loop(
                 per_example, stats = forward(**batch)
             loss = per_example.float().mean()
             opt.zero_grad(set_to_none=True)
-            value = float(loss.detach())
-            bad = None if math.isfinite(value) else f"the loss became {value} at step {step + 1}"
-            if bad is None:
-                scaler.scale(loss).backward()
-                scaler.unscale_(opt)
-                norm = float(_grad_norm(net, grad_clip))
+            scaler.scale(loss).backward()
+            scaler.unscale_(opt)
+            # One host sync per step for both checks (a non-finite loss only makes non-finite gradients, never applied).
+            value, norm = torch.stack([loss.detach(), _grad_norm(net, grad_clip).float().to(loss.device)]).tolist()
+            bad = None
+            if not math.isfinite(value):
+                bad = f"the loss became {value} at step {step + 1}"
+            elif not math.isfinite(norm) and precision != "fp16":
                 # Under fp16 the scaler itself skips steps with inf gradients and lowers its scale: that is its job.
-                if not math.isfinite(norm) and precision != "fp16":
-                    bad = f"the gradient norm became {norm} at step {step + 1}"
+                bad = f"the gradient norm became {norm} at step {step + 1}"
             if bad is not None:
                 skipped, consecutive = skipped + 1, consecutive + 1
                 if on_nonfinite == "stop":

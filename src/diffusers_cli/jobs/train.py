@@ -104,6 +104,12 @@ def _run_dir(cfg: TrainConfig) -> Path:
     return run_dir_inside(cfg.out, name)
 
 
+def _refuse_existing(cfg: TrainConfig, run_dir: Path) -> None:
+    """ConfigError when a new run would overwrite a trained one."""
+    if not cfg.resume and (run_dir / STATE_NAME).exists():
+        raise ConfigError(f"run {run_dir} already exists; pass --resume to continue it or choose another --name")
+
+
 def _check_eval(cfg: TrainConfig) -> tuple[dict[str, Any], str] | None:
     """The metrics evaluated during training and the one kept best, checked before anything is written (None: no --eval-every)."""
     e = cfg.eval
@@ -232,8 +238,7 @@ def _train(cfg: TrainConfig, reporter: Reporter, device: torch.device, world: Wo
     held = broadcast_object(busy(run_dir) if world.is_main else None, world)
     if held is not None:
         raise UsageError(held)
-    if not cfg.resume and (run_dir / STATE_NAME).exists():
-        raise ConfigError(f"run {run_dir} already exists; pass --resume to continue it or choose another --name")
+    _refuse_existing(cfg, run_dir)
     _check_eval(cfg)  # before the run directory exists: a bad --eval-metrics leaves nothing behind
 
     d = cfg.data
@@ -270,8 +275,7 @@ def _train(cfg: TrainConfig, reporter: Reporter, device: torch.device, world: Wo
 def _train_held(cfg: TrainConfig, init: Any, run_dir: Path, dataset: Any, info: DatasetInfo, reporter: Reporter,
                 device: torch.device, world: World) -> TrainResult:
     """The run itself, with its directory held by this job."""
-    if not cfg.resume and (run_dir / STATE_NAME).exists():  # another job finished this run while we waited to start
-        raise ConfigError(f"run {run_dir} already exists; pass --resume to continue it or choose another --name")
+    _refuse_existing(cfg, run_dir)  # again, held: another job may have finished this run since the first look
     d = cfg.data
     sde = build.build_sde(cfg.sde)
     torch.manual_seed(cfg.seed)  # the initial weights, and later dropout, draw from the global generator
