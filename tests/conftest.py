@@ -65,3 +65,31 @@ def registered_sdes() -> dict[str, Any]:
     sdes = {cls().kind: cls().build() for cls in SDE_CONFIGS}
     sdes["vp-cosine"] = VPConfig(schedule="cosine").build()
     return sdes
+
+
+# ---- what a command wrote, against what the engine makes with the same per-image generators ----
+
+
+def png_pixels(path: Path) -> Any:
+    """A PNG's pixels as a uint8 array [H, W, C] (or [H, W] for greyscale)."""
+    import numpy as np
+    from PIL import Image
+
+    return np.asarray(Image.open(path))
+
+
+def grid_pixels(images: torch.Tensor) -> Any:
+    """The uint8 pixels [H, W, C] of the grid PNG that `diffuse sample|condition` writes for images in [-1, 1]."""
+    from diffusers_cli.runs import make_grid
+
+    return make_grid(images).permute(1, 2, 0).numpy()
+
+
+def engine_draw(sde: Any, score_fn: Any, shape: tuple[int, ...], n: int, sampler: str, steps: int, seed: int = 0,
+                first: int = 0, **kwargs: Any) -> torch.Tensor:
+    """Images first .. first + n - 1 of a job seeded with ``seed``, drawn by the engine's ``sample`` in one batch."""
+    from diffusers_cli.engine.rng import ImageGenerators
+    from diffusers_cli.engine.samplers import sample
+
+    gens = ImageGenerators.for_images(seed, first, n)
+    return sample(sde, score_fn, (n, *shape), sampler, steps, gens, **kwargs)

@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
-from conftest import tiny_train_config
+from conftest import engine_draw, grid_pixels, png_pixels, tiny_train_config
 from test_cli import TINY, invoke, one_error_line
 from torch import Tensor
 
+from diffusers_cli.build import load_score_model
 from diffusers_cli.checkpoints import load_weights
 from diffusers_cli.defaults import DEFAULT_GUIDANCE
 from diffusers_cli.engine.analytic import GaussianMixture
@@ -105,16 +107,31 @@ def test_label_dropout_trains_the_no_class_embedding(tmp_path: Path) -> None:
 
 
 def test_cli_conditional_train_and_sample(tmp_path: Path) -> None:
-    r = invoke("train", *TINY, "--steps", "3", "--class-conditional", "--out", tmp_path, "--name", "c", "--json")
+    # A short warm-up and a large rate: three steps move the net enough for guidance to show in 8-bit pixels.
+    r = invoke("train", *TINY, "--steps", "3", "--class-conditional", "--set", "optim.warmup=2", "--set", "optim.lr=0.01",
+               "--out", tmp_path, "--name", "c", "--json")
     assert r.exit_code == 0, r.stderr
     r = invoke("sample", "--model", tmp_path / "c", "--sampler", "ddpm", "--steps", "3", "-n", "4", "--out", tmp_path / "a.png", "--json")
     assert r.exit_code == 0, r.stderr
     summary = json.loads(r.stdout.strip().splitlines()[-1])
     assert summary["guidance"] == DEFAULT_GUIDANCE and summary["class"] is None
-    r = invoke("sample", "--model", tmp_path / "c", "--sampler", "ddpm", "--steps", "3", "-n", "2", "--class", "ring",
-               "--guidance", "1.5", "--out", tmp_path / "b.png", "--json")
+    # Image i is of class i mod 5, guided at the default scale: the engine's sample with generator (seed 0, i).
+    model, card = load_score_model(tmp_path / "c")
+    shape = card.image_shape
+    cfg_score = classifier_free(model, cycle_labels(0, 4, 5), DEFAULT_GUIDANCE)
+    assert np.array_equal(png_pixels(tmp_path / "a.png"), grid_pixels(engine_draw(model.sde, cfg_score, shape, 4, "ddpm", 3)))
+    ring = ["sample", "--model", tmp_path / "c", "--sampler", "ddpm", "--steps", "3", "-n", "2", "--class", "ring", "--json"]
+    r = invoke(*ring, "--guidance", "1.5", "--out", tmp_path / "b.png")
     summary = json.loads(r.stdout.strip().splitlines()[-1])
     assert (summary["class"], summary["guidance"]) == ("ring", 1.5)
+    ring_index = card.class_names.index("ring")
+    want = engine_draw(model.sde, classifier_free(model, ring_index, 1.5), shape, 2, "ddpm", 3)
+    assert np.array_equal(png_pixels(tmp_path / "b.png"), grid_pixels(want))
+    # Guidance 0 is the unconditional score: the same seeds give other images.
+    assert invoke(*ring, "--guidance", "0", "--out", tmp_path / "b0.png").exit_code == 0
+    unguided = png_pixels(tmp_path / "b0.png")
+    assert np.array_equal(unguided, grid_pixels(engine_draw(model.sde, classifier_free(model, ring_index, 0.0), shape, 2, "ddpm", 3)))
+    assert np.abs(unguided.astype(int) - png_pixels(tmp_path / "b.png")).mean() > 1.0
     line = one_error_line(invoke("sample", "--model", tmp_path / "c", "--class", "hexagon", "--out", tmp_path / "x.png"))
     assert "unknown class 'hexagon'" in line
     # `condition` without a classifier: the class-conditional model guides itself (5 images: batches of 4 and 1).
@@ -123,6 +140,9 @@ def test_cli_conditional_train_and_sample(tmp_path: Path) -> None:
     assert r.exit_code == 0, r.stderr
     summary = json.loads(r.stdout.strip().splitlines()[-1])
     assert (summary["class"], summary["class_name"], summary["classifier"]) == (1, "square", None)
+    square = classifier_free(model, 1, 2.0)
+    want = torch.cat([engine_draw(model.sde, square, shape, 4, "ddpm", 3), engine_draw(model.sde, square, shape, 1, "ddpm", 3, first=4)])
+    assert np.array_equal(png_pixels(tmp_path / "sq.png"), grid_pixels(want))
 
 
 def test_cli_guidance_errors(tiny_run: Path, tmp_path: Path) -> None:

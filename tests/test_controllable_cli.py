@@ -7,10 +7,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import tiny_train_config
+from conftest import engine_draw, grid_pixels, png_pixels, tiny_train_config
 from PIL import Image
 from test_cli import invoke, one_error_line
 
+from diffusers_cli.build import load_classifier, load_score_model
+from diffusers_cli.engine.guidance import classifier_fn, guided
+from diffusers_cli.engine.score import make_score_fn
 from diffusers_cli.jobs.train import train
 
 
@@ -29,12 +32,24 @@ def write_mask(path: Path, size: tuple[int, int], fill_cols: slice) -> None:
 
 
 def test_condition_writes_images_of_a_named_class(tiny_run: Path, tiny_classifier: Path, tmp_path: Path) -> None:
-    res = invoke("condition", "--model", tiny_run, "--classifier", tiny_classifier, "--class", "Triangle", "--scale", "2",
-                 "--sampler", "ddpm", "--steps", "4", "-n", "3", "--out", tmp_path / "c.png", "--json")
+    base = ["condition", "--model", tiny_run, "--classifier", tiny_classifier, "--class", "Triangle", "--sampler", "ddpm",
+            "--steps", "4", "-n", "3", "--json"]
+    res = invoke(*base, "--scale", "2", "--out", tmp_path / "c.png")
     assert res.exit_code == 0, res.stderr
     s = json.loads(res.stdout)
     assert s["class"] == 2 and s["class_name"] == "triangle" and s["nfe"] == 5
     assert Image.open(tmp_path / "c.png").size == (22, 22)
+    # The grid is the engine's classifier-guided sample of class 2 at scale 2, image i from generator (seed 0, i).
+    model, _ = load_score_model(tiny_run)
+    net, _, _ = load_classifier(tiny_classifier)
+    score = guided(make_score_fn(model), classifier_fn(net, model.sde), 2, 2.0)
+    want = engine_draw(model.sde, score, (3, 8, 8), 3, "ddpm", 4)
+    assert np.array_equal(png_pixels(tmp_path / "c.png"), grid_pixels(want))
+    # Scale 0 drops the classifier's gradient: the plain sample, other pixels.
+    assert invoke(*base, "--scale", "0", "--out", tmp_path / "c0.png").exit_code == 0
+    plain = png_pixels(tmp_path / "c0.png")
+    assert np.array_equal(plain, grid_pixels(engine_draw(model.sde, make_score_fn(model), (3, 8, 8), 3, "ddpm", 4)))
+    assert np.abs(plain.astype(int) - png_pixels(tmp_path / "c.png")).mean() > 1.0
 
 
 def test_condition_bad_inputs(tiny_run: Path, tiny_classifier: Path, tmp_path: Path) -> None:

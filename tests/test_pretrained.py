@@ -8,8 +8,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
+from conftest import engine_draw, grid_pixels, png_pixels
 
 pytest.importorskip("diffusers", reason="the diffusers extra (pip install -e '.[diffusers]') builds the small test models")
 
@@ -29,8 +31,12 @@ from typer.testing import CliRunner  # noqa: E402
 from diffusers_cli import build  # noqa: E402
 from diffusers_cli.cli import app  # noqa: E402
 from diffusers_cli.config import DDPMConfig  # noqa: E402
+from diffusers_cli.data import load_dataset  # noqa: E402
+from diffusers_cli.engine.guidance import classifier_fn, guided  # noqa: E402
+from diffusers_cli.engine.likelihood import bits_per_dim  # noqa: E402
 from diffusers_cli.engine.samplers import denoise, sample_ddim  # noqa: E402
 from diffusers_cli.engine.score import make_score_fn  # noqa: E402
+from diffusers_cli.jobs.evaluate import bpd_generator  # noqa: E402
 from diffusers_cli.models import hub  # noqa: E402
 
 runner = CliRunner()
@@ -226,7 +232,12 @@ def test_sample_impute_and_bits_per_dim_run_on_both_kinds(request: pytest.Fixtur
                  "--bpd-rtol", "1e-2", "--bpd-atol", "1e-2", "--device", "cpu", "--json")
     assert res.exit_code == 0, res.stderr
     bpd = json.loads(res.stdout)["bpd"]
-    assert 0 < bpd["mean"] < 100, bpd
+    # The engine's bits/dim of the same two test images, with the generator of run 0, batch 0.
+    model, _ = build.load_score_model(folder)
+    ds, _ = load_dataset("shapes", 8, split="test", num_examples=2)
+    x = torch.stack([ds[i][0] for i in range(2)])
+    want = bits_per_dim(model.sde, make_score_fn(model), x, generator=bpd_generator(0, 0, 0, torch.device("cpu")), rtol=1e-2, atol=1e-2)
+    assert bpd["examples"] == 2 and bpd["mean"] == pytest.approx(float(want.double().mean()), rel=1e-6), bpd
 
 
 def test_bits_per_dim_of_a_model_that_records_no_data_asks_for_bpd_dataset(ve_model: Path) -> None:
@@ -243,10 +254,21 @@ def test_condition_guides_a_diffusers_model_with_a_classifier_trained_for_its_sd
                  "--image-size", "8", "--steps", "3", "--batch-size", "8", "--set", "data.num_examples=16", "--sample-every", "0",
                  "--out", tmp_path, "--name", "clf", "--device", "cpu")
     assert res.exit_code == 0, res.stderr
-    res = invoke("condition", "--model", eps_model, "--classifier", tmp_path / "clf", "--class", "1", "--scale", "2",
-                 "--sampler", "ddim", "--steps", "3", "-n", "2", "--out", tmp_path / "c.png", "--device", "cpu", "--json")
+    cond = ["condition", "--model", eps_model, "--classifier", tmp_path / "clf", "--class", "1", "--sampler", "ddim", "--steps", "3",
+            "-n", "2", "--device", "cpu", "--json"]
+    res = invoke(*cond, "--scale", "2", "--out", tmp_path / "c.png")
     assert res.exit_code == 0, res.stderr
-    assert json.loads(res.stdout)["class"] == 1 and (tmp_path / "c.png").is_file()
+    assert json.loads(res.stdout)["class"] == 1
+    # The engine's sample of the diffusers model's score plus twice the classifier's gradient, with the same generators.
+    model, card = build.load_score_model(eps_model)
+    net, _, _ = build.load_classifier(tmp_path / "clf")
+    score = guided(make_score_fn(model), classifier_fn(net, model.sde), 1, 2.0)
+    guided_pixels = png_pixels(tmp_path / "c.png")
+    assert np.array_equal(guided_pixels, grid_pixels(engine_draw(model.sde, score, card.image_shape, 2, "ddim", 3)))
+    assert invoke(*cond, "--scale", "0", "--out", tmp_path / "c0.png").exit_code == 0  # no guidance: other pixels
+    plain = png_pixels(tmp_path / "c0.png")
+    assert np.array_equal(plain, grid_pixels(engine_draw(model.sde, make_score_fn(model), card.image_shape, 2, "ddim", 3)))
+    assert np.abs(plain.astype(int) - guided_pixels).mean() > 0.5  # levels of 255, padding included
     res = invoke("train", "--task", "classifier", "--sde", "vp", "--preset", "wrn-10-2", "--set", "classifier.widen=1",
                  "--image-size", "8", "--steps", "1", "--batch-size", "8", "--set", "data.num_examples=16", "--sample-every", "0",
                  "--out", tmp_path, "--name", "vp-clf", "--device", "cpu")
