@@ -45,6 +45,8 @@ from diffusers_cli.engine.metrics import (
     load_statistics,
     save_statistics,
 )
+from diffusers_cli.engine.grid_tuning import TunedGrid, tune
+from diffusers_cli.engine.grids import TUNED
 from diffusers_cli.engine.score import ScoreModel, make_score_fn
 from diffusers_cli.files import check_writable
 from diffusers_cli.images import ImageError, image_size
@@ -253,15 +255,33 @@ def load_weights_once(weights: Path | None, device: torch.device, download: bool
 # ---- samples and scores ------------------------------------------------------------------
 
 
+#: Images in the batch that ``tune_for`` tunes a grid on (with ``diffuse tune``'s other defaults).
+TUNE_BATCH = 16
+
+
+def tune_for(model: ScoreModel, card: ModelCard, sampler: SamplerConfig, device: torch.device, batch: int = TUNE_BATCH,
+             seed: int = 0, guidance: float | None = None, **search: Any) -> TunedGrid:
+    """A grid tuned for ``sampler`` on the score that `diffuse sample` uses (every class in turn, guided), by ``engine.grid_tuning``."""
+    _, scale = guidance_plan(card, None, guidance, Path("(model)"))
+    score_fn = (guided_score_fns(model, card.num_classes, None, scale, device)(0, batch) if scale is not None
+                else make_score_fn(model))
+    gen = torch.Generator(device=device).manual_seed(seed)
+    return tune(model.sde, score_fn, (batch, *card.image_shape), sampler.name, sampler.steps, generator=gen, device=device,
+                eps=sampler.eps, final_denoise=sampler.final_denoise, **search, **sampler.options)
+
+
 def draw_samples(model: ScoreModel, card: ModelCard, path: Path, n: int, sampler: SamplerConfig, batch_size: int,
                  seed: int, guidance: float | None, device: torch.device, world: World,
-                 reporter: Reporter) -> tuple[Tensor, int, float | None]:
-    """(uint8 samples as `diffuse sample --individual` writes them, NFE per sample, guidance scale or None)."""
+                 reporter: Reporter, times: Tensor | None = None) -> tuple[Tensor, int, float | None]:
+    """(uint8 samples as `diffuse sample --individual` writes them, NFE per sample, guidance scale or None).
+
+    ``times`` replaces the sampler's grid (``--grid tuned``).
+    """
     # A class-conditional model is scored on what `diffuse sample` makes: every class in turn, guided.
     _, scale = guidance_plan(card, None, guidance, path)
     fns = guided_score_fns(model, card.num_classes, None, scale, device) if scale is not None else None
     x, nfe = draw(model.sde, make_score_fn(model), card.image_shape, n, batch_size, seed,
-                  sampler, device, world, reporter, score_fn_for=fns)
+                  sampler, device, world, reporter, score_fn_for=fns, times=times)
     return to_uint8(x), nfe, scale
 
 
@@ -313,8 +333,10 @@ class SampleEvaluator:
     def __call__(self, model: ScoreModel, card: ModelCard, device: torch.device, world: World,
                  reporter: Reporter) -> tuple[dict[str, dict[str, Any]], int]:
         """(figures per metric, empty off rank 0; NFE per sample) of the model's samples."""
+        # The weights move between evaluations, so a tuned grid is tuned again for each (its cost is bounded).
+        times = tune_for(model, card, self.sampler, device).times if self.sampler.grid == TUNED else None
         samples, nfe, _ = draw_samples(model, card, Path("(training)"), self.num_samples, self.sampler, self.batch_size,
-                                       self.seed, None, device, world, reporter)
+                                       self.seed, None, device, world, reporter, times)
         if not world.is_main:
             return {}, nfe
         figures, _ = score(self.metrics, self.options, self.net, tensor_batches(samples, self.batch_size), self.num_samples,

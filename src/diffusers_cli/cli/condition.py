@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from diffusers_cli.cli.common import (
-    BatchOpt, ConfigOpt, DeviceOpt, DownloadModelOpt, EtaOpt, GridOpt, IndividualOpt, JsonOpt, ModelOpt, NumOpt, OptionOpt, OrderOpt, SamplerOpt,
+    BatchOpt, ConfigOpt, DeviceOpt, DownloadModelOpt, EtaOpt, GridOpt, GridsOpt, IndividualOpt, JsonOpt, ModelOpt, NumOpt, OptionOpt, OrderOpt, SamplerOpt,
     SeedOpt, SetOpt, SnrOpt, StepsOpt, emit_json, make_reporter, parse_kv, run_job, sampler_overrides,
 )
 
@@ -26,6 +26,7 @@ def condition_command(
     out: Annotated[Optional[Path], typer.Option(help="Output PNG grid (or name stem with --individual).")] = None,
     individual: IndividualOpt = False,
     grid: GridOpt = None,
+    grids: GridsOpt = None,
     option: OptionOpt = None,
     snr: SnrOpt = None,
     order: OrderOpt = None,
@@ -44,7 +45,7 @@ def condition_command(
 
         overrides: dict[str, object] = {
             "classifier": str(classifier) if classifier else None, "class": class_, "scale": scale, "guidance": guidance,
-            "model": str(model) if model else None, "n": n, "batch_size": batch_size, "out": str(out) if out else None,
+            "model": str(model) if model else None, "grids": str(grids) if grids else None, "n": n, "batch_size": batch_size, "out": str(out) if out else None,
             "individual": True if individual else None, "download": True if download else None, "seed": seed, "device": device,
             **sampler_overrides(sampler, steps, grid, options=option, snr=snr, order=order, eta=eta),
         }

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Annotated, Optional
 import typer
 
 from diffusers_cli.cli.common import (
-    AtolOpt, BatchOpt, ConfigOpt, DeviceOpt, EpsOpt, EtaOpt, GridOpt, JsonOpt, ModelOpt, NoDenoiseOpt, OptionOpt, OrderOpt, RtolOpt,
+    AtolOpt, BatchOpt, ConfigOpt, DeviceOpt, EpsOpt, EtaOpt, GridOpt, GridsOpt, JsonOpt, ModelOpt, NoDenoiseOpt, OptionOpt, OrderOpt, RtolOpt,
     SamplerOpt, SeedOpt, SetOpt, SnrOpt, StepsOpt, emit_json, make_reporter, parse_kv, run_job, sampler_overrides,
 )
 
@@ -42,6 +42,7 @@ def evaluate_command(
     sampler: SamplerOpt = None,
     steps: StepsOpt = None,
     grid: GridOpt = None,
+    grids: GridsOpt = None,
     eps: EpsOpt = None,
     option: OptionOpt = None,
     snr: SnrOpt = None,
@@ -95,7 +96,7 @@ def evaluate_command(
         from diffusers_cli.config import EvaluateConfig, build_config
 
         overrides: dict[str, object] = {
-            "model": str(model) if model else None, "images": str(images) if images else None, "metrics": metrics,
+            "model": str(model) if model else None, "grids": str(grids) if grids else None, "images": str(images) if images else None, "metrics": metrics,
             "num_samples": n, "reference": reference, "data_dir": str(data_dir) if data_dir else None, "split": split,
             "image_size": image_size, "reference_examples": reference_examples, "download": True if download else None,
             "save_reference_stats": str(save_reference_stats) if save_reference_stats else None,

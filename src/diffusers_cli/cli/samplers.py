@@ -9,9 +9,14 @@ import typer
 from diffusers_cli.cli.common import emit_json, run_job
 
 
+#: What --grid tuned needs, for the listing.
+TUNED_NEEDS = ("times tuned to the model for this sampler and step count: make them with "
+               "`diffuse tune MODEL --sampler NAME --steps N` (grids.json beside the model, or --grids FILE)")
+
+
 def listing() -> dict[str, Any]:
     """Samplers, grids and imputation methods with their options, read from the engine's registries."""
-    from diffusers_cli.engine.grids import GRIDS
+    from diffusers_cli.engine.grids import GRIDS, TUNED
     from diffusers_cli.engine.imputation import METHODS
     from diffusers_cli.engine.options import option_specs
     from diffusers_cli.engine.samplers import SAMPLERS
@@ -21,7 +26,8 @@ def listing() -> dict[str, Any]:
 
     return {
         "samplers": [{"name": n, "summary": s.summary, "grid": s.grid, "options": opts(s.options())} for n, s in SAMPLERS.items()],
-        "grids": [{"name": n, "options": opts(option_specs(fn))} for n, fn in GRIDS.items()],
+        "grids": [*({"name": n, "options": opts(option_specs(fn))} for n, fn in GRIDS.items()),
+                  {"name": TUNED, "options": [], "needs": TUNED_NEEDS}],
         "imputation_methods": [{"name": n, "summary": m.summary, "options": opts(m.options())} for n, m in METHODS.items()],
     }
 
@@ -50,7 +56,7 @@ def samplers_command(
             print("\n".join(_text(s)) or "    (no options)")
         print("time grids (--grid NAME; their options go with -o too):")
         for g in data["grids"]:
-            print(f"  {g['name']}")
+            print(f"  {g['name']}" + (f"  {g['needs']}" if "needs" in g else ""))
             print("\n".join(_text(g)) or "    (no options)")
         print("imputation methods (diffuse impute --method NAME -o KEY=VALUE):")
         for m in data["imputation_methods"]:

@@ -22,7 +22,7 @@ from typing import Annotated, Any, Protocol
 import torch
 from torch import Tensor
 
-from diffusers_cli.engine.grids import check_grid, time_grid
+from diffusers_cli.engine.grids import check_grid, check_times, time_grid
 from diffusers_cli.engine.ode import OdeStats, dopri5
 from diffusers_cli.engine.options import Opt, OptionError, OptionSpec, option_specs, validate_options
 from diffusers_cli.engine.rng import RNG
@@ -642,8 +642,8 @@ def sample(
     *,
     device: torch.device | str | None = None,
     dtype: torch.dtype = torch.float32,
-    grid: str | None = None,  # None: the sampler's default grid
-    eps: float | None = None,  # end time; None: the SDE's default
+    grid: str | Tensor | None = None,  # a grid's name, explicit times (steps + 1, descending), or None: the sampler's default
+    eps: float | None = None,  # end time of a named grid; None: the SDE's default
     final_denoise: bool = True,  # finish with Tweedie's x_0 estimate (1 extra NFE)
     x_init: Tensor | None = None,  # start from this x_T instead of a prior draw
     callback: Callback | None = None,
@@ -654,8 +654,14 @@ def sample(
     ``options`` are the sampler's (and its grid's) keyword options, checked by ``split_options``.
     With ``generator`` an ``ImageGenerators`` of ``shape[0]`` streams, sample i depends on stream i alone.
     """
-    kind, sampler_opts, grid_opts = split_options(sampler, grid, options)
-    ts = time_grid(sde, steps, kind, eps, **grid_opts)
+    if isinstance(grid, Tensor):
+        _, sampler_opts, grid_opts = split_options(sampler, None, options)
+        if grid_opts:
+            raise OptionError(f"grid options ({', '.join(grid_opts)}) do not apply to explicit times")
+        ts = check_times(sde, grid, steps)
+    else:
+        kind, sampler_opts, grid_opts = split_options(sampler, grid, options)
+        ts = time_grid(sde, steps, kind, eps, **grid_opts)
     with torch.no_grad():
         x = sde.prior_sample(shape, generator, device, dtype) if x_init is None else x_init
         x = SAMPLERS[sampler].fn(sde, score_fn, x, ts, generator=generator, callback=callback, **sampler_opts)

@@ -19,6 +19,7 @@ from diffusers_cli.files import check_image_output
 from diffusers_cli.models import Loaded, score_model_of
 from diffusers_cli.report import Reporter, SilentReporter
 from diffusers_cli.errors import UsageError
+from diffusers_cli.tuned_grids import tuned_times
 from diffusers_cli.sampling import draw
 from diffusers_cli.runs import write_images
 
@@ -101,7 +102,9 @@ def condition(cfg: ConditionConfig, reporter: Reporter | None = None, loaded: Lo
             score_fn = guided(base, classifier_fn(net, model.sde), label, cfg.scale)
         shape = card.image_shape
         t0 = time.perf_counter()
-        images, nfe = draw(model.sde, score_fn, shape, cfg.n, cfg.batch_size, cfg.seed, cfg.sampler, device, world, reporter)
+        times = tuned_times(cfg.sampler, model_path, model.net, cfg.grids, cfg.model)
+        images, nfe = draw(model.sde, score_fn, shape, cfg.n, cfg.batch_size, cfg.seed, cfg.sampler, device, world, reporter,
+                           times=times)
         seconds = time.perf_counter() - t0
         outputs = write_images(images, cfg.out, cfg.individual) if world.is_main and write else []
         return ConditionResult(outputs, label, names[label], nfe, seconds, model_path, clf_path, images, cfg.scale)

@@ -45,6 +45,7 @@ from diffusers_cli.engine.metrics import (
     image_batches,
 )
 from diffusers_cli.engine.score import ScoreModel, make_score_fn
+from diffusers_cli.tuned_grids import tuned_times
 from diffusers_cli.evaluation import (
     DATA_SEED,
     Reference,
@@ -217,9 +218,11 @@ def _evaluate(cfg: EvaluateConfig, metrics: dict[str, Metric], device: torch.dev
             ref, note = attach_cache(ref, cfg.save_reference_stats, weights, REFERENCE_FEATURES in needs)
     bpd_data = bpd_dataset(cfg, card) if LIKELIHOOD in needs else None
     model: ScoreModel | None = None
+    times: Tensor | None = None
     if generate or bpd_data is not None:
         assert model_path is not None
         model, card = build.load_score_model(model_path, cfg.use_ema)
+        times = tuned_times(cfg.sampler, model_path, model.net, cfg.grids, cfg.model) if generate else None
         model.to(device).requires_grad_(False)
     if note is not None:
         reporter.message(note)
@@ -233,7 +236,7 @@ def _evaluate(cfg: EvaluateConfig, metrics: dict[str, Metric], device: torch.dev
         assert model is not None and card is not None and model_path is not None and num_samples is not None
         t0 = time.perf_counter()
         samples, nfe, guidance = draw_samples(model, card, model_path, num_samples, cfg.sampler, cfg.batch_size, cfg.seed,
-                                              cfg.guidance, device, world, reporter)
+                                              cfg.guidance, device, world, reporter, times)
         seconds["sampling"] = time.perf_counter() - t0
     likelihood: LikelihoodTable | None = None
     if bpd_data is not None:

@@ -1,0 +1,235 @@
+"""Time grids tuned to one model: the grid that minimises a sampler's error against an accurate solve of the same noise.
+
+The objective follows the optimised-time-step papers (Xue et al. 2024; GITS, Chen et al. 2024)
+rather than Align Your Steps' KL bound: it is the error that a user sees, measured directly. A
+small batch of prior draws x_T is carried to t = eps by an adaptive RK45 solve of the
+probability-flow ODE at a tight tolerance (the reference), and a grid scores
+
+- ``path``: the RMS difference between the sampler's output and the reference, image by image,
+  for deterministic samplers (pure discretisation error: the noise is the same on both sides);
+- ``moments``: the per-element 2-Wasserstein distance between the moment-matched Gaussians of the
+  two batches, for stochastic samplers (their path differs from the ODE's by design). The
+  sampler's own noise is the same stream at every evaluation (common random numbers), so the
+  objective is a smooth function of the grid and the search is deterministic.
+
+Both samplers and reference end with the same final denoising step, so only where the steps
+fall is measured. A grid is a point of the simplex in normalised log-SNR, u = (lambda(t) -
+lambda(T)) / (lambda(eps) - lambda(T)) in [0, 1] (the ends stay where the sampler's default grid
+puts them), and the search is coordinate-wise: each interior point in turn by golden-section
+search between its neighbours, a few rounds, keeping a move only if it lowers the objective.
+Derivative-free because the samplers' coefficients are Python floats, and it needs few
+evaluations at the step counts that matter (3-10). It starts from the best of the named grids,
+the sampler's default among them, so it never returns a grid worse than the default.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from diffusers_cli.engine.grids import GRIDS, time_grid
+from diffusers_cli.engine.options import OptionError
+from diffusers_cli.engine.samplers import check_sampler, sample, split_options
+from diffusers_cli.engine.score import NFECounter, ScoreFn
+from diffusers_cli.engine.sde import SDE
+
+#: Golden-section ratio: each evaluation shrinks the bracket by this factor.
+_GOLDEN = (math.sqrt(5.0) - 1.0) / 2.0
+#: Interior points never come closer than this (in normalised log-SNR) to a neighbour.
+_GAP = 1e-3
+
+
+@dataclass(frozen=True)
+class TunedGrid:
+    """A tuned grid and what it cost."""
+
+    times: Tensor  # steps + 1 times, float64, descending, ends as the sampler's default grid
+    objective: str  # "path" (deterministic sampler) or "moments" (stochastic)
+    error: float  # the objective at ``times``
+    default_error: float  # the objective at the sampler's default grid
+    start: str  # the named grid the search started from
+    evaluations: int  # objective evaluations (each one sampler run on the batch)
+    nfe: int  # score evaluations on the batch, the reference solve included
+    reference_nfe: int  # of which the reference solve
+    seconds: float
+    errors_of_named: dict[str, float] = field(default_factory=dict)  # the objective at each named grid
+
+
+def _moment_w2(x: Tensor, ref: Tensor) -> float:
+    """Per-element RMS 2-Wasserstein distance between the moment-matched diagonal Gaussians of two batches."""
+    x, ref = x.double().flatten(1), ref.double().flatten(1)
+    d2 = (x.mean(0) - ref.mean(0)) ** 2 + (x.std(0) - ref.std(0)) ** 2
+    return float(d2.mean().sqrt())
+
+
+def _path_rms(x: Tensor, ref: Tensor) -> float:
+    """RMS difference between two batches, element by element."""
+    return float((x.double() - ref.double()).pow(2).mean().sqrt())
+
+
+#: name -> (sampler output, reference) -> error.
+OBJECTIVES: dict[str, Callable[[Tensor, Tensor], float]] = {"path": _path_rms, "moments": _moment_w2}
+
+
+def lattice_size(steps: int, budget: int) -> int:
+    """The finest lattice 1/n whose interior grids (C(n - 1, steps - 1) of them) fit in ``budget``; 0 when there is none to search."""
+    if steps < 2:
+        return 0
+    n = 0
+    while math.comb(n, steps - 1) <= budget and n < 64:
+        n += 1
+    # n - 1 is the last size that fitted, as the number of interior lattice points, so the lattice is 1 / n.
+    return n if n > steps else 0
+
+
+def evaluation_budget(steps: int, lattice: int = 80, rounds: int = 3, evaluations_per_point: int = 6) -> int:
+    """The most sampler runs ``tune`` makes with these settings (it stops early when a round changes nothing)."""
+    points = lattice_size(steps, lattice)
+    return 1 + len(GRIDS) + (math.comb(points - 1, steps - 1) if points else 0) + rounds * max(steps - 1, 0) * evaluations_per_point
+
+
+def tune(
+    sde: SDE,
+    score_fn: ScoreFn,
+    shape: tuple[int, ...],
+    sampler: str,
+    steps: int,
+    *,
+    generator: torch.Generator | None = None,
+    device: torch.device | str | None = None,
+    eps: float | None = None,
+    final_denoise: bool = True,
+    rounds: int = 3,
+    evaluations_per_point: int = 6,
+    reference_tol: float = 1e-4,
+    lattice: int = 80,
+    objective: str | None = None,
+    progress: Callable[[int, float], None] | None = None,
+    **options: Any,
+) -> TunedGrid:
+    """Search the grid of ``steps`` intervals that minimises ``sampler``'s error on a batch of ``shape`` (see module).
+
+    ``options`` are the sampler's options (not a grid's). The cost is bounded: at most
+    ``len(GRIDS) + 1 + lattice + rounds * (steps - 1) * evaluations_per_point`` sampler runs on the
+    batch (``lattice``: the budget of the coarse global stage, 0 to skip it), plus the reference solve. ``progress(evaluations, best_error)`` is called after each evaluation.
+    """
+    spec = check_sampler(sampler)
+    if steps < 1:
+        raise OptionError(f"steps must be at least 1, got {steps}")
+    if sampler == "ode":
+        raise OptionError("the ode sampler chooses its own steps (only the grid's ends matter): there is no grid to tune")
+    if rounds < 0 or evaluations_per_point < 1:
+        raise OptionError("rounds must be >= 0 and evaluations_per_point >= 1")
+    _, sampler_opts, grid_opts = split_options(sampler, None, options)
+    if grid_opts:
+        raise OptionError(f"a tuned grid takes no grid options ({', '.join(grid_opts)})")
+    start_time = time.perf_counter()
+    end = sde.eps if eps is None else float(eps)
+    with torch.no_grad():
+        x_T = sde.prior_sample(tuple(shape), generator, device)
+    noise_seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+    counter = NFECounter(score_fn)
+
+    def run(ts: Tensor | None, name: str = "ode", **opts: Any) -> Tensor:
+        # The sampler's own noise is the same stream every time (common random numbers).
+        gen = torch.Generator(device=x_T.device).manual_seed(noise_seed)
+        return sample(sde, counter, x_T.shape, name, steps if ts is not None else 1, gen, device=x_T.device,
+                      dtype=x_T.dtype, grid=ts, eps=end, final_denoise=final_denoise, x_init=x_T, **opts)
+
+    reference = run(None, rtol=reference_tol, atol=reference_tol)
+    reference_nfe = counter.nfe
+    default = time_grid(sde, steps, spec.grid, end)
+    first = run(default, sampler, **sampler_opts)
+    # A sampler is stochastic when the same x_T with another noise stream ends elsewhere.
+    other = sample(sde, counter, x_T.shape, sampler, steps, torch.Generator(device=x_T.device).manual_seed(noise_seed + 1),
+                   device=x_T.device, dtype=x_T.dtype, grid=default, final_denoise=final_denoise, x_init=x_T, **sampler_opts)
+    stochastic = not torch.equal(first, other)
+    if objective is None:
+        objective = "moments" if stochastic else "path"
+    if objective not in OBJECTIVES or (stochastic and objective == "path"):
+        raise OptionError(f"objective must be one of {', '.join(OBJECTIVES)} ('path' only for deterministic samplers), got {objective!r}")
+    measure = OBJECTIVES[objective]
+    evaluations = 2
+
+    lam_T, lam_end = (float(v) for v in sde.log_snr(torch.tensor([sde.T, end], dtype=torch.float64)))
+
+    def to_times(u: list[float]) -> Tensor:
+        lam = torch.tensor([lam_T + v * (lam_end - lam_T) for v in u], dtype=torch.float64)
+        ts = sde.t_from_log_snr(lam)
+        ts[0], ts[-1] = float(default[0]), float(default[-1])
+        return ts
+
+    def to_u(ts: Tensor) -> list[float]:
+        u = ((sde.log_snr(ts) - lam_T) / (lam_end - lam_T)).tolist()
+        u[0], u[-1] = 0.0, 1.0
+        return u
+
+    def score(u: list[float]) -> float:
+        nonlocal evaluations
+        evaluations += 1
+        err = measure(run(to_times(u), sampler, **sampler_opts), reference)
+        if progress is not None:
+            progress(evaluations, min(err, best_err))
+        return err if math.isfinite(err) else math.inf
+
+    default_err = measure(first, reference)
+    # The best grid's own times are kept (not its round trip through u), so an unbeaten default comes back exactly.
+    best_err, best_u, best_ts, start = default_err, to_u(default), default, spec.grid
+    named: dict[str, float] = {spec.grid: default_err}
+    for kind in GRIDS:
+        if kind == spec.grid:
+            continue
+        ts = time_grid(sde, steps, kind, end)
+        u = to_u(ts)
+        if not all(b - a > 0 for a, b in zip(u, u[1:])):
+            continue  # a grid that collapses at this step count (not monotone in log-SNR) cannot start a search
+        err = score(u)
+        named[kind] = err
+        if err < best_err:
+            best_err, best_u, best_ts, start = err, u, ts, kind
+
+    # A coarse lattice of the whole simplex first: the objective has several basins (a step placed
+    # where the modes separate, or not), and the local search below only finds the nearest one.
+    points = lattice_size(steps, lattice)
+    if points:
+        for inner in itertools.combinations(range(1, points), steps - 1):
+            u = [0.0, *(k / points for k in inner), 1.0]
+            err = score(u)
+            if err < best_err:
+                best_err, best_u, start = err, u, f"lattice 1/{points}"
+                best_ts = to_times(best_u)
+
+    for _ in range(rounds):
+        improved = False
+        for i in range(1, steps):
+            lo, hi = best_u[i - 1] + _GAP, best_u[i + 1] - _GAP
+            if hi <= lo:
+                continue
+            a, b = lo, hi
+            c, d = b - _GOLDEN * (b - a), a + _GOLDEN * (b - a)
+            fc, fd = score(best_u[:i] + [c] + best_u[i + 1:]), score(best_u[:i] + [d] + best_u[i + 1:])
+            for _ in range(evaluations_per_point - 2):
+                if fc < fd:
+                    b, d, fd = d, c, fc
+                    c = b - _GOLDEN * (b - a)
+                    fc = score(best_u[:i] + [c] + best_u[i + 1:])
+                else:
+                    a, c, fc = c, d, fd
+                    d = a + _GOLDEN * (b - a)
+                    fd = score(best_u[:i] + [d] + best_u[i + 1:])
+            v, fv = (c, fc) if fc < fd else (d, fd)
+            if fv < best_err:
+                best_err, best_u, improved = fv, best_u[:i] + [v] + best_u[i + 1:], True
+                best_ts = to_times(best_u)
+        if not improved:
+            break
+
+    return TunedGrid(best_ts, objective, best_err, default_err, start, evaluations,
+                     counter.nfe, reference_nfe, time.perf_counter() - start_time, named)

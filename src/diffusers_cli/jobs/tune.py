@@ -1,0 +1,61 @@
+"""The tuning job: load a model, tune a sampler's time grid at each step count, write the entries to a grids file."""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from diffusers_cli import build
+from diffusers_cli.checkpoints import WEIGHTS_NAME, CheckpointError
+from diffusers_cli.config import SamplerConfig, TuneConfig
+from diffusers_cli.engine.grid_tuning import evaluation_budget
+from diffusers_cli.evaluation import tune_for
+from diffusers_cli.report import Reporter, SilentReporter
+from diffusers_cli.runlock import hold_run
+from diffusers_cli.tuned_grids import make_entry, weights_hash, write_entry, write_target
+
+
+@dataclass
+class TuneResult:
+    """What a tuning job wrote."""
+
+    model: Path  # the resolved model
+    file: Path  # the grids file the entries went to
+    entries: list[dict[str, Any]]  # one per step count, as written
+
+
+def tune_grids(cfg: TuneConfig, reporter: Reporter | None = None) -> TuneResult:
+    """Run ``diffuse tune``: one tuned grid per ``cfg.steps``, written into the model's grids file under its run lock."""
+    reporter = reporter or SilentReporter()
+    path = build.resolve_model_path(cfg.model, cfg.runs_dir, cfg.download)
+    if not path.is_dir() and build.read_model_card(path).kind == "classifier":
+        raise CheckpointError(f"{cfg.model or path} is a classifier; tune the grid of a score model (a run of `diffuse train`)")
+    device = build.resolve_device(cfg.device)
+    model, card = build.load_score_model(path, cfg.use_ema)
+    model.to(device).requires_grad_(False)
+    target = write_target(path, cfg.grids, cfg.model)
+    digest = weights_hash(model.net)
+    # A run's grids.json is part of the run: one writer at a time, as for training.
+    in_run = path.name == WEIGHTS_NAME and target.parent == path.parent
+    lock = hold_run(path.parent, "tuned", reporter.message) if in_run else contextlib.nullcontext()
+    entries: list[dict[str, Any]] = []
+    with lock:
+        for steps in cfg.steps:
+            sampler = SamplerConfig(name=cfg.sampler, steps=steps, eps=cfg.eps, final_denoise=cfg.final_denoise,
+                                    options=cfg.options)
+            reporter.start(evaluation_budget(steps, cfg.lattice, cfg.rounds), f"tuning {cfg.sampler} at {steps} steps")
+            res = tune_for(model, card, sampler, device, cfg.batch_size, cfg.seed, cfg.guidance, rounds=cfg.rounds,
+                           lattice=cfg.lattice, progress=lambda n, err: reporter.advance(1, error=err))
+            reporter.finish()
+            entry = make_entry(cfg.sampler, steps, dict(sampler.options), res.times, digest,
+                               objective=res.objective, error=res.error, default_error=res.default_error, start=res.start,
+                               errors_of_named_grids=res.errors_of_named,
+                               cost={"evaluations": res.evaluations, "nfe": res.nfe, "reference_nfe": res.reference_nfe,
+                                     "batch": cfg.batch_size, "seconds": round(res.seconds, 3), "device": str(device)},
+                               model=str(cfg.model or path), seed=cfg.seed, guidance=cfg.guidance,
+                               eps=cfg.eps, final_denoise=cfg.final_denoise)
+            write_entry(target, entry)
+            entries.append(entry)
+    return TuneResult(path, target, entries)

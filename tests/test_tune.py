@@ -1,0 +1,169 @@
+"""Tuned time grids: explicit times in the engine, the tuner against exact scores, `diffuse tune` and `--grid tuned`."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from diffusers_cli.cli import app
+from diffusers_cli.engine.analytic import GaussianMixture, gaussian
+from diffusers_cli.engine.grid_tuning import evaluation_budget, tune
+from diffusers_cli.engine.grids import check_times, time_grid, tune_grid
+from diffusers_cli.engine.options import OptionError
+from diffusers_cli.engine.samplers import sample
+from diffusers_cli.engine.schedules import LinearSchedule
+from diffusers_cli.engine.sde import VPSDE
+
+from conftest import engine_draw, grid_pixels, png_pixels
+
+runner = CliRunner()
+SDE = VPSDE(LinearSchedule(0.1, 20.0))
+SHAPE = (1, 2, 2)
+
+
+def _gaussian() -> GaussianMixture:
+    # Variances over two decades, as in benchmarks/tuned_grids.py: no single fixed grid suits every scale.
+    return gaussian(torch.linspace(-1.0, 1.0, 4, dtype=torch.float64).reshape(SHAPE),
+                    torch.logspace(-2.0, 0.0, 4, dtype=torch.float64).reshape(SHAPE))
+
+
+def _exact_transport(dist: GaussianMixture, x_T: torch.Tensor) -> torch.Tensor:
+    """The probability-flow map of a Gaussian from T to 0, in closed form (then no reference solve is involved)."""
+    mean, var = dist.means[0], dist.variances[0]
+    m, s = SDE.marginal(torch.tensor(SDE.T, dtype=torch.float64))
+    return mean + (x_T.double() - m * mean) * (var / (m * m * var + s * s)).sqrt()
+
+
+def test_explicit_times_are_the_named_grid_bitwise_and_are_checked() -> None:
+    score_fn = _gaussian().score_fn(SDE)
+    ts = time_grid(SDE, 5, "logsnr")
+    a = sample(SDE, score_fn, (8, *SHAPE), "ipndm", 5, torch.Generator().manual_seed(0))
+    b = sample(SDE, score_fn, (8, *SHAPE), "ipndm", 5, torch.Generator().manual_seed(0), grid=ts.clone())
+    assert torch.equal(a, b)
+    with pytest.raises(OptionError, match="6 times"):
+        check_times(SDE, ts[:-1], 5)
+    with pytest.raises(OptionError, match="decrease strictly"):
+        check_times(SDE, ts.flip(0), 5)
+    with pytest.raises(OptionError, match=r"lie in \(0, 1"):
+        check_times(SDE, torch.cat([ts[:1] * 2, ts[1:]]), 5)
+    with pytest.raises(OptionError, match="do not apply to explicit times"):
+        sample(SDE, score_fn, (8, *SHAPE), "heun", 5, grid=time_grid(SDE, 5, "karras"), rho=3.0)
+
+
+def test_tuned_grid_beats_the_default_on_fresh_noise_and_is_deterministic() -> None:
+    dist = _gaussian()
+    score_fn = dist.score_fn(SDE)
+    steps = 4
+    res = tune(SDE, score_fn, (256, *SHAPE), "ipndm", steps, generator=torch.Generator().manual_seed(1), lattice=40)
+    again = tune(SDE, score_fn, (256, *SHAPE), "ipndm", steps, generator=torch.Generator().manual_seed(1), lattice=40)
+    assert torch.equal(res.times, again.times)
+    assert res.objective == "path" and res.error <= res.default_error
+    assert res.evaluations <= evaluation_budget(steps, 40)
+    default = time_grid(SDE, steps, "logsnr")
+    assert res.times.shape == (steps + 1,) and float(res.times[0]) == float(default[0]) and float(res.times[-1]) == float(default[-1])
+    assert bool((res.times[1:] < res.times[:-1]).all())
+    # On 4096 fresh draws, against the exact transport: the tuned grid's RMS error is at least 2x lower.
+    x_T = SDE.prior_sample((4096, *SHAPE), torch.Generator().manual_seed(7), dtype=torch.float64)
+    exact = _exact_transport(dist, x_T)
+
+    def rms(grid: torch.Tensor | None) -> float:
+        x = sample(SDE, score_fn, x_T.shape, "ipndm", steps, None, grid=grid, x_init=x_T, dtype=torch.float64)
+        return float((x - exact).pow(2).mean().sqrt())
+
+    assert rms(res.times) * 2 < rms(None)
+    assert torch.equal(tune_grid(SDE, score_fn, (256, *SHAPE), "ipndm", steps, generator=torch.Generator().manual_seed(1),
+                                 lattice=40), res.times)
+
+
+def test_stochastic_samplers_are_tuned_on_moments_and_bad_requests_are_refused() -> None:
+    score_fn = _gaussian().score_fn(SDE)
+    gen = torch.Generator().manual_seed(0)
+    res = tune(SDE, score_fn, (128, *SHAPE), "ddim", 3, generator=gen, eta=1.0, lattice=0, rounds=1)
+    assert res.objective == "moments" and res.error <= res.default_error
+    with pytest.raises(OptionError, match="path' only for deterministic"):
+        tune(SDE, score_fn, (16, *SHAPE), "em", 3, objective="path", lattice=0, rounds=0)
+    with pytest.raises(OptionError, match="no grid to tune"):
+        tune(SDE, score_fn, (16, *SHAPE), "ode", 3)
+    with pytest.raises(OptionError, match="at least 1"):
+        tune(SDE, score_fn, (16, *SHAPE), "ipndm", 0)
+    with pytest.raises(OptionError, match="unknown sampler 'nope'; use one of em"):
+        tune(SDE, score_fn, (16, *SHAPE), "nope", 3)
+    # One step has no interior time: the default grid comes back, found at the cost of the first two runs.
+    one = tune(SDE, score_fn, (16, *SHAPE), "ipndm", 1)
+    assert torch.equal(one.times, time_grid(SDE, 1, "logsnr")) and one.evaluations == 2 + 3
+
+
+def _tune(run: Path, *args: str) -> object:
+    return runner.invoke(app, ["tune", str(run), "--sampler", "ipndm", "--batch-size", "4",
+                               "--set", "lattice=12", "--set", "rounds=1", *args])
+
+
+def test_cli_tune_writes_the_run_grid_and_sample_uses_it(tiny_run: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    res = _tune(run, "--steps", "3", "--steps", "4", "--json")
+    assert res.exit_code == 0, res.output
+    summary = json.loads(res.stdout.strip().splitlines()[-1])
+    data = json.loads((run / "grids.json").read_text())
+    assert [e["steps"] for e in data["grids"]] == [3, 4] == [e["steps"] for e in summary["grids"]]
+    entry = data["grids"][1]
+    assert entry["error"] <= entry["default_error"] and len(entry["times"]) == 5
+    assert entry["cost"]["evaluations"] <= evaluation_budget(4, 12, 1) and entry["cost"]["batch"] == 4
+    assert not (run / "lock.json").exists()  # the run lock was held and released
+
+    out = tmp_path / "tuned.png"
+    res = runner.invoke(app, ["sample", "--model", str(run), "--sampler", "ipndm", "--steps", "4", "--grid", "tuned",
+                              "-n", "4", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    from diffusers_cli.models import load_score_model
+
+    model, card = load_score_model(run)
+    times = torch.tensor(entry["times"], dtype=torch.float64)
+    with torch.no_grad():
+        want = engine_draw(model.sde, lambda x, t: model.score(x, t), card.image_shape, 4, "ipndm", 4, grid=times)
+        default = engine_draw(model.sde, lambda x, t: model.score(x, t), card.image_shape, 4, "ipndm", 4)
+    assert (png_pixels(out) == grid_pixels(want)).all()
+    assert not (grid_pixels(default) == grid_pixels(want)).all()
+
+
+def test_cli_tuned_grid_errors(tiny_run: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    res = runner.invoke(app, ["sample", "--model", str(run), "--sampler", "ipndm", "--steps", "4", "--grid", "tuned",
+                              "-n", "2", "--out", str(tmp_path / "x.png")])
+    assert res.exit_code == 2
+    assert "no tuned grid for ipndm at 4 steps" in res.output and f"diffuse tune {run} --sampler ipndm --steps 4" in res.output
+    assert not (tmp_path / "x.png").exists()
+    for args, words in ((["--steps", "0"], "steps"), (["--sampler", "nope"], "unknown sampler 'nope'")):
+        res = runner.invoke(app, ["tune", str(run), *args])
+        assert res.exit_code == 2 and words in res.output and "Traceback" not in res.output
+    assert not (run / "grids.json").exists()
+    # A grids file of another model: the weights differ, so the grid is refused, naming both hashes.
+    assert _tune(run, "--steps", "3").exit_code == 0
+    other = tmp_path / "other"
+    shutil.copytree(tiny_run, other)
+    from safetensors.torch import load_file, save_file
+
+    weights = other / "model.safetensors"
+    tensors = load_file(weights)
+    first = sorted(tensors)[0]
+    tensors[first] = tensors[first] + 1e-3
+    from diffusers_cli.checkpoints import read_card
+
+    save_file(tensors, weights, metadata=_metadata(weights))
+    assert read_card(weights).kind == "score"
+    res = runner.invoke(app, ["sample", "--model", str(other), "--grids", str(run / "grids.json"), "--sampler", "ipndm",
+                              "--steps", "3", "--grid", "tuned", "-n", "2", "--out", str(tmp_path / "y.png")])
+    assert res.exit_code == 2 and "tuned for another model" in res.output, res.output
+
+
+def _metadata(path: Path) -> dict[str, str]:
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        return dict(f.metadata() or {})
