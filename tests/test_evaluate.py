@@ -48,6 +48,7 @@ from diffusers_cli.engine.metrics import (
     load_inception,
     load_statistics,
 )
+from diffusers_cli.engine.metrics.kid import NO_REFERENCE_FEATURES
 from diffusers_cli.engine.score import make_score_fn
 from diffusers_cli.jobs.evaluate import bpd_generator
 from diffusers_cli.jobs.sample import sample_images
@@ -366,25 +367,41 @@ def test_bad_input_exits_2_with_one_line(folders: tuple[Path, Path], weights: Pa
 
 
 def test_kid_on_folders_and_its_reference_features(weights: Path, folders: tuple[Path, Path], tmp_path: Path) -> None:
-    """KID from the CLI equals the unbiased MMD^2 of the same features; a cache keeps the features KID needs."""
+    """KID of A against B from the CLI equals the test's own unbiased MMD^2 over the same subsets; a cache keeps B's features."""
     a, b = folders
-    # Scored and reference sets of one size (4): every subset is the whole set, so KID is one exact MMD^2.
     stats = tmp_path / "ref.npz"
-    s = ok_json(invoke("--images", a, "--reference", a, "--metrics", "kid", "--allow-few", "--inception-weights", weights,
+    s = ok_json(invoke("--images", a, "--reference", b, "--metrics", "kid", "--allow-few", "--inception-weights", weights,
                        "--save-reference-stats", stats, "--json"))
-    fa, _ = folder_features(load_inception(weights), a, recursive=True)
-    fb = fa
+    net = load_inception(weights)
+    fa, _ = folder_features(net, a, recursive=True)
+    fb, _ = folder_features(net, b)
     d = fa.shape[1]
     k = lambda x, y: (x @ y.T / d + 1) ** 3  # noqa: E731
-    m, n = len(fa), len(fb)
-    kxx, kyy, kxy = k(fa, fa), k(fb, fb), k(fa, fb)
-    mmd = (kxx.sum() - np.trace(kxx)) / (m * (m - 1)) + (kyy.sum() - np.trace(kyy)) / (n * (n - 1)) - 2 * kxy.mean()
-    assert s["kid"]["mean"] == pytest.approx(mmd, rel=1e-6, abs=1e-9) and s["kid"]["std_method"] == "subsets"
-    # The cache written for KID holds the features: as --reference it serves KID again, with the same figure.
+
+    def mmd(x: np.ndarray, y: np.ndarray) -> float:
+        m, n = len(x), len(y)
+        kxx, kyy = k(x, x), k(y, y)
+        return float((kxx.sum() - np.trace(kxx)) / (m * (m - 1)) + (kyy.sum() - np.trace(kyy)) / (n * (n - 1)) - 2 * k(x, y).mean())
+
+    # 4 scored and 3 reference images: subsets of 3, so each of the 100 subsets (drawn with the seed-0 generator) is 3 of A's 4
+    # rows against the whole of B.
+    rng = np.random.default_rng(0)
+    values = [mmd(fa[rng.choice(4, 3, replace=False)], fb) for _ in range(100)]
+    assert (s["kid"]["subsets"], s["kid"]["subset_size"], s["kid"]["std_method"]) == (100, 3, "subsets")
+    assert s["kid"]["mean"] == pytest.approx(np.mean(values), rel=1e-6) and s["kid"]["std"] == pytest.approx(np.std(values), rel=1e-6)
+    assert abs(np.mean(values) - mmd(fa, fa)) > 1e-3 * abs(np.mean(values))  # B, not A itself, is the reference
+    # The cache written for KID holds B's features: as --reference it serves KID again, with the same figure.
     again = ok_json(invoke("--images", a, "--reference", stats, "--metrics", "kid", "--allow-few", "--inception-weights", weights, "--json"))
     assert again["kid"]["mean"] == pytest.approx(s["kid"]["mean"], rel=1e-9)
+    # Subsets of 2: both sides drawn, the scored images' rows first, then the reference's.
+    pairs = ok_json(invoke("--images", a, "--reference", stats, "--metrics", "kid", "--allow-few", "--inception-weights", weights,
+                           "--kid-subset-size", 2, "--kid-subsets", 7, "--json"))
+    rng = np.random.default_rng(0)
+    values = [mmd(fa[rng.choice(4, 2, replace=False)], fb[rng.choice(3, 2, replace=False)]) for _ in range(7)]
+    assert (pairs["kid"]["subsets"], pairs["kid"]["subset_size"]) == (7, 2)
+    assert pairs["kid"]["mean"] == pytest.approx(np.mean(values), rel=1e-6) and pairs["kid"]["std"] == pytest.approx(np.std(values), rel=1e-6)
     # A pytorch-fid statistics file (mu and sigma only) cannot: one line says what to pass instead.
     plain = tmp_path / "plain.npz"
     np.savez(plain, mu=fb.mean(axis=0), sigma=np.cov(fb, rowvar=False))
     line = one_error_line(invoke("--images", a, "--reference", plain, "--metrics", "kid", "--allow-few", "--inception-weights", weights))
-    assert "kid" in line.lower() and "--reference" in line
+    assert line.endswith(NO_REFERENCE_FEATURES)  # what KID lacks and the three --reference forms that give it

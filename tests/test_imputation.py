@@ -26,8 +26,8 @@ from diffusers_cli.engine.masks import (
     mask_to_image,
 )
 from diffusers_cli.engine.options import OptionError
-from diffusers_cli.engine.samplers import SAMPLERS
-from diffusers_cli.engine.score import ScoreFn
+from diffusers_cli.engine.samplers import SAMPLERS, sample
+from diffusers_cli.engine.score import NFECounter, ScoreFn
 from diffusers_cli.engine.sde import VESDE, VPSDE
 
 # Pixel 0 is observed: its component means differ but overlap (var 0.25), so one observed
@@ -38,6 +38,7 @@ MEANS = torch.tensor([[0.6, 1.0, 1.0, -1.0], [0.0, -1.0, 1.0, 1.0], [-0.6, -1.0,
 VARIANCES = torch.tensor([0.25, 0.05, 0.05, 0.05]).expand(3, 4).reshape(3, 1, 1, 4)
 WEIGHTS = torch.tensor([0.2, 0.3, 0.5])
 DRAWS = 2000
+ADAPTIVE = {"ode"}  # samplers whose number of score evaluations is not fixed by the steps
 
 
 @pytest.fixture(autouse=True)
@@ -110,25 +111,52 @@ def test_smc_conditional_moments_of_the_missing_pixels(smc_draws: Tensor) -> Non
         assert bool(((ratio > 0.8) & (ratio < 1.15)).all()), ratio
 
 
-def test_replacement_nearly_ignores_the_observed_pixel(smc_draws: Tensor) -> None:
+def component_freq(draws: Tensor) -> Tensor:
+    """How often each component generated the draws (read off the well-separated missing pixels)."""
+    labels = mixture().component_log_probs(draws).argmax(dim=1)
+    return torch.bincount(labels, minlength=3).double() / draws.shape[0]
+
+
+def test_replacement_leans_only_a_little_from_the_prior_toward_the_posterior() -> None:
     draws = run("replacement", sampler="em", steps=100)
     assert bool((draws[:, 0, 0, 0] == 0.5).all())
-    tv = component_tv(draws)
-    # Its components follow the prior (0.2, 0.3, 0.5): TV to the posterior is about 0.36.
-    assert tv > 0.25 and tv > component_tv(smc_draws) + 0.2
+    freq, prior, posterior = component_freq(draws), WEIGHTS.double(), exact_weights()
+    # Re-imposing the noised observed pixel after every step informs the missing ones only through the joint score at
+    # each level: each weight moves from the prior (0.2, 0.3, 0.5) part of the way toward the posterior (0.464, 0.431, 0.105),
+    # and stays much nearer the prior (seed 0: (0.225, 0.369, 0.407), 0.09 from the prior, 0.30 from the posterior).
+    low, high = torch.minimum(prior, posterior), torch.maximum(prior, posterior)
+    assert bool(((freq >= low - 0.02) & (freq <= high + 0.02)).all()), freq
+    to_prior, to_posterior = 0.5 * float((freq - prior).abs().sum()), component_tv(draws)
+    assert 0.05 < to_prior < 0.15, to_prior  # not the prior itself (~0.015 of sampling noise): the pixel is re-imposed
+    assert 0.25 < to_posterior < 0.35, to_posterior
 
 
-def test_repaint_keeps_known_pixels_and_is_still_biased() -> None:
-    draws = run("repaint", n=500, steps=20, jump_length=5, resample=3)
+def test_repaint_keeps_known_pixels_and_resampling_narrows_but_does_not_close_the_gap() -> None:
+    draws = run("repaint", steps=20, jump_length=5, resample=10)
     assert bool((draws[:, 0, 0, 0] == 0.5).all())
-    assert component_tv(draws) > 0.15
+    tv = component_tv(draws)
+    # Ten passes over each jump let the missing pixels harmonise with the observed one: nearer the posterior than
+    # replacement on the same seed (0.30), still biased (seed 0: 0.236; 16-particle SMC: < 0.05).
+    assert 0.17 < tv < 0.28, tv
+    assert tv < component_tv(run("replacement", sampler="em", steps=100)) - 0.03
+    assert tv < component_tv(run("repaint", steps=20, jump_length=5, resample=1)) - 0.03  # resampling is what helps
 
 
 @pytest.mark.parametrize("sampler", sorted(SAMPLERS))
 def test_replacement_rides_on_every_sampler(sampler: str) -> None:
-    draws = run("replacement", n=8, sampler=sampler, steps=4)
+    sde = VPSDE()
+    counted = NFECounter(mixture().score_fn(sde))
+    x, mask = observation()
+    draws = impute(sde, counted, x, mask, method="replacement", n=8, sampler=sampler, steps=4, generator=torch.Generator().manual_seed(0))
     assert draws.shape == (8, 1, 1, 4) and bool(torch.isfinite(draws).all())
     assert bool((draws[:, 0, 0, 0] == 0.5).all())
+    # The option is the sampler itself: the score is called as often as `sample` calls it with that sampler (an adaptive
+    # solver's count follows the path, which replacement changes), and the fills are not another sampler's from the same seed.
+    alone = NFECounter(mixture().score_fn(sde))
+    sample(sde, alone, (8, 1, 1, 4), sampler, 4, torch.Generator().manual_seed(0))
+    assert counted.nfe == alone.nfe or (sampler in ADAPTIVE and abs(counted.nfe - alone.nfe) <= 0.1 * alone.nfe), (counted.nfe, alone.nfe)
+    other = run("replacement", n=8, sampler="ddpm" if sampler != "ddpm" else "em", steps=4)
+    assert float((draws[..., 1:] - other[..., 1:]).abs().max()) > 1e-3
 
 
 @pytest.mark.parametrize("method", sorted(METHODS))
