@@ -241,6 +241,34 @@ def test_score_objective_forward_is_dsm_loss() -> None:
     assert torch.equal(loss, want)
 
 
+class _ZeroNet(torch.nn.Module):
+    """Predicts eps = 0 everywhere: its score is 0, so the per-example DSM error is mean(eps^2) exactly."""
+
+    def forward(self, x: torch.Tensor, c_noise: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        return torch.zeros_like(x)
+
+
+@pytest.mark.parametrize("sde_name", ["ve", "vp"])
+def test_likelihood_weighting_is_g_squared_over_sigma_squared(sde_name: str) -> None:
+    # lambda(t) = g(t)^2 on ||s - grad log p||^2 = ||std s + eps||^2 / std^2: with s = 0 the loss is mean(eps^2) g^2 / std^2,
+    # in closed form: VE 2 ln(sigma_max / sigma_min) at every t; VP beta(t) / (1 - exp(-int_0^t beta)).
+    sde = VESDE() if sde_name == "ve" else VPSDE()
+    obj = ScoreObjective(ScoreModel(_ZeroNet(), sde, "eps"), "likelihood")
+    x = torch.rand(5, 1, 4, 4, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    batch = obj.draw(x, torch.zeros(5, dtype=torch.long), torch.Generator().manual_seed(1))
+    loss, _ = obj(**batch)
+    t, eps = batch["t"].double(), batch["eps"].double()
+    if sde_name == "ve":
+        weight = torch.full_like(t, 2 * math.log(50.0 / 0.01))
+    else:
+        beta, integral = 0.1 + 19.9 * t, 0.1 * t + 9.95 * t**2
+        weight = beta / -torch.expm1(-integral)
+    want = eps.pow(2).flatten(1).mean(1) * weight
+    torch.testing.assert_close(loss.double(), want, rtol=1e-5, atol=0)
+    if sde_name == "vp":
+        assert float(weight.max() / weight.min()) > 2.0  # the drawn times span a range where the weight really varies
+
+
 def test_classifier_objective_uniform_times_and_accuracy_bins() -> None:
     sde = VPSDE()
     obj = ClassifierObjective(torch.nn.Identity(), sde)
