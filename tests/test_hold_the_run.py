@@ -163,4 +163,37 @@ def test_bad_training_input_leaves_nothing_behind(args: list[str], tmp_path: Pat
     res = invoke("train", "--steps", "2", "--out", tmp_path / "runs", "--name", "bad", *TINY, *args)
     assert res.exit_code == 2, res.stderr
     one_error_line(res.stderr)
-    assert not (tmp_path / "runs" / "bad").exists()
+    assert not (tmp_path / "runs").exists()  # neither the run nor the --out folder this job would have made
+
+
+M = ["--model", "builtin:shapes"]
+FAST = ["--sampler", "ei", "--steps", "2", "-n", "2"]
+
+
+@pytest.mark.parametrize("argv", [
+    ["sample", *M, *FAST, "--out", "o/x.png", "--sampler", "nope"],
+    ["sample", *M, *FAST, "--out", "x.png", "--grid", "tuned"],
+    ["sample", *M, *FAST, "--out", "x.png", "--class", "nope"],
+    ["sample", *M, *FAST, "--individual", "--out", "ind/x.png", "-o", "nope=1"],
+    ["sample", *M, *FAST, "--out", "x.png", "--trajectory", "t.png", "--device", "ve"],
+    ["condition", *M, *FAST, "--out", "x.png", "--class", "nope"],
+    ["condition", *M, *FAST, "--out", "x.png", "--classifier", "builtin:shapes"],
+    ["impute", "in.png", "--mask", "nope.png", *M, "--steps", "2", "-n", "1", "--out", "x.png"],
+    ["impute", "in.png", "--mask", "half", *M, "--method", "nope", "-n", "1", "--out", "x.png"],
+    ["evaluate", *M, "--metrics", "fid", "-n", "2", "--save-reference-stats", "stats.npz", "--inception-weights", "none.pth"],
+    ["evaluate", *M, "--metrics", "bpd", "--bpd-dataset", "nope", "--bpd-examples", "1"],
+    ["evaluate", "--images", "nope", "--metrics", "toy"],
+    ["tune", "builtin:shapes", "--steps", "0", "--grids", "g/grids.json"],
+    ["tune", "builtin:shapes", "--sampler", "ode", "--grids", "g/grids.json"],
+])
+def test_bad_input_of_every_command_leaves_nothing_behind(argv: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from PIL import Image
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # a tuned grid or statistics cache would go here
+    Image.new("RGB", (16, 16), (200, 40, 40)).save(tmp_path / "in.png")
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    res = invoke(*argv)
+    assert res.exit_code == 2, res.stderr
+    one_error_line(res.stderr)
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before

@@ -96,6 +96,14 @@ def resolve_device(name: str) -> torch.device:
         raise ConfigError(f"unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device {name!r} asked for but CUDA is not available here; use --device cpu or auto")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ConfigError(f"device {name!r} asked for but this machine has {torch.cuda.device_count()} CUDA device(s); use cuda:0 .. "
+                          f"cuda:{torch.cuda.device_count() - 1} or auto")
+    if dev.type == "mps" and not (getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()):
+        raise ConfigError(f"device {name!r} asked for but MPS is not available here; use --device cpu or auto")
+    # torch names more device types than it is built for ("ve", "xla", ...): those fail only at the first tensor.
+    if dev.type not in ("cpu", "cuda", "mps"):
+        raise ConfigError(f"device {name!r} is not one this build of torch runs on; use auto, cpu, cuda, cuda:N or mps")
     return dev
 
 
