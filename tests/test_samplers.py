@@ -60,6 +60,14 @@ STEPS_FOR: dict[tuple[str, str], int] = {("euler", "ve"): 800}
 # the variance of the narrowest pixels by about eps / (2 v) ~ 12 % at snr = 0.16 (score_sde).
 VAR_ALLOWANCE: dict[str, float] = {"pc": 0.15}
 DEFAULT_VAR_ALLOWANCE = 0.05
+# The variance ratio pooled over the 16 pixels has a standard error of sqrt(2 / (16 N)) = 0.8 %, so it sees what the
+# per-pixel check cannot: a sampler off by the same few per cent on every pixel. Its range per sampler is the
+# discretisation bias at these steps, signed (measured with seed 0 on every SDE, plus a margin): DDIM and DDPM
+# under-disperse (3-7 %), PC over-disperses (3-7 %), Euler on VE under- (6 %), Heun on cosine VP over- (6 %).
+# Anything else must land within 4 standard errors of 1 (measured: within 2.7 %).
+POOLED_VAR_RANGE: dict[str, tuple[float, float]] = {"ddim": (0.92, 0.99), "ddpm": (0.90, 0.985), "pc": (1.005, 1.10),
+                                                     "euler": (0.915, 1.035), "heun": (0.975, 1.09)}
+DEFAULT_POOLED_VAR_RANGE = (0.968, 1.032)
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -97,6 +105,9 @@ def test_gaussian_moments_per_pixel(name: str, sde_name: str) -> None:
     var_err = (x.var(0) / VAR - 1.0).abs()
     assert bool((mean_err <= mean_tol).all()), f"mean off by {float((mean_err / mean_tol).max()):.2f} x tolerance"
     assert float(var_err.max()) <= var_tol, f"variance off by {float(var_err.max()):.3f} > {var_tol:.3f}"
+    low, high = POOLED_VAR_RANGE.get(name, DEFAULT_POOLED_VAR_RANGE)
+    pooled = float((x.var(0) / VAR).mean())
+    assert low <= pooled <= high, f"variance ratio pooled over pixels {pooled:.4f} outside [{low}, {high}]"
 
 
 @pytest.mark.parametrize("sde_name", sorted(SDES))
