@@ -167,3 +167,20 @@ def _metadata(path: Path) -> dict[str, str]:
 
     with safe_open(str(path), "pt") as f:
         return dict(f.metadata() or {})
+
+
+def test_dc_tune_returns_what_it_wrote_and_dc_sample_uses_it(tiny_run: Path, tmp_path: Path) -> None:
+    import diffusers_cli as dc
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    entries = dc.tune(str(run), steps=3, batch_size=4, lattice=12, rounds=1)
+    assert entries == json.loads((run / "grids.json").read_text())["grids"]
+    tuned = dc.sample(str(run), 2, sampler="ipndm", steps=3, grid="tuned", seed=1)
+    from diffusers_cli.models import load_score_model
+
+    model, card = load_score_model(run)
+    with torch.no_grad():
+        want = engine_draw(model.sde, lambda x, t: model.score(x, t), card.image_shape, 2, "ipndm", 3, seed=1,
+                           grid=torch.tensor(entries[0]["times"], dtype=torch.float64))
+    assert torch.equal(tuned, want.clamp(-1, 1))

@@ -1,7 +1,7 @@
 """diffusers-cli: train, sample, condition, impute with and evaluate score-based diffusion models of images.
 
 ``import diffusers_cli as dc`` gives the commands as functions (``dc.load_model``, ``dc.sample``, ``dc.condition``,
-``dc.impute``, ``dc.evaluate``, ``dc.train``, ``dc.list_models``) and notebook helpers (``dc.grid``, ``dc.to_pil``);
+``dc.impute``, ``dc.evaluate``, ``dc.tune``, ``dc.train``, ``dc.list_models``) and notebook helpers (``dc.grid``, ``dc.to_pil``);
 they live in ``diffusers_cli.api`` and are imported on first use, so that the command line starts without torch.
 """
 
@@ -12,7 +12,7 @@ from typing import Any
 __version__ = "0.1.0"
 
 #: The names ``diffusers_cli.api`` offers at the top level.
-API = ("load_model", "list_models", "sample", "condition", "impute", "evaluate", "train", "grid", "to_pil", "Model", "ModelLike")
+API = ("load_model", "list_models", "sample", "condition", "impute", "evaluate", "tune", "train", "grid", "to_pil", "Model", "ModelLike")
 
 __all__ = ["__version__", *API]
 

@@ -201,6 +201,30 @@ def evaluate(
     return evaluate_job(cfg, _reporter(progress)).summary()
 
 
+def tune(
+    model: ModelLike | None = None,
+    *,
+    sampler: str = "ipndm",
+    steps: int | list[int] = 5,
+    grids: str | Path | None = None,
+    progress: bool = False,
+    **settings: Any,
+) -> list[dict[str, Any]]:
+    """``diffuse tune``: the grids.json entries it wrote (times, error against the default grid's, cost ...).
+
+    ``settings`` are `diffuse tune`'s config keys (``batch_size=``, ``seed=``, ``options={"order": 2}`` ...);
+    afterwards ``dc.sample(model, n, sampler=..., steps=..., grid="tuned")`` uses the grid.
+    """
+    from diffusers_cli.config import TuneConfig
+    from diffusers_cli.jobs.tune import tune_grids
+
+    spec, use_ema = (str(model.path), model.use_ema) if isinstance(model, Loaded) else (model, True)
+    cfg = build_config(TuneConfig, None, {"model": None if spec is None else str(spec), "sampler": sampler, "use_ema": use_ema,
+                                          "steps": [steps] if isinstance(steps, int) else list(steps),
+                                          "grids": None if grids is None else str(grids), **{k: _plain(v) for k, v in settings.items()}})
+    return tune_grids(cfg, _reporter(progress)).entries
+
+
 def train(*, progress: bool = False, **settings: Any) -> Loaded:
     """``diffuse train``: train a run (settings are its config keys: ``data={"dataset": "shapes", "image_size": 16}``,
     ``steps=200``, ``class_conditional=True``, ``name="mine"`` ...) and return the trained model."""
