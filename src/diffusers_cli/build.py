@@ -79,6 +79,7 @@ def build_objective(cfg: TrainConfig, net: nn.Module, sde: SDE) -> Objective:
         lognormal_std=cfg.lognormal_std,
         conditional=cfg.class_conditional,
         label_dropout=cfg.label_dropout,
+        min_snr_gamma=cfg.min_snr_gamma,
     )
 
 

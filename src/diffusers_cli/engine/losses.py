@@ -13,7 +13,9 @@ from diffusers_cli.engine.score import SIGMA_DATA, ScoreModel, precondition_inpu
 from diffusers_cli.engine.sde import SDE
 from diffusers_cli.engine.utils import append_dims, randn_like
 
-Weighting = Literal["edm", "eps", "likelihood"]
+Weighting = Literal["edm", "eps", "likelihood", "min-snr"]
+#: The weightings ``dsm_loss`` knows (the config's choices read this).
+WEIGHTINGS: tuple[str, ...] = ("edm", "eps", "likelihood", "min-snr")
 
 
 def dsm_loss(
@@ -24,6 +26,7 @@ def dsm_loss(
     class_labels: Tensor | None = None,  # for a class-conditional network
     t: Tensor | None = None,  # training times [B]; drawn from the SDE if None
     eps: Tensor | None = None,  # the noise; drawn if None (distributed training passes slices of a global draw)
+    min_snr_gamma: float = 5.0,  # "min-snr": the SNR above which the weight stops growing (Hang et al. 2023: 5)
 ) -> Tensor:
     """Per-example loss lambda(t) ||s(x_t, t) - grad log p(x_t | x_0)||^2, averaged over pixels ([B])."""
     sde = model.sde
@@ -43,7 +46,13 @@ def dsm_loss(
         # lambda(t) = g(t)^2 makes the loss an upper bound on the negative log-likelihood (Song et al. 2021b).
         _, g = sde.drift_diffusion(x0[:1], t)
         return err * g**2 / std**2
-    raise ValueError(f"unknown loss weighting {weighting!r}; use 'edm', 'eps' or 'likelihood'")
+    if weighting == "min-snr":
+        # Min-SNR-gamma (Hang et al. 2023): the x0 error weighted by min(SNR, gamma), i.e. the eps error by
+        # min(SNR, gamma) / SNR. Whatever the net predicts (eps, x0, v or the score), err is the same
+        # eps-space error of the one score it implies, so the weight means the same for every parameterisation.
+        snr = (mean / std) ** 2
+        return err * torch.clamp(snr, max=min_snr_gamma) / snr
+    raise ValueError(f"unknown loss weighting {weighting!r}; use one of {', '.join(WEIGHTINGS)}")
 
 
 def classifier_loss(

@@ -47,14 +47,18 @@ class ScoreObjective(Objective):
     def __init__(
         self,
         model: ScoreModel,  # the preconditioned score model being trained
-        weighting: str = "edm",  # lambda(t) of ``dsm_loss``: "edm", "eps" or "likelihood"
+        weighting: str = "edm",  # lambda(t) of ``dsm_loss``: "edm", "eps", "likelihood" or "min-snr"
         time_sampling: str = "lognormal",  # "lognormal" (EDM) where the SDE trains at continuous times; "uniform": its own
         lognormal_mean: float = -1.2,  # ln(sigma) ~ N(mean, std^2), sigma = std(t) / mean(t)
         lognormal_std: float = 1.2,
         conditional: bool = False,  # the net takes class labels
         label_dropout: float = 0.1,  # probability a label becomes "no class" (-1), so the net also learns p(x)
+        min_snr_gamma: float = 5.0,  # gamma of the "min-snr" weighting
     ) -> None:
         super().__init__()
+        if min_snr_gamma <= 0:
+            raise ValueError(f"min_snr_gamma must be positive, got {min_snr_gamma}")
+        self.min_snr_gamma = min_snr_gamma
         if time_sampling not in TIME_SAMPLINGS:
             raise ValueError(f"unknown time sampling {time_sampling!r}; use {' or '.join(TIME_SAMPLINGS)}")
         self.model = model
@@ -79,7 +83,7 @@ class ScoreObjective(Objective):
 
     def forward(self, x: Tensor, y: Tensor, t: Tensor, eps: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         """(per-example DSM loss [B], no statistics)."""
-        return dsm_loss(self.model, x, None, self.weighting, y if self.conditional else None, t, eps), {}
+        return dsm_loss(self.model, x, None, self.weighting, y if self.conditional else None, t, eps, self.min_snr_gamma), {}
 
 
 class ClassifierObjective(Objective):

@@ -11,31 +11,59 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Sequence
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
 from diffusers_cli.engine.objectives import Objective
 
 
+def power_gamma(sigma_rel: float) -> float:
+    """EDM2's exponent gamma of the power-function EMA whose profile has relative width ``sigma_rel``.
+
+    The profile t^gamma over [0, T] has std / T = sqrt((gamma + 1) / ((gamma + 2)^2 (gamma + 3))); this is
+    the largest root of that equation, a cubic in gamma (widths up to 1 / sqrt(12) at gamma = 0).
+    """
+    s2 = sigma_rel**2
+    roots = np.roots([s2, 7 * s2, 16 * s2 - 1, 12 * s2 - 1])
+    real = roots[np.abs(roots.imag) < 1e-9].real
+    if not 0 < sigma_rel < 12 ** -0.5 or real.size == 0 or real.max() <= -1:
+        raise ValueError(f"ema sigma_rel must lie in (0, {12 ** -0.5:.4f}), got {sigma_rel}")
+    return float(real.max())
+
+
 class EMA:
-    """Exponential moving average of a module's weights; decay min(decay, (1 + n) / (10 + n)) while warming up."""
+    """Exponential moving average of a module's weights: a fixed decay (warmed up), or EDM2's power profile.
+
+    "exponential": decay min(decay, (1 + n) / (10 + n)) while warming up, then ``decay``.
+    "power": after n + 1 updates the decay is (1 - 1 / (n + 1))^(gamma + 1), which weights the weights of
+    update i by about i^gamma: an average over the last ``sigma_rel`` of the run, however long it is.
+    """
 
     def __init__(
         self,
         module: nn.Module,  # the online network (its current weights start the average)
         decay: float = 0.999,  # long-run decay per update
         warmup: bool = True,  # smaller decay early, so the average is not stuck at the random init
+        profile: str = "exponential",  # or "power"
+        sigma_rel: float = 0.10,  # the power profile's relative width
     ) -> None:
+        if profile not in ("exponential", "power"):
+            raise ValueError(f"unknown EMA profile {profile!r}; use exponential or power")
         self.module = copy.deepcopy(module).eval().requires_grad_(False)
         self.decay = decay
         self.warmup = warmup
+        self.profile = profile
+        self.gamma = power_gamma(sigma_rel) if profile == "power" else 0.0
         self.num_updates = 0
 
     def current_decay(self) -> float:
         """The decay the next update will use."""
+        n = self.num_updates
+        if self.profile == "power":
+            return (1.0 - 1.0 / (n + 1)) ** (self.gamma + 1.0)
         if not self.warmup:
             return self.decay
-        n = self.num_updates
         return min(self.decay, (1 + n) / (10 + n))
 
     @torch.no_grad()
