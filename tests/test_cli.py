@@ -11,13 +11,16 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from conftest import engine_draw, png_pixels
 from PIL import Image
 from safetensors.torch import save_file
 from typer.testing import CliRunner
 
 from diffusers_cli.cli import app
+from diffusers_cli.data import DATASETS
 from diffusers_cli.errors import MachineError, UsageError
 
 runner = CliRunner()
@@ -83,6 +86,21 @@ def test_sample_individual_and_trajectory(tiny_run: Path, tmp_path: Path) -> Non
     assert Image.open(tmp_path / "img_00000.png").size == (8, 8)
     w, h = Image.open(tmp_path / "traj.png").size
     assert h == 3 * 10 + 2 and w == 11 * 10 + 2  # 3 samples x (10 frames + result)
+    strip = png_pixels(tmp_path / "traj.png")
+    tile = lambda r, c: strip[2 + 10 * r : 10 + 10 * r, 2 + 10 * c : 10 + 10 * c]  # noqa: E731  8x8 tiles, 2 px apart
+    for r in range(3):
+        assert np.array_equal(tile(r, 10), png_pixels(tmp_path / f"img_{r:05d}.png"))  # the last column is the result
+        frames = [tile(r, c).astype(int) for c in range(10)]
+        assert all(np.abs(a - b).mean() > 10.0 for a, b in zip(frames, frames[1:]))  # each x_t column a later step's
+    # The strip is the engine's x_t at steps 0, 1, ..., 9 of the same per-image draws, then the result.
+    from diffusers_cli.build import load_score_model
+    from diffusers_cli.engine.score import make_score_fn
+    from diffusers_cli.sampling import Trajectory
+
+    model, _ = load_score_model(tiny_run)
+    traj = Trajectory(10)
+    images = engine_draw(model.sde, make_score_fn(model), (3, 8, 8), 3, "em", 10, callback=traj)
+    assert len(traj.frames) == 10 and np.array_equal(strip, traj.strip(images).permute(1, 2, 0).numpy())
 
 
 def test_sample_pc_predictor_option_via_set(tiny_run: Path, tmp_path: Path) -> None:
@@ -101,14 +119,16 @@ def test_sample_pc_predictor_option_via_set(tiny_run: Path, tmp_path: Path) -> N
         (["sample", "--sampler", "ei", "-o", "order=4"], "sampler 'ei' option order must be one of 1, 2, 3, got 4"),
         (["sample", "-o", "order"], "-o expects KEY=VALUE"),
         (["sample", "--grid", "cubic"], "unknown time grid 'cubic'"),
-        (["train", "--dataset", "nope", "--steps", "1"], "nope"),
-        (["train", "--steps", "-5"], "steps"),
+        (["train", "--dataset", "nope", "--steps", "1"], f"unknown dataset 'nope': use one of {', '.join(DATASETS)}, or a path to a folder of images"),
+        (["train", "--steps", "-5"], "invalid config: steps: Input should be greater than 0 (got -5)"),
         (["train", "--sde", "vq"], "sde.kind must be one of ve, vp, subvp, ddpm"),
-        (["train", "--dataset", "mnist", "--data-dir", "/nonexistent/mnist", "--steps", "1"], "/nonexistent/mnist"),
+        (["train", "--dataset", "mnist", "--data-dir", "/nonexistent/mnist", "--steps", "1"],
+         "mnist train split not found: put train-images-idx3-ubyte[.gz], train-labels-idx1-ubyte[.gz] (from "),
+        (["train", "--dataset", "mnist", "--data-dir", "/nonexistent/mnist", "--steps", "1"], ") in /nonexistent/mnist/mnist; or pass --download"),
         (["train", "--set", "optim.lrr=1"], "unknown key 'optim.lrr'"),
         (["train", "--preset", "huge"], "unknown network preset 'huge'"),
         (["train", "--lr-decay", "step"], "optim.decay: Input should be 'none', 'cosine' or 'linear' (got 'step')"),
-        (["sample", "--model", "/nonexistent/run"], "does not exist"),
+        (["sample", "--model", "/nonexistent/run"], "model /nonexistent/run does not exist; pass a run directory, a .safetensors file"),
         (["train", "--device", "cuda:7", "--steps", "1"], "CUDA is not available"),
     ],
 )
@@ -128,11 +148,13 @@ def test_bad_config_files(tmp_path: Path) -> None:
     assert "unknown key 'stepz'" in one_error_line(invoke("train", "--config", bad_key))
     bad_val = tmp_path / "v.toml"
     bad_val.write_text('batch_size = "many"\n')
-    assert "batch_size" in one_error_line(invoke("train", "--config", bad_val))
+    line = one_error_line(invoke("train", "--config", bad_val))
+    assert line.endswith("batch_size: Input should be a valid integer, unable to parse string as an integer (got 'many')")
     broken = tmp_path / "b.yaml"
     broken.write_text("steps: [1, 2\n")
     assert "is not valid YAML" in one_error_line(invoke("train", "--config", broken))
-    assert "does not exist" in one_error_line(invoke("train", "--config", tmp_path / "missing.yaml"))
+    assert one_error_line(invoke("train", "--config", tmp_path / "missing.yaml")).endswith(
+        f"config file {tmp_path / 'missing.yaml'} does not exist; pass an existing YAML, JSON or TOML file to --config")
 
 
 def test_corrupt_and_foreign_checkpoints(tmp_path: Path) -> None:
@@ -154,10 +176,27 @@ def test_unwritable_output(tiny_run: Path, tmp_path: Path) -> None:
     assert "is a directory" in line
 
 
+def _tensors_of(run: Path) -> dict[str, dict[str, torch.Tensor]]:
+    """Every tensor of a run's weights and training state (metadata aside: it records times and the asked-for steps)."""
+    from safetensors.torch import load_file
+
+    return {name: load_file(str(run / name)) for name in ("model.safetensors", "state.safetensors")}
+
+
+def _same_tensors(a: dict[str, dict[str, torch.Tensor]], b: dict[str, dict[str, torch.Tensor]]) -> bool:
+    return all(a[f].keys() == b[f].keys() and all(torch.equal(a[f][k], b[f][k]) for k in a[f]) for f in a)
+
+
+def _losses(run: Path) -> list[tuple[int, float]]:
+    return [(r["step"], r["loss"]) for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
+
+
 def test_ctrl_c_saves_and_resumes(tmp_path: Path) -> None:
-    """A real SIGINT mid-run: exit 130, a consistent saved state, and --resume finishes the run."""
-    cmd = [sys.executable, "-m", "diffusers_cli", "train", "--steps", "100000", "--out", str(tmp_path), "--name", "c", *TINY]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    """A real SIGINT mid-run: exit 130, the state of exactly the steps done, and --resume continues as if never stopped."""
+    tiny = [*TINY, "--set", "log_every=1"]
+    cmd = [sys.executable, "-m", "diffusers_cli", "train", "--steps", "100000", "--out", str(tmp_path), "--name", "c", *tiny]
+    # One thread, as in this process (conftest): the reference runs below must do the same arithmetic, bit for bit.
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
     log = tmp_path / "c" / "metrics.jsonl"
     deadline = time.time() + 120
@@ -167,15 +206,23 @@ def test_ctrl_c_saves_and_resumes(tmp_path: Path) -> None:
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
     assert "interrupted at step" in err and "Traceback" not in err
-    meta = json.loads(subprocess.run([sys.executable, "-c", (
-        "import json,sys; from diffusers_cli.checkpoints import read_meta; "
-        f"print(json.dumps(read_meta(sys.argv[1])))"), str(tmp_path / "c" / "model.safetensors")],
-        capture_output=True, text=True, check=True).stdout)
-    stopped = meta["step"]
-    assert 3 <= stopped < 100000
+    from diffusers_cli.checkpoints import read_meta
+
+    stopped = read_meta(tmp_path / "c" / "model.safetensors")["step"]
+    assert 3 <= stopped < 100000 and f"interrupted at step {stopped}" in err
+    # What was saved at the interrupt is a plain run of exactly that many steps: weights, EMA, optimizer, generator.
+    ref = invoke("train", *tiny, "--steps", stopped, "--out", tmp_path / "ref", "--name", "c")
+    assert ref.exit_code == 0, ref.stderr
+    assert _same_tensors(_tensors_of(tmp_path / "c"), _tensors_of(tmp_path / "ref" / "c"))
+    assert _losses(tmp_path / "c") == _losses(tmp_path / "ref" / "c") and len(_losses(tmp_path / "c")) == stopped
+    # Resumed for two more steps, it is the uninterrupted run of stopped + 2 steps, bit for bit.
     res = invoke("train", "--resume", "--out", tmp_path, "--name", "c", "--steps", str(stopped + 2), "--json")
     assert res.exit_code == 0, res.stderr
     assert json.loads(res.stdout)["start_step"] == stopped
+    whole = invoke("train", *tiny, "--steps", stopped + 2, "--out", tmp_path / "whole", "--name", "c")
+    assert whole.exit_code == 0, whole.stderr
+    assert _same_tensors(_tensors_of(tmp_path / "c"), _tensors_of(tmp_path / "whole" / "c"))
+    assert _losses(tmp_path / "c") == _losses(tmp_path / "whole" / "c")
 
 
 def test_train_download_flag_reaches_the_loader(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
