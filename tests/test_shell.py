@@ -18,6 +18,7 @@ from typer.testing import CliRunner
 
 from diffusers_cli.cli import app
 from diffusers_cli.engine.imputation import METHODS
+from diffusers_cli.engine.masks import make_mask
 from diffusers_cli.engine.options import Opt
 from diffusers_cli.engine.samplers import SAMPLERS, SamplerSpec
 
@@ -181,6 +182,7 @@ def test_non_square_images_end_to_end(tmp_path: Path) -> None:
     runs = tmp_path / "runs"
     res = invoke("train", "--image-size", "8x16", "--steps", "3", "--batch-size", "4", "--set", "data.num_examples=16",
                  "--set", "network.base_channels=8", "--set", "sampler.name=ddim", "--set", "sampler.steps=2", "--set", "sample_n=2",
+                 "--set", "optim.warmup=2", "--set", "optim.lr=0.01",  # enough for guidance to show in 8-bit pixels
                  "--class-conditional", "--device", "cpu", "--out", runs, "--name", "wide", "--json")
     assert res.exit_code == 0, res.stderr
     assert Image.open(runs / "wide" / "samples.png").size == (2 * 18 + 2, 10 + 2)  # 2 tiles of 16 x 8 with padding
@@ -188,9 +190,22 @@ def test_non_square_images_end_to_end(tmp_path: Path) -> None:
                  "--out", tmp_path / "s" / "w.png")
     assert res.exit_code == 0, res.stderr
     assert Image.open(tmp_path / "s" / "w_00000.png").size == (16, 8)  # PIL sizes are (W, H)
+    # Classifier-free guidance toward one class moves the pixels away from the unconditional sample of the same seed.
+    pixels = {}
+    for guidance in ("3", "0"):
+        res = invoke("sample", "--model", runs / "wide", "--sampler", "ddim", "--steps", "2", "-n", "2", "--class", "ring",
+                     "--guidance", guidance, "--individual", "--out", tmp_path / f"g{guidance}" / "w.png")
+        assert res.exit_code == 0, res.stderr
+        pixels[guidance] = np.asarray(Image.open(tmp_path / f"g{guidance}" / "w_00000.png")).astype(int)
+    assert pixels["3"].shape == (8, 16, 3) and np.abs(pixels["3"] - pixels["0"]).mean() > 1.0
     image = tmp_path / "photo.png"
     Image.new("RGB", (32, 16), (10, 200, 10)).save(image)
     res = invoke("impute", image, "--mask", "box", "--model", runs / "wide", "--method", "replacement", "--sampler", "ddim",
                  "--steps", "2", "--out", tmp_path / "filled.png")
     assert res.exit_code == 0, res.stderr
-    assert Image.open(tmp_path / "filled.png").size == (32, 16)
+    filled = np.asarray(Image.open(tmp_path / "filled.png")).astype(int)
+    assert filled.shape == (16, 32, 3)
+    known = make_mask("box", (16, 32))[0, 0].bool().numpy()  # the frame around the box, at the image's own size
+    assert 0 < known.sum() < known.size
+    assert (filled[known] == [10, 200, 10]).all()  # kept exactly
+    assert np.abs(filled[~known] - [10, 200, 10]).mean() > 10  # the box was generated, not copied
