@@ -206,6 +206,7 @@ def train_loop(
     hooks: Sequence[Hook] = (),  # grids, checkpoints, evaluations, in this order after the log
     on_nonfinite: str = "stop",  # a non-finite loss or gradient: "stop" (NonFiniteError) or "skip" the step
     max_skips: int = 10,  # with "skip": NonFiniteError after this many consecutive skipped steps
+    scaler: torch.amp.GradScaler | None = None,  # fp16's loss scaler; the job's own, so that a resumed run keeps its scale
 ) -> LoopResult:
     """Run steps ``start`` .. ``steps`` - 1 (fewer if Ctrl-C stops it); NonFiniteError on a non-finite loss or gradient.
 
@@ -217,7 +218,7 @@ def train_loop(
     if on_nonfinite not in ("stop", "skip"):
         raise ValueError(f"on_nonfinite must be 'stop' or 'skip', got {on_nonfinite!r}")
     forward = objective if forward is None else forward
-    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16") if scaler is None else scaler
     log_hook = Hook(log_every, lambda s: None, final=True)
     window: list[float] = []
     t0 = time.perf_counter()

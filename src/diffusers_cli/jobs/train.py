@@ -146,7 +146,8 @@ def model_card(cfg: TrainConfig, info: DatasetInfo, net: nn.Module, step: int, e
     )
 
 
-def _save(run_dir: Path, net: nn.Module, ema: EMA, opt: torch.optim.Optimizer, gen: torch.Generator, card: ModelCard) -> None:
+def _save(run_dir: Path, net: nn.Module, ema: EMA, opt: torch.optim.Optimizer, gen: torch.Generator, card: ModelCard,
+          scaler: torch.amp.GradScaler | None = None) -> None:
     """Both files written in full before either replaces its predecessor: a full disk leaves the old pair, consistent.
 
     The weights go to a temporary file, the state is written and renamed, then the weights are renamed;
@@ -156,10 +157,13 @@ def _save(run_dir: Path, net: nn.Module, ema: EMA, opt: torch.optim.Optimizer, g
     tensors.update({f"ema.{k}": v for k, v in ema.module.state_dict().items()})
     with atomic_path(run_dir / WEIGHTS_NAME, durable=True) as weights_tmp:
         save_model(weights_tmp, tensors, card, atomic=False)
-        save_train_state(run_dir / STATE_NAME, card.step, opt, gen, {"ema_updates": ema.num_updates})
+        # fp16's loss scale and growth count: which steps the scaler skips depends on them, so a resume must keep them.
+        scaled = {"grad_scaler": scaler.state_dict()} if scaler is not None and scaler.is_enabled() else {}
+        save_train_state(run_dir / STATE_NAME, card.step, opt, gen, {"ema_updates": ema.num_updates, **scaled})
 
 
-def _resume(run_dir: Path, net: nn.Module, ema: EMA, opt: torch.optim.Optimizer, gen: torch.Generator) -> int:
+def _resume(run_dir: Path, net: nn.Module, ema: EMA, opt: torch.optim.Optimizer, gen: torch.Generator,
+            scaler: torch.amp.GradScaler | None = None) -> int:
     weights = run_dir / WEIGHTS_NAME
     if not (weights.is_file() and (run_dir / STATE_NAME).is_file()):
         raise CheckpointError(f"{run_dir} has no saved training state to resume; start it without --resume")
@@ -170,6 +174,8 @@ def _resume(run_dir: Path, net: nn.Module, ema: EMA, opt: torch.optim.Optimizer,
     if state["step"] != card.step:
         raise CheckpointError(f"{run_dir}: weights are at step {card.step} but the state at {state['step']}; the run was damaged")
     ema.num_updates = int(state["ema_updates"])
+    if scaler is not None and state.get("grad_scaler"):
+        scaler.load_state_dict(state["grad_scaler"])
     return int(state["step"])
 
 
@@ -296,7 +302,8 @@ def _train_held(cfg: TrainConfig, init: Any, run_dir: Path, dataset: Any, info: 
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.optim.lr, betas=cfg.optim.betas, weight_decay=cfg.optim.weight_decay)
     gen = build.make_generator(cfg.seed, device)
 
-    start = _resume(run_dir, net, ema, opt, gen) if cfg.resume else 0
+    scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
+    start = _resume(run_dir, net, ema, opt, gen, scaler) if cfg.resume else 0
     steps = cfg.total_steps(len(dataset))  # type: ignore[arg-type]
     steps_per_epoch = len(dataset) / cfg.batch_size  # type: ignore[arg-type]
     log = MetricsLog(run_dir / METRICS_NAME)
@@ -325,7 +332,7 @@ def _train_held(cfg: TrainConfig, init: Any, run_dir: Path, dataset: Any, info: 
 
     def snapshot(step: int) -> None:
         if world.is_main:
-            _save(run_dir, net, ema, opt, gen, model_card(cfg, info, net, step, ema.num_updates))
+            _save(run_dir, net, ema, opt, gen, model_card(cfg, info, net, step, ema.num_updates), scaler)
             saved[0] = step
             rows = [(r["step"], r["loss"]) for r in log.read() if "loss" in r]
             plot_series(rows, run_dir / LOSS_PLOT_NAME, title=f"training loss ({cfg.task})")
@@ -370,6 +377,7 @@ def _train_held(cfg: TrainConfig, init: Any, run_dir: Path, dataset: Any, info: 
             device=device,
             grad_clip=o.grad_clip,
             precision=cfg.precision,
+            scaler=scaler,
             channels_last=cfg.channels_last,
             local=local,
             forward=forward,
