@@ -258,7 +258,12 @@ class SamplerConfig(Strict):
     def _check_options(self) -> "SamplerConfig":
         from diffusers_cli.engine.samplers import split_options
 
-        _, sampler_opts, grid_opts = split_options(self.name, self.grid, self.options)
+        from diffusers_cli.engine.grids import TUNED
+
+        # A tuned grid is times from grids.json (read by the job, which knows the model): no grid options.
+        _, sampler_opts, grid_opts = split_options(self.name, None if self.grid == TUNED else self.grid, self.options)
+        if self.grid == TUNED and grid_opts:
+            raise ValueError(f"--grid tuned takes no grid options ({', '.join(grid_opts)}): the times come from grids.json")
         # Store the values converted to the signature's types ("3" -> 3), bypassing validate_assignment's recursion.
         object.__setattr__(self, "options", {**sampler_opts, **grid_opts})
         return self
@@ -406,11 +411,39 @@ class TrainConfig(Strict):
 
 
 
+class TuneConfig(Strict):
+    """``diffuse tune``: time grids tuned to one model for a sampler at some step counts (``engine.grid_tuning``)."""
+
+    model: Path | None = None
+    sampler: str = "ipndm"
+    steps: list[PositiveInt] = Field(default_factory=lambda: [5], min_length=1)
+    options: dict[str, Any] = Field(default_factory=dict)  # the sampler's options (-o), checked per step count
+    eps: PositiveFloat | None = None
+    final_denoise: bool = True
+    batch_size: PositiveInt = 16  # images the grid is tuned on (with a reference solve of each)
+    rounds: int = Field(3, ge=0)  # local-search rounds over the interior times
+    lattice: int = Field(80, ge=0)  # evaluations of the coarse global stage (0: skip it)
+    guidance: float | None = Field(None, ge=0.0)  # class-conditional models (None: DEFAULT_GUIDANCE)
+    grids: Path | None = None  # where to write (None: beside the model, or the user's file; tuned_grids)
+    seed: int = 0
+    download: bool = False
+    device: Device = "auto"
+    use_ema: bool = True
+    runs_dir: Path = Path("runs")
+
+    @model_validator(mode="after")
+    def _check_sampler(self) -> "TuneConfig":
+        for steps in self.steps:
+            SamplerConfig(name=self.sampler, steps=steps, eps=self.eps, options=self.options)
+        return self
+
+
 class SampleConfig(Strict):
     """``diffuse sample``."""
 
     model: Path | None = None
     sampler: SamplerConfig = Field(default_factory=SamplerConfig)
+    grids: Path | None = None  # --grid tuned reads this file (None: beside the model, then the user's; tuned_grids)
     # Class-conditional models only: one class (name or index; None: the classes in turn) and the
     # classifier-free guidance scale (None: DEFAULT_GUIDANCE).
     label: str | None = Field(None, alias="class")
@@ -421,6 +454,7 @@ class SampleConfig(Strict):
     out: Path = Path("samples.png")
     individual: bool = False
     trajectory: Path | None = None
+    labels: bool = False  # captions: class (or index) under each image, step and sigma under each strip column
     seed: int = 0
     download: bool = False  # fetch a missing hf: model into the Hugging Face cache
     device: Device = "auto"
@@ -441,6 +475,7 @@ class ConditionConfig(Strict):
     # classifier-free guided one at this scale (1: p(x | y)); None: its unconditional ("no class") score.
     guidance: float | None = Field(None, ge=0.0)
     sampler: SamplerConfig = Field(default_factory=lambda: SamplerConfig(name="pc", steps=1000))
+    grids: Path | None = None  # --grid tuned reads this file (None: beside the model, then the user's; tuned_grids)
     n: PositiveInt = 64
     batch_size: PositiveInt = 64
     out: Path = Path("conditioned.png")
@@ -608,6 +643,7 @@ class EvaluateConfig(Strict):
     kid_subset_size: int = Field(1000, ge=2)              # KID: images per subset at most
     fid_bootstrap: int = Field(20, ge=0)                  # FID: bootstrap resamples for its std (0: none)
     sampler: SamplerConfig = Field(default_factory=SamplerConfig)
+    grids: Path | None = None  # --grid tuned reads this file (None: beside the model, then the user's; tuned_grids)
     guidance: float | None = Field(None, ge=0.0)              # class-conditional models (None: DEFAULT_GUIDANCE)
     batch_size: PositiveInt = 64
     seed: int = 0

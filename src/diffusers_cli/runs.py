@@ -1,4 +1,4 @@
-"""Run directories and images: names, the metrics log, sample grids, individual PNGs and the loss plot."""
+"""Run directories and images: names, the metrics log, sample grids and individual PNGs (plots.py draws the curves)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import json
 import math
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import TYPE_CHECKING, Any
 
 from diffusers_cli.errors import UsageError
 from diffusers_cli.files import MACHINE_ERRNOS, atomic_path, check_image_output, machine_error
@@ -156,58 +156,3 @@ class MetricsLog:
         keep = [r for r in self.read() if r.get("step", 0) <= step]
         with atomic_path(self.path) as tmp:
             tmp.write_text("".join(json.dumps(r) + "\n" for r in keep), encoding="utf-8")
-
-
-def _panel(points: Iterable[tuple[float, float]], title: str, size: tuple[int, int], log_y: bool = True) -> Any:
-    """One line plot as a PIL image (log-scaled y when asked and every value is positive), with no plotting library."""
-    from PIL import Image, ImageDraw
-
-    pts = [(float(x), float(y)) for x, y in points if math.isfinite(y)]
-    w, h = size
-    img = Image.new("RGB", size, "white")
-    draw = ImageDraw.Draw(img)
-    left, right, top, bottom = 60, w - 20, 30, h - 40
-    draw.rectangle([left, top, right, bottom], outline="black")
-    draw.text((left, 8), title, fill="black")
-    if len(pts) == 1:
-        draw.ellipse([(left + right) / 2 - 3, (top + bottom) / 2 - 3, (left + right) / 2 + 3, (top + bottom) / 2 + 3],
-                     fill=(31, 119, 180))
-        draw.text((4, (top + bottom) / 2 - 5), f"{pts[0][1]:.3g}", fill="black")
-        draw.text((left, bottom + 6), f"{pts[0][0]:g}", fill="black")
-    if len(pts) >= 2:
-        use_log = log_y and all(y > 0 for _, y in pts)
-        ys = [math.log10(y) if use_log else y for _, y in pts]
-        xs = [x for x, _ in pts]
-        x0, x1 = min(xs), max(xs) or 1.0
-        y0, y1 = min(ys), max(ys)
-        if y1 - y0 < 1e-12:
-            y0, y1 = y0 - 1, y1 + 1
-        sx = lambda v: left + (v - x0) / max(x1 - x0, 1e-12) * (right - left)  # noqa: E731
-        sy = lambda v: bottom - (v - y0) / (y1 - y0) * (bottom - top)  # noqa: E731
-        draw.line([(sx(x), sy(y)) for x, y in zip(xs, ys)], fill=(31, 119, 180), width=2)
-        for x, y in zip(xs, ys):
-            draw.ellipse([sx(x) - 2, sy(y) - 2, sx(x) + 2, sy(y) + 2], fill=(31, 119, 180))
-        fmt = (lambda v: f"{10 ** v:.3g}") if use_log else (lambda v: f"{v:.3g}")
-        draw.text((4, top), fmt(y1), fill="black")
-        draw.text((4, bottom - 10), fmt(y0), fill="black")
-        draw.text((left, bottom + 6), f"{x0:g}", fill="black")
-        draw.text((right - 40, bottom + 6), f"{x1:g}", fill="black")
-    return img
-
-
-def plot_series(points: Iterable[tuple[float, float]], path: Path, title: str = "loss", size: tuple[int, int] = (640, 400)) -> None:
-    """A minimal line plot (log-scaled y when positive) written as PNG, atomically."""
-    with atomic_path(path) as tmp:
-        _panel(points, title, size).save(tmp, format="PNG")
-
-
-def plot_panels(series: dict[str, list[tuple[float, float]]], path: Path, size: tuple[int, int] = (640, 300)) -> None:
-    """One panel per series (title: its name), stacked top to bottom, as one PNG; linear y, so small changes show."""
-    from PIL import Image
-
-    panels = [_panel(points, title, size, log_y=False) for title, points in series.items()] or [_panel([], "no figures yet", size)]
-    img = Image.new("RGB", (size[0], size[1] * len(panels)), "white")
-    for i, panel in enumerate(panels):
-        img.paste(panel, (0, i * size[1]))
-    with atomic_path(path) as tmp:
-        img.save(tmp, format="PNG")

@@ -64,6 +64,7 @@ def draw(
     callback_for: Callable[[int], Any] | None = None,
     score_fn_for: Callable[[int, int], ScoreFn] | None = None,
     first: int = 0,
+    times: Tensor | None = None,
 ) -> tuple[Tensor, int]:
     """n samples in batches split across ranks; returns (images, NFE per sample).
 
@@ -71,7 +72,8 @@ def draw(
     it is the same image whatever the batch size or the number of processes. ``score_fn_for(start,
     size)``, when given, replaces ``score_fn`` for the batch of samples start .. start + size - 1
     (e.g. a conditional score with those samples' labels). ``first`` offsets the indices: the samples are
-    images first .. first + n - 1 of the job, so any one of them can be made again alone.
+    images first .. first + n - 1 of the job, so any one of them can be made again alone. ``times``
+    replaces ``s.grid`` with explicit times (``--grid tuned``: ``tuned_grids.tuned_times``).
     """
     n_batches = -(-n // batch_size)
     mine = [b for b in range(n_batches) if b % world.size == world.rank]
@@ -83,7 +85,7 @@ def draw(
         counter = NFECounter(score_fn_for(first + b * batch_size, size) if score_fn_for else score_fn)
         gens = ImageGenerators.for_images(seed, first + b * batch_size, size, device)
         x = sample(sde, counter, (size, *shape), s.name, s.steps, gens, device=device,
-                   grid=s.grid, eps=s.eps, final_denoise=s.final_denoise,
+                   grid=s.grid if times is None else times, eps=s.eps, final_denoise=s.final_denoise,
                    callback=callback_for(b) if callback_for else None, **s.options)
         nfe_per_batch = counter.nfe
         parts[b] = x.float().cpu()
@@ -111,13 +113,28 @@ class Trajectory:
         self.every = max(1, steps // TRAJECTORY_FRAMES)
         self.rows = rows
         self.frames: list[Tensor] = []
+        self.marks: list[tuple[int, float]] = []  # (steps taken, time t) of each frame: the --labels captions
 
     def __call__(self, info: dict[str, Any]) -> None:
         if info["i"] % self.every == 0:
             self.frames.append(info["x"][: self.rows].float().cpu())
+            self.marks.append((int(info["i"]) + 1, float(info["t"])))
 
-    def strip(self, final: Tensor) -> Tensor:
-        """Rows = samples, columns = time (noise on the left, the result on the right), as a uint8 grid."""
+    def strip(self, final: Tensor, captions: list[str] | None = None) -> Tensor:
+        """Rows = samples, columns = time (noise on the left, the result on the right), as a uint8 grid.
+
+        ``captions`` (one per column, e.g. ``self.captions(sde)``) go under the columns (``grid_labels``).
+        """
         frames = [f.clamp(-1, 1) for f in self.frames] + [final[: self.rows]]
         stacked = torch.stack(frames, dim=1)  # [rows, frames, C, H, W]
+        if captions is not None:
+            from diffusers_cli.grid_labels import labelled_grid
+
+            return labelled_grid(stacked.flatten(0, 1), nrow=len(frames), column_captions=captions)
         return make_grid(stacked.flatten(0, 1), nrow=len(frames))
+
+    def captions(self, sde: SDE) -> list[str]:
+        """One per column: the steps taken and the noise level sigma = std / mean = exp(-lambda(t)) there, then "result"."""
+        ts = torch.tensor([t for _, t in self.marks], dtype=torch.float64)
+        sigmas = torch.exp(-sde.log_snr(ts)).tolist() if self.marks else []  # engine lambda is log(mean / std)
+        return [f"step {i}\nσ {s:.3g}" for (i, _), s in zip(self.marks, sigmas)] + ["result"]

@@ -2,7 +2,7 @@
 
 ``Watch`` is called by the training loop's evaluation hook with the EMA network. It scores EMA
 samples (``evaluation.SampleEvaluator``), appends ``{"step", "epoch", "eval": {metric: figures}}``
-to the run's metrics log, redraws ``metrics.png`` (one panel per figure) and, when the ranking
+to the run's metrics log, redraws ``metrics.png`` (``plots.metrics_figure``: one panel per metric) and, when the ranking
 metric improved, writes ``best.safetensors`` whose card records the step and the figure. Only
 rank 0 writes; every rank samples its share.
 """
@@ -23,8 +23,9 @@ from diffusers_cli.distributed import World, barrier
 from diffusers_cli.engine.metrics import Metric
 from diffusers_cli.engine.score import ScoreModel
 from diffusers_cli.evaluation import SampleEvaluator
+from diffusers_cli.plots import BestMark, metrics_figure, save_figure
 from diffusers_cli.report import Reporter, SilentReporter
-from diffusers_cli.runs import BEST_NAME, METRICS_PLOT_NAME, MetricsLog, plot_panels
+from diffusers_cli.runs import BEST_NAME, METRICS_PLOT_NAME, MetricsLog
 
 #: Key of the best checkpoint's figure in its card's ``extra``.
 BEST_KEY = "best"
@@ -68,12 +69,14 @@ class Watch:
         reporter: Reporter,
         on_record: Callable[[int, dict[str, Any]], None] | None = None,  # e.g. TensorBoard
         remaining: Callable[[int], int] | None = None,  # evaluations still to come after a step (for the cost line)
+        epoch_axis: bool = False,  # the run counts epochs: metrics.png shows them along the top
     ) -> None:
         self.evaluator, self.run_dir, self.log, self.world, self.device, self.reporter = evaluator, run_dir, log, world, device, reporter
         self.keep_best = keep_best
         self.steps_per_epoch = steps_per_epoch
         self.on_record = on_record
         self.remaining = remaining
+        self.epoch_axis = epoch_axis
         self.best = read_best(run_dir) if keep_best else None
         if self.best is not None and self.best.metric != keep_best:
             self.best = None  # a resumed run that ranks by another metric starts its own best
@@ -88,13 +91,13 @@ class Watch:
         net.train(was_training)
         self.evaluations += 1
         if self.world.is_main:
+            seconds = time.perf_counter() - t0
+            # eval_seconds: the run report's time per evaluation (wall time, so it differs between runs of one config).
             record = {"step": step, "epoch": round(step / self.steps_per_epoch, 4), "eval": figures,
-                      "eval_samples": self.evaluator.num_samples, "eval_nfe": nfe}
+                      "eval_samples": self.evaluator.num_samples, "eval_nfe": nfe, "eval_seconds": round(seconds, 3)}
             self.log.write(record)
-            self.plot()
             scored, against = f"{self.evaluator.num_samples} EMA samples", self.evaluator.reference.description
             line = "; ".join(self.evaluator.metrics[name].describe(values, scored, against) for name, values in figures.items())
-            seconds = time.perf_counter() - t0
             self.reporter.message(f"step {step}: {line} ({seconds:.0f}s)")
             if self.evaluations == 1 and self.remaining is not None:
                 # The first evaluation's cost is the honest estimate of the rest: say it once, up front.
@@ -103,6 +106,7 @@ class Watch:
                                       f"(about {left * seconds / 60:.1f} min); fewer --eval-samples or a rarer --eval-every cost less")
             if self.keep_best is not None:
                 self._keep(step, figures, card, tensors)
+            self.plot()  # after _keep, so the star sits on the best checkpoint as it now is
             if self.on_record is not None:
                 self.on_record(step, record)
         barrier(self.world)
@@ -121,16 +125,12 @@ class Watch:
 
     def plot(self) -> None:
         """Redraw metrics.png from the log."""
-        plot_evaluations(self.log.read(), self.evaluator.metrics, self.run_dir / METRICS_PLOT_NAME)
+        best = BestMark(self.best.metric, self.best.value, self.best.step) if self.best is not None else None
+        plot_evaluations(self.log.read(), self.evaluator.metrics, self.run_dir / METRICS_PLOT_NAME, best,
+                         self.steps_per_epoch if self.epoch_axis else None)
 
 
-def plot_evaluations(rows: list[dict[str, Any]], metrics: dict[str, Metric], path: Path) -> None:
-    """One panel per metric: its headline figure against the training step, from metrics.jsonl records."""
-    series: dict[str, list[tuple[float, float]]] = {}
-    for row in rows:
-        for name, figures in row.get("eval", {}).items():
-            metric = metrics.get(name)
-            if metric is not None and metric.headline in figures:
-                title = f"{name.upper()} ({metric.headline}, {'higher' if metric.higher_is_better else 'lower'} is better) by training step"
-                series.setdefault(title, []).append((row["step"], float(figures[metric.headline])))
-    plot_panels(series, path)
+def plot_evaluations(rows: list[dict[str, Any]], metrics: dict[str, Metric], path: Path, best: BestMark | None = None,
+                     steps_per_epoch: float | None = None) -> None:
+    """metrics.png: one panel per metric, its headline figure and spread by training step, from metrics.jsonl records."""
+    save_figure(metrics_figure(rows, metrics, best, steps_per_epoch), path)

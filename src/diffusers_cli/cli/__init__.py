@@ -20,8 +20,10 @@ from diffusers_cli.cli.impute import impute_command
 from diffusers_cli.cli.sample import sample_command
 from diffusers_cli.cli.samplers import samplers_command
 from diffusers_cli.cli.train import train_command
+from diffusers_cli.cli.tune import tune_command
 from diffusers_cli.cli.info import datasets_command, env_command
 from diffusers_cli.cli.models import models_command
+from diffusers_cli.cli.report import report_command
 
 app = typer.Typer(
     name="diffuse",
@@ -39,6 +41,8 @@ app.command("datasets")(datasets_command)
 app.command("env")(env_command)
 app.command("samplers")(samplers_command)
 app.command("models")(models_command)
+app.command("tune")(tune_command)
+app.command("report")(report_command)
 
 
 def _version(value: bool) -> None:

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from diffusers_cli.cli.common import (
-    AtolOpt, BatchOpt, ConfigOpt, DeviceOpt, DownloadModelOpt, EpsOpt, EtaOpt, GridOpt, IndividualOpt, JsonOpt, ModelOpt, NoDenoiseOpt, NumOpt,
+    AtolOpt, BatchOpt, ConfigOpt, DeviceOpt, DownloadModelOpt, EpsOpt, EtaOpt, GridOpt, GridsOpt, IndividualOpt, JsonOpt, ModelOpt, NoDenoiseOpt, NumOpt,
     OptionOpt, OrderOpt, RtolOpt, SamplerOpt, SeedOpt, SetOpt, SnrOpt, StepsOpt, emit_json, make_reporter, parse_kv,
     run_job, sampler_overrides,
 )
@@ -27,7 +27,9 @@ def sample_command(
     class_: Annotated[Optional[str], typer.Option("--class", help="Class-conditional models: one class (index or name); default: every class in turn.")] = None,
     guidance: Annotated[Optional[float], typer.Option(help=f"Class-conditional models: classifier-free guidance scale (1: plain p(x | class), 0: unconditional; default {DEFAULT_GUIDANCE:g}).")] = None,
     trajectory: Annotated[Optional[Path], typer.Option(help="Also save a strip of x_t along the way to this PNG.")] = None,
+    labels: Annotated[bool, typer.Option("--labels", help="Caption the grid (each image's index and class) and the --trajectory strip (step and sigma under each column).")] = False,
     grid: GridOpt = None,
+    grids: GridsOpt = None,
     eps: EpsOpt = None,
     option: OptionOpt = None,
     snr: SnrOpt = None,
@@ -50,8 +52,9 @@ def sample_command(
         from diffusers_cli.config import SampleConfig, build_config
 
         overrides: dict[str, object] = {
-            "model": str(model) if model else None, "n": n, "first": first, "batch_size": batch_size, "out": str(out) if out else None,
+            "model": str(model) if model else None, "grids": str(grids) if grids else None, "n": n, "first": first, "batch_size": batch_size, "out": str(out) if out else None,
             "individual": True if individual else None, "trajectory": str(trajectory) if trajectory else None,
+            "labels": True if labels else None,
             "seed": seed, "device": device, "use_ema": False if no_ema else None, "download": True if download else None, "class": class_, "guidance": guidance,
             **sampler_overrides(sampler, steps, grid, eps, no_denoise, option, snr=snr, order=order, eta=eta, rtol=rtol, atol=atol),
         }

@@ -14,9 +14,11 @@ from diffusers_cli.config import SampleConfig
 from diffusers_cli.distributed import init_world, shutdown
 from diffusers_cli.engine.score import make_score_fn
 from diffusers_cli.files import check_image_output
+from diffusers_cli.grid_labels import labelled_grid
 from diffusers_cli.models import Loaded, score_model_of
 from diffusers_cli.report import Reporter, SilentReporter
 from diffusers_cli.runs import save_png, write_images
+from diffusers_cli.tuned_grids import tuned_times
 from diffusers_cli.sampling import Trajectory, draw, guidance_plan, guided_score_fns
 
 
@@ -33,6 +35,14 @@ class SampleResult:
     guidance: float | None = None  # classifier-free guidance scale (class-conditional models)
     class_name: str | None = None  # the one class sampled, or None for every class in turn
     trajectory: Tensor | None = None  # the --trajectory strip as a uint8 grid [C, H, W], when asked for
+
+
+def image_captions(card: ModelCard, label: int | None, first: int, n: int) -> list[str]:
+    """--labels under each image: its index in the job (``--first I -n 1`` draws it alone) and, if conditional, its class."""
+    if not card.class_conditional:
+        return [f"#{first + i}" for i in range(n)]
+    # The class each image was drawn for: the one asked, or the classes in turn (engine.guidance.cycle_labels).
+    return [f"#{first + i} {card.class_names[label if label is not None else (first + i) % card.num_classes]}" for i in range(n)]
 
 
 def sample_images(cfg: SampleConfig, reporter: Reporter | None = None, loaded: Loaded | None = None,
@@ -61,14 +71,19 @@ def sample_images(cfg: SampleConfig, reporter: Reporter | None = None, loaded: L
         shape = card.image_shape
         traj = Trajectory(cfg.sampler.steps) if trajectory or cfg.trajectory is not None else None
         t0 = time.perf_counter()
+        times = tuned_times(cfg.sampler, path, model.net, cfg.grids, cfg.model)
         images, nfe = draw(model.sde, make_score_fn(model), shape, cfg.n, cfg.batch_size, cfg.seed, cfg.sampler,
                            device, world, reporter, (lambda b: traj if b == 0 else None) if traj else None, score_fn_for,
-                           cfg.first)
+                           cfg.first, times)
         seconds = time.perf_counter() - t0
-        strip = traj.strip(images) if traj is not None else None
+        strip = traj.strip(images, traj.captions(model.sde) if cfg.labels else None) if traj is not None else None
         outputs: list[Path] = []
         if world.is_main and write:
-            outputs = write_images(images, cfg.out, cfg.individual, cfg.first)
+            if cfg.labels and not cfg.individual:
+                save_png(labelled_grid(images, captions=image_captions(card, label, cfg.first, cfg.n)), cfg.out)
+                outputs = [cfg.out]
+            else:
+                outputs = write_images(images, cfg.out, cfg.individual, cfg.first)
             if strip is not None and cfg.trajectory is not None:
                 save_png(strip, cfg.trajectory)
                 outputs.append(cfg.trajectory)

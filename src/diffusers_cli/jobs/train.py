@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import time
@@ -20,6 +21,8 @@ from diffusers_cli.config import ConfigError, TrainConfig, dump_config
 from diffusers_cli.defaults import DEFAULT_GUIDANCE
 from diffusers_cli.data import DatasetInfo, load_dataset, random_flip
 from diffusers_cli.distributed import World, barrier, broadcast_object, init_world, shutdown
+from diffusers_cli.engine.grid_tuning import tune
+from diffusers_cli.engine.grids import TUNED
 from diffusers_cli.engine.guidance import classifier_free, cycle_labels
 from diffusers_cli.engine.rng import ImageGenerators
 from diffusers_cli.engine.samplers import sample
@@ -41,10 +44,13 @@ from diffusers_cli.runs import (
     MetricsLog,
     make_grid,
     new_run_name,
-    plot_series,
     run_dir_inside,
     save_grid,
 )
+from diffusers_cli.plots import loss_figure, save_figure
+from diffusers_cli.provenance import source_commit
+from diffusers_cli.run_facts import counts_epochs
+from diffusers_cli.run_report import write_report
 from diffusers_cli.tblog import TensorBoardLog
 from diffusers_cli.watch import Watch
 
@@ -142,7 +148,7 @@ def model_card(cfg: TrainConfig, info: DatasetInfo, net: nn.Module, step: int, e
         kind=cfg.task, arch=build.arch_of(net), network=dict(net.config), sde=dump_config(cfg.sde),
         image_shape=(info.channels, *cfg.data.image_hw), class_names=info.class_names, dataset=info.name,
         parameterization=cfg.network.parameterization if cfg.task == "score" else None, step=step, ema_updates=ema_updates,
-        extra=build.init_record(cfg),
+        extra={**build.init_record(cfg), **({"commit": commit} if (commit := source_commit()) else {})},
     )
 
 
@@ -187,7 +193,10 @@ def _sample_grid(ema_net: nn.Module, cfg: TrainConfig, sde: SDE, shape: tuple[in
     # A conditional net shows what `diffuse sample` gives by default: the classes in turn, guided.
     score_fn = (classifier_free(model, cycle_labels(0, shape[0], num_classes, device), DEFAULT_GUIDANCE)
                 if cfg.class_conditional else make_score_fn(model))
-    return sample(sde, score_fn, shape, s.name, s.steps, gen, device=device, grid=s.grid, eps=s.eps, final_denoise=s.final_denoise, **s.options)
+    # The weights move between previews, so a tuned grid is tuned again, on the preview's own score and noise.
+    grid = s.grid if s.grid != TUNED else tune(sde, score_fn, shape, s.name, s.steps, generator=torch.Generator(device=device).manual_seed(cfg.seed),
+                                               device=device, eps=s.eps, final_denoise=s.final_denoise, **s.options).times
+    return sample(sde, score_fn, shape, s.name, s.steps, gen, device=device, grid=grid, eps=s.eps, final_denoise=s.final_denoise, **s.options)
 
 
 def _watch(cfg: TrainConfig, run_dir: Path, log: MetricsLog, card: ModelCard, steps_per_epoch: float, device: torch.device,
@@ -217,7 +226,7 @@ def _watch(cfg: TrainConfig, run_dir: Path, log: MetricsLog, card: ModelCard, st
         return (total - 1) // every - step // every + 1
 
     return Watch(evaluator, run_dir, log, None if keep == "none" else keep, steps_per_epoch, world, device, reporter,
-                 tb.record if tb is not None else None, remaining)
+                 tb.record if tb is not None else None, remaining, counts_epochs(dump_config(cfg)))
 
 
 def train(cfg: TrainConfig, reporter: Reporter | None = None) -> TrainResult:
@@ -255,7 +264,10 @@ def _train(cfg: TrainConfig, reporter: Reporter, device: torch.device, world: Wo
         raise ConfigError("--class-conditional is for score models; a classifier is conditional by nature (drop the flag)")
     if cfg.class_conditional and info.num_classes < 2:
         raise ConfigError(f"--class-conditional needs a dataset with at least 2 classes; {info.name} has {info.num_classes} (use class subfolders)")
+    if init is None:  # an unknown preset is bad input: found before any directory exists
+        build.network_kwargs(cfg.network) if cfg.task == "score" else build.classifier_kwargs(cfg.classifier)
     new_dir = not run_dir.exists()
+    new_out = not run_dir.parent.exists()  # --out too, when this job makes it
     with ExitStack() as stack:
         # One writer per run (DESIGN.md): rank 0 holds the lock and every rank hears whether it got it.
         refused = None
@@ -275,6 +287,9 @@ def _train(cfg: TrainConfig, reporter: Reporter, device: torch.device, world: Wo
             if world.is_main and new_dir and not (run_dir / STATE_NAME).exists():
                 stack.close()
                 shutil.rmtree(run_dir, ignore_errors=True)
+                if new_out:
+                    with contextlib.suppress(OSError):  # only if empty: another job may have written there since
+                        run_dir.parent.rmdir()
             raise
 
 
@@ -329,13 +344,13 @@ def _train_held(cfg: TrainConfig, init: Any, run_dir: Path, dataset: Any, info: 
     shape = (cfg.batch_size, info.channels, *d.image_hw)
 
     saved: list[int | None] = [start if cfg.resume else None]  # the step of the last checkpoint on disk
+    epoch_axis = steps_per_epoch if counts_epochs(dump_config(cfg)) else None  # plots show epochs when the run counts them
 
     def snapshot(step: int) -> None:
         if world.is_main:
             _save(run_dir, net, ema, opt, gen, model_card(cfg, info, net, step, ema.num_updates), scaler)
             saved[0] = step
-            rows = [(r["step"], r["loss"]) for r in log.read() if "loss" in r]
-            plot_series(rows, run_dir / LOSS_PLOT_NAME, title=f"training loss ({cfg.task})")
+            save_figure(loss_figure(log.read(), f"training loss ({cfg.task})", epoch_axis), run_dir / LOSS_PLOT_NAME)
         barrier(world)
 
     def grid(step: int, path: Path) -> None:
@@ -403,6 +418,8 @@ def _train_held(cfg: TrainConfig, init: Any, run_dir: Path, dataset: Any, info: 
     if tb is not None:
         tb.close()
     extra: dict[str, Any] = {"epochs": round(res.step / steps_per_epoch, 4), "total_steps": steps}
+    if world.is_main:
+        extra["report"] = str(write_report(run_dir).path)  # the page `diffuse report RUN` writes, now up to date
     if watch is not None and watch.best is not None:
         extra["best"] = {"metric": watch.best.metric, "value": watch.best.value, "step": watch.best.step,
                          "weights": str(run_dir / BEST_NAME)}

@@ -1,0 +1,258 @@
+"""What a run directory says about itself, for `diffuse report`: card, config, log, evaluations, timing, grids, commands.
+
+``read_run`` checks and reads the files (bad input is one UsageError line); ``facts`` turns them into
+the JSON-able facts that `diffuse report --json` prints and report.html shows. Nothing here draws.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import statistics
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from diffusers_cli.checkpoints import WEIGHTS_NAME, ModelCard, read_card
+from diffusers_cli.errors import UsageError
+from diffusers_cli.runs import BEST_NAME, CONFIG_NAME, METRICS_NAME
+
+REPORT_NAME = "report.html"
+#: Tuned time grids of the run's model (`diffuse tune`, issue 21): an object holding a list of entries.
+GRIDS_NAME = "grids.json"
+SAMPLES_DIR = "samples"
+FINAL_SAMPLES = "samples.png"
+#: Columns of the tuned-grids table, in this order when present; other keys follow as found.
+GRID_COLUMNS = ("sampler", "steps", "objective", "cost", "date", "weights_hash", "times")
+
+
+class RunError(UsageError):
+    """The path is not a run directory of `diffuse train`, or its config or metrics log is missing or damaged."""
+
+
+@dataclass
+class Run:
+    """A run directory's files, read and checked."""
+
+    path: Path
+    config: dict[str, Any]  # config.json: the effective TrainConfig
+    rows: list[dict[str, Any]]  # metrics.jsonl records, in order
+    card: ModelCard | None  # of model.safetensors (None: no checkpoint written yet)
+    parameters: int | None  # network parameters (the EMA copy's count)
+    best: dict[str, Any] | None  # {"metric", "value", "step"} of best.safetensors
+    samples: list[tuple[int | None, Path]]  # (step, grid PNG) over training; None: the final grid
+    grids: list[dict[str, Any]] = field(default_factory=list)  # grids.json entries
+    grids_note: str | None = None  # why grids.json could not be read (it is never fatal)
+
+
+def counts_epochs(config: Mapping[str, Any]) -> bool:
+    """Whether a run was set in epochs (--epochs, or --eval-every Ne): its plots then show epochs too."""
+    every = str((config.get("eval") or {}).get("every", ""))
+    return config.get("epochs") is not None or every.endswith("e")
+
+
+def read_rows(path: Path) -> list[dict[str, Any]]:
+    """metrics.jsonl records; RunError naming the line when one is not a JSON object (a torn last line is skipped)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise RunError(f"{path} is not a text file; it is damaged (restore it, or train again)") from None
+    rows: list[dict[str, Any]] = []
+    lines = text.splitlines()
+    for i, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            if i == len(lines) and not text.endswith("\n"):
+                continue  # a crash mid-write tears only the last line (MetricsLog.read skips it too)
+            raise RunError(f"{path} line {i} is not JSON; the log is damaged (restore it, or train again)") from None
+        if not isinstance(row, dict) or not isinstance(row.get("step"), (int, float)):
+            raise RunError(f"{path} line {i} is not a record with a step; the log is damaged (restore it, or train again)")
+        rows.append(row)
+    return rows
+
+
+def _parameters(weights: Path) -> int:
+    """Parameters of the network in a weights file, counted from the tensor shapes (no tensor is read)."""
+    from safetensors import safe_open
+
+    with safe_open(str(weights), framework="pt") as f:
+        keys = list(f.keys())
+        ema = [k for k in keys if k.startswith("ema.")]
+        total = 0
+        for key in ema or keys:
+            n = 1
+            for d in f.get_slice(key).get_shape():
+                n *= int(d)
+            total += n
+    return total
+
+
+def _samples(run: Path) -> list[tuple[int | None, Path]]:
+    """The sample grids written during training (by step), then the final one."""
+    found: list[tuple[int | None, Path]] = []
+    for p in sorted((run / SAMPLES_DIR).glob("step_*.png")):
+        try:
+            found.append((int(p.stem.split("_", 1)[1]), p))
+        except ValueError:
+            continue
+    if (run / FINAL_SAMPLES).is_file():
+        found.append((None, run / FINAL_SAMPLES))
+    return found
+
+
+def _grids(run: Path) -> tuple[list[dict[str, Any]], str | None]:
+    """grids.json's entries (the first list of objects in it, or the file itself if it is one), or a note why not."""
+    path = run / GRIDS_NAME
+    if not path.is_file():
+        return [], None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        return [], f"{GRIDS_NAME} could not be read ({type(err).__name__}); run `diffuse tune` again"
+    lists = [data] if isinstance(data, list) else [v for v in data.values() if isinstance(v, list)] if isinstance(data, dict) else []
+    entries = next((items for items in lists if all(isinstance(e, dict) for e in items)), None)
+    if entries is None:
+        return [], f"{GRIDS_NAME} holds no list of entries"
+    return [dict(e) for e in entries], None
+
+
+def read_run(path: Path) -> Run:
+    """Read a run directory; RunError (exit 2, one line) if it is not one or its config or log is missing or damaged."""
+    path = Path(path)
+    if not path.is_dir():
+        what = "does not exist" if not path.exists() else "is a file, not a folder"
+        raise RunError(f"{path} {what}; pass a run directory of `diffuse train` (runs/NAME)")
+    if not (path / CONFIG_NAME).is_file():
+        raise RunError(f"{path} is not a run directory of `diffuse train` (no {CONFIG_NAME}); pass runs/NAME")
+    try:
+        config = json.loads((path / CONFIG_NAME).read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise RunError(f"{path / CONFIG_NAME} is not valid JSON; the run is damaged (restore the file)") from None
+    if not isinstance(config, dict):
+        raise RunError(f"{path / CONFIG_NAME} is not a config object; the run is damaged (restore the file)")
+    if not (path / METRICS_NAME).is_file():
+        raise RunError(f"{path} has no {METRICS_NAME}: the run never logged a step (train it, or --resume it)")
+    rows = read_rows(path / METRICS_NAME)
+    card, parameters, best = None, None, None
+    if (path / WEIGHTS_NAME).is_file():
+        card = read_card(path / WEIGHTS_NAME)
+        parameters = _parameters(path / WEIGHTS_NAME)
+        if (path / BEST_NAME).is_file():
+            best = read_card(path / BEST_NAME).extra.get("best")
+    grids, note = _grids(path)
+    return Run(path, config, rows, card, parameters, best, _samples(path), grids, note)
+
+
+def describe_model(run: Run) -> str:
+    """The model in one line: what it generates, from what noise process, with which network."""
+    card, cfg = run.card, run.config
+    if card is None:
+        return f"a {cfg.get('task', 'score')} model of {cfg.get('data', {}).get('dataset', '?')}, no checkpoint written yet"
+    c, h, w = card.image_shape
+    colour = "greyscale" if c == 1 else "RGB"
+    classes = f" ({card.num_classes} classes)" if card.num_classes else ""
+    sde = card.sde.get("kind", "?")
+    size = f", {run.parameters:,} parameters" if run.parameters else ""
+    if card.kind == "classifier":
+        return f"a noise-aware classifier of {h}x{w} {colour} {card.dataset} images{classes} for the {sde} SDE ({card.arch}{size})"
+    cond = "class-conditional " if card.class_conditional else ""
+    return (f"a {cond}score model of {h}x{w} {colour} {card.dataset} images{classes}: {sde} SDE, "
+            f"{card.parameterization} parameterisation, {card.arch} network{size}")
+
+
+def _recipe(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """The training recipe: how long, how big a batch, the optimiser and EMA, the loss weighting."""
+    optim = cfg.get("optim") or {}
+    keys = ("task", "steps", "epochs", "batch_size", "precision", "seed", "class_conditional", "label_dropout", "loss_weighting")
+    return {**{k: cfg.get(k) for k in keys if k in cfg}, **{f"optim.{k}": v for k, v in optim.items()}}
+
+
+def _timing(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Steps per second (median over log records), wall time of the logged steps, time per evaluation."""
+    loss_rows = [r for r in rows if isinstance(r.get("it_per_s"), (int, float)) and r["it_per_s"] > 0]
+    wall, last = 0.0, 0.0
+    for r in loss_rows:
+        wall += max(0.0, float(r["step"]) - last) / float(r["it_per_s"])  # includes the hooks run since the record before
+        last = float(r["step"])
+    evals = [float(r["eval_seconds"]) for r in rows if "eval" in r and isinstance(r.get("eval_seconds"), (int, float))]
+    return {
+        "it_per_s": round(statistics.median(r["it_per_s"] for r in loss_rows), 3) if loss_rows else None,
+        "wall_seconds": round(wall, 1) if loss_rows else None,
+        "evaluations": sum(1 for r in rows if "eval" in r),
+        "seconds_per_evaluation": round(statistics.mean(evals), 2) if evals else None,
+        "evaluation_seconds": round(sum(evals), 1) if evals else None,
+    }
+
+
+def evaluations(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One entry per evaluation record: step, epoch, samples, NFE, seconds and each metric's figures."""
+    out = []
+    for r in rows:
+        if isinstance(r.get("eval"), Mapping):
+            out.append({"step": r["step"], "epoch": r.get("epoch"), "samples": r.get("eval_samples"), "nfe": r.get("eval_nfe"),
+                        "seconds": r.get("eval_seconds"), "figures": dict(r["eval"])})
+    return out
+
+
+def _command(*args: object) -> str:
+    return " ".join(shlex.quote(str(a)) for a in args)
+
+
+def commands(run: Run) -> dict[str, str]:
+    """The exact commands that train this run again (from its saved config) and sample from it."""
+    cfg, path = run.config, run.path
+    again: list[object] = ["diffuse", "train", "--config", path / CONFIG_NAME, "--name", f"{path.name}-again"]
+    if cfg.get("resume"):
+        again += ["--set", "resume=false"]  # the saved config of a resumed leg says resume: start afresh instead
+    out = {"reproduce": _command(*again),
+           "resume": _command("diffuse", "train", "--resume", "--out", path.parent, "--name", path.name, "--steps", "N")}
+    if cfg.get("task", "score") == "score":
+        s = cfg.get("sampler") or {}
+        sample = ["--sampler", s.get("name", "ei"), "--steps", s.get("steps", 20), "-n", 64, "--seed", cfg.get("seed", 0)]
+        out["sample"] = _command("diffuse", "sample", "--model", path, *sample, "--out", "samples.png")
+        if run.best is not None:
+            out["sample_best"] = _command("diffuse", "sample", "--model", path / BEST_NAME, *sample, "--out", "best.png")
+    else:
+        out["condition"] = _command("diffuse", "condition", "--model", "SCORE_RUN", "--classifier", path, "--class", "0")
+    return out
+
+
+def card_facts(run: Run) -> dict[str, Any] | None:
+    """The model card's fields, with the parameter count and the commit that trained it."""
+    card = run.card
+    if card is None:
+        return None
+    extra = dict(card.extra)
+    return {
+        "description": describe_model(run), "kind": card.kind, "source": card.source, "arch": card.arch,
+        "parameters": run.parameters, "sde": card.sde, "network": card.network, "parameterization": card.parameterization,
+        "image_shape": list(card.image_shape), "class_names": list(card.class_names), "dataset": card.dataset,
+        "step": card.step, "ema_updates": card.ema_updates, "package_version": card.package_version,
+        "commit": extra.pop("commit", None), "init_from": extra.pop("init_from", None), "extra": extra,
+    }
+
+
+def facts(run: Run) -> dict[str, Any]:
+    """Everything `diffuse report` says about a run, JSON-able (`--json` prints exactly this)."""
+    cfg = run.config
+    loss = [r for r in run.rows if "loss" in r]
+    return {
+        "run": str(run.path), "name": run.path.name, "report": str(run.path / REPORT_NAME),
+        "model": card_facts(run),
+        "description": describe_model(run),
+        "data": dict(cfg.get("data") or {}),
+        "recipe": _recipe(cfg),
+        "training": {"steps": max((int(r["step"]) for r in run.rows), default=0),
+                     "final_loss": loss[-1]["loss"] if loss else None, "records": len(loss),
+                     "counts_epochs": counts_epochs(cfg), **_timing(run.rows)},
+        "evaluations": evaluations(run.rows),
+        "best": run.best,
+        "samples": [{"step": step, "path": str(p)} for step, p in run.samples],
+        "grids": run.grids, "grids_note": run.grids_note,
+        "commands": commands(run),
+        "config": cfg,
+    }
