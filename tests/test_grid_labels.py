@@ -74,7 +74,7 @@ def test_trajectory_captions_give_the_step_and_sigma_of_each_column() -> None:
     assert len(captions) == len(traj.frames) + 1 and captions[-1] == "result"
     for (step, t), text in zip(traj.marks, captions):
         mean, std = sde.marginal(torch.tensor([t], dtype=torch.float64))
-        assert text == f"step {step}\nσ {float(std / mean):.3g}"  # sigma: the noise-to-signal ratio at t
+        assert text == f"step {step}\nsigma {float(std / mean):.3g}"  # sigma: the noise-to-signal ratio at t
     strip = traj.strip(torch.zeros(2, 1, 4, 4), captions)
     tile = 4 * scale_for(4, 4)
     assert tuple(strip.shape) == (1, PAD + 2 * (tile + PAD) + 2 * LINE, PAD + 11 * (tile + PAD))

@@ -47,7 +47,7 @@ def labelled_grid(x: Tensor, nrow: int | None = None, captions: Sequence[str] | 
                   column_captions: Sequence[str] | None = None) -> Tensor:
     """Images in [-1, 1] tiled ``nrow`` per row as uint8 [C, H, W], a caption under each image and/or each column.
 
-    A caption may hold several lines ("step 10\\nσ 0.52"); each is fitted to the tile's width.
+    A caption may hold several lines ("step 10\\nsigma 0.52"); each is fitted to the tile's width.
     """
     import numpy as np
     import torch

@@ -158,9 +158,9 @@ def describe_model(run: Run) -> str:
     sde = card.sde.get("kind", "?")
     size = f", {run.parameters:,} parameters" if run.parameters else ""
     if card.kind == "classifier":
-        return f"a noise-aware classifier of {h}x{w} {colour} {card.dataset} images{classes} for the {sde} SDE ({card.arch}{size})"
+        return f"a noise-aware classifier of {h}x{w} {colour} images of {card.dataset}{classes} for the {sde} SDE ({card.arch}{size})"
     cond = "class-conditional " if card.class_conditional else ""
-    return (f"a {cond}score model of {h}x{w} {colour} {card.dataset} images{classes}: {sde} SDE, "
+    return (f"a {cond}score model of {h}x{w} {colour} images of {card.dataset}{classes}: {sde} SDE, "
             f"{card.parameterization} parameterisation, {card.arch} network{size}")
 
 

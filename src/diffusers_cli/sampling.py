@@ -137,4 +137,4 @@ class Trajectory:
         """One per column: the steps taken and the noise level sigma = std / mean = exp(-lambda(t)) there, then "result"."""
         ts = torch.tensor([t for _, t in self.marks], dtype=torch.float64)
         sigmas = torch.exp(-sde.log_snr(ts)).tolist() if self.marks else []  # engine lambda is log(mean / std)
-        return [f"step {i}\nσ {s:.3g}" for (i, _), s in zip(self.marks, sigmas)] + ["result"]
+        return [f"step {i}\nsigma {s:.3g}" for (i, _), s in zip(self.marks, sigmas)] + ["result"]
