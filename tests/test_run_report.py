@@ -25,12 +25,13 @@ from diffusers_cli.cli import app
 
 runner = CliRunner()
 
-#: What issue 21's `diffuse tune` writes: an object with a list of entries (rendered whatever their fields).
+#: What `diffuse tune` writes (tuned_grids.write_entry): {"grids": [entries]}, rendered whatever the entries' fields.
+SHA = "0123456789abcdef" * 4
 GRIDS = {"grids": [
-    {"sampler": "ei", "steps": 8, "times": [1.0, 0.6, 0.3, 0.1, 0.05, 0.02, 0.01, 0.005, 0.001], "objective": "fd",
-     "cost": 0.125, "date": "2025-01-02", "weights_hash": "abc123"},
-    {"sampler": "heun", "steps": 4, "times": [1.0, 0.5, 0.1, 0.001], "objective": "fd", "cost": 0.5,
-     "date": "2025-01-03", "weights_hash": "abc123", "note": "extra field"},
+    {"sampler": "ei", "steps": 8, "options": {}, "times": [1.0, 0.6, 0.3, 0.1, 0.05, 0.02, 0.01, 0.005, 0.001],
+     "weights_sha256": SHA, "date": "2025-01-02T10:00:00+00:00", "objective": "path", "cost": 0.125},
+    {"sampler": "heun", "steps": 4, "options": {"order": 2}, "times": [1.0, 0.5, 0.1, 0.001], "weights_sha256": SHA,
+     "date": "2025-01-03T10:00:00+00:00", "objective": "path", "cost": 0.5, "note": "extra field"},
 ]}
 
 
@@ -175,10 +176,11 @@ def test_report_shows_the_runs_own_facts_with_every_image_embedded(evaluated_run
 
     # Tuned grids: every entry, its known columns first, an unknown field kept, a long time grid shortened.
     grids = page.tables["grids"]
-    assert grids[0] == ["sampler", "steps", "objective", "cost", "date", "weights_hash", "times", "note"]
-    assert [r[:6] for r in grids[1:]] == [["ei", "8", "fd", "0.125", "2025-01-02", "abc123"], ["heun", "4", "fd", "0.5", "2025-01-03", "abc123"]]
-    assert grids[1][6] == "[1.0, 0.6, 0.3, ... 0.005, 0.001] (9 values)" and grids[2][6] == "[1.0, 0.5, 0.1, 0.001]"
-    assert grids[2][7] == "extra field" and facts["grids"] == GRIDS["grids"]
+    assert grids[0] == ["sampler", "steps", "options", "objective", "cost", "date", "weights_sha256", "times", "note"]
+    assert [r[:7] for r in grids[1:]] == [["ei", "8", "{}", "path", "0.125", "2025-01-02T10:00:00+00:00", SHA[:12] + "…"],
+                                          ["heun", "4", "order 2", "path", "0.5", "2025-01-03T10:00:00+00:00", SHA[:12] + "…"]]
+    assert grids[1][7] == "[1.0, 0.6, 0.3, ... 0.005, 0.001] (9 values)" and grids[2][7] == "[1.0, 0.5, 0.1, 0.001]"
+    assert grids[2][8] == "extra field" and facts["grids"] == GRIDS["grids"]
 
     # The config, as saved.
     assert facts["config"] == json.loads((evaluated_run / "config.json").read_text())

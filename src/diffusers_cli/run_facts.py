@@ -17,14 +17,13 @@ from typing import Any
 from diffusers_cli.checkpoints import WEIGHTS_NAME, ModelCard, read_card
 from diffusers_cli.errors import UsageError
 from diffusers_cli.runs import BEST_NAME, CONFIG_NAME, METRICS_NAME
+from diffusers_cli.tuned_grids import GRIDS_NAME  # tuned time grids of the run's model (`diffuse tune`): {"grids": [...]}
 
 REPORT_NAME = "report.html"
-#: Tuned time grids of the run's model (`diffuse tune`, issue 21): an object holding a list of entries.
-GRIDS_NAME = "grids.json"
 SAMPLES_DIR = "samples"
 FINAL_SAMPLES = "samples.png"
 #: Columns of the tuned-grids table, in this order when present; other keys follow as found.
-GRID_COLUMNS = ("sampler", "steps", "objective", "cost", "date", "weights_hash", "times")
+GRID_COLUMNS = ("sampler", "steps", "options", "objective", "cost", "date", "weights_sha256", "times")
 
 
 class RunError(UsageError):

@@ -34,6 +34,7 @@ tr.best td { background: #fff6d5; } pre { background: #f6f6f6; padding: 0.7em; o
 .curves img { max-width: 100%; border: 1px solid #eee; } .grids { display: flex; flex-wrap: wrap; gap: 0.8em; }
 .grids figure { margin: 0; text-align: center; } .grids img { width: 200px; image-rendering: pixelated; border: 1px solid #ddd; }
 .grids figcaption { font-size: 12px; color: #555; } .note { color: #777; }
+.wide { overflow-x: auto; } #grids { font-size: 12px; }
 """
 
 
@@ -67,6 +68,17 @@ def _fmt(value: Any) -> str:
     if isinstance(value, (list, dict)):
         return json.dumps(value)
     return str(value)
+
+
+def _rounded(value: Any) -> Any:
+    """Floats inside lists and dicts cut to 4 significant digits, for reading (--json keeps every digit)."""
+    if isinstance(value, float) and math.isfinite(value):
+        return float(f"{value:.4g}")
+    if isinstance(value, list):
+        return [_rounded(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _rounded(v) for k, v in value.items()}
+    return value
 
 
 def _table(rows: Sequence[tuple[str, Any]]) -> str:
@@ -141,14 +153,19 @@ def grids_table(f: Mapping[str, Any]) -> str:
     keys = [k for k in GRID_COLUMNS if any(k in e for e in entries)]
     keys += [k for k in dict.fromkeys(k for e in entries for k in e) if k not in keys]
 
-    def cell(value: Any) -> str:
+    def cell(key: str, value: Any) -> str:
+        value = _rounded(value)
         if isinstance(value, list) and len(value) > 8:  # a long time grid: its ends and its length
             return f"{_fmt(value[:3])[:-1]}, ... {_fmt(value[-2:])[1:]} ({len(value)} values)"
+        if isinstance(value, str) and key.endswith(("sha256", "hash")) and len(value) > 16:
+            return value[:12] + "…"  # enough to tell two models apart; --json has it whole
+        if isinstance(value, dict) and value:
+            return ", ".join(f"{k} {_fmt(v)}" for k, v in value.items())
         return _fmt(value)
 
     head = "".join(f"<th>{_e(k)}</th>" for k in keys)
-    body = "".join("<tr>" + "".join(f"<td>{_e(cell(e.get(k)))}</td>" for k in keys) + "</tr>" for e in entries)
-    return f'<table id="grids"><tr>{head}</tr>{body}</table>'
+    body = "".join("<tr>" + "".join(f"<td>{_e(cell(k, e.get(k)))}</td>" for k in keys) + "</tr>" for e in entries)
+    return f'<div class="wide"><table id="grids"><tr>{head}</tr>{body}</table></div>'
 
 
 def chosen_grids(samples: Sequence[Any], limit: int = MAX_GRIDS) -> list[Any]:
