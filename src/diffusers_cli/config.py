@@ -290,6 +290,10 @@ class OptimConfig(Strict):
     # updates, so shorter runs (the 2,000-step Quickstart ends at 0.9955) average over a growing window.
     ema_decay: float = Field(0.999, ge=0.0, lt=1.0)
     ema_warmup: bool = True
+    # "power": EDM2's power-function profile (Karras et al. 2024), whose averaging window grows with the run:
+    # its width is ema_sigma_rel of the run's length at any step (ema_decay and ema_warmup are then unused).
+    ema_profile: Literal["exponential", "power"] = "exponential"
+    ema_sigma_rel: float = Field(0.10, gt=0.0, lt=0.28)
 
 
 #: Optimisation steps of a run given neither steps nor epochs.
@@ -350,7 +354,8 @@ class TrainConfig(Strict):
     classifier: ClassifierConfig = Field(default_factory=ClassifierConfig)
     data: DataConfig = Field(default_factory=DataConfig)
     optim: OptimConfig = Field(default_factory=OptimConfig)
-    loss_weighting: Literal["edm", "eps", "likelihood"] = "edm"
+    loss_weighting: Literal["edm", "eps", "likelihood", "min-snr"] = "edm"
+    min_snr_gamma: PositiveFloat = 5.0  # "min-snr": weight min(SNR, gamma) on the x0 error (Hang et al. 2023)
     time_sampling: Literal["lognormal", "uniform"] = "lognormal"
     # ln(sigma) ~ N(mean, std^2) for "lognormal", sigma = std(t) / mean(t): EDM's -1.2 / 1.2 by default;
     # a higher mean spends more of training at the noise levels that decide an image's layout (on 16x16

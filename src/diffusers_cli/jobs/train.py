@@ -313,7 +313,7 @@ def _train_held(cfg: TrainConfig, init: Any, run_dir: Path, dataset: Any, info: 
     net.to(device)
     if cfg.channels_last:
         net.to(memory_format=torch.channels_last)
-    ema = EMA(net, cfg.optim.ema_decay, cfg.optim.ema_warmup)
+    ema = EMA(net, cfg.optim.ema_decay, cfg.optim.ema_warmup, cfg.optim.ema_profile, cfg.optim.ema_sigma_rel)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.optim.lr, betas=cfg.optim.betas, weight_decay=cfg.optim.weight_decay)
     gen = build.make_generator(cfg.seed, device)
 

@@ -1,0 +1,139 @@
+"""Time to quality of the training recipes (issue 20): steps and CPU seconds until the judge recognises 90 % of the shapes.
+
+    python benchmarks/time_to_quality.py                       # every recipe, seeds 0 1 2 (about 1.5 CPU hours)
+    python benchmarks/time_to_quality.py --recipes today,power-ema --seeds 0 --json out.json
+
+Each recipe trains the Quickstart's model (16x16 shapes, class-conditional, `--lr 3e-3`, batch 64, one CPU
+thread) from the same seed, in one process, up a ladder of step counts: the run is resumed from its own
+checkpoint at each rung (resuming is bitwise, tests/test_recipes.py, so a rung is the run that stops there).
+At each rung 256 samples (ei, 20 steps, the classes in turn, guided at the default scale, seeds 0..255) are
+read by benchmarks/shapes_judge.py's judge (cached in runs/builtin/): recognised share (confidence >= 0.9),
+share recognised as the class asked, and judge FD against 256 real shapes. CPU seconds are this process's
+(time.process_time) in training alone, so load from other processes changes them little; measuring is not
+counted. The table gives, per recipe, the median over seeds of the first rung that reaches the target.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import cpu_model
+
+ROOT = Path(__file__).resolve().parents[1]
+#: name -> config overrides on top of the Quickstart recipe. "today" is the default recipe as it stands.
+RECIPES: dict[str, dict[str, Any]] = {
+    "today": {},
+    "min-snr": {"loss_weighting": "min-snr", "min_snr_gamma": 5.0},
+    "power-ema": {"optim": {"ema_profile": "power", "ema_sigma_rel": 0.10}},
+    "uniform-t": {"time_sampling": "uniform"},
+}
+LADDER = (250, 500, 750, 1000)
+
+
+def quickstart(out: Path, name: str, seed: int, steps: int, resume: bool, recipe: dict[str, Any]) -> Any:
+    """The TrainConfig of the Quickstart's first line, with a recipe's overrides."""
+    from diffusers_cli.config import TrainConfig
+
+    data: dict[str, Any] = {"data": {"dataset": "shapes", "image_size": 16}, "class_conditional": True,
+                            "optim": {"lr": 3e-3}, "steps": steps, "seed": seed, "out": str(out), "name": name,
+                            "device": "cpu", "resume": resume, "sample_every": 0, "checkpoint_every": 100_000}
+    for key, value in recipe.items():
+        data[key] = {**data.get(key, {}), **value} if isinstance(value, dict) else value
+    return TrainConfig.model_validate(data)
+
+
+def judged(run: Path, judge: torch.nn.Module, real: torch.Tensor, n: int) -> dict[str, float]:
+    """Recognised share, share as asked and judge FD of n samples of the run, drawn as `diffuse sample` draws them."""
+    from shapes_judge import judge_images
+    from shapes_quality import judge_fd
+
+    import diffusers_cli as dc
+    from diffusers_cli.engine.guidance import cycle_labels
+
+    model = dc.load_model(run)
+    x = dc.sample(model, n, sampler="ei", steps=20, seed=0)
+    labels = cycle_labels(0, n, model.card.num_classes)
+    cls, ok = judge_images(judge, x)
+    return {"recognised": round(ok.float().mean().item(), 4),
+            "as_asked": round((ok & (cls == labels)).float().mean().item(), 4),
+            "judge_fd": round(judge_fd(judge, x, real), 2)}
+
+
+def run_recipe(name: str, seed: int, work: Path, judge: torch.nn.Module, real: torch.Tensor, n: int) -> list[dict[str, Any]]:
+    """One recipe and seed up the ladder: a row per rung."""
+    from diffusers_cli.jobs.train import train
+
+    rows, cpu = [], 0.0
+    for i, steps in enumerate(LADDER):
+        t0 = time.process_time()
+        res = train(quickstart(work, f"{name}-{seed}", seed, steps, i > 0, RECIPES[name]))
+        cpu += time.process_time() - t0
+        row = {"recipe": name, "seed": seed, "steps": steps, "cpu_seconds": round(cpu, 1), **judged(res.run_dir, judge, real, n)}
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    return rows
+
+
+def first_reaching(rows: list[dict[str, Any]], target: float) -> dict[str, Any] | None:
+    """The first rung whose recognised share reaches the target."""
+    return next((r for r in rows if r["recognised"] >= target), None)
+
+
+def table(rows: list[dict[str, Any]], target: float) -> None:
+    """Markdown: per recipe, median steps / CPU seconds to the target over seeds, and the figures at each rung."""
+    print(f"\n| recipe | seeds reaching {100 * target:.0f} % | steps (median) | CPU s (median) | judge FD there | "
+          + " | ".join(f"recognised at {s}" for s in LADDER) + " |")
+    print("|---|---|---|---|---|" + "---|" * len(LADDER))
+    for name in dict.fromkeys(r["recipe"] for r in rows):
+        mine = [r for r in rows if r["recipe"] == name]
+        seeds = sorted({r["seed"] for r in mine})
+        hits = [first_reaching([r for r in mine if r["seed"] == s], target) for s in seeds]
+        got = [h for h in hits if h is not None]
+        med = (lambda key: statistics.median(h[key] for h in got)) if len(got) == len(seeds) else None
+        at = [statistics.median(r["recognised"] for r in mine if r["steps"] == s) for s in LADDER]
+        print(f"| {name} | {len(got)} / {len(seeds)} | {med('steps') if med else '-'} | {med('cpu_seconds') if med else '-'} | "
+              f"{med('judge_fd') if med else '-'} | " + " | ".join(f"{100 * a:.1f} %" for a in at) + " |")
+
+
+def main() -> None:
+    """Train every recipe and seed up the ladder, then print the table."""
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--recipes", default=",".join(RECIPES))
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--target", type=float, default=0.9)
+    ap.add_argument("-n", type=int, default=256)
+    ap.add_argument("--json", type=Path, help="also write the rows here")
+    ap.add_argument("--rows", type=Path, nargs="*", default=[], help="print the table of rows saved by earlier runs (--json)")
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    if args.rows:
+        table([r for f in args.rows for r in json.loads(f.read_text())["rows"]], args.target)
+        return
+    from shapes_judge import cached_judge
+    from shapes_quality import load_real
+
+    judge, _, _ = cached_judge(16, ROOT / "runs" / "builtin" / "judge-shapes-16.safetensors", "shapes")
+    real = load_real("shapes", 16, 3, ROOT, args.n)
+    rows: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in args.recipes.split(","):
+            for seed in args.seeds:
+                rows += run_recipe(name, seed, Path(tmp), judge, real, args.n)
+    print(f"# time to quality ({cpu_model()}, 1 thread, torch {torch.__version__})")
+    table(rows, args.target)
+    if args.json:
+        args.json.write_text(json.dumps({"cpu": cpu_model(), "rows": rows}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
