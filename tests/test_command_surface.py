@@ -148,7 +148,9 @@ def test_the_base_invocations_are_valid(command: str, sandbox: Path) -> None:
     assert res.exit_code == 0, res.stderr
 
 
-RANDOM = list(BASE)
+# In the suite's derandomized examples one evaluate example runs a bits/dim ODE for minutes (which flag makes it
+# slow is not pinned down; 150 random examples of the long profile passed in 136 s): evaluate runs in the long one.
+RANDOM = list(BASE) if LONG else [c for c in BASE if c != "evaluate"]
 
 
 @pytest.mark.slow
