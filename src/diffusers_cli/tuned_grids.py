@@ -23,7 +23,6 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
-from diffusers_cli.checkpoints import WEIGHTS_NAME
 from diffusers_cli.engine.grids import TUNED
 from diffusers_cli.errors import UsageError
 from diffusers_cli.files import write_text_atomic
@@ -52,13 +51,10 @@ def user_grids_file() -> Path:
     return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "diffusers-cli" / GRIDS_NAME
 
 
-def beside(model_path: Path) -> Path | None:
-    """The grids file that belongs with a resolved model (``models.resolve_model_path``): its run, folder or package."""
-    if model_path.is_dir():
-        return model_path / GRIDS_NAME
-    if model_path.parent == builtin.weights_dir() or model_path.name == WEIGHTS_NAME:
-        return model_path.parent / GRIDS_NAME
-    return None
+def beside(model_path: Path) -> Path:
+    """The grids file that belongs with a resolved model (``models.resolve_model_path``): in its folder, run or package."""
+    # Entries carry the weights' hash, so one file per folder serves every model in it.
+    return model_path / GRIDS_NAME if model_path.is_dir() else model_path.parent / GRIDS_NAME
 
 
 def write_target(model_path: Path, grids: Path | None, model_spec: object) -> Path:
@@ -67,7 +63,7 @@ def write_target(model_path: Path, grids: Path | None, model_spec: object) -> Pa
         return grids
     if builtin.is_builtin_ref(model_spec) or str(model_spec).startswith("hf:"):
         return user_grids_file()
-    return beside(model_path) or model_path.with_name(GRIDS_NAME)
+    return beside(model_path)
 
 
 def read_entries(path: Path) -> list[dict[str, Any]]:
@@ -107,7 +103,7 @@ def make_entry(sampler: str, steps: int, options: dict[str, Any], times: Tensor,
 def find_times(model_path: Path, net: nn.Module, sampler: str, steps: int, options: dict[str, Any],
                grids: Path | None = None, model_spec: object = None) -> Tensor:
     """The tuned times for this model, sampler, step count and options; UsageError saying how to make them."""
-    files = [grids] if grids is not None else [f for f in (beside(model_path), user_grids_file()) if f is not None]
+    files = [grids] if grids is not None else [beside(model_path), user_grids_file()]
     want = (sampler, steps, json.dumps(options, sort_keys=True))
     digest = weights_hash(net)
     others: list[tuple[Path, str]] = []
