@@ -61,8 +61,10 @@ def test_a_second_writer_is_refused_a_reader_sees_whole_checkpoints_and_a_dead_h
                 f"diffuse: error: {run} is being trained by pid {first.pid} on {socket.gethostname()} since {since}; "
                 "wait for it or choose another --name")
         # A reader while the run writes a checkpoint every step: every read is a whole file, steps never go back.
-        steps = []
-        for _ in range(30):
+        # At least 30 reads, and on until the writer has moved on (a loaded machine may write more slowly than we read).
+        steps: list[int] = []
+        deadline = time.time() + 120
+        while len(steps) < 30 or (steps[-1] == steps[0] and time.time() < deadline):
             tensors, card = load_model(run / "model.safetensors")
             assert {k.split(".")[0] for k in tensors} == {"online", "ema"}
             steps.append(card.step)
