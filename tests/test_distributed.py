@@ -6,15 +6,25 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 
+from typer.testing import CliRunner
+
 from diffusers_cli.checkpoints import load_weights
+from diffusers_cli.cli import app
+
+runner = CliRunner()
 
 ARGS = ["train", "--image-size", "8", "--batch-size", "8", "--set", "data.num_examples=64", "--set", "network.base_channels=16",
         "--set", "sampler.name=ddpm", "--set", "sampler.steps=2", "--set", "sample_n=2", "--set", "data.flip=true",
         "--set", "optim.warmup=2", "--device", "cpu", "--sample-every", "0"]
+
+
+def invoke(*args: object) -> Any:
+    return runner.invoke(app, [str(a) for a in args])
 
 
 def run(cmd: list[str]) -> subprocess.CompletedProcess[str]:
@@ -24,8 +34,9 @@ def run(cmd: list[str]) -> subprocess.CompletedProcess[str]:
 
 @pytest.mark.slow
 def test_two_processes_equal_one_and_resume_with_one(tmp_path: Path) -> None:
-    single = run([sys.executable, "-m", "diffusers_cli", *ARGS, "--steps", "4", "--out", str(tmp_path), "--name", "one"])
-    assert single.returncode == 0, single.stderr
+    # The one-process runs go in this process (one thread, conftest.py): only the 2-process run needs torchrun.
+    single = invoke(*ARGS, "--steps", "4", "--out", tmp_path, "--name", "one")
+    assert single.exit_code == 0, single.stderr
     dist = run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                 "-m", "diffusers_cli", *ARGS, "--steps", "4", "--out", str(tmp_path), "--name", "two"])
     assert dist.returncode == 0, dist.stderr
@@ -35,16 +46,16 @@ def test_two_processes_equal_one_and_resume_with_one(tmp_path: Path) -> None:
     worst = max((w1[k] - w2[k]).abs().max().item() for k in w1)
     assert worst < 1e-5, worst  # same data, noise and flips per example; only the reduction order differs
     # The agreement is meaningful: two more training steps move the weights far more than the 1-vs-2 gap.
-    short = run([sys.executable, "-m", "diffusers_cli", *ARGS, "--steps", "2", "--out", str(tmp_path), "--name", "short"])
-    assert short.returncode == 0, short.stderr
+    short = invoke(*ARGS, "--steps", "2", "--out", tmp_path, "--name", "short")
+    assert short.exit_code == 0, short.stderr
     w0, _ = load_weights(tmp_path / "short" / "model.safetensors")
     moved = max((w1[k] - w0[k]).abs().max().item() for k in w1)
     assert moved > 100 * max(worst, 1e-7), (moved, worst)
 
     # Resume the 2-process run with 1 process: it continues from step 4 and matches the 1-process run continued alike.
     for name in ("one", "two"):
-        res = run([sys.executable, "-m", "diffusers_cli", "train", "--resume", "--out", str(tmp_path), "--name", name, "--steps", "6"])
-        assert res.returncode == 0, res.stderr
+        res = invoke("train", "--resume", "--out", tmp_path, "--name", name, "--steps", "6")
+        assert res.exit_code == 0, res.stderr
     r1, _ = load_weights(tmp_path / "one" / "model.safetensors")
     r2, meta = load_weights(tmp_path / "two" / "model.safetensors")
     assert meta["step"] == 6

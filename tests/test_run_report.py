@@ -186,6 +186,20 @@ def test_report_shows_the_runs_own_facts_with_every_image_embedded(evaluated_run
     assert facts["config"] == json.loads((evaluated_run / "config.json").read_text())
 
 
+def test_training_reuses_its_loss_plot_and_the_command_redraws_the_same(tiny_run: Path, tmp_path: Path) -> None:
+    # The page written at the end of training embeds loss.png's own bytes (drawn once); `diffuse report` redraws
+    # the curve from the log, pixel for pixel the same.
+    loss = (tiny_run / "loss.png").read_bytes()
+    trained = Page((tiny_run / "report.html").read_text(encoding="utf-8"))
+    assert base64.b64decode(trained.images[0].split(",", 1)[1]) == loss
+    run = tmp_path / "copy"
+    shutil.copytree(tiny_run, run)
+    res = invoke("report", run)
+    assert res.exit_code == 0, res.stderr
+    redrawn = png_of(Page((run / "report.html").read_text(encoding="utf-8")).images[0])
+    assert list(redrawn.convert("RGBA").getdata()) == list(Image.open(io.BytesIO(loss)).convert("RGBA").getdata())
+
+
 def card_table_of(page: Page, name: str) -> dict[str, str]:
     return {row[0]: row[1] for row in page.tables[name] if len(row) == 2}
 

@@ -242,7 +242,9 @@ def png_bytes(fig: Figure) -> bytes:
     return buf.getvalue()
 
 
-def save_figure(fig: Figure, path: Path) -> None:
-    """Write the figure as a PNG, atomically (a reader never sees half a picture)."""
+def save_figure(fig: Figure, path: Path) -> bytes:
+    """Write the figure as a PNG, atomically (a reader never sees half a picture); returns the PNG's bytes."""
+    data = png_bytes(fig)
     with atomic_path(Path(path)) as tmp:
-        tmp.write_bytes(png_bytes(fig))
+        tmp.write_bytes(data)
+    return data

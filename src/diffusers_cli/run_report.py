@@ -208,8 +208,12 @@ def _caption(step: int | None, final_step: int) -> str:
     return f"step {step:,}" if step is not None else f"final (step {final_step:,})"
 
 
-def write_report(run_dir: Path) -> Report:
-    """Write ``run_dir``/report.html from the run's files; RunError for a path that is not a run or a damaged log."""
+def write_report(run_dir: Path, loss_png: bytes | None = None) -> Report:
+    """Write ``run_dir``/report.html from the run's files; RunError for a path that is not a run or a damaged log.
+
+    ``loss_png``: the loss curve as the caller has just drawn it from the same log (training passes its loss.png),
+    so the page does not draw it a second time.
+    """
     from diffusers_cli.engine.metrics import METRICS
     from diffusers_cli.plots import BestMark, loss_figure, metrics_figure, png_bytes
 
@@ -218,7 +222,7 @@ def write_report(run_dir: Path) -> Report:
     spe = _steps_per_epoch(run) if counts_epochs(run.config) else None
     best = BestMark(run.best["metric"], float(run.best["value"]), int(run.best["step"])) if run.best else None
     task = run.config.get("task", "score")
-    curves = [("training loss", png_bytes(loss_figure(run.rows, f"training loss ({task})", spe)))]
+    curves = [("training loss", loss_png or png_bytes(loss_figure(run.rows, f"training loss ({task})", spe)))]
     if f["evaluations"]:
         curves.append(("evaluation figures", png_bytes(metrics_figure(run.rows, METRICS, best, spe))))
     grids = [(_caption(step, f["training"]["steps"]), path.read_bytes()) for step, path in chosen_grids(run.samples)]

@@ -344,13 +344,14 @@ def _train_held(cfg: TrainConfig, init: Any, run_dir: Path, dataset: Any, info: 
     shape = (cfg.batch_size, info.channels, *d.image_hw)
 
     saved: list[int | None] = [start if cfg.resume else None]  # the step of the last checkpoint on disk
+    loss_png: list[bytes | None] = [None]  # loss.png as last drawn, which the report reuses
     epoch_axis = steps_per_epoch if counts_epochs(dump_config(cfg)) else None  # plots show epochs when the run counts them
 
     def snapshot(step: int) -> None:
         if world.is_main:
             _save(run_dir, net, ema, opt, gen, model_card(cfg, info, net, step, ema.num_updates), scaler)
             saved[0] = step
-            save_figure(loss_figure(log.read(), f"training loss ({cfg.task})", epoch_axis), run_dir / LOSS_PLOT_NAME)
+            loss_png[0] = save_figure(loss_figure(log.read(), f"training loss ({cfg.task})", epoch_axis), run_dir / LOSS_PLOT_NAME)
         barrier(world)
 
     def grid(step: int, path: Path) -> None:
@@ -419,7 +420,7 @@ def _train_held(cfg: TrainConfig, init: Any, run_dir: Path, dataset: Any, info: 
         tb.close()
     extra: dict[str, Any] = {"epochs": round(res.step / steps_per_epoch, 4), "total_steps": steps}
     if world.is_main:
-        extra["report"] = str(write_report(run_dir).path)  # the page `diffuse report RUN` writes, now up to date
+        extra["report"] = str(write_report(run_dir, loss_png[0]).path)  # the page `diffuse report RUN` writes, now up to date
     if watch is not None and watch.best is not None:
         extra["best"] = {"metric": watch.best.metric, "value": watch.best.value, "step": watch.best.step,
                          "weights": str(run_dir / BEST_NAME)}
