@@ -69,12 +69,13 @@ def judged(run: Path, judge: torch.nn.Module, real: torch.Tensor, n: int) -> dic
             "judge_fd": round(judge_fd(judge, x, real), 2)}
 
 
-def run_recipe(name: str, seed: int, work: Path, judge: torch.nn.Module, real: torch.Tensor, n: int) -> list[dict[str, Any]]:
+def run_recipe(name: str, seed: int, work: Path, judge: torch.nn.Module, real: torch.Tensor, n: int,
+               ladder: tuple[int, ...] = LADDER) -> list[dict[str, Any]]:
     """One recipe and seed up the ladder: a row per rung."""
     from diffusers_cli.jobs.train import train
 
     rows, cpu = [], 0.0
-    for i, steps in enumerate(LADDER):
+    for i, steps in enumerate(ladder):
         t0 = time.process_time()
         res = train(quickstart(work, f"{name}-{seed}", seed, steps, i > 0, RECIPES[name]))
         cpu += time.process_time() - t0
@@ -91,16 +92,17 @@ def first_reaching(rows: list[dict[str, Any]], target: float) -> dict[str, Any] 
 
 def table(rows: list[dict[str, Any]], target: float) -> None:
     """Markdown: per recipe, median steps / CPU seconds to the target over seeds, and the figures at each rung."""
+    ladder = sorted({r["steps"] for r in rows})
     print(f"\n| recipe | seeds reaching {100 * target:.0f} % | steps (median) | CPU s (median) | judge FD there | "
-          + " | ".join(f"recognised at {s}" for s in LADDER) + " |")
-    print("|---|---|---|---|---|" + "---|" * len(LADDER))
+          + " | ".join(f"recognised at {s}" for s in ladder) + " |")
+    print("|---|---|---|---|---|" + "---|" * len(ladder))
     for name in dict.fromkeys(r["recipe"] for r in rows):
         mine = [r for r in rows if r["recipe"] == name]
         seeds = sorted({r["seed"] for r in mine})
         hits = [first_reaching([r for r in mine if r["seed"] == s], target) for s in seeds]
         got = [h for h in hits if h is not None]
         med = (lambda key: statistics.median(h[key] for h in got)) if len(got) == len(seeds) else None
-        at = [statistics.median(r["recognised"] for r in mine if r["steps"] == s) for s in LADDER]
+        at = [statistics.median(r["recognised"] for r in mine if r["steps"] == s) for s in ladder]
         print(f"| {name} | {len(got)} / {len(seeds)} | {med('steps') if med else '-'} | {med('cpu_seconds') if med else '-'} | "
               f"{med('judge_fd') if med else '-'} | " + " | ".join(f"{100 * a:.1f} %" for a in at) + " |")
 
@@ -111,6 +113,7 @@ def main() -> None:
     ap.add_argument("--recipes", default=",".join(RECIPES))
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--target", type=float, default=0.9)
+    ap.add_argument("--ladder", type=int, nargs="+", default=list(LADDER), help="the step counts judged (ascending)")
     ap.add_argument("-n", type=int, default=256)
     ap.add_argument("--json", type=Path, help="also write the rows here")
     ap.add_argument("--rows", type=Path, nargs="*", default=[], help="print the table of rows saved by earlier runs (--json)")
@@ -128,7 +131,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.recipes.split(","):
             for seed in args.seeds:
-                rows += run_recipe(name, seed, Path(tmp), judge, real, args.n)
+                rows += run_recipe(name, seed, Path(tmp), judge, real, args.n, tuple(args.ladder))
     print(f"# time to quality ({cpu_model()}, 1 thread, torch {torch.__version__})")
     table(rows, args.target)
     if args.json:

@@ -130,6 +130,19 @@ def test_cli_tune_writes_the_run_grid_and_sample_uses_it(tiny_run: Path, tmp_pat
     assert (png_pixels(out) == grid_pixels(want)).all()
     assert not (grid_pixels(default) == grid_pixels(want)).all()
 
+    # --objective moments: the entry for (ipndm, 4) is replaced by the engine's moments-tuned grid, so named.
+    res = _tune(run, "--steps", "4", "--objective", "moments")
+    assert res.exit_code == 0, res.output
+    moments = [e for e in json.loads((run / "grids.json").read_text())["grids"] if e["steps"] == 4]
+    from diffusers_cli.config import SamplerConfig
+    from diffusers_cli.evaluation import tune_for
+
+    engine = tune_for(model, card, SamplerConfig(name="ipndm", steps=4), torch.device("cpu"), 4, 0, objective="moments",
+                      lattice=12, rounds=1)
+    assert len(moments) == 1 and moments[0]["objective"] == "moments" == engine.objective
+    # The times are the engine's exactly; the error only to 5 %: the job's model scores a few ulps apart (another load).
+    assert moments[0]["times"] == engine.times.tolist() and moments[0]["error"] == pytest.approx(engine.error, rel=0.05)
+
 
 def test_cli_tuned_grid_errors(tiny_run: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
@@ -139,9 +152,11 @@ def test_cli_tuned_grid_errors(tiny_run: Path, tmp_path: Path) -> None:
     assert res.exit_code == 2
     assert "no tuned grid for ipndm at 4 steps" in res.output and f"diffuse tune {run} --sampler ipndm --steps 4" in res.output
     assert not (tmp_path / "x.png").exists()
-    for args, words in ((["--steps", "0"], "steps"), (["--sampler", "nope"], "unknown sampler 'nope'")):
+    for args, words in ((["--steps", "0"], "steps"), (["--sampler", "nope"], "unknown sampler 'nope'"),
+                        (["--objective", "fid"], "objective: must be one of path, moments, got 'fid'"),
+                        (["--sampler", "em", "--objective", "path"], "('path' only for deterministic samplers), got 'path'")):
         res = runner.invoke(app, ["tune", str(run), *args])
-        assert res.exit_code == 2 and words in res.output and "Traceback" not in res.output
+        assert res.exit_code == 2 and words in res.output and "Traceback" not in res.output, res.output
     assert not (run / "grids.json").exists()
     # A grids file of another model: the weights differ, so the grid is refused, naming both hashes.
     assert _tune(run, "--steps", "3").exit_code == 0

@@ -20,6 +20,7 @@ def tune_command(
     order: OrderOpt = None,
     batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="Images the grid is tuned on (default 16).")] = None,
     guidance: Annotated[Optional[float], typer.Option(help="Class-conditional models: the guidance scale to tune at (default: sample's).")] = None,
+    objective: Annotated[Optional[str], typer.Option(help="What the grid minimises: 'path' (each sample's error against an accurate solve; deterministic samplers' default) or 'moments' (the batch's mean and spread).")] = None,
     grids: GridsOpt = None,
     download: DownloadModelOpt = False,
     no_ema: Annotated[bool, typer.Option("--no-ema", help="Tune for the online weights instead of the EMA.")] = False,
@@ -35,7 +36,7 @@ def tune_command(
         from diffusers_cli.config import TuneConfig, build_config
 
         overrides: dict[str, object] = {
-            "model": model, "sampler": sampler, "steps": steps, "batch_size": batch_size, "guidance": guidance,
+            "model": model, "sampler": sampler, "steps": steps, "batch_size": batch_size, "guidance": guidance, "objective": objective,
             "grids": str(grids) if grids else None, "seed": seed, "device": device,
             "use_ema": False if no_ema else None, "download": True if download else None,
             **{f"options.{k}": v for k, v in {"order": order, **option_pairs(option)}.items() if v is not None},

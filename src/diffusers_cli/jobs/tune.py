@@ -47,7 +47,7 @@ def tune_grids(cfg: TuneConfig, reporter: Reporter | None = None) -> TuneResult:
                                     options=cfg.options)
             reporter.start(evaluation_budget(steps, cfg.lattice, cfg.rounds), f"tuning {cfg.sampler} at {steps} steps")
             res = tune_for(model, card, sampler, device, cfg.batch_size, cfg.seed, cfg.guidance, rounds=cfg.rounds,
-                           lattice=cfg.lattice, progress=lambda n, err: reporter.advance(1, error=err))
+                           lattice=cfg.lattice, objective=cfg.objective, progress=lambda n, err: reporter.advance(1, error=err))
             reporter.finish()
             entry = make_entry(cfg.sampler, steps, dict(sampler.options), res.times, digest,
                                objective=res.objective, error=res.error, default_error=res.default_error, start=res.start,
