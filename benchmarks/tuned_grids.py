@@ -9,7 +9,8 @@ Part 1, exact scores. The targets, SDE, error measures and the peer are those of
 0.1 -> 20; moment W2 and mode error against the exact transport of the same 10,000 prior draws;
 diffusers' DPMSolverMultistepScheduler, dpmsolver++, order 2, Lu lambdas, its best grid there). Each of
 our rows uses NFE - 1 steps plus the final denoise; the tuned grid is found by `engine.grid_tuning.tune`
-on 1,024 *other* prior draws (seed 1), so the table measures it on noise it never saw.
+on 1,024 *other* prior draws (seed 1), so the table measures it on noise it never saw; ipndm has a second
+tuned row, the moments objective with a wider search (TUNINGS).
 
 Part 2, trained models. For each `builtin:` model, ipndm at 4, 5 and 6 NFE with its default (log-SNR)
 grid and with the grid `diffuse tune` finds (batch 16, seed 0, the defaults): 256 samples of every class
