@@ -3,6 +3,7 @@
     python benchmarks/tuned_grids.py                  # both parts (about 20 minutes on one CPU thread)
     python benchmarks/tuned_grids.py --part analytic  # exact-score densities only (a minute or two)
     python benchmarks/tuned_grids.py --part models --models shapes
+    python benchmarks/tuned_grids.py --part models --models shapes --objective moments [--lattice 400 --rounds 6]
 
 Part 1, exact scores. The targets, SDE, error measures and the peer are those of benchmarks/samplers.py
 (a per-pixel Gaussian with variances 1e-2 .. 1, a two-mode mixture with weights 0.3 / 0.7; VP linear
@@ -86,7 +87,7 @@ def analytic(batch: int, tune_batch: int) -> dict[str, Any]:
     return out
 
 
-def models(names: list[str], n: int) -> dict[str, Any]:
+def models(names: list[str], n: int, **search: Any) -> dict[str, Any]:
     """Part 2: judged samples of each builtin model with ipndm at 4, 5, 6 NFE, default against tuned grid."""
     from shapes_judge import cached_judge, judge_images
     from shapes_quality import judge_fd, load_real
@@ -110,7 +111,7 @@ def models(names: list[str], n: int) -> dict[str, Any]:
         rows = []
         for nfe in (4, 5, 6):
             s = SamplerConfig(name="ipndm", steps=nfe - 1)
-            res = tune_for(model, card, s, torch.device("cpu"))
+            res = tune_for(model, card, s, torch.device("cpu"), **search)
             cells = {}
             for grid_name, grid in (("default", None), ("tuned", res.times)):
                 with torch.no_grad():
@@ -161,6 +162,9 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=10_000, help="evaluation draws in part 1")
     ap.add_argument("--tune-batch", type=int, default=1024, help="draws the grid is tuned on in part 1")
     ap.add_argument("-n", type=int, default=256, help="samples per cell in part 2")
+    ap.add_argument("--objective", choices=("path", "moments"), help="part 2: the tuner's objective (default: its own choice, path)")
+    ap.add_argument("--lattice", type=int, default=80, help="part 2: the tuner's lattice budget")
+    ap.add_argument("--rounds", type=int, default=3, help="part 2: the tuner's local-search rounds")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--json", type=Path, help="also write the figures here")
     args = ap.parse_args()
@@ -170,7 +174,7 @@ def main() -> None:
     if args.part in ("all", "analytic"):
         result["analytic"] = analytic(args.batch, args.tune_batch)
     if args.part in ("all", "models"):
-        result["models"] = models(args.models.split(","), args.n)
+        result["models"] = models(args.models.split(","), args.n, objective=args.objective, lattice=args.lattice, rounds=args.rounds)
     print(f"# Tuned grids ({result['cpu']}, {args.threads} thread(s), {time.perf_counter() - t0:.0f} s)")
     print_tables(result)
     if args.json:
