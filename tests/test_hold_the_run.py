@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
+from typer.testing import CliRunner, Result
 
 from diffusers_cli.checkpoints import load_model, read_meta
 from diffusers_cli.cli import app
@@ -25,7 +25,7 @@ TINY = ["--image-size", "8", "--batch-size", "8", "--set", "data.num_examples=64
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
 
 
-def invoke(*args: object) -> object:
+def invoke(*args: object) -> Result:
     return runner.invoke(app, [str(a) for a in args])
 
 
@@ -54,9 +54,9 @@ def test_a_second_writer_is_refused_a_reader_sees_whole_checkpoints_and_a_dead_h
         # A second `diffuse train` of the same run, and a --resume of it, here: the holder is the other process.
         for extra in ([], ["--resume"]):
             second = invoke("train", "--steps", "3", "--out", tmp_path, "--name", "same", *extra, *TINY)
-            assert second.exit_code == 2  # type: ignore[attr-defined]
+            assert second.exit_code == 2
             since = time.strftime("%H:%M", time.localtime(holder["started"]))
-            assert one_error_line(second.stderr) == (  # type: ignore[attr-defined]
+            assert one_error_line(second.stderr) == (
                 f"diffuse: error: {run} is being trained by pid {first.pid} on {socket.gethostname()} since {since}; "
                 "wait for it or choose another --name")
         # A reader while the run writes a checkpoint every step: every read is a whole file, steps never go back.

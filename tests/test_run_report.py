@@ -196,8 +196,9 @@ def test_training_reuses_its_loss_plot_and_the_command_redraws_the_same(tiny_run
     shutil.copytree(tiny_run, run)
     res = invoke("report", run)
     assert res.exit_code == 0, res.stderr
-    redrawn = png_of(Page((run / "report.html").read_text(encoding="utf-8")).images[0])
-    assert list(redrawn.convert("RGBA").getdata()) == list(Image.open(io.BytesIO(loss)).convert("RGBA").getdata())
+    redrawn = png_of(Page((run / "report.html").read_text(encoding="utf-8")).images[0]).convert("RGBA")
+    drawn = Image.open(io.BytesIO(loss)).convert("RGBA")
+    assert redrawn.size == drawn.size and redrawn.tobytes() == drawn.tobytes()
 
 
 def card_table_of(page: Page, name: str) -> dict[str, str]:
