@@ -5,7 +5,8 @@
 
 Each recipe trains the Quickstart's model (16x16 shapes, class-conditional, `--lr 3e-3`, batch 64, one CPU
 thread) from the same seed, in one process, up a ladder of step counts: the run is resumed from its own
-checkpoint at each rung (resuming is bitwise, tests/test_recipes.py, so a rung is the run that stops there).
+checkpoint at each rung (resuming is bitwise, tests/test_recipes.py, so a rung is the run that stops there);
+a recipe whose learning rate anneals to the last step (optim.decay) trains each rung from scratch instead.
 At each rung 256 samples (ei, 20 steps, the classes in turn, guided at the default scale, seeds 0..255) are
 read by benchmarks/shapes_judge.py's judge (cached in runs/builtin/): recognised share (confidence >= 0.9),
 share recognised as the class asked, and judge FD against 256 real shapes. CPU seconds are this process's
@@ -36,6 +37,14 @@ RECIPES: dict[str, dict[str, Any]] = {
     "min-snr": {"loss_weighting": "min-snr", "min_snr_gamma": 5.0},
     "power-ema": {"optim": {"ema_profile": "power", "ema_sigma_rel": 0.10}},
     "uniform-t": {"time_sampling": "uniform"},
+    # Annealed rates end at the run's last step, so each rung of these is its own run from scratch.
+    "cosine": {"optim": {"decay": "cosine"}},
+    "cosine-lr6e-3": {"optim": {"lr": 6e-3, "decay": "cosine"}},
+    "min-snr-cosine": {"loss_weighting": "min-snr", "min_snr_gamma": 5.0, "optim": {"decay": "cosine"}},
+    "batch32-cosine": {"batch_size": 32, "optim": {"decay": "cosine"}},
+    "cosine-warmup50": {"optim": {"decay": "cosine", "warmup": 50}},
+    "min-snr-cosine-warmup50": {"loss_weighting": "min-snr", "min_snr_gamma": 5.0,
+                                "optim": {"decay": "cosine", "warmup": 50}},
 }
 LADDER = (250, 500, 750, 1000)
 
@@ -75,10 +84,13 @@ def run_recipe(name: str, seed: int, work: Path, judge: torch.nn.Module, real: t
     from diffusers_cli.jobs.train import train
 
     rows, cpu = [], 0.0
+    fresh = RECIPES[name].get("optim", {}).get("decay", "none") != "none"
     for i, steps in enumerate(ladder):
         t0 = time.process_time()
-        res = train(quickstart(work, f"{name}-{seed}", seed, steps, i > 0, RECIPES[name]))
-        cpu += time.process_time() - t0
+        run = f"{name}-{seed}-{steps}" if fresh else f"{name}-{seed}"
+        res = train(quickstart(work, run, seed, steps, i > 0 and not fresh, RECIPES[name]))
+        # A fresh rung's cost is its own run; a resumed one's is the run so far.
+        cpu = time.process_time() - t0 + (0.0 if fresh else cpu)
         row = {"recipe": name, "seed": seed, "steps": steps, "cpu_seconds": round(cpu, 1), **judged(res.run_dir, judge, real, n)}
         rows.append(row)
         print(json.dumps(row), flush=True)

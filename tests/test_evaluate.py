@@ -281,6 +281,19 @@ def test_bits_per_dim_runs_mean_and_spread(tiny_run: Path) -> None:
     assert per_run[1] == pytest.approx(float(bpd.double().mean()), rel=1e-6)
 
 
+def test_sampling_settings_where_nothing_is_sampled_exit_2(tiny_run: Path, weights: Path, folders: tuple[Path, Path]) -> None:
+    """Bits/dim alone, or given images, draws no samples: --guidance, --eps, --sampler there are refused, not ignored."""
+    line = one_error_line(invoke("--model", tiny_run, "--metrics", "bpd", "--guidance", 2, "--eps", 1e-3, "--device", "cpu"))
+    assert line == ("diffuse: error: --eps, --guidance set how samples are drawn, and bits/dim draws no samples: drop them, "
+                    "or ask for a metric of generated samples (--metrics fid,is,kid)")
+    line = one_error_line(invoke("--model", tiny_run, "--metrics", "bpd", "--set", "sampler.steps=5", "--device", "cpu"))
+    assert line.startswith("diffuse: error: --steps sets how samples are drawn, and bits/dim draws no samples: drop it")
+    a, b = folders
+    line = one_error_line(invoke("--images", a, "--reference", b, "--metrics", "fid", "--allow-few", "--sampler", "ei",
+                                 "--inception-weights", weights, "--device", "cpu"))
+    assert line.startswith(f"diffuse: error: --sampler sets how samples are drawn, and the images in {a} are evaluated as they are")
+
+
 class MeanNorm:
     """A toy metric, registered only here: the mean norm of the scored images' features; refuses fewer than 4."""
 

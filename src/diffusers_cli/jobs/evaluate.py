@@ -187,6 +187,8 @@ def _evaluate(cfg: EvaluateConfig, metrics: dict[str, Metric], device: torch.dev
     uses_reference = bool(needs & {REFERENCE, REFERENCE_FEATURES})
     generate = IMAGES in needs and cfg.images is None
     lines: list[str] = []
+    if not generate:
+        refuse_sampling_settings(cfg)
 
     # Everything is checked before any long work, cheapest first.
     model_path: Path | None = None
@@ -272,6 +274,24 @@ def _evaluate(cfg: EvaluateConfig, metrics: dict[str, Metric], device: torch.dev
         guidance=guidance, reference=ref, weights=weights, warnings=tuple(lines), seconds=seconds,
     )
     return EvaluateResult(figures, provenance, is_main=world.is_main)
+
+
+#: The flag of each sampling setting, for the message that refuses them where nothing is sampled.
+SAMPLING_FLAGS = {"name": "--sampler", "steps": "--steps", "grid": "--grid", "eps": "--eps",
+                  "final_denoise": "--no-denoise", "options": "-o"}
+
+
+def refuse_sampling_settings(cfg: EvaluateConfig) -> None:
+    """Sampler settings or a guidance scale given to an evaluation that draws no samples: bad input, not silently unused."""
+    # Bits/dim integrates the probability-flow ODE of its own (--bpd-rtol, --bpd-atol), and given images are not
+    # drawn at all: a --guidance or --eps would change nothing, and a user comparing runs would not know it.
+    given = [SAMPLING_FLAGS[k] for k in SAMPLING_FLAGS if k in cfg.sampler.model_fields_set]
+    given += ["--guidance"] if cfg.guidance is not None else []
+    if given:
+        why = f"the images in {cfg.images} are evaluated as they are" if cfg.images is not None else "bits/dim draws no samples"
+        many = len(given) > 1
+        raise ConfigError(f"{', '.join(given)} {'set' if many else 'sets'} how samples are drawn, and {why}: drop "
+                          f"{'them' if many else 'it'}, or ask for a metric of generated samples (--metrics fid,is,kid)")
 
 
 def bpd_dataset(cfg: EvaluateConfig, card: ModelCard | None) -> tuple[Dataset, str]:
