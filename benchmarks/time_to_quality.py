@@ -42,9 +42,17 @@ RECIPES: dict[str, dict[str, Any]] = {
     "cosine-lr6e-3": {"optim": {"lr": 6e-3, "decay": "cosine"}},
     "min-snr-cosine": {"loss_weighting": "min-snr", "min_snr_gamma": 5.0, "optim": {"decay": "cosine"}},
     "batch32-cosine": {"batch_size": 32, "optim": {"decay": "cosine"}},
-    "cosine-warmup50": {"optim": {"decay": "cosine", "warmup": 50}},
-    "min-snr-cosine-warmup50": {"loss_weighting": "min-snr", "min_snr_gamma": 5.0,
-                                "optim": {"decay": "cosine", "warmup": 50}},
+    # A 1000-step run spends a fifth of itself warming up to the rate at the default 200 steps.
+    "warmup50": {"optim": {"warmup": 50}},
+    "lr6e-3-warmup50": {"optim": {"lr": 6e-3, "warmup": 50}},
+    "min-snr-warmup50": {"loss_weighting": "min-snr", "min_snr_gamma": 5.0, "optim": {"warmup": 50}},
+    "batch32-warmup50": {"batch_size": 32, "optim": {"warmup": 50}},
+    "warmup400": {"optim": {"warmup": 400}},
+    "lr2e-3": {"optim": {"lr": 2e-3}},
+    "batch128": {"batch_size": 128},
+    "beta2-0.99": {"optim": {"betas": (0.9, 0.99)}},
+    "importance-1.5": {"time_sampling": "importance", "importance_widen": 1.5},
+    "importance-2": {"time_sampling": "importance", "importance_widen": 2.0},
 }
 LADDER = (250, 500, 750, 1000)
 

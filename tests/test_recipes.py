@@ -1,4 +1,4 @@
-"""Training recipes: min-SNR-gamma weighting and EDM2's power-function EMA against their closed forms, end to end and resumed."""
+"""Training recipes: min-SNR-gamma weighting, importance-sampled noise levels and EDM2's power-function EMA against their closed forms, end to end and resumed."""
 
 from __future__ import annotations
 
@@ -13,9 +13,10 @@ from typer.testing import CliRunner
 from conftest import tiny_train_config
 from diffusers_cli.cli import app
 from diffusers_cli.engine.losses import dsm_loss
+from diffusers_cli.engine.objectives import ScoreObjective, lognormal_importance_weights
 from diffusers_cli.engine.networks.unet import UNet
 from diffusers_cli.engine.score import ScoreModel
-from diffusers_cli.engine.sde import DDPM, VESDE, VPSDE
+from diffusers_cli.engine.sde import DDPM, SDE, VESDE, VPSDE, SubVPSDE
 from diffusers_cli.engine.training import EMA, power_gamma
 from diffusers_cli.jobs.train import train
 
@@ -38,6 +39,47 @@ def test_min_snr_weight_is_min_snr_gamma_over_snr_of_the_eps_error(sde: object, 
     want = torch.minimum(snr, torch.tensor(5.0, dtype=torch.float64)) / snr
     torch.testing.assert_close((weighted / plain).double(), want, rtol=1e-5, atol=0)
     assert bool((snr > 5).any()) and bool((snr < 5).any())  # both branches are exercised
+
+
+@pytest.mark.parametrize("sde", [VPSDE(), VESDE(), SubVPSDE()], ids=["vp", "ve", "subvp"])
+@pytest.mark.parametrize("widen", [1.5, 2.0])
+def test_importance_weights_turn_the_wider_draws_into_the_lognormal_objective(sde: SDE, widen: float) -> None:
+    # Drawn from N(m, (widen s)^2) in ln(sigma) and weighted by p / q, the moments are those of today's N(m, s^2),
+    # clamped to [eps, T] as lognormal_times clamps: its own draws are the reference.
+    m, s = -1.2, 1.2
+    t = sde.lognormal_times(400_000, torch.Generator().manual_seed(0), "cpu", m, widen * s)
+    w = lognormal_importance_weights(sde, t, m, s, widen).double()
+    log_sigma = -sde.log_snr(t.double())
+    ref = -sde.log_snr(sde.lognormal_times(400_000, torch.Generator().manual_seed(1), "cpu", m, s).double())
+    # The draws really are wider: their quartiles are N(m, (widen s)^2)'s (a few % are clamped to [eps, T], far out).
+    q1, q3 = (float(v) for v in torch.quantile(log_sigma[:100_000], torch.tensor([0.25, 0.75], dtype=torch.float64)))
+    assert q3 - q1 == pytest.approx(1.34898 * widen * s, rel=0.02) and (q1 + q3) / 2 == pytest.approx(m, abs=0.02)
+    assert float(w.mean()) == pytest.approx(1.0, abs=0.01)
+    assert float((w * log_sigma).mean()) == pytest.approx(float(ref.mean()), abs=0.01)
+    assert float((w * (log_sigma - m) ** 2).mean()) == pytest.approx(float(((ref - m) ** 2).mean()), rel=0.02)
+    low = float(-sde.log_snr(torch.tensor(sde.eps, dtype=torch.float64))) + 1e-6  # the clamped lower tail's mass
+    assert float((w * (log_sigma <= low)).mean()) == pytest.approx(float((ref <= low).double().mean()), abs=5e-4)
+    # The density ratio in closed form: widen at the log-normal's mean, widen exp(-z^2 (1 - 1 / widen^2) / 2) at z.
+    at = sde.t_from_log_snr(torch.tensor([-m, -(m + 2.5 * s)], dtype=torch.float64)).float()
+    got = lognormal_importance_weights(sde, at, m, s, widen)
+    assert float(got[0]) == pytest.approx(widen, rel=1e-4)
+    assert float(got[1]) == pytest.approx(widen * math.exp(-0.5 * 2.5**2 * (1 - 1 / widen**2)), rel=1e-4)
+
+
+def test_importance_objective_weights_each_loss_and_draws_like_a_wider_lognormal() -> None:
+    sde = VPSDE()
+    net = UNet(image_size=8, in_channels=1, base_channels=8, channel_mult=(1,), num_res_blocks=1, attn_resolutions=())
+    obj = ScoreObjective(ScoreModel(net, sde, "edm"), "edm", "importance", -1.2, 1.2, importance_widen=2.0)
+    x, y = torch.rand(5, 1, 8, 8) * 2 - 1, torch.zeros(5, dtype=torch.long)
+    batch = obj.draw(x, y, torch.Generator().manual_seed(3))
+    assert batch.keys() == {"x", "y", "t", "eps", "w"}
+    assert torch.equal(batch["t"], sde.lognormal_times(5, torch.Generator().manual_seed(3), "cpu", -1.2, 2.4))
+    torch.testing.assert_close(batch["w"], lognormal_importance_weights(sde, batch["t"], -1.2, 1.2, 2.0))
+    with torch.no_grad():
+        weighted, _ = obj(**batch)
+        plain, _ = obj(**{k: v for k, v in batch.items() if k != "w"})
+    torch.testing.assert_close(weighted, plain * batch["w"])
+    assert "w" not in ScoreObjective(ScoreModel(net, DDPM(), "eps"), "eps", "importance").draw(x, y, None)  # DDPM keeps its steps
 
 
 @pytest.mark.parametrize("sigma_rel", [0.05, 0.10, 0.20])
@@ -83,6 +125,7 @@ def test_power_ema_averages_a_sequence_as_its_weights_say() -> None:
     {"loss_weighting": "min-snr", "min_snr_gamma": 2.0},
     {"optim.ema_profile": "power", "optim.ema_sigma_rel": 0.15},
     {"time_sampling": "uniform", "loss_weighting": "likelihood"},
+    {"time_sampling": "importance", "importance_widen": 2.0},
 ])
 def test_each_recipe_trains_and_resumes_bitwise(recipe: dict[str, object], tmp_path: Path) -> None:
     full = train(tiny_train_config(tmp_path / "a", steps=6, **recipe))
@@ -101,6 +144,8 @@ def test_each_recipe_trains_and_resumes_bitwise(recipe: dict[str, object], tmp_p
     ("min_snr_gamma=-1", "min_snr_gamma"),
     ("loss_weighting=nope", "'edm', 'eps', 'likelihood' or 'min-snr'"),
     ("lognormal_std=0", "lognormal_std"),
+    ("importance_widen=0.5", "importance_widen"),
+    ("time_sampling=nope", "'lognormal', 'uniform' or 'importance'"),
     ("optim.ema_profile=nope", "'exponential' or 'power'"),
     ("optim.ema_sigma_rel=0.3", "ema_sigma_rel"),
 ])

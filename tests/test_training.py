@@ -217,7 +217,7 @@ def test_time_sampling_follows_what_the_sde_says() -> None:
             # ln(sigma) ~ N(-1.2, 1.2^2) with sigma = std / mean (clamped at the ends, which the median is far from).
             mean, std = sde.marginal(t)
             assert torch.log(std / mean).median().item() == pytest.approx(-1.2, abs=0.08)
-    with pytest.raises(ValueError, match="lognormal or uniform"):
+    with pytest.raises(ValueError, match="lognormal, uniform, importance"):
         ScoreObjective(_tiny_score_model(VPSDE()), "eps", "karras")
 
 

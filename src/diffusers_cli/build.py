@@ -80,6 +80,7 @@ def build_objective(cfg: TrainConfig, net: nn.Module, sde: SDE) -> Objective:
         conditional=cfg.class_conditional,
         label_dropout=cfg.label_dropout,
         min_snr_gamma=cfg.min_snr_gamma,
+        importance_widen=cfg.importance_widen,
     )
 
 

@@ -166,7 +166,8 @@ def describe_model(run: Run) -> str:
 def _recipe(cfg: Mapping[str, Any]) -> dict[str, Any]:
     """The training recipe: how long, how big a batch, the optimiser and EMA, the loss weighting."""
     optim = cfg.get("optim") or {}
-    keys = ("task", "steps", "epochs", "batch_size", "precision", "seed", "class_conditional", "label_dropout", "loss_weighting")
+    keys = ("task", "steps", "epochs", "batch_size", "precision", "seed", "class_conditional", "label_dropout", "loss_weighting",
+            "min_snr_gamma", "time_sampling", "lognormal_mean", "lognormal_std", "importance_widen")
     return {**{k: cfg.get(k) for k in keys if k in cfg}, **{f"optim.{k}": v for k, v in optim.items()}}
 
 

@@ -23,7 +23,24 @@ from diffusers_cli.engine.sde import SDE
 Batch = dict[str, Tensor]
 #: Accuracy of a classifier is logged per noise level in these bins of t.
 T_BINS = (0.0, 0.25, 0.5, 0.75, 1.0001)
-TIME_SAMPLINGS = ("lognormal", "uniform")
+TIME_SAMPLINGS = ("lognormal", "uniform", "importance")
+
+
+def lognormal_importance_weights(sde: SDE, t: Tensor, p_mean: float, p_std: float, widen: float) -> Tensor:
+    """p / q at times drawn with ln(sigma) ~ q = N(p_mean, (widen p_std)^2): weighted, they estimate the p = N(p_mean, p_std^2) objective."""
+    # Inside (eps, T) the ratio of the two normals' densities: widen * exp(-z^2 (1 - 1 / widen^2) / 2), z in p's
+    # units. The draws that lognormal_times clamps to eps or T stand for a whole tail, so theirs is the ratio of
+    # the tails' masses: then every moment of the clamped p is matched, the ends included.
+    def z_of(time: Tensor) -> Tensor:
+        return (-sde.log_snr(time.double()) - p_mean) / p_std
+
+    z = z_of(t)
+    w = widen * torch.exp(-0.5 * z**2 * (1.0 - 1.0 / widen**2))
+    ends = z_of(torch.tensor([sde.eps, sde.T], dtype=t.dtype, device=t.device))
+    lo, hi = torch.special.ndtr(ends[0]), torch.special.ndtr(-ends[1])  # p's mass below eps and above T ...
+    qlo, qhi = torch.special.ndtr(ends[0] / widen), torch.special.ndtr(-ends[1] / widen)  # ... and q's
+    w = torch.where(t <= sde.eps, lo / qlo, torch.where(t >= sde.T, hi / qhi, w))
+    return w.to(t.dtype)
 
 
 class Objective(nn.Module):
@@ -42,7 +59,12 @@ class Objective(nn.Module):
 
 
 class ScoreObjective(Objective):
-    """Denoising score matching (``dsm_loss``) of a score model, at log-normal or uniform times, with label dropout."""
+    """Denoising score matching (``dsm_loss``) of a score model, at log-normal or uniform times, with label dropout.
+
+    "importance" draws ln(sigma) from a log-normal ``importance_widen`` times wider and weights each loss by the
+    density ratio: the same objective as "lognormal", with less gradient noise from the rare noise levels whose
+    gradients are largest (benchmarks/time_importance.py measures how much).
+    """
 
     def __init__(
         self,
@@ -54,13 +76,17 @@ class ScoreObjective(Objective):
         conditional: bool = False,  # the net takes class labels
         label_dropout: float = 0.1,  # probability a label becomes "no class" (-1), so the net also learns p(x)
         min_snr_gamma: float = 5.0,  # gamma of the "min-snr" weighting
+        importance_widen: float = 1.5,  # "importance": the drawing log-normal's std over lognormal_std
     ) -> None:
         super().__init__()
         if min_snr_gamma <= 0:
             raise ValueError(f"min_snr_gamma must be positive, got {min_snr_gamma}")
+        if importance_widen < 1:
+            raise ValueError(f"importance_widen must be at least 1, got {importance_widen}")
+        self.importance_widen = importance_widen
         self.min_snr_gamma = min_snr_gamma
         if time_sampling not in TIME_SAMPLINGS:
-            raise ValueError(f"unknown time sampling {time_sampling!r}; use {' or '.join(TIME_SAMPLINGS)}")
+            raise ValueError(f"unknown time sampling {time_sampling!r}; use one of {', '.join(TIME_SAMPLINGS)}")
         self.model = model
         self.weighting = weighting
         self.time_sampling = time_sampling
@@ -72,18 +98,24 @@ class ScoreObjective(Objective):
     def draw(self, x: Tensor, y: Tensor, generator: torch.Generator | None) -> Batch:
         # The order of the draws (t, eps, dropout) is part of every saved run: resuming replays it.
         sde, n = self.model.sde, x.shape[0]
-        if self.time_sampling == "lognormal" and sde.continuous_time:
-            t = sde.lognormal_times(n, generator, x.device, self.lognormal_mean, self.lognormal_std)
+        lognormal = self.time_sampling in ("lognormal", "importance") and sde.continuous_time
+        widen = self.importance_widen if self.time_sampling == "importance" else 1.0
+        if lognormal:
+            t = sde.lognormal_times(n, generator, x.device, self.lognormal_mean, widen * self.lognormal_std)
         else:  # the SDE's own: uniform on [eps, T], or DDPM's integer steps
             t = sde.train_times(n, generator, x.device)
         eps = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
         if self.conditional:
             y = torch.where(torch.rand(n, generator=generator, device=x.device) < self.label_dropout, -1, y)
-        return {"x": x, "y": y, "t": t, "eps": eps}
+        batch = {"x": x, "y": y, "t": t, "eps": eps}
+        if lognormal and widen != 1.0:
+            batch["w"] = lognormal_importance_weights(sde, t, self.lognormal_mean, self.lognormal_std, widen)
+        return batch
 
-    def forward(self, x: Tensor, y: Tensor, t: Tensor, eps: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
-        """(per-example DSM loss [B], no statistics)."""
-        return dsm_loss(self.model, x, None, self.weighting, y if self.conditional else None, t, eps, self.min_snr_gamma), {}
+    def forward(self, x: Tensor, y: Tensor, t: Tensor, eps: Tensor, w: Tensor | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+        """(per-example DSM loss [B], times the importance weights w if any; no statistics)."""
+        loss = dsm_loss(self.model, x, None, self.weighting, y if self.conditional else None, t, eps, self.min_snr_gamma)
+        return (loss if w is None else loss * w), {}
 
 
 class ClassifierObjective(Objective):
