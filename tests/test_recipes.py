@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -155,3 +156,17 @@ def test_bad_recipe_values_exit_2_naming_the_valid_ones(setting: str, words: str
     lines = [ln for ln in res.stderr.splitlines() if ln.startswith("diffuse: error:")]
     assert len(lines) == 1 and words in lines[0], res.stderr
     assert not any(tmp_path.iterdir())
+
+
+def test_recipe_flags_reach_the_config_and_the_run_records_them(tmp_path: Path) -> None:
+    res = CliRunner().invoke(app, ["train", "--steps", "2", "--image-size", "8", "--out", str(tmp_path), "--name", "r",
+                                   "--loss-weighting", "min-snr", "--time-sampling", "importance", "--ema-profile", "power",
+                                   "--set", "importance_widen=1.75", "--device", "cpu", "--sample-every", "0"])
+    assert res.exit_code == 0, res.output
+    saved = json.loads((tmp_path / "r" / "config.json").read_text())
+    assert (saved["loss_weighting"], saved["time_sampling"], saved["importance_widen"]) == ("min-snr", "importance", 1.75)
+    assert saved["optim"]["ema_profile"] == "power"
+    res = CliRunner().invoke(app, ["train", "--steps", "1", "--image-size", "8", "--out", str(tmp_path / "bad"),
+                                   "--time-sampling", "karras"])
+    lines = [ln for ln in res.stderr.splitlines() if ln.startswith("diffuse: error:")]
+    assert res.exit_code == 2 and len(lines) == 1 and "'lognormal', 'uniform' or 'importance'" in lines[0], res.stderr
