@@ -21,15 +21,15 @@ from pathlib import Path
 import torch
 from machine import cpu_model  # benchmarks/machine.py
 
-from diffusers_cli.config import SamplerConfig, TrainConfig
-from diffusers_cli.build import build_objective, build_sde, build_unet, network_kwargs
-from diffusers_cli.distributed import World
+from diffusers_cli.config.schema import SamplerConfig, TrainConfig
+from diffusers_cli.parts.build import build_objective, build_sde, build_unet, network_kwargs
+from diffusers_cli.support.distributed import World
 from diffusers_cli.engine.metrics import InceptionV3Features, extract_features
 from diffusers_cli.engine.score import ScoreModel
 from diffusers_cli.engine.training import EMA
-from diffusers_cli.report import SilentReporter
-from diffusers_cli.checkpoints import ModelCard
-from diffusers_cli.evaluation import draw_samples, tensor_batches
+from diffusers_cli.support.progress import SilentReporter
+from diffusers_cli.checkpoints.card import ModelCard
+from diffusers_cli.parts.evaluation import draw_samples, tensor_batches
 
 
 def time_training(size: int, steps: int, batch: int) -> float:

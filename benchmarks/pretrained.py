@@ -29,7 +29,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from diffusers_cli import build  # noqa: E402
+from diffusers_cli.parts import build  # noqa: E402
 from diffusers_cli.engine.rng import ImageGenerators  # noqa: E402
 from diffusers_cli.engine.samplers import sample  # noqa: E402
 from diffusers_cli.engine.score import NFECounter, make_score_fn  # noqa: E402

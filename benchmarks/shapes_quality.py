@@ -27,15 +27,15 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from shapes_judge import cached_judge, judge_images
 
-from diffusers_cli.build import load_score_model
-from diffusers_cli.checkpoints import ModelCard
+from diffusers_cli.parts.build import load_score_model
+from diffusers_cli.checkpoints.card import ModelCard
 from diffusers_cli.data import load_dataset
-from diffusers_cli.defaults import DEFAULT_GUIDANCE
+from diffusers_cli.config.defaults import DEFAULT_GUIDANCE
 from diffusers_cli.engine.guidance import cycle_labels
 from diffusers_cli.engine.metrics.fid import frechet_distance
 from diffusers_cli.engine.samplers import sample
 from diffusers_cli.engine.score import ScoreFn, ScoreModel, make_score_fn
-from diffusers_cli.sampling import guided_score_fns
+from diffusers_cli.parts.drawing import guided_score_fns
 
 #: Seed of the real images judge_fd compares against (not the training seed 0, not the judge's).
 REAL_SEED = 7

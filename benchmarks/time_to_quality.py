@@ -75,7 +75,7 @@ TARGETS = {"shapes": ("recognised", 0.9), "mnist": ("as_asked", 0.97)}
 def quickstart(out: Path, name: str, seed: int, steps: int, resume: bool, recipe: dict[str, Any],
                dataset: str = "shapes") -> Any:
     """The TrainConfig of the dataset's base recipe (the Quickstart's first line for shapes), with a recipe's overrides."""
-    from diffusers_cli.config import TrainConfig
+    from diffusers_cli.config.schema import TrainConfig
 
     data: dict[str, Any] = {**BASES[dataset], "class_conditional": True, "steps": steps, "seed": seed, "out": str(out),
                             "name": name, "device": "cpu", "resume": resume, "sample_every": 0,

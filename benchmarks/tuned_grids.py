@@ -92,11 +92,11 @@ def models(names: list[str], n: int, **search: Any) -> dict[str, Any]:
     from shapes_judge import cached_judge, judge_images
     from shapes_quality import judge_fd, load_real
 
-    from diffusers_cli.config import SamplerConfig
-    from diffusers_cli.defaults import DEFAULT_GUIDANCE
+    from diffusers_cli.config.schema import SamplerConfig
+    from diffusers_cli.config.defaults import DEFAULT_GUIDANCE
     from diffusers_cli.engine.guidance import classifier_free, cycle_labels
     from diffusers_cli.engine.rng import ImageGenerators
-    from diffusers_cli.evaluation import tune_for
+    from diffusers_cli.parts.evaluation import tune_for
     from diffusers_cli.models import load_score_model
 
     out: dict[str, Any] = {}

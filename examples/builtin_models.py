@@ -136,8 +136,8 @@ def measure(name: str, path: Path, work: Path, n: int = 256) -> dict[str, Any]:
     from shapes_judge import cached_judge
     from shapes_quality import load_real
 
-    from diffusers_cli.build import load_classifier, load_score_model
-    from diffusers_cli.defaults import DEFAULT_GUIDANCE
+    from diffusers_cli.parts.build import load_classifier, load_score_model
+    from diffusers_cli.config.defaults import DEFAULT_GUIDANCE
     from diffusers_cli.engine.guidance import classifier_fn, classifier_free, cycle_labels, guided
     from diffusers_cli.engine.rng import ImageGenerators
     from diffusers_cli.engine.samplers import sample
@@ -190,7 +190,8 @@ def bits_per_dim(path: Path, dataset: str, examples: int = 128) -> dict[str, Any
 
 def pack(name: str, work: Path) -> Path:
     """EMA weights in fp16 with a card that records the recipe and, after measuring the packed file, its quality."""
-    from diffusers_cli.checkpoints import ModelCard, load_model, save_model, subset
+    from diffusers_cli.checkpoints.card import ModelCard
+    from diffusers_cli.checkpoints.weights import load_model, save_model, subset
 
     recipe = RECIPES[name]
     tensors, card = load_model(work / name / "model.safetensors")

@@ -17,7 +17,7 @@ torch.set_num_threads(1)
 
 def tiny_train_config(tmp: Path, **over: Any) -> Any:
     """A TrainConfig that trains in seconds on 8x8 shapes."""
-    from diffusers_cli.config import TrainConfig
+    from diffusers_cli.config.schema import TrainConfig
 
     data = {
         "data": {"dataset": "shapes", "image_size": 8, "num_examples": 64},
@@ -60,7 +60,7 @@ def registered_sdes() -> dict[str, Any]:
 
     Tests that must hold for every SDE parametrise over this, so a new kind is covered the moment it is registered.
     """
-    from diffusers_cli.config import SDE_CONFIGS, VPConfig
+    from diffusers_cli.config.schema import SDE_CONFIGS, VPConfig
 
     sdes = {cls().kind: cls().build() for cls in SDE_CONFIGS}
     sdes["vp-cosine"] = VPConfig(schedule="cosine").build()
@@ -80,7 +80,7 @@ def png_pixels(path: Path) -> Any:
 
 def grid_pixels(images: torch.Tensor) -> Any:
     """The uint8 pixels [H, W, C] of the grid PNG that `diffuse sample|condition` writes for images in [-1, 1]."""
-    from diffusers_cli.runs import make_grid
+    from diffusers_cli.support.image_grids import make_grid
 
     return make_grid(images).permute(1, 2, 0).numpy()
 

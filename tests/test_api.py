@@ -15,8 +15,8 @@ from typer.testing import CliRunner
 
 import diffusers_cli as dc
 from diffusers_cli.cli import app
-from diffusers_cli.errors import UsageError
-from diffusers_cli.runs import to_uint8
+from diffusers_cli.support.errors import UsageError
+from diffusers_cli.support.image_grids import to_uint8
 
 from conftest import tiny_train_config
 

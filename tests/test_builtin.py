@@ -12,7 +12,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 import diffusers_cli as dc
-from diffusers_cli.checkpoints import read_card
+from diffusers_cli.checkpoints.weights import read_card
 from diffusers_cli.cli import app
 from diffusers_cli.engine.guidance import classifier_fn
 from diffusers_cli.models.builtin import BUILTIN_MODELS, weights_dir

@@ -12,9 +12,9 @@ from conftest import engine_draw, grid_pixels, png_pixels, tiny_train_config
 from test_cli import TINY, invoke, one_error_line
 from torch import Tensor
 
-from diffusers_cli.build import load_score_model
-from diffusers_cli.checkpoints import load_weights
-from diffusers_cli.defaults import DEFAULT_GUIDANCE
+from diffusers_cli.parts.build import load_score_model
+from diffusers_cli.checkpoints.weights import load_weights
+from diffusers_cli.config.defaults import DEFAULT_GUIDANCE
 from diffusers_cli.engine.analytic import GaussianMixture
 from diffusers_cli.engine.guidance import classifier_free, cycle_labels
 from diffusers_cli.engine.samplers import sample
@@ -89,7 +89,7 @@ def test_guidance_above_one_sharpens_an_overlapping_class() -> None:
 
 
 def test_label_dropout_trains_the_no_class_embedding(tmp_path: Path) -> None:
-    from diffusers_cli import build
+    from diffusers_cli.parts import build
     from diffusers_cli.jobs.train import train
 
     rows = {}

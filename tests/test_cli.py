@@ -21,7 +21,7 @@ from typer.testing import CliRunner
 
 from diffusers_cli.cli import app
 from diffusers_cli.data import DATASETS
-from diffusers_cli.errors import MachineError, UsageError
+from diffusers_cli.support.errors import MachineError, UsageError
 
 runner = CliRunner()
 TINY = ["--image-size", "8", "--batch-size", "8", "--set", "data.num_examples=64", "--set", "network.base_channels=16",
@@ -93,9 +93,9 @@ def test_sample_individual_and_trajectory(tiny_run: Path, tmp_path: Path) -> Non
         frames = [tile(r, c).astype(int) for c in range(10)]
         assert all(np.abs(a - b).mean() > 10.0 for a, b in zip(frames, frames[1:]))  # each x_t column a later step's
     # The strip is the engine's x_t at steps 0, 1, ..., 9 of the same per-image draws, then the result.
-    from diffusers_cli.build import load_score_model
+    from diffusers_cli.parts.build import load_score_model
     from diffusers_cli.engine.score import make_score_fn
-    from diffusers_cli.sampling import Trajectory
+    from diffusers_cli.parts.drawing import Trajectory
 
     model, _ = load_score_model(tiny_run)
     traj = Trajectory(10)
@@ -206,7 +206,7 @@ def test_ctrl_c_saves_and_resumes(tmp_path: Path) -> None:
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
     assert "interrupted at step" in err and "Traceback" not in err
-    from diffusers_cli.checkpoints import read_meta
+    from diffusers_cli.checkpoints.weights import read_meta
 
     stopped = read_meta(tmp_path / "c" / "model.safetensors")["step"]
     assert 3 <= stopped < 100000 and f"interrupted at step {stopped}" in err
@@ -305,8 +305,8 @@ def _full_disk_error(kind: str) -> BaseException:
 
 @pytest.mark.parametrize("kind", ["oserror", "safetensors"])
 def test_full_disk_at_a_checkpoint_keeps_the_previous_one(kind: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from diffusers_cli import checkpoints
-    from diffusers_cli.checkpoints import read_meta
+    from diffusers_cli.checkpoints import weights as checkpoints
+    from diffusers_cli.checkpoints.weights import read_meta
 
     monkeypatch.delenv("DIFFUSE_DEBUG", raising=False)
     res = invoke("train", *TINY, "--steps", "2", "--out", tmp_path, "--name", "r", "--json")

@@ -13,7 +13,7 @@ import torch
 
 from typer.testing import CliRunner
 
-from diffusers_cli.checkpoints import load_weights
+from diffusers_cli.checkpoints.weights import load_weights
 from diffusers_cli.cli import app
 
 runner = CliRunner()

@@ -20,10 +20,10 @@ from pytorch_fid import fid_score
 from safetensors.torch import save_file
 from typer.testing import CliRunner
 
-from diffusers_cli import build
+from diffusers_cli.parts import build
 from diffusers_cli.cli import app
-from diffusers_cli.config import SampleConfig, SamplerConfig
-from diffusers_cli.defaults import DEFAULT_GUIDANCE
+from diffusers_cli.config.schema import SampleConfig, SamplerConfig
+from diffusers_cli.config.defaults import DEFAULT_GUIDANCE
 from diffusers_cli.data import load_dataset
 from diffusers_cli.engine.likelihood import bits_per_dim
 from diffusers_cli.engine.metrics import (
@@ -52,7 +52,7 @@ from diffusers_cli.engine.metrics.kid import NO_REFERENCE_FEATURES
 from diffusers_cli.engine.score import make_score_fn
 from diffusers_cli.jobs.evaluate import bpd_generator
 from diffusers_cli.jobs.sample import sample_images
-from diffusers_cli.runs import to_uint8
+from diffusers_cli.support.image_grids import to_uint8
 
 runner = CliRunner()
 

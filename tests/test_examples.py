@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from diffusers_cli.build import build_unet, network_kwargs
-from diffusers_cli.config import TrainConfig, build_config
+from diffusers_cli.parts.build import build_unet, network_kwargs
+from diffusers_cli.config.schema import TrainConfig, build_config
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 

@@ -10,13 +10,13 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from diffusers_cli.checkpoints import ModelCard
+from diffusers_cli.checkpoints.card import ModelCard
 from diffusers_cli.cli import app
-from diffusers_cli.config import VPConfig
-from diffusers_cli.grid_labels import MIN_TILE, labelled_grid, scale_for
+from diffusers_cli.config.schema import VPConfig
+from diffusers_cli.support.labelled_grids import MIN_TILE, labelled_grid, scale_for
 from diffusers_cli.jobs.sample import image_captions
-from diffusers_cli.runs import to_uint8
-from diffusers_cli.sampling import Trajectory
+from diffusers_cli.support.image_grids import to_uint8
+from diffusers_cli.parts.drawing import Trajectory
 
 runner = CliRunner()
 PAD, LINE = 4, 14  # grid_labels' gap between tiles and the height of one caption line

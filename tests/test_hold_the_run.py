@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner, Result
 
-from diffusers_cli.checkpoints import load_model, read_meta
+from diffusers_cli.checkpoints.weights import load_model, read_meta
 from diffusers_cli.cli import app
-from diffusers_cli.errors import UsageError
-from diffusers_cli.runlock import HOLDER_FILE, hold_run, read_holder
+from diffusers_cli.support.errors import UsageError
+from diffusers_cli.run.lock import HOLDER_FILE, hold_run, read_holder
 
 runner = CliRunner()
 TINY = ["--image-size", "8", "--batch-size", "8", "--set", "data.num_examples=64", "--set", "network.base_channels=16",

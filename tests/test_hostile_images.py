@@ -22,9 +22,9 @@ from test_cli import invoke, one_error_line
 from diffusers_cli.data import DataError, load_dataset
 from diffusers_cli.engine.metrics import MetricsError
 from diffusers_cli.engine.metrics.features import load_image as inception_image
-from diffusers_cli.errors import UsageError
-from diffusers_cli.evaluation import image_side
-from diffusers_cli.images import (
+from diffusers_cli.support.errors import UsageError
+from diffusers_cli.parts.evaluation import image_side
+from diffusers_cli.support.image_files import (
     DEFAULT_MAX_PIXELS,
     ImageError,
     convert_image,
@@ -380,5 +380,5 @@ def test_dataset_items_convert_like_every_other_reader(tmp_path: Path) -> None:
 
 
 def test_the_image_reader_stays_torch_free() -> None:
-    code = "import sys, diffusers_cli.images; assert 'torch' not in sys.modules, 'torch imported'"
+    code = "import sys, diffusers_cli.support.image_files; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True)

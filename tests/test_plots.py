@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from diffusers_cli.plots import (
+from diffusers_cli.run.plots import (
     BEST_LABEL,
     LR_LABEL,
     RAW_LABEL,
@@ -109,8 +109,9 @@ def test_metrics_figure_plots_each_figure_with_its_error_bar_and_stars_the_best(
         (bars,) = ax.containers
         data_line, _, (segments,) = bars.lines
         assert list(data_line.get_xdata()) == s.steps and list(data_line.get_ydata()) == pytest.approx(s.values)
-        ends = [(seg[0][1], seg[1][1]) for seg in segments.get_segments()]
-        assert ends == pytest.approx([(v - e, v + e) for v, e in zip(s.values, s.errors)])
+        # Flat lists: pytest >= 9.2 refuses approx of nested sequences (a list of pairs).
+        ends = [y for seg in segments.get_segments() for y in (seg[0][1], seg[1][1])]
+        assert ends == pytest.approx([y for v, e in zip(s.values, s.errors) for y in (v - e, v + e)])
     assert panels["FID"].get_yscale() == "log" and panels["IS"].get_yscale() == "linear"
     assert "lower is better" in panels["FID"].get_title() and "higher is better" in panels["IS"].get_title()
     assert "bootstrap" in panels["FID"].get_title() and "splits" in panels["IS"].get_title()

@@ -177,7 +177,7 @@ def test_fp16_grad_scaler_state_is_carried_across_a_resume() -> None:
 
 
 def test_the_job_saves_and_restores_the_grad_scalers_state(tmp_path: Path) -> None:
-    from diffusers_cli.checkpoints import read_card
+    from diffusers_cli.checkpoints.weights import read_card
 
     run = train(tmp_path, "r", [], 1)
     torch.manual_seed(0)

@@ -20,7 +20,7 @@ from PIL import Image
 from test_cli import one_error_line
 from typer.testing import CliRunner
 
-from diffusers_cli.checkpoints import load_weights, read_card, save_model
+from diffusers_cli.checkpoints.weights import load_weights, read_card, save_model
 from diffusers_cli.cli import app
 
 runner = CliRunner()

@@ -15,13 +15,9 @@ import torch
 from conftest import tiny_train_config
 from safetensors.torch import load_file, save_file
 
-from diffusers_cli.build import load_score_model
-from diffusers_cli.checkpoints import (
-    CheckpointError,
-    load_weights,
-    read_meta,
-    save_weights,
-)
+from diffusers_cli.parts.build import load_score_model
+from diffusers_cli.checkpoints.card import CheckpointError
+from diffusers_cli.checkpoints.weights import load_weights, read_meta, save_weights
 from diffusers_cli.engine.losses import dsm_loss
 from diffusers_cli.engine.networks.unet import UNet
 from diffusers_cli.engine.objectives import ClassifierObjective, Objective, ScoreObjective
@@ -153,7 +149,7 @@ def test_resume_gives_the_same_weights(tmp_path: Path, conditional: bool) -> Non
 
 
 def test_existing_run_needs_resume(tmp_path: Path) -> None:
-    from diffusers_cli.config import ConfigError
+    from diffusers_cli.config.schema import ConfigError
 
     train(tiny_train_config(tmp_path, steps=1))
     with pytest.raises(ConfigError, match="already exists; pass --resume"):

@@ -13,7 +13,8 @@ from typer.testing import CliRunner
 from diffusers_cli.cli import app
 from diffusers_cli.engine.analytic import GaussianMixture, gaussian
 from diffusers_cli.engine.grid_tuning import evaluation_budget, tune
-from diffusers_cli.engine.grids import check_times, time_grid, tune_grid
+from diffusers_cli.engine.grid_tuning import tune_grid
+from diffusers_cli.engine.grids import check_times, time_grid
 from diffusers_cli.engine.options import OptionError
 from diffusers_cli.engine.samplers import sample
 from diffusers_cli.engine.schedules import LinearSchedule
@@ -134,8 +135,8 @@ def test_cli_tune_writes_the_run_grid_and_sample_uses_it(tiny_run: Path, tmp_pat
     res = _tune(run, "--steps", "4", "--objective", "moments", "--set", "lattice=0")
     assert res.exit_code == 0, res.output
     moments = [e for e in json.loads((run / "grids.json").read_text())["grids"] if e["steps"] == 4]
-    from diffusers_cli.config import SamplerConfig
-    from diffusers_cli.evaluation import tune_for
+    from diffusers_cli.config.schema import SamplerConfig
+    from diffusers_cli.parts.evaluation import tune_for
 
     engine = tune_for(model, card, SamplerConfig(name="ipndm", steps=4), torch.device("cpu"), 4, 0, objective="moments",
                       lattice=0, rounds=1)
@@ -168,7 +169,7 @@ def test_cli_tuned_grid_errors(tiny_run: Path, tmp_path: Path) -> None:
     tensors = load_file(weights)
     first = sorted(tensors)[0]
     tensors[first] = tensors[first] + 1e-3
-    from diffusers_cli.checkpoints import read_card
+    from diffusers_cli.checkpoints.weights import read_card
 
     save_file(tensors, weights, metadata=_metadata(weights))
     assert read_card(weights).kind == "score"

@@ -14,7 +14,7 @@ from safetensors.torch import save_file
 from test_evaluate import made_inception_state
 from typer.testing import CliRunner
 
-from diffusers_cli.checkpoints import load_weights, read_card
+from diffusers_cli.checkpoints.weights import load_weights, read_card
 from diffusers_cli.cli import app
 from diffusers_cli.engine.metrics import FID_WEIGHTS_NAME, FID_WEIGHTS_SHA256
 

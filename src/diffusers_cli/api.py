@@ -15,12 +15,19 @@ from typing import Any, Literal, Union, overload
 from PIL import Image
 from torch import Tensor
 
-from diffusers_cli.config import ConditionConfig, EvaluateConfig, ImputeConfig, SampleConfig, TrainConfig, build_config
-from diffusers_cli.config_overrides import sampler_section
-from diffusers_cli.errors import UsageError
+from diffusers_cli.config.schema import (
+    ConditionConfig,
+    EvaluateConfig,
+    ImputeConfig,
+    SampleConfig,
+    TrainConfig,
+    build_config,
+)
+from diffusers_cli.config.overrides import sampler_section
+from diffusers_cli.support.errors import UsageError
 from diffusers_cli.models import Loaded, load
-from diffusers_cli.report import LineReporter, Reporter, SilentReporter
-from diffusers_cli.runs import make_grid, to_pil as _to_pil, to_uint8
+from diffusers_cli.support.progress import LineReporter, Reporter, SilentReporter
+from diffusers_cli.support.image_grids import make_grid, to_pil as _to_pil, to_uint8
 
 #: A loaded model, or anything ``--model`` takes: a run directory, a .safetensors file, a diffusers folder,
 #: ``hf:ORG/NAME[@REV]`` or ``builtin:NAME``.
@@ -215,7 +222,7 @@ def tune(
     ``settings`` are `diffuse tune`'s config keys (``batch_size=``, ``seed=``, ``options={"order": 2}`` ...);
     afterwards ``dc.sample(model, n, sampler=..., steps=..., grid="tuned")`` uses the grid.
     """
-    from diffusers_cli.config import TuneConfig
+    from diffusers_cli.config.schema import TuneConfig
     from diffusers_cli.jobs.tune import tune_grids
 
     spec, use_ema = (str(model.path), model.use_ema) if isinstance(model, Loaded) else (model, True)

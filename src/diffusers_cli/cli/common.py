@@ -12,10 +12,10 @@ from typing import Annotated, Any, Callable, Optional, TypeVar
 import click
 import typer
 
-from diffusers_cli.config_overrides import sampler_section
-from diffusers_cli.errors import MachineError, RunFailed, UsageError
-from diffusers_cli.files import MACHINE_ERRNOS, MACHINE_HINTS
-from diffusers_cli.report import LineReporter
+from diffusers_cli.config.overrides import sampler_section
+from diffusers_cli.support.errors import MachineError, RunFailed, UsageError
+from diffusers_cli.support.files import MACHINE_ERRNOS, MACHINE_HINTS
+from diffusers_cli.support.progress import LineReporter
 
 T = TypeVar("T")
 
@@ -146,7 +146,7 @@ class RichReporter:
 def make_reporter(json_mode: bool, quiet: bool = False) -> Any:
     """Rich on an interactive terminal, plain lines otherwise; --json keeps stdout for the summary."""
     if quiet:
-        from diffusers_cli.report import SilentReporter
+        from diffusers_cli.support.progress import SilentReporter
 
         return SilentReporter()
     if sys.stderr.isatty() and not json_mode and os.environ.get("TERM") != "dumb":

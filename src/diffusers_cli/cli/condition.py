@@ -41,7 +41,7 @@ def condition_command(
     """Generate images of one class: a model steered by a noise-aware classifier, or a class-conditional model by itself."""
 
     def job() -> None:
-        from diffusers_cli.config import ConditionConfig, build_config
+        from diffusers_cli.config.schema import ConditionConfig, build_config
 
         overrides: dict[str, object] = {
             "classifier": str(classifier) if classifier else None, "class": class_, "scale": scale, "guidance": guidance,

@@ -93,7 +93,7 @@ def evaluate_command(
     """
 
     def job() -> None:
-        from diffusers_cli.config import EvaluateConfig, build_config
+        from diffusers_cli.config.schema import EvaluateConfig, build_config
 
         overrides: dict[str, object] = {
             "model": str(model) if model else None, "grids": str(grids) if grids else None, "images": str(images) if images else None, "metrics": metrics,

@@ -38,7 +38,7 @@ def impute_command(
     """Fill the masked pixels of IMAGE; the known pixels of the output are exactly the input's."""
 
     def job() -> None:
-        from diffusers_cli.config import ImputeConfig, build_config
+        from diffusers_cli.config.schema import ImputeConfig, build_config
 
         overrides: dict[str, object] = {
             "image": str(image), "mask": str(mask) if mask else None, "mask_kind": mask_kind,

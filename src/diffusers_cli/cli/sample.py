@@ -12,7 +12,7 @@ from diffusers_cli.cli.common import (
     OptionOpt, OrderOpt, RtolOpt, SamplerOpt, SeedOpt, SetOpt, SnrOpt, StepsOpt, emit_json, make_reporter, parse_kv,
     run_job, sampler_overrides,
 )
-from diffusers_cli.defaults import DEFAULT_GUIDANCE
+from diffusers_cli.config.defaults import DEFAULT_GUIDANCE
 
 
 def sample_command(
@@ -49,7 +49,7 @@ def sample_command(
     """Generate images with a trained model."""
 
     def job() -> None:
-        from diffusers_cli.config import SampleConfig, build_config
+        from diffusers_cli.config.schema import SampleConfig, build_config
 
         overrides: dict[str, object] = {
             "model": str(model) if model else None, "grids": str(grids) if grids else None, "n": n, "first": first, "batch_size": batch_size, "out": str(out) if out else None,

@@ -73,9 +73,9 @@ def train_command(
     """Train a score model (or a classifier) and write a run directory with weights, state, logs and grids."""
 
     def job() -> int:
-        from diffusers_cli.config import TrainConfig, build_config
-        from diffusers_cli.errors import UsageError
-        from diffusers_cli.runs import CONFIG_NAME, latest_run, run_dir_inside
+        from diffusers_cli.config.schema import TrainConfig, build_config
+        from diffusers_cli.support.errors import UsageError
+        from diffusers_cli.run.layout import CONFIG_NAME, latest_run, run_dir_inside
 
         file = config
         overrides: dict[str, object] = {

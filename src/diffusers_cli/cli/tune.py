@@ -33,7 +33,7 @@ def tune_command(
     """Tune a sampler's time grid to a model (written to grids.json; use it with --grid tuned)."""
 
     def job() -> None:
-        from diffusers_cli.config import TuneConfig, build_config
+        from diffusers_cli.config.schema import TuneConfig, build_config
 
         overrides: dict[str, object] = {
             "model": model, "sampler": sampler, "steps": steps, "batch_size": batch_size, "guidance": guidance, "objective": objective,

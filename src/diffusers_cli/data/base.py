@@ -13,7 +13,7 @@ from torch.utils.data import Dataset
 
 # Re-exported: the loaders and older callers import them from here.
 from diffusers_cli.data.spec import DataError, DatasetInfo, parse_image_size
-from diffusers_cli.images import ImageError, open_image
+from diffusers_cli.support.image_files import ImageError, open_image
 
 __all__ = [
     "DataError",

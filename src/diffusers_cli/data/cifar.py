@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from diffusers_cli.data.base import DataError, tensor_dataset
-from diffusers_cli.data.registry import CIFAR10
+from diffusers_cli.data import fixed_names
 from diffusers_cli.data.spec import Loaded, LoadRequest
 
 URL = "https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz"
@@ -16,7 +16,7 @@ MD5 = "c32a1d4ab5d03f1284b67883e8d87530"
 BIN_DIR = "cifar-10-batches-bin"
 PY_DIR = "cifar-10-batches-py"
 #: The standard ten, written in the registry entry; batches.meta.txt may rename them.
-CLASSES: tuple[str, ...] = CIFAR10.class_names or ()
+CLASSES: tuple[str, ...] = fixed_names.CIFAR10
 RECORD = 1 + 3 * 32 * 32
 FILES = {"train": tuple(f"data_batch_{i}.bin" for i in range(1, 6)), "test": ("test_batch.bin",)}
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from diffusers_cli.data.base import DataError, ImageFileDataset, ImageSize, subset_indices
 from diffusers_cli.data.spec import Loaded, LoadRequest
-from diffusers_cli.images import ImageError, image_size
+from diffusers_cli.support.image_files import ImageError, image_size
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif"})
 SINGLE_CLASS = "all"

@@ -11,12 +11,11 @@ import numpy as np
 import torch
 
 from diffusers_cli.data.base import DataError, tensor_dataset
-from diffusers_cli.data.registry import FASHION_MNIST, MNIST
+from diffusers_cli.data import fixed_names
 from diffusers_cli.data.spec import Loaded, LoadRequest
 
-# The registry entries are where the names are written.
-FASHION_CLASSES: tuple[str, ...] = FASHION_MNIST.class_names or ()
-DIGITS: tuple[str, ...] = MNIST.class_names or ()
+FASHION_CLASSES: tuple[str, ...] = fixed_names.FASHION_MNIST
+DIGITS: tuple[str, ...] = fixed_names.DIGITS
 
 #: Where the files may lie under --data-dir (the first with any of them wins), where to get them, and
 #: their checksums (as torchvision lists them).

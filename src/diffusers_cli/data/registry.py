@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from diffusers_cli.data import fixed_names as names
 from diffusers_cli.data.spec import DatasetSpec, Loaded, LoadRequest
 
 
@@ -63,7 +64,7 @@ SHAPES = DatasetSpec(
     name="shapes",
     description="coloured circles, squares, triangles, crosses and rings, generated in-process at any size (offline)",
     channels=3,
-    class_names=("circle", "square", "triangle", "cross", "ring"),
+    class_names=names.SHAPES,
     download="not needed",
     loader=_load_shapes,
 )
@@ -71,7 +72,7 @@ MNIST = DatasetSpec(
     name="mnist",
     description="handwritten digits 0-9, 28x28 greyscale; IDX files in --data-dir (60k train, 10k test)",
     channels=1,
-    class_names=tuple(str(d) for d in range(10)),
+    class_names=names.DIGITS,
     download="--download",
     loader=_load_idx,
 )
@@ -80,9 +81,7 @@ FASHION_MNIST = DatasetSpec(
     aliases=("fashion_mnist", "fashionmnist"),
     description="Zalando clothing, 10 classes, 28x28 greyscale; IDX files in --data-dir (60k train, 10k test)",
     channels=1,
-    class_names=(
-        "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
-    ),
+    class_names=names.FASHION_MNIST,
     download="--download",
     loader=_load_idx,
 )
@@ -91,8 +90,7 @@ CIFAR10 = DatasetSpec(
     aliases=("cifar-10", "cifar_10"),
     description="32x32 colour photos, 10 classes; the binary version in --data-dir (50k train, 10k test)",
     channels=3,
-    # The standard ten; a batches.meta.txt next to the batches, if there, names them instead.
-    class_names=("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"),
+    class_names=names.CIFAR10,
     read_class_names=_cifar10_class_names,
     download="--download",
     loader=_load_cifar10,

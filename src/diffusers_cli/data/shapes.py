@@ -16,11 +16,11 @@ import torch
 from torch import Tensor
 
 from diffusers_cli.data.base import LUMA, ImageSize, tensor_dataset
-from diffusers_cli.data.registry import SHAPES
+from diffusers_cli.data import fixed_names
 from diffusers_cli.data.spec import DataError, Loaded, LoadRequest, parse_image_size
 
-#: Label k is CLASS_NAMES[k]; the registry entry is where they are written.
-CLASS_NAMES: tuple[str, ...] = SHAPES.class_names or ()
+#: Label k is CLASS_NAMES[k].
+CLASS_NAMES: tuple[str, ...] = fixed_names.SHAPES
 DEFAULT_SIZE = 10_000
 
 #: Each shape fits the square [-1, 1]^2 in units of its half-extent r; these are their areas in r^2.

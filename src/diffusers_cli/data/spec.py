@@ -7,7 +7,7 @@ from numbers import Integral
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Literal, Sequence, get_args
 
-from diffusers_cli.errors import UsageError
+from diffusers_cli.support.errors import UsageError
 
 if TYPE_CHECKING:
     from torch.utils.data import Dataset

@@ -233,3 +233,9 @@ def tune(
 
     return TunedGrid(best_ts, objective, best_err, default_err, start, evaluations,
                      counter.nfe, reference_nfe, time.perf_counter() - start_time, named)
+
+
+def tune_grid(sde: SDE, score_fn: Callable[[Tensor, Tensor], Tensor], shape: tuple[int, ...], sampler: str, steps: int,
+              *, generator: torch.Generator | None = None, **options: Any) -> Tensor:
+    """The ``steps + 1`` times that minimise ``sampler``'s error on this score (``tune``, which also reports its cost)."""
+    return tune(sde, score_fn, shape, sampler, steps, generator=generator, **options).times

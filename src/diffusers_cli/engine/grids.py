@@ -61,14 +61,14 @@ GRIDS: dict[str, Grid] = {
 }
 
 
-#: The name of a grid tuned to one model (``tune_grid``): not a function of the SDE, so the caller passes its times.
+#: The name of a grid tuned to one model (``engine.grid_tuning.tune_grid``): not a function of the SDE, so the caller passes its times.
 TUNED = "tuned"
 
 
 def check_grid(kind: str) -> Grid:
     """The grid function named ``kind``; OptionError listing the grids otherwise."""
     if kind == TUNED:
-        raise OptionError("the 'tuned' grid belongs to one model: pass its times (from tune_grid) as the grid")
+        raise OptionError("the 'tuned' grid belongs to one model: pass its times (from engine.grid_tuning.tune_grid) as the grid")
     if kind not in GRIDS:
         raise OptionError(f"unknown time grid {kind!r}; use one of {', '.join(GRIDS)}")
     return GRIDS[kind]
@@ -87,14 +87,6 @@ def check_times(sde: SDE, ts: Tensor, steps: int) -> Tensor:
     if float(t[0]) > sde.T * (1 + 1e-9) or float(t[-1]) <= 0:
         raise OptionError(f"the grid's times must lie in (0, {sde.T}], got {float(t[0])} .. {float(t[-1])}")
     return t
-
-
-def tune_grid(sde: SDE, score_fn: Callable[[Tensor, Tensor], Tensor], shape: tuple[int, ...], sampler: str, steps: int,
-              *, generator: torch.Generator | None = None, **options: Any) -> Tensor:
-    """The ``steps + 1`` times that minimise ``sampler``'s error on this score (``grid_tuning.tune``, which reports its cost)."""
-    from diffusers_cli.engine.grid_tuning import tune  # grid_tuning runs the samplers, which import this module
-
-    return tune(sde, score_fn, shape, sampler, steps, generator=generator, **options).times
 
 
 def time_grid(sde: SDE, steps: int, kind: str = "uniform", eps: float | None = None, **options: Any) -> Tensor:

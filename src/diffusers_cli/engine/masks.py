@@ -10,7 +10,7 @@ Two conventions meet here, and this module is the only place that converts betwe
 
 from __future__ import annotations
 
-from diffusers_cli.errors import UsageError
+from diffusers_cli.support.errors import UsageError
 
 import math
 from typing import Any

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, get_args, get_origin
 
-from diffusers_cli.errors import UsageError
+from diffusers_cli.support.errors import UsageError
 
 #: Keyword-only parameters every sampler and method takes that are plumbing, not options.
 PLUMBING = frozenset({"generator", "callback"})

@@ -8,20 +8,20 @@ from pathlib import Path
 
 from torch import Tensor
 
-from diffusers_cli import build
-from diffusers_cli.checkpoints import ModelCard
-from diffusers_cli.config import ConditionConfig
+from diffusers_cli.parts import build
+from diffusers_cli.checkpoints.card import ModelCard
+from diffusers_cli.config.schema import ConditionConfig
 from diffusers_cli.data import class_index
-from diffusers_cli.distributed import init_world, shutdown
+from diffusers_cli.support.distributed import init_world, shutdown
 from diffusers_cli.engine.guidance import classifier_fn, classifier_free, guided
 from diffusers_cli.engine.score import make_score_fn
-from diffusers_cli.files import check_image_output
+from diffusers_cli.support.files import check_image_output
 from diffusers_cli.models import Loaded, score_model_of
-from diffusers_cli.report import Reporter, SilentReporter
-from diffusers_cli.errors import UsageError
-from diffusers_cli.tuned_grids import tuned_times
-from diffusers_cli.sampling import draw
-from diffusers_cli.runs import write_images
+from diffusers_cli.support.progress import Reporter, SilentReporter
+from diffusers_cli.support.errors import UsageError
+from diffusers_cli.parts.tuned_grids import tuned_times
+from diffusers_cli.parts.drawing import draw
+from diffusers_cli.support.image_grids import write_images
 
 
 @dataclass

@@ -21,11 +21,11 @@ import torch.distributed as dist
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from diffusers_cli import build
-from diffusers_cli.checkpoints import ModelCard
-from diffusers_cli.config import ConfigError, EvaluateConfig
+from diffusers_cli.parts import build
+from diffusers_cli.checkpoints.card import ModelCard
+from diffusers_cli.config.schema import ConfigError, EvaluateConfig
 from diffusers_cli.data import load_dataset
-from diffusers_cli.distributed import World, init_world, shutdown
+from diffusers_cli.support.distributed import World, init_world, shutdown
 from diffusers_cli.engine.likelihood import bits_per_dim
 from diffusers_cli.engine.metrics import (
     IMAGES,
@@ -45,8 +45,8 @@ from diffusers_cli.engine.metrics import (
     image_batches,
 )
 from diffusers_cli.engine.score import ScoreModel, make_score_fn
-from diffusers_cli.tuned_grids import tuned_times
-from diffusers_cli.evaluation import (
+from diffusers_cli.parts.tuned_grids import tuned_times
+from diffusers_cli.parts.evaluation import (
     DATA_SEED,
     Reference,
     ReferenceRequest,
@@ -62,7 +62,7 @@ from diffusers_cli.evaluation import (
     tensor_batches,
     weights_warnings,
 )
-from diffusers_cli.report import Reporter, SilentReporter
+from diffusers_cli.support.progress import Reporter, SilentReporter
 
 
 @dataclass(frozen=True)

@@ -12,18 +12,18 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from diffusers_cli import build
-from diffusers_cli.config import ImputeConfig
+from diffusers_cli.parts import build
+from diffusers_cli.config.schema import ImputeConfig
 from diffusers_cli.engine.imputation import METHODS, PARTICLE_METHODS, choose_method, impute, reverse_steps
 from diffusers_cli.engine.rng import ImageGenerators
 from diffusers_cli.engine.masks import make_mask, mask_from_image
 from diffusers_cli.engine.score import NFECounter, make_score_fn
-from diffusers_cli.errors import UsageError
-from diffusers_cli.files import check_image_output
-from diffusers_cli.images import ALPHA_MODES, GREY_MODES, convert_image, decode_image, open_image
+from diffusers_cli.support.errors import UsageError
+from diffusers_cli.support.files import check_image_output
+from diffusers_cli.support.image_files import ALPHA_MODES, GREY_MODES, convert_image, decode_image, open_image
 from diffusers_cli.models import Loaded, score_model_of
-from diffusers_cli.report import Reporter, SilentReporter
-from diffusers_cli.runs import save_png, to_uint8
+from diffusers_cli.support.progress import Reporter, SilentReporter
+from diffusers_cli.support.image_grids import save_png, to_uint8
 
 
 @dataclass

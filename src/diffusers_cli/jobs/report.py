@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from diffusers_cli.run_report import Report, write_report
+from diffusers_cli.run.report import Report, write_report
 
 
 def report_run(run_dir: Path) -> Report:

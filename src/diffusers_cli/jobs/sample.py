@@ -8,18 +8,18 @@ from pathlib import Path
 
 from torch import Tensor
 
-from diffusers_cli import build
-from diffusers_cli.checkpoints import ModelCard
-from diffusers_cli.config import SampleConfig
-from diffusers_cli.distributed import init_world, shutdown
+from diffusers_cli.parts import build
+from diffusers_cli.checkpoints.card import ModelCard
+from diffusers_cli.config.schema import SampleConfig
+from diffusers_cli.support.distributed import init_world, shutdown
 from diffusers_cli.engine.score import make_score_fn
-from diffusers_cli.files import check_image_output
-from diffusers_cli.grid_labels import labelled_grid
+from diffusers_cli.support.files import check_image_output
+from diffusers_cli.support.labelled_grids import labelled_grid
 from diffusers_cli.models import Loaded, score_model_of
-from diffusers_cli.report import Reporter, SilentReporter
-from diffusers_cli.runs import save_png, write_images
-from diffusers_cli.tuned_grids import tuned_times
-from diffusers_cli.sampling import Trajectory, draw, guidance_plan, guided_score_fns
+from diffusers_cli.support.progress import Reporter, SilentReporter
+from diffusers_cli.support.image_grids import save_png, write_images
+from diffusers_cli.parts.tuned_grids import tuned_times
+from diffusers_cli.parts.drawing import Trajectory, draw, guidance_plan, guided_score_fns
 
 
 @dataclass

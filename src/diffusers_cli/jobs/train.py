@@ -15,12 +15,14 @@ import torch
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
-from diffusers_cli import build
-from diffusers_cli.checkpoints import STATE_NAME, WEIGHTS_NAME, CheckpointError, ModelCard, load_into, load_model, load_train_state, save_model, save_train_state, subset
-from diffusers_cli.config import ConfigError, TrainConfig, dump_config
-from diffusers_cli.defaults import DEFAULT_GUIDANCE
+from diffusers_cli.parts import build
+from diffusers_cli.checkpoints.weights import STATE_NAME, WEIGHTS_NAME, load_into, load_model, save_model, subset
+from diffusers_cli.checkpoints.card import CheckpointError, ModelCard
+from diffusers_cli.checkpoints.train_state import load_train_state, save_train_state
+from diffusers_cli.config.schema import ConfigError, TrainConfig, dump_config
+from diffusers_cli.config.defaults import DEFAULT_GUIDANCE
 from diffusers_cli.data import DatasetInfo, load_dataset, random_flip
-from diffusers_cli.distributed import World, barrier, broadcast_object, init_world, shutdown
+from diffusers_cli.support.distributed import World, barrier, broadcast_object, init_world, shutdown
 from diffusers_cli.engine.grid_tuning import tune
 from diffusers_cli.engine.grids import TUNED
 from diffusers_cli.engine.guidance import classifier_free, cycle_labels
@@ -29,30 +31,29 @@ from diffusers_cli.engine.samplers import sample
 from diffusers_cli.engine.score import ScoreModel, make_score_fn
 from diffusers_cli.engine.sde import SDE
 from diffusers_cli.engine.training import EMA, Hook, NonFiniteError, batch_indices, train_loop, warmup_lr
-from diffusers_cli.files import atomic_path, write_text_atomic
-from diffusers_cli.report import Reporter, SilentReporter
-from diffusers_cli.runlock import busy, hold_run
+from diffusers_cli.support.files import atomic_path, write_text_atomic
+from diffusers_cli.support.progress import Reporter, SilentReporter
+from diffusers_cli.run.lock import busy, hold_run
 from diffusers_cli.engine.metrics import MetricOptions, check_metrics
-from diffusers_cli.errors import RunFailed, UsageError
-from diffusers_cli.evaluation import ReferenceRequest, check_training_metrics, prepare_evaluator
-from diffusers_cli.runs import (
+from diffusers_cli.support.errors import RunFailed, UsageError
+from diffusers_cli.parts.evaluation import ReferenceRequest, check_training_metrics, prepare_evaluator
+from diffusers_cli.run.layout import (
     BEST_NAME,
     CONFIG_NAME,
     EVAL_REFERENCE_NAME,
     LOSS_PLOT_NAME,
     METRICS_NAME,
     MetricsLog,
-    make_grid,
     new_run_name,
     run_dir_inside,
-    save_grid,
 )
-from diffusers_cli.plots import loss_figure, save_figure
-from diffusers_cli.provenance import source_commit
-from diffusers_cli.run_facts import counts_epochs
-from diffusers_cli.run_report import write_report
-from diffusers_cli.tblog import TensorBoardLog
-from diffusers_cli.watch import Watch
+from diffusers_cli.support.image_grids import make_grid, save_grid
+from diffusers_cli.run.plots import loss_figure, save_figure
+from diffusers_cli.run.provenance import source_commit
+from diffusers_cli.run.facts import counts_epochs
+from diffusers_cli.run.report import write_report
+from diffusers_cli.run.tensorboard import TensorBoardLog
+from diffusers_cli.parts.watch import Watch
 
 
 @dataclass

@@ -7,14 +7,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from diffusers_cli import build
-from diffusers_cli.checkpoints import WEIGHTS_NAME, CheckpointError
-from diffusers_cli.config import SamplerConfig, TuneConfig
+from diffusers_cli.parts import build
+from diffusers_cli.checkpoints.weights import WEIGHTS_NAME
+from diffusers_cli.checkpoints.card import CheckpointError
+from diffusers_cli.config.schema import SamplerConfig, TuneConfig
 from diffusers_cli.engine.grid_tuning import evaluation_budget
-from diffusers_cli.evaluation import tune_for
-from diffusers_cli.report import Reporter, SilentReporter
-from diffusers_cli.runlock import hold_run
-from diffusers_cli.tuned_grids import make_entry, weights_hash, write_entry, write_target
+from diffusers_cli.parts.evaluation import tune_for
+from diffusers_cli.support.progress import Reporter, SilentReporter
+from diffusers_cli.run.lock import hold_run
+from diffusers_cli.parts.tuned_grids import make_entry, weights_hash, write_entry, write_target
 
 
 @dataclass

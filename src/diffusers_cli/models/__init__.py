@@ -16,7 +16,8 @@ from pathlib import Path
 
 from torch import nn
 
-from diffusers_cli.checkpoints import WEIGHTS_NAME, CheckpointError, ModelCard, read_card
+from diffusers_cli.checkpoints.weights import WEIGHTS_NAME, read_card
+from diffusers_cli.checkpoints.card import CheckpointError, ModelCard
 from diffusers_cli.engine.score import ScoreModel
 from diffusers_cli.engine.sde import SDE
 from diffusers_cli.models import builtin, diffusers_folder, hub, ours

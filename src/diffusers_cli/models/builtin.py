@@ -10,7 +10,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from diffusers_cli.checkpoints import CheckpointError, read_card
+from diffusers_cli.checkpoints.card import CheckpointError
+from diffusers_cli.checkpoints.weights import read_card
 
 PREFIX = "builtin:"
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import importlib
 
-from diffusers_cli.checkpoints import CheckpointError
+from diffusers_cli.checkpoints.card import CheckpointError
 
 INSTALL = 'pip install "diffusers-cli[diffusers]"'
 

@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from diffusers_cli.checkpoints import CheckpointError
+from diffusers_cli.checkpoints.card import CheckpointError
 from diffusers_cli.models.extra import require
 
 PREFIX = "hf:"

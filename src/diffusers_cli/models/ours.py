@@ -8,8 +8,9 @@ from typing import Any
 
 from torch import nn
 
-from diffusers_cli.checkpoints import WEIGHTS_NAME, CheckpointError, ModelCard, load_into, load_model, subset
-from diffusers_cli.config import SDEConfig
+from diffusers_cli.checkpoints.weights import WEIGHTS_NAME, load_into, load_model, subset
+from diffusers_cli.checkpoints.card import CheckpointError, ModelCard
+from diffusers_cli.config.schema import SDEConfig
 from diffusers_cli.engine.networks.classifier import WideResNet
 from diffusers_cli.engine.networks.unet import UNet
 from diffusers_cli.engine.sde import SDE

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from diffusers_cli.errors import UsageError
+from diffusers_cli.support.errors import UsageError
 
 
 class MetricsError(UsageError):

@@ -17,7 +17,7 @@ from torchvision.transforms.functional import to_tensor
 
 from diffusers_cli.engine.metrics.errors import MetricsError
 from diffusers_cli.engine.metrics.inception import INPUT_SIZE
-from diffusers_cli.images import ImageError, open_image
+from diffusers_cli.support.image_files import ImageError, open_image
 
 #: pytorch-fid's IMAGE_EXTENSIONS (matched here regardless of case).
 IMAGE_EXTENSIONS = frozenset({"bmp", "jpg", "jpeg", "pgm", "png", "ppm", "tif", "tiff", "webp"})

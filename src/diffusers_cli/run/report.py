@@ -17,8 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from diffusers_cli import __version__
-from diffusers_cli.files import write_text_atomic
-from diffusers_cli.run_facts import GRID_COLUMNS, REPORT_NAME, Run, counts_epochs, facts, read_run
+from diffusers_cli.support.files import write_text_atomic
+from diffusers_cli.run.facts import GRID_COLUMNS, Run, counts_epochs, facts, read_run
+from diffusers_cli.run.layout import REPORT_NAME
 
 #: At most this many sample grids side by side (evenly chosen, the first and last always among them).
 MAX_GRIDS = 10
@@ -215,7 +216,7 @@ def write_report(run_dir: Path, loss_png: bytes | None = None) -> Report:
     so the page does not draw it a second time.
     """
     from diffusers_cli.engine.metrics import METRICS
-    from diffusers_cli.plots import BestMark, loss_figure, metrics_figure, png_bytes
+    from diffusers_cli.run.plots import BestMark, loss_figure, metrics_figure, png_bytes
 
     run: Run = read_run(run_dir)
     f = facts(run)
@@ -233,6 +234,6 @@ def write_report(run_dir: Path, loss_png: bytes | None = None) -> Report:
 
 
 def _steps_per_epoch(run: Run) -> float | None:
-    from diffusers_cli.plots import steps_per_epoch_of
+    from diffusers_cli.run.plots import steps_per_epoch_of
 
     return steps_per_epoch_of(run.rows)

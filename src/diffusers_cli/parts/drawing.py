@@ -11,19 +11,19 @@ from typing import Any, Callable
 import torch
 from torch import Tensor
 
-from diffusers_cli.checkpoints import ModelCard
-from diffusers_cli.config import SamplerConfig
+from diffusers_cli.checkpoints.card import ModelCard
+from diffusers_cli.config.schema import SamplerConfig
 from diffusers_cli.data import class_index
-from diffusers_cli.defaults import DEFAULT_GUIDANCE
-from diffusers_cli.distributed import World, all_gather
+from diffusers_cli.config.defaults import DEFAULT_GUIDANCE
+from diffusers_cli.support.distributed import World, all_gather
 from diffusers_cli.engine.guidance import classifier_free, cycle_labels
 from diffusers_cli.engine.rng import ImageGenerators
 from diffusers_cli.engine.samplers import sample
 from diffusers_cli.engine.score import NFECounter, ScoreFn, ScoreModel
 from diffusers_cli.engine.sde import SDE
-from diffusers_cli.errors import UsageError
-from diffusers_cli.report import Reporter
-from diffusers_cli.runs import make_grid
+from diffusers_cli.support.errors import UsageError
+from diffusers_cli.support.progress import Reporter
+from diffusers_cli.support.image_grids import make_grid
 
 #: Columns of the --trajectory strip (x_t at evenly spaced steps, plus the result).
 TRAJECTORY_FRAMES = 10
@@ -128,7 +128,7 @@ class Trajectory:
         frames = [f.clamp(-1, 1) for f in self.frames] + [final[: self.rows]]
         stacked = torch.stack(frames, dim=1)  # [rows, frames, C, H, W]
         if captions is not None:
-            from diffusers_cli.grid_labels import labelled_grid
+            from diffusers_cli.support.labelled_grids import labelled_grid
 
             return labelled_grid(stacked.flatten(0, 1), nrow=len(frames), column_captions=captions)
         return make_grid(stacked.flatten(0, 1), nrow=len(frames))

@@ -18,14 +18,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from diffusers_cli.checkpoints import ModelCard, read_card, save_model
-from diffusers_cli.distributed import World, barrier
+from diffusers_cli.checkpoints.card import ModelCard
+from diffusers_cli.checkpoints.weights import read_card, save_model
+from diffusers_cli.support.distributed import World, barrier
 from diffusers_cli.engine.metrics import Metric
 from diffusers_cli.engine.score import ScoreModel
-from diffusers_cli.evaluation import SampleEvaluator
-from diffusers_cli.plots import BestMark, metrics_figure, save_figure
-from diffusers_cli.report import Reporter, SilentReporter
-from diffusers_cli.runs import BEST_NAME, METRICS_PLOT_NAME, MetricsLog
+from diffusers_cli.parts.evaluation import SampleEvaluator
+from diffusers_cli.run.plots import BestMark, metrics_figure, save_figure
+from diffusers_cli.support.progress import Reporter, SilentReporter
+from diffusers_cli.run.layout import BEST_NAME, METRICS_PLOT_NAME, MetricsLog
 
 #: Key of the best checkpoint's figure in its card's ``extra``.
 BEST_KEY = "best"

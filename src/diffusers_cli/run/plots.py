@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from diffusers_cli.files import atomic_path
+from diffusers_cli.support.files import atomic_path
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes

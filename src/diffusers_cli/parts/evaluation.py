@@ -18,10 +18,10 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from diffusers_cli.checkpoints import ModelCard
-from diffusers_cli.config import SamplerConfig
+from diffusers_cli.checkpoints.card import ModelCard
+from diffusers_cli.config.schema import SamplerConfig
 from diffusers_cli.data import DATASETS, DataError, load_dataset, resolve_name
-from diffusers_cli.distributed import World, barrier
+from diffusers_cli.support.distributed import World, barrier
 from diffusers_cli.engine.metrics import (
     IMAGES,
     LIKELIHOOD,
@@ -48,11 +48,11 @@ from diffusers_cli.engine.metrics import (
 from diffusers_cli.engine.grid_tuning import TunedGrid, tune
 from diffusers_cli.engine.grids import TUNED
 from diffusers_cli.engine.score import ScoreModel, make_score_fn
-from diffusers_cli.files import check_writable
-from diffusers_cli.images import ImageError, image_size
-from diffusers_cli.report import Reporter
-from diffusers_cli.runs import to_uint8
-from diffusers_cli.sampling import draw, guidance_plan, guided_score_fns
+from diffusers_cli.support.files import check_writable
+from diffusers_cli.support.image_files import ImageError, image_size
+from diffusers_cli.support.progress import Reporter
+from diffusers_cli.support.image_grids import to_uint8
+from diffusers_cli.parts.drawing import draw, guidance_plan, guided_score_fns
 
 #: The seed of reference and bits/dim data (shapes rendering, subsets): fixed, so --seed moves only the samples.
 DATA_SEED = 0

@@ -24,15 +24,15 @@ import torch
 from torch import Tensor, nn
 
 from diffusers_cli.engine.grids import TUNED
-from diffusers_cli.errors import UsageError
-from diffusers_cli.files import write_text_atomic
+from diffusers_cli.support.errors import UsageError
+from diffusers_cli.support.files import write_text_atomic
 from diffusers_cli.models import builtin
+from diffusers_cli.run.layout import GRIDS_NAME
 
 if TYPE_CHECKING:
-    from diffusers_cli.config import SamplerConfig
+    from diffusers_cli.config.schema import SamplerConfig
 
-GRIDS_NAME = "grids.json"
-__all__ = ["TUNED", "GRIDS_NAME", "find_times", "tuned_times", "make_entry", "write_entry", "weights_hash"]
+__all__ = ["TUNED", "find_times", "tuned_times", "make_entry", "write_entry", "weights_hash"]
 
 
 def weights_hash(net: nn.Module) -> str:

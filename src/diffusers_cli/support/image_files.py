@@ -10,7 +10,7 @@ from pathlib import Path
 
 from PIL import Image, ImageFile, UnidentifiedImageError
 
-from diffusers_cli.errors import UsageError
+from diffusers_cli.support.errors import UsageError
 
 #: The most pixels (width x height) an image may have unless DIFFUSE_MAX_PIXELS says otherwise: 8000x8000.
 DEFAULT_MAX_PIXELS = 64_000_000

@@ -10,8 +10,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from diffusers_cli.errors import UsageError
-from diffusers_cli.files import write_text_atomic
+from diffusers_cli.support.errors import UsageError
+from diffusers_cli.support.files import write_text_atomic
 
 HOLDER_FILE = "lock.json"
 

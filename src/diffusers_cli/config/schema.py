@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from diffusers_cli.errors import UsageError
-from diffusers_cli.runs import check_run_name
+from diffusers_cli.support.errors import UsageError
+from diffusers_cli.support.files import check_run_name
 
 import json
 import math

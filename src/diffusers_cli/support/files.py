@@ -10,7 +10,7 @@ import tempfile
 from pathlib import Path
 from typing import Iterator
 
-from diffusers_cli.errors import MachineError, UsageError
+from diffusers_cli.support.errors import MachineError, UsageError
 
 #: errno values that mean the machine failed a correct run (not a bad path the user gave).
 MACHINE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO})
@@ -149,3 +149,21 @@ def write_text_atomic(path: Path, text: str) -> None:
     """Write a text file atomically."""
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
+
+
+def check_run_name(name: str) -> str:
+    """``name`` if it is one safe path component, else UsageError naming the rule it breaks."""
+    if not name:
+        problem = "is empty"
+    elif any(c in name for c in "/\\"):
+        problem = "contains a path separator"
+    elif name in {".", ".."} or ".." in name:
+        problem = "contains '..'"
+    elif name.startswith("."):
+        problem = "starts with '.' (a hidden directory)"
+    elif any(ord(c) < 32 or ord(c) == 127 for c in name):
+        problem = "contains a control character"
+    else:
+        return name
+    raise UsageError(f"run name {name!r} {problem}: a run name is one folder inside --out, without '/', '\\', '..', "
+                     "a leading '.' or control characters")

@@ -11,7 +11,7 @@ from typing import Any
 
 from torch import Tensor
 
-from diffusers_cli.errors import UsageError
+from diffusers_cli.support.errors import UsageError
 
 #: Where a run's event files go (``tensorboard --logdir runs/`` shows every run).
 EVENTS_DIR = "tensorboard"

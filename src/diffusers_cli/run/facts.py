@@ -14,13 +14,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from diffusers_cli.checkpoints import WEIGHTS_NAME, ModelCard, read_card
-from diffusers_cli.errors import UsageError
-from diffusers_cli.runs import BEST_NAME, CONFIG_NAME, METRICS_NAME
-from diffusers_cli.tuned_grids import GRIDS_NAME  # tuned time grids of the run's model (`diffuse tune`): {"grids": [...]}
+from diffusers_cli.checkpoints.weights import WEIGHTS_NAME, read_card
+from diffusers_cli.checkpoints.card import ModelCard
+from diffusers_cli.support.errors import UsageError
+from diffusers_cli.run.layout import BEST_NAME, CONFIG_NAME, GRIDS_NAME, METRICS_NAME, REPORT_NAME, SAMPLES_DIR
 
-REPORT_NAME = "report.html"
-SAMPLES_DIR = "samples"
 FINAL_SAMPLES = "samples.png"
 #: Columns of the tuned-grids table, in this order when present; other keys follow as found.
 GRID_COLUMNS = ("sampler", "steps", "options", "objective", "cost", "date", "weights_sha256", "times")

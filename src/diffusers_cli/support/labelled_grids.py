@@ -53,7 +53,7 @@ def labelled_grid(x: Tensor, nrow: int | None = None, captions: Sequence[str] | 
     import torch
     from PIL import Image, ImageDraw
 
-    from diffusers_cli.runs import to_pil, to_uint8
+    from diffusers_cli.support.image_grids import to_pil, to_uint8
 
     imgs = to_uint8(x)
     b, c, h, w = imgs.shape

@@ -9,8 +9,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from diffusers_cli.checkpoints import ModelCard
-from diffusers_cli.config import ClassifierConfig, ConfigError, NetworkConfig, SDEConfig, TrainConfig, dump_config
+from diffusers_cli.checkpoints.card import ModelCard
+from diffusers_cli.config.schema import (
+    ClassifierConfig,
+    ConfigError,
+    NetworkConfig,
+    SDEConfig,
+    TrainConfig,
+    dump_config,
+)
 from diffusers_cli.engine.networks.classifier import WRN_PRESETS, WideResNet
 from diffusers_cli.engine.networks.unet import UNET_PRESETS, UNet
 from diffusers_cli.engine.objectives import ClassifierObjective, Objective, ScoreObjective

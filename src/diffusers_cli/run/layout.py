@@ -1,0 +1,77 @@
+"""A run directory's layout: the names of its files and folders (each written once, here), where a run lies, its metrics log."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from diffusers_cli.support.errors import UsageError
+from diffusers_cli.support.files import MACHINE_ERRNOS, atomic_path, check_run_name, machine_error
+
+METRICS_NAME = "metrics.jsonl"
+CONFIG_NAME = "config.json"
+LOSS_PLOT_NAME = "loss.png"
+#: Evaluation during training: the figures' plot, the best checkpoint, the cached reference statistics.
+METRICS_PLOT_NAME = "metrics.png"
+BEST_NAME = "best.safetensors"
+EVAL_REFERENCE_NAME = "eval_reference.npz"
+#: The report page, the preview grids' folder and tuned time grids (`diffuse tune`: {"grids": [...]}).
+REPORT_NAME = "report.html"
+SAMPLES_DIR = "samples"
+GRIDS_NAME = "grids.json"
+
+
+def run_dir_inside(out: Path, name: str) -> Path:
+    """``out / name`` once the name is checked and the resolved path is seen to stay inside ``out``."""
+    run = out / check_run_name(name)
+    if not run.resolve().is_relative_to(out.resolve()):  # e.g. a symlink named like the run pointing elsewhere
+        raise UsageError(f"run {run} resolves to {run.resolve()}, outside --out {out}; choose another --name")
+    return run
+
+
+def new_run_name(dataset: str, sde: str) -> str:
+    """A readable, sortable, unique-enough run name: dataset-sde-YYYYmmdd-HHMMSS."""
+    return f"{Path(dataset).name}-{sde}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def latest_run(runs_dir: Path) -> Path | None:
+    """The most recently modified run directory under ``runs_dir`` that has a config."""
+    runs = [p.parent for p in runs_dir.glob(f"*/{CONFIG_NAME}")] if runs_dir.is_dir() else []
+    return max(runs, key=lambda p: p.stat().st_mtime) if runs else None
+
+
+class MetricsLog:
+    """Append-only JSON-lines log of training metrics (one object per line, flushed each write)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def write(self, record: dict[str, Any]) -> None:
+        """Append one record; a full disk raises MachineError naming the log (a torn last line is skipped on read)."""
+        try:
+            with self.path.open("a", encoding="utf-8") as f:
+                f.write(json.dumps(record) + "\n")
+        except OSError as err:
+            if err.errno in MACHINE_ERRNOS:
+                raise machine_error(self.path, err, "its earlier records are intact") from err
+            raise
+
+    def read(self) -> list[dict[str, Any]]:
+        """All records so far (a torn last line from a crash is skipped)."""
+        if not self.path.is_file():
+            return []
+        rows = []
+        for line in self.path.read_text(encoding="utf-8").splitlines():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+        return rows
+
+    def truncate_after(self, step: int) -> None:
+        """Drop records past ``step`` (a resumed run re-does them)."""
+        keep = [r for r in self.read() if r.get("step", 0) <= step]
+        with atomic_path(self.path) as tmp:
+            tmp.write_text("".join(json.dumps(r) + "\n" for r in keep), encoding="utf-8")
