@@ -60,7 +60,7 @@ def registered_sdes() -> dict[str, Any]:
 
     Tests that must hold for every SDE parametrise over this, so a new kind is covered the moment it is registered.
     """
-    from diffusers_cli.config.schema import SDE_CONFIGS, VPConfig
+    from diffusers_cli.config.sde import SDE_CONFIGS, VPConfig
 
     sdes = {cls().kind: cls().build() for cls in SDE_CONFIGS}
     sdes["vp-cosine"] = VPConfig(schedule="cosine").build()

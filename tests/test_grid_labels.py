@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from diffusers_cli.checkpoints.card import ModelCard
 from diffusers_cli.cli import app
-from diffusers_cli.config.schema import VPConfig
+from diffusers_cli.config.sde import VPConfig
 from diffusers_cli.support.labelled_grids import MIN_TILE, labelled_grid, scale_for
 from diffusers_cli.jobs.sample import image_captions
 from diffusers_cli.support.image_grids import to_uint8

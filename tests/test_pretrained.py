@@ -30,7 +30,7 @@ from typer.testing import CliRunner  # noqa: E402
 
 from diffusers_cli.parts import build  # noqa: E402
 from diffusers_cli.cli import app  # noqa: E402
-from diffusers_cli.config.schema import DDPMConfig  # noqa: E402
+from diffusers_cli.config.sde import DDPMConfig  # noqa: E402
 from diffusers_cli.data import load_dataset  # noqa: E402
 from diffusers_cli.engine.guidance import classifier_fn, guided  # noqa: E402
 from diffusers_cli.engine.likelihood import bits_per_dim  # noqa: E402

@@ -149,7 +149,7 @@ def test_resume_gives_the_same_weights(tmp_path: Path, conditional: bool) -> Non
 
 
 def test_existing_run_needs_resume(tmp_path: Path) -> None:
-    from diffusers_cli.config.schema import ConfigError
+    from diffusers_cli.config.base import ConfigError
 
     train(tiny_train_config(tmp_path, steps=1))
     with pytest.raises(ConfigError, match="already exists; pass --resume"):

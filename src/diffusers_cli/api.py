@@ -161,13 +161,15 @@ def impute(
     """``diffuse impute``: n fills [n, C, H, W] in [-1, 1] of ``image`` whose known pixels are the input's exactly.
 
     ``image``: a file, or a tensor [C, H, W] / [1, C, H, W] in [-1, 1]. ``mask``: a mask file (white = fill), a
-    kind (``"half"``, ``"box"``, ``"random-pixels"``, ``"outpaint"``), or a tensor [H, W] / [1, 1, H, W] with 1 = known.
+    kind (a key of ``engine.masks.MASKS``: ``"half"``, ``"box"`` ...), or a tensor [H, W] / [1, 1, H, W] with 1 = known.
     ``options`` are the method's (``particles=8``) or, for ``method="replacement"``, its sampler's.
     """
     from diffusers_cli.jobs.impute import impute_image
 
     loaded = _model(model)
-    kinds = ("box", "outpaint", "half", "random-pixels")
+    from diffusers_cli.engine.masks import MASKS
+
+    kinds = tuple(MASKS)
     mask_kind = mask if isinstance(mask, str) and mask in kinds else None
     mask_file = None if mask_kind is not None or isinstance(mask, Tensor) else str(mask)
     image_file = None if isinstance(image, Tensor) else str(image)

@@ -7,6 +7,8 @@ from typing import Annotated, Optional
 
 import typer
 
+from diffusers_cli.engine.masks import HALF_SIDES, MASKS  # torch-free: the names for --mask's and --mask-side's help
+
 from diffusers_cli.cli.common import (
     ConfigOpt, DeviceOpt, DownloadModelOpt, GridOpt, JsonOpt, ModelOpt, SeedOpt, SetOpt, StepsOpt, emit_json, make_reporter, option_pairs, parse_kv,
     run_job, sampler_overrides,
@@ -16,9 +18,9 @@ from diffusers_cli.cli.common import (
 def impute_command(
     image: Annotated[Path, typer.Argument(help="The image to complete (any size; resized to the model and back).")],
     mask: Annotated[Optional[Path], typer.Argument(help="Mask PNG of the image's size: WHITE = fill, black = keep.")] = None,
-    mask_kind: Annotated[Optional[str], typer.Option("--mask", help="Instead of a mask file: box, outpaint, half or random-pixels.")] = None,
+    mask_kind: Annotated[Optional[str], typer.Option("--mask", help=f"Instead of a mask file: {', '.join(MASKS)}.")] = None,
     mask_fraction: Annotated[Optional[float], typer.Option(help="box/outpaint: area fraction; random-pixels: fraction kept.")] = None,
-    mask_side: Annotated[Optional[str], typer.Option(help="half: the side to fill (left, right, top, bottom).")] = None,
+    mask_side: Annotated[Optional[str], typer.Option(help=f"half: the side to fill ({', '.join(HALF_SIDES)}).")] = None,
     model: ModelOpt = None,
     method: Annotated[Optional[str], typer.Option(help="auto (default: smc for <= 32 known pixels, else repaint), smc (asymptotically exact), replacement (fast, biased), repaint.")] = None,
     particles: Annotated[Optional[int], typer.Option(help="twisted / smc: particles per candidate (more is closer to the exact posterior); = -o particles=N.")] = None,

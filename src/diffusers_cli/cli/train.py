@@ -7,7 +7,13 @@ from typing import Annotated, Optional
 
 import typer
 
-from diffusers_cli.data.registry import DATASETS  # torch-free: the names for --dataset's help
+# The registries that the help texts list (each torch-free; config.sde costs only pydantic's import).
+from diffusers_cli.config.sde import SCHEDULES, SDE_KINDS
+from diffusers_cli.data.registry import DATASETS
+from diffusers_cli.engine.metrics import METRICS
+from diffusers_cli.engine.metrics.metric import scores_samples_alone
+from diffusers_cli.engine.networks.presets import UNET_PRESETS, WRN_PRESETS
+from diffusers_cli.engine.weightings import DEFAULT_WEIGHTING, WEIGHTINGS
 
 from diffusers_cli.cli.common import (
     EXIT_INTERRUPTED,
@@ -30,15 +36,15 @@ def train_command(
     split: Annotated[Optional[str], typer.Option(help="Dataset split: train, test or all.")] = None,
     image_size: Annotated[Optional[str], typer.Option(help="Train at this resolution: a side (32) or HEIGHTxWIDTH (32x48).")] = None,
     task: Annotated[Optional[str], typer.Option(help="score (the diffusion model) or classifier (for `diffuse condition`).")] = None,
-    sde: Annotated[Optional[str], typer.Option(help="ve, vp, subvp or ddpm.")] = None,
-    schedule: Annotated[Optional[str], typer.Option(help="linear or cosine (VP, subVP, DDPM).")] = None,
-    preset: Annotated[Optional[str], typer.Option(help="Network size preset (tiny, small, base, ncsnpp-cifar10, cars64; wrn-* for classifiers).")] = None,
+    sde: Annotated[Optional[str], typer.Option(help=f"{', '.join(SDE_KINDS)}.")] = None,
+    schedule: Annotated[Optional[str], typer.Option(help=f"{' or '.join(SCHEDULES)} (VP, subVP, DDPM).")] = None,
+    preset: Annotated[Optional[str], typer.Option(help=f"Network size preset ({', '.join(UNET_PRESETS)}; classifiers: {', '.join(WRN_PRESETS)}).")] = None,
     steps: Annotated[Optional[int], typer.Option(help="Total optimisation steps (default 3000).")] = None,
     epochs: Annotated[Optional[float], typer.Option(help="Instead of --steps: passes over the dataset at the global batch size.")] = None,
     batch_size: Annotated[Optional[int], typer.Option(help="Global batch size (split across processes under torchrun).")] = None,
     lr: Annotated[Optional[float], typer.Option(help="Peak learning rate of AdamW.")] = None,
     lr_decay: Annotated[Optional[str], typer.Option(help="After warm-up: none (constant), cosine or linear (to 0 at the last step).")] = None,
-    loss_weighting: Annotated[Optional[str], typer.Option(help="edm (default), eps, likelihood or min-snr (its gamma: --set min_snr_gamma=5).")] = None,
+    loss_weighting: Annotated[Optional[str], typer.Option(help=f"{', '.join(WEIGHTINGS)} (default {DEFAULT_WEIGHTING}); min-snr's gamma: --set min_snr_gamma=5.")] = None,
     time_sampling: Annotated[Optional[str], typer.Option(help="Noise levels: lognormal (default; --set lognormal_mean, lognormal_std), uniform, or importance (--set importance_widen=1.5).")] = None,
     ema_profile: Annotated[Optional[str], typer.Option(help="EMA of the weights: exponential (default; --set optim.ema_decay) or power (EDM2; --set optim.ema_sigma_rel).")] = None,
     class_conditional: Annotated[bool, typer.Option("--class-conditional", help="Also learn p(x | class), for classifier-free guidance (`diffuse sample --guidance`).")] = False,
@@ -55,12 +61,12 @@ def train_command(
     compile_: Annotated[bool, typer.Option("--compile", help="torch.compile the training step.")] = False,
     channels_last: Annotated[bool, typer.Option("--channels-last", help="Use the channels-last memory format.")] = False,
     num_workers: Annotated[Optional[int], typer.Option(help="Data-loading worker processes (folders and Cars).")] = None,
-    download: Annotated[bool, typer.Option("--download", help="Let torchvision download a missing MNIST, Fashion-MNIST or CIFAR-10, and huggingface_hub a missing hf: --init model.")] = False,
+    download: Annotated[bool, typer.Option("--download", help=f"Let torchvision download a missing {', '.join(s.name for s in DATASETS.values() if s.download == '--download')}, and huggingface_hub a missing hf: --init model.")] = False,
     sample_every: Annotated[Optional[int], typer.Option(help="Write a sample grid every N steps (0: only at the end).")] = None,
     sampler: Annotated[Optional[str], typer.Option(help="Sampler of the sample grids (default ei, 30 steps); `diffuse samplers` lists them.")] = None,
     option: Annotated[Optional[list[str]], typer.Option("-o", "--option", help="Option KEY=VALUE of the grids' sampler, repeatable (e.g. -o order=3).")] = None,
     eval_every: Annotated[Optional[str], typer.Option(help="Evaluate EMA samples every N steps, or every Ne epochs (5e); slow on a CPU: each evaluation samples and runs Inception on --eval-samples images (minutes; benchmarks/README.md).")] = None,
-    eval_metrics: Annotated[Optional[str], typer.Option(help="Metrics of each evaluation, comma-separated: fid, kid, is (default fid).")] = None,
+    eval_metrics: Annotated[Optional[str], typer.Option(help=f"Metrics of each evaluation, comma-separated: {', '.join(n for n, m in METRICS.items() if scores_samples_alone(m))} (default fid).")] = None,
     eval_samples: Annotated[Optional[int], typer.Option(help="Samples per evaluation (default 1000); fewer are faster but biased, so compare only figures of one count.")] = None,
     eval_sampler: Annotated[Optional[str], typer.Option(help="Sampler of the evaluation samples (default ei).")] = None,
     eval_steps: Annotated[Optional[int], typer.Option(help="Steps of the evaluation sampler (default 20).")] = None,

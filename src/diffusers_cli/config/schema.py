@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from diffusers_cli.support.errors import UsageError
 from diffusers_cli.support.files import check_run_name
 
 import json
 import math
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Literal, Union, get_args
+from typing import Annotated, Any, Iterable, Literal, Union
 
 import yaml
 from pydantic import (
@@ -21,137 +20,17 @@ from pydantic import (
     PositiveInt,
     ValidationError,
     field_validator,
-    model_serializer,
     model_validator,
 )
 
-if TYPE_CHECKING:  # the engine (torch) is imported only when a config is built into objects
-    from diffusers_cli.engine.sde import SDE
+from diffusers_cli.config.base import ConfigError, Strict
+from diffusers_cli.config.sde import SDE_KINDS, SDEConfig, VPConfig
+from diffusers_cli.engine.weightings import DEFAULT_WEIGHTING  # torch-free
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
-
-
-class ConfigError(UsageError):
-    """A config file or value is invalid; the message is one line naming the key and the fix."""
-
-
-class Strict(BaseModel):
-    """Base model: unknown keys are errors, so a typo is never a silent default."""
-
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-
-# ---- the forward process -------------------------------------------------------------
-
-
-class VEConfig(Strict):
-    """Variance-exploding SDE."""
-
-    kind: Literal["ve"] = "ve"
-    sigma_min: PositiveFloat = 0.01
-    sigma_max: PositiveFloat = 50.0
-
-    @model_validator(mode="after")
-    def _order(self) -> "VEConfig":
-        if self.sigma_min >= self.sigma_max:
-            raise ValueError("sigma_min must be smaller than sigma_max")
-        return self
-
-    def build(self) -> "SDE":
-        """The engine's VE SDE."""
-        from diffusers_cli.engine.sde import VESDE
-
-        return VESDE(sigma_min=self.sigma_min, sigma_max=self.sigma_max)
-
-
-class _Scheduled(Strict):
-    schedule: Literal["linear", "cosine"] = "linear"
-    beta_min: PositiveFloat = 0.1
-    beta_max: PositiveFloat = 20.0
-    cosine_s: float = Field(0.008, ge=0.0, lt=1.0)
-
-    @model_validator(mode="after")
-    def _order(self) -> "_Scheduled":
-        if self.beta_min >= self.beta_max:
-            raise ValueError("beta_min must be smaller than beta_max")
-        return self
-
-    def schedule_obj(self) -> Any:
-        """The engine's beta schedule (linear or cosine)."""
-        from diffusers_cli.engine.schedules import CosineSchedule, LinearSchedule
-
-        if self.schedule == "cosine":
-            return CosineSchedule(s=self.cosine_s)
-        return LinearSchedule(beta_min=self.beta_min, beta_max=self.beta_max)
-
-
-class VPConfig(_Scheduled):
-    """Variance-preserving SDE."""
-
-    kind: Literal["vp"] = "vp"
-
-    def build(self) -> "SDE":
-        """The engine's VP SDE."""
-        from diffusers_cli.engine.sde import VPSDE
-
-        return VPSDE(self.schedule_obj())
-
-
-class SubVPConfig(_Scheduled):
-    """Sub-VP SDE."""
-
-    kind: Literal["subvp"] = "subvp"
-
-    def build(self) -> "SDE":
-        """The engine's sub-VP SDE."""
-        from diffusers_cli.engine.sde import SubVPSDE
-
-        return SubVPSDE(self.schedule_obj())
-
-
-class DDPMConfig(_Scheduled):
-    """DDPM: the discrete T-step chain, of a named schedule or of an explicit table of betas (a diffusers scheduler's)."""
-
-    kind: Literal["ddpm"] = "ddpm"
-    num_steps: PositiveInt = 1000
-    # The chain's betas as a table (diffusers' scaled_linear, sigmoid or trained_betas); replaces the schedule.
-    betas: list[Annotated[float, Field(gt=0.0, lt=1.0)]] | None = None
-
-    @model_validator(mode="before")
-    @classmethod
-    def _steps_of_table(cls, data: Any) -> Any:
-        if isinstance(data, dict) and data.get("betas") is not None:
-            given = data.get("num_steps")
-            if given is not None and int(given) != len(data["betas"]):
-                raise ValueError(f"num_steps {given} disagrees with the {len(data['betas'])} betas of the table")
-            data = {**data, "num_steps": len(data["betas"])}
-        return data
-
-    @model_serializer(mode="wrap")
-    def _without_empty_table(self, handler: Any) -> Any:
-        # Cards and configs of named schedules stay as they were before tables existed (condition compares them).
-        out = handler(self)
-        if isinstance(out, dict) and out.get("betas") is None:
-            out.pop("betas", None)
-        return out
-
-    def build(self) -> "SDE":
-        """The engine's discrete DDPM chain."""
-        from diffusers_cli.engine.schedules import TabulatedSchedule
-        from diffusers_cli.engine.sde import DDPM
-
-        if self.betas is not None:
-            return DDPM(TabulatedSchedule(self.betas), num_steps=self.num_steps)
-        return DDPM(self.schedule_obj(), num_steps=self.num_steps)
-
-
-#: The SDE kinds: each config class builds its own SDE. A new kind is one engine class and one class here.
-SDE_CONFIGS = (VEConfig, VPConfig, SubVPConfig, DDPMConfig)
-SDEConfig = Annotated[Union[SDE_CONFIGS], Field(discriminator="kind")]
-SDE_KINDS: tuple[str, ...] = tuple(get_args(c.model_fields["kind"].annotation)[0] for c in SDE_CONFIGS)
 
 
 # ---- the network ---------------------------------------------------------------------
@@ -354,7 +233,7 @@ class TrainConfig(Strict):
     classifier: ClassifierConfig = Field(default_factory=ClassifierConfig)
     data: DataConfig = Field(default_factory=DataConfig)
     optim: OptimConfig = Field(default_factory=OptimConfig)
-    loss_weighting: Literal["edm", "eps", "likelihood", "min-snr"] = "edm"
+    loss_weighting: str = DEFAULT_WEIGHTING  # a name in engine.weightings.WEIGHTINGS
     min_snr_gamma: PositiveFloat = 5.0  # "min-snr": weight min(SNR, gamma) on the x0 error (Hang et al. 2023)
     # "importance": ln(sigma) from a log-normal importance_widen times wider, each loss weighted by the density
     # ratio, so the objective is the "lognormal" one with less gradient noise (engine.objectives).
@@ -395,6 +274,15 @@ class TrainConfig(Strict):
     # count it in metrics.jsonl, stopping after max_skips consecutive skips (a run that stays broken).
     on_nonfinite: Literal["stop", "skip"] = "stop"
     max_skips: PositiveInt = 10
+
+    @field_validator("loss_weighting")
+    @classmethod
+    def _known_weighting(cls, name: str) -> str:
+        from diffusers_cli.engine.weightings import WEIGHTINGS  # torch-free
+
+        if name not in WEIGHTINGS:
+            raise ValueError(f"must be {one_of(WEIGHTINGS)}, got {name!r}")
+        return name
 
     @field_validator("name")
     @classmethod
@@ -514,9 +402,9 @@ class ImputeConfig(Strict):
 
     image: Path | None = None  # None only from the Python face, which hands the job an image tensor
     mask: Path | None = None
-    mask_kind: Literal["box", "outpaint", "half", "random-pixels"] | None = None
+    mask_kind: str | None = None  # a key of engine.masks.MASKS
     mask_fraction: float | None = Field(None, gt=0.0, lt=1.0)
-    mask_side: Literal["left", "right", "top", "bottom"] | None = None
+    mask_side: str | None = None  # one of engine.masks.HALF_SIDES
     model: Path | None = None
     # "auto": twisted SMC for a few known pixels, repaint for large known regions (engine.imputation.choose_method).
     method: str = "auto"
@@ -542,12 +430,24 @@ class ImputeConfig(Strict):
                     "options": {**moved, **(data.get("options") or {})}}
         return data
 
+    @field_validator("mask_kind", "mask_side")
+    @classmethod
+    def _known_mask(cls, value: str | None, info: Any) -> str | None:
+        from diffusers_cli.engine.masks import HALF_SIDES, MASKS  # torch-free
+
+        names = MASKS if info.field_name == "mask_kind" else HALF_SIDES
+        if value is not None and value not in names:
+            raise ValueError(f"must be {one_of(names)}, got {value!r}")
+        return value
+
     @model_validator(mode="after")
     def _one_mask(self) -> "ImputeConfig":
         # An image tensor (the Python face) may come with a mask tensor instead of either.
         if (self.mask is not None and self.mask_kind is not None) or (self.image is not None and self.mask is None
                                                                       and self.mask_kind is None):
-            raise ValueError("give exactly one of a MASK image or --mask box|half|random-pixels|outpaint")
+            from diffusers_cli.engine.masks import MASKS
+
+            raise ValueError(f"give exactly one of a MASK image or --mask {'|'.join(MASKS)}")
         from diffusers_cli.engine.imputation import check_method, validate_method_options
 
         if self.method != "auto":
@@ -602,6 +502,12 @@ def set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
             node[p] = nxt
         node = nxt
     node[parts[-1]] = value
+
+
+def one_of(names: Iterable[str]) -> str:
+    """Names as pydantic lists a Literal's choices: 'a', 'b' or 'c'."""
+    quoted = [repr(n) for n in names]
+    return quoted[0] if len(quoted) == 1 else f"{', '.join(quoted[:-1])} or {quoted[-1]}"
 
 
 def format_validation_error(err: ValidationError, where: str) -> str:

@@ -2,27 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
-from torch import nn
-
-from diffusers_cli.engine.score import SIGMA_DATA, ScoreModel, precondition_input
+from diffusers_cli.engine.score import ScoreModel, precondition_input
 from diffusers_cli.engine.sde import SDE
 from diffusers_cli.engine.utils import append_dims, randn_like
-
-Weighting = Literal["edm", "eps", "likelihood", "min-snr"]
-#: The weightings ``dsm_loss`` knows (the config's choices read this).
-WEIGHTINGS: tuple[str, ...] = ("edm", "eps", "likelihood", "min-snr")
+from diffusers_cli.engine.weightings import DEFAULT_WEIGHTING, WeightingInputs, check_weighting
 
 
 def dsm_loss(
     model: ScoreModel,  # the preconditioned score model being trained
     x0: Tensor,  # a batch of clean data [B, C, H, W] in [-1, 1]
     generator: torch.Generator | None = None,  # source of t and noise; seeded runs reproduce
-    weighting: str = "edm",  # "edm": unit weight on the EDM network target; "eps": lambda = std^2 (DDPM); "likelihood": g^2
+    weighting: str = DEFAULT_WEIGHTING,  # a name in engine.weightings.WEIGHTINGS
     class_labels: Tensor | None = None,  # for a class-conditional network
     t: Tensor | None = None,  # training times [B]; drawn from the SDE if None
     eps: Tensor | None = None,  # the noise; drawn if None (distributed training passes slices of a global draw)
@@ -37,22 +30,7 @@ def dsm_loss(
     score = model.score(x_t, t, class_labels)
     # std * (score - target) = std * score + eps: the eps-prediction error, well scaled at every t.
     err = (append_dims(std, x0.ndim) * score + eps).pow(2).flatten(1).mean(dim=1)
-    if weighting == "eps":
-        return err
-    if weighting == "edm":
-        # lambda = std^2 (1 + sigma^2 / sigma_data^2): the squared error of EDM's F-target, O(1) at every level.
-        return err * (1.0 + (std / mean) ** 2 / SIGMA_DATA**2)
-    if weighting == "likelihood":
-        # lambda(t) = g(t)^2 makes the loss an upper bound on the negative log-likelihood (Song et al. 2021b).
-        _, g = sde.drift_diffusion(x0[:1], t)
-        return err * g**2 / std**2
-    if weighting == "min-snr":
-        # Min-SNR-gamma (Hang et al. 2023): the x0 error weighted by min(SNR, gamma), i.e. the eps error by
-        # min(SNR, gamma) / SNR. Whatever the net predicts (eps, x0, v or the score), err is the same
-        # eps-space error of the one score it implies, so the weight means the same for every parameterisation.
-        snr = (mean / std) ** 2
-        return err * torch.clamp(snr, max=min_snr_gamma) / snr
-    raise ValueError(f"unknown loss weighting {weighting!r}; use one of {', '.join(WEIGHTINGS)}")
+    return check_weighting(weighting).apply(err, WeightingInputs(sde, x0, t, mean, std, min_snr_gamma))
 
 
 def classifier_loss(

@@ -1,4 +1,4 @@
-"""Imputation masks: generated kinds (box, outpaint, half, random pixels) and masks read from images.
+"""Imputation masks: generated kinds (the ``MASKS`` registry) and masks read from images.
 
 Two conventions meet here, and this module is the only place that converts between them:
 
@@ -10,17 +10,18 @@ Two conventions meet here, and this module is the only place that converts betwe
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable
+
 from diffusers_cli.support.errors import UsageError
 
-import math
-from typing import Any
-
-import torch
-from torch import Tensor
+if TYPE_CHECKING:  # torch loads when a mask is made: the registry below is read by `--help` texts without it
+    import torch
+    from torch import Tensor
 
 #: How a mask image reads; error messages quote it.
 IMAGE_CONVENTION = "white = fill, black = keep"
-MASK_KINDS: tuple[str, ...] = ("box", "outpaint", "half", "random-pixels")
 HALF_SIDES: tuple[str, ...] = ("left", "right", "top", "bottom")
 
 
@@ -59,6 +60,8 @@ def _fraction(value: float, what: str) -> float:
 
 def _centred_box(h: int, w: int, area: float) -> Tensor:
     """[H, W] bool: a centred box covering about ``area`` of the image (at least one pixel)."""
+    import torch
+
     bh = min(h, max(1, round(h * math.sqrt(area))))
     bw = min(w, max(1, round(w * math.sqrt(area))))
     box = torch.zeros(h, w, dtype=torch.bool)
@@ -69,6 +72,8 @@ def _centred_box(h: int, w: int, area: float) -> Tensor:
 
 def _half(h: int, w: int, side: str) -> Tensor:
     """[H, W] bool: the half named ``side`` (rounding odd sizes down)."""
+    import torch
+
     if side not in HALF_SIDES:
         raise MaskError(f"unknown side {side!r}; use one of {', '.join(HALF_SIDES)}")
     m = torch.zeros(h, w, dtype=torch.bool)
@@ -85,6 +90,8 @@ def _half(h: int, w: int, side: str) -> Tensor:
 
 def _random_pixels(b: int, h: int, w: int, observed: float, generator: torch.Generator | None) -> Tensor:
     """[B, H, W] bool known: exactly round(observed * H * W) pixels (1 to H*W - 1) drawn per example."""
+    import torch
+
     count = min(h * w - 1, max(1, round(observed * h * w)))
     scores = torch.rand((b, h * w), generator=generator)
     keep = torch.zeros(b, h * w, dtype=torch.bool)
@@ -92,29 +99,38 @@ def _random_pixels(b: int, h: int, w: int, observed: float, generator: torch.Gen
     return keep.reshape(b, h, w)
 
 
-def make_mask(kind: str, shape: tuple[int, ...], generator: torch.Generator | None = None, **opts: Any) -> Tensor:
-    """An engine mask [B, 1, H, W] (1 = known) of ``kind`` for images of ``shape``.
+@dataclass(frozen=True)
+class MaskKind:
+    """One generated mask kind: what it keeps, its options with their defaults, and its line of help."""
 
-    Kinds and options: ``box`` (fill a centred box, ``fraction`` of the area, default 0.25);
-    ``outpaint`` (keep a centred box of ``fraction``, default 0.25, fill the border);
-    ``half`` (fill the half on ``side``: left, right (default), top, bottom);
-    ``random-pixels`` (keep a random ``fraction`` of the pixels, default 0.2, drawn per example).
-    """
-    allowed = {"box": {"fraction"}, "outpaint": {"fraction"}, "half": {"side"}, "random-pixels": {"fraction"}}
-    if kind not in allowed:
-        raise MaskError(f"unknown mask kind {kind!r}; use one of {', '.join(MASK_KINDS)}")
-    extra = sorted(set(opts) - allowed[kind])
+    known: Callable[..., "Tensor"]  # (b, h, w, generator, **options) -> bool [H, W] or [B, H, W], True = known
+    options: dict[str, Any]         # option name -> default
+    description: str
+
+
+#: Every generated mask kind. `diffuse impute --mask`, the config, the Python face and the errors read this dict.
+MASKS: dict[str, MaskKind] = {
+    "box": MaskKind(lambda b, h, w, g, fraction: ~_centred_box(h, w, _fraction(fraction, "fraction")),
+                    {"fraction": 0.25}, "fill a centred box of `fraction` of the area"),
+    "outpaint": MaskKind(lambda b, h, w, g, fraction: _centred_box(h, w, _fraction(fraction, "fraction")),
+                         {"fraction": 0.25}, "keep a centred box of `fraction` of the area, fill the border"),
+    "half": MaskKind(lambda b, h, w, g, side: ~_half(h, w, side), {"side": "right"},
+                     f"fill the half on `side` ({', '.join(HALF_SIDES)})"),
+    "random-pixels": MaskKind(lambda b, h, w, g, fraction: _random_pixels(b, h, w, _fraction(fraction, "fraction"), g),
+                              {"fraction": 0.2}, "keep a random `fraction` of the pixels, drawn per example"),
+}
+
+
+def make_mask(kind: str, shape: tuple[int, ...], generator: torch.Generator | None = None, **opts: Any) -> Tensor:
+    """An engine mask [B, 1, H, W] (1 = known) of ``kind`` (a key of ``MASKS``) for images of ``shape``."""
+    spec = MASKS.get(kind)
+    if spec is None:
+        raise MaskError(f"unknown mask kind {kind!r}; use one of {', '.join(MASKS)}")
+    extra = sorted(set(opts) - set(spec.options))
     if extra:
-        raise MaskError(f"mask kind {kind!r} takes no option {extra[0]!r}; it takes {', '.join(sorted(allowed[kind]))}")
+        raise MaskError(f"mask kind {kind!r} takes no option {extra[0]!r}; it takes {', '.join(sorted(spec.options))}")
     b, h, w = _batch_hw(tuple(shape))
-    if kind == "box":
-        known = ~_centred_box(h, w, _fraction(opts.get("fraction", 0.25), "fraction"))
-    elif kind == "outpaint":
-        known = _centred_box(h, w, _fraction(opts.get("fraction", 0.25), "fraction"))
-    elif kind == "half":
-        known = ~_half(h, w, opts.get("side", "right"))
-    else:
-        known = _random_pixels(b, h, w, _fraction(opts.get("fraction", 0.2), "fraction"), generator)
+    known = spec.known(b, h, w, generator, **{**spec.options, **opts})
     known = known.float().expand(b, h, w)[:, None].contiguous()
     check_mask(known)
     return known

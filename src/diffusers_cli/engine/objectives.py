@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from diffusers_cli.engine.losses import classifier_loss, dsm_loss
+from diffusers_cli.engine.weightings import DEFAULT_WEIGHTING
 from diffusers_cli.engine.score import ScoreModel
 from diffusers_cli.engine.sde import SDE
 
@@ -69,7 +70,7 @@ class ScoreObjective(Objective):
     def __init__(
         self,
         model: ScoreModel,  # the preconditioned score model being trained
-        weighting: str = "edm",  # lambda(t) of ``dsm_loss``: "edm", "eps", "likelihood" or "min-snr"
+        weighting: str = DEFAULT_WEIGHTING,  # lambda(t) of ``dsm_loss``: a name in engine.weightings.WEIGHTINGS
         time_sampling: str = "lognormal",  # "lognormal" (EDM) where the SDE trains at continuous times; "uniform": its own
         lognormal_mean: float = -1.2,  # ln(sigma) ~ N(mean, std^2), sigma = std(t) / mean(t)
         lognormal_std: float = 1.2,

@@ -23,7 +23,8 @@ from torch.utils.data import Dataset
 
 from diffusers_cli.parts import build
 from diffusers_cli.checkpoints.card import ModelCard
-from diffusers_cli.config.schema import ConfigError, EvaluateConfig
+from diffusers_cli.config.base import ConfigError
+from diffusers_cli.config.schema import EvaluateConfig
 from diffusers_cli.data import load_dataset
 from diffusers_cli.support.distributed import World, init_world, shutdown
 from diffusers_cli.engine.likelihood import bits_per_dim

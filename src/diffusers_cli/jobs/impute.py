@@ -16,7 +16,7 @@ from diffusers_cli.parts import build
 from diffusers_cli.config.schema import ImputeConfig
 from diffusers_cli.engine.imputation import METHODS, PARTICLE_METHODS, choose_method, impute, reverse_steps
 from diffusers_cli.engine.rng import ImageGenerators
-from diffusers_cli.engine.masks import make_mask, mask_from_image
+from diffusers_cli.engine.masks import MASKS, make_mask, mask_from_image
 from diffusers_cli.engine.score import NFECounter, make_score_fn
 from diffusers_cli.support.errors import UsageError
 from diffusers_cli.support.files import check_image_output
@@ -113,7 +113,7 @@ def impute_image(cfg: ImputeConfig, reporter: Reporter | None = None, loaded: Lo
                 opts["side"] = cfg.mask_side
             known = make_mask(str(cfg.mask_kind), (1, 1, *image.shape[-2:]), torch.Generator().manual_seed(cfg.seed), **opts)
         else:
-            raise UsageError("give a mask: a MASK image or --mask box|half|random-pixels|outpaint")
+            raise UsageError(f"give a mask: a MASK image or --mask {'|'.join(MASKS)}")
     elif known.shape != (1, 1, *image.shape[-2:]):
         raise UsageError(f"the mask has shape {tuple(known.shape)}; it must be [1, 1, H, W] (1 = known) at the image's "
                          f"{image.shape[-2]}x{image.shape[-1]}")

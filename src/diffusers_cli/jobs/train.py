@@ -19,7 +19,8 @@ from diffusers_cli.parts import build
 from diffusers_cli.checkpoints.weights import STATE_NAME, WEIGHTS_NAME, load_into, load_model, save_model, subset
 from diffusers_cli.checkpoints.card import CheckpointError, ModelCard
 from diffusers_cli.checkpoints.train_state import load_train_state, save_train_state
-from diffusers_cli.config.schema import ConfigError, TrainConfig, dump_config
+from diffusers_cli.config.base import ConfigError
+from diffusers_cli.config.schema import TrainConfig, dump_config
 from diffusers_cli.config.defaults import DEFAULT_GUIDANCE
 from diffusers_cli.data import DatasetInfo, load_dataset, random_flip
 from diffusers_cli.support.distributed import World, barrier, broadcast_object, init_world, shutdown

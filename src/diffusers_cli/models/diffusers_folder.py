@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from diffusers_cli import __version__
 from diffusers_cli.checkpoints.card import CheckpointError, ModelCard
 from diffusers_cli.checkpoints.weights import load_into
-from diffusers_cli.config.schema import DDPMConfig, VEConfig
+from diffusers_cli.config.sde import DDPMConfig, VEConfig
 from diffusers_cli.models import hub
 from diffusers_cli.models.extra import require
 

@@ -10,7 +10,7 @@ from torch import nn
 
 from diffusers_cli.checkpoints.weights import WEIGHTS_NAME, load_into, load_model, subset
 from diffusers_cli.checkpoints.card import CheckpointError, ModelCard
-from diffusers_cli.config.schema import SDEConfig
+from diffusers_cli.config.sde import SDEConfig
 from diffusers_cli.engine.networks.classifier import WideResNet
 from diffusers_cli.engine.networks.unet import UNet
 from diffusers_cli.engine.sde import SDE

@@ -10,14 +10,9 @@ import torch
 from torch import nn
 
 from diffusers_cli.checkpoints.card import ModelCard
-from diffusers_cli.config.schema import (
-    ClassifierConfig,
-    ConfigError,
-    NetworkConfig,
-    SDEConfig,
-    TrainConfig,
-    dump_config,
-)
+from diffusers_cli.config.schema import ClassifierConfig, NetworkConfig, TrainConfig, dump_config
+from diffusers_cli.config.base import ConfigError
+from diffusers_cli.config.sde import SDEConfig
 from diffusers_cli.engine.networks.classifier import WRN_PRESETS, WideResNet
 from diffusers_cli.engine.networks.unet import UNET_PRESETS, UNet
 from diffusers_cli.engine.objectives import ClassifierObjective, Objective, ScoreObjective

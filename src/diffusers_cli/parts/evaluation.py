@@ -22,9 +22,9 @@ from diffusers_cli.checkpoints.card import ModelCard
 from diffusers_cli.config.schema import SamplerConfig
 from diffusers_cli.data import DATASETS, DataError, load_dataset, resolve_name
 from diffusers_cli.support.distributed import World, barrier
+from diffusers_cli.engine.metrics.metric import scores_samples_alone
 from diffusers_cli.engine.metrics import (
     IMAGES,
-    LIKELIHOOD,
     REFERENCE,
     REFERENCE_FEATURES,
     InceptionV3Features,
@@ -347,7 +347,7 @@ class SampleEvaluator:
 def check_training_metrics(metrics: dict[str, Metric]) -> None:
     """MetricsError unless every metric scores samples alone (what evaluation during training can run)."""
     for name, metric in metrics.items():
-        if LIKELIHOOD in metric.needs or IMAGES not in metric.needs:
+        if not scores_samples_alone(metric):
             raise MetricsError(f"--eval-metrics {name}: only image metrics run during training; "
                                f"measure {name} with `diffuse evaluate --metrics {name}` on the run")
 

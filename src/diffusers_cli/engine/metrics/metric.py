@@ -112,3 +112,8 @@ class Metric(Protocol):
     def describe(self, values: Mapping[str, Any], scored: str, reference: str | None) -> str:
         """The figures as one terminal line; ``scored`` says which images were scored, ``reference`` what against."""
         ...
+
+
+def scores_samples_alone(metric: Metric) -> bool:
+    """Whether ``metric`` needs only generated images (and a reference): what evaluation during training can run."""
+    return IMAGES in metric.needs and LIKELIHOOD not in metric.needs

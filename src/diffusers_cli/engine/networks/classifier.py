@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from diffusers_cli.engine.networks.unet import image_hw
+from diffusers_cli.engine.networks.presets import WRN_PRESETS
 from diffusers_cli.engine.networks.layers import (
     GaussianFourierEmbedding,
     conv1x1,
@@ -16,13 +17,6 @@ from diffusers_cli.engine.networks.layers import (
     linear,
 )
 
-#: Named classifier configs (constructor arguments other than image_size / in_channels / num_classes).
-WRN_PRESETS: dict[str, dict[str, object]] = {
-    # ~36.5M params: the paper's WRN-28-10 (CIFAR-10).
-    "wrn-28-10": {"depth": 28, "widen": 10, "dropout": 0.0},
-    # ~0.3M params: trains in a few CPU minutes at 32x32 (shapes, MNIST).
-    "wrn-10-2": {"depth": 10, "widen": 2, "dropout": 0.0},
-}
 
 #: Width of the Fourier features of the noise label, and of the embedding every block reads.
 _FEATURES, _EMB_DIM = 128, 256

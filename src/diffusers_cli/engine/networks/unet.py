@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from diffusers_cli.engine.networks.presets import UNET_PRESETS
 from diffusers_cli.engine.networks.layers import (
     EMBEDDINGS,
     AttnBlock,
@@ -20,54 +21,6 @@ from diffusers_cli.engine.networks.layers import (
     make_embedding,
 )
 
-#: Named U-Net configs (constructor arguments other than image_size / in_channels), smallest first.
-#: Parameter counts are for 3 input channels; "ncsnpp-cifar10" is DDPM++ (cont.)'s CIFAR-10 size,
-#: so a laptop CPU model and a GPU model differ only in the preset's name.
-UNET_PRESETS: dict[str, dict[str, object]] = {
-    # ~1.1M params, 32x32 (or 28x28, 16x16): the CPU default; 32 -> 16 -> 8, attention in the 8x8 middle only.
-    # About 1.35 training steps/s at 32x32, 4.3-5 at 16x16, batch 64 on 2 CPU threads (fp32; benchmarks/README.md).
-    "tiny": {
-        "base_channels": 32,
-        "channel_mult": (1, 2, 2),
-        "num_res_blocks": 1,
-        "attn_resolutions": (),
-        "dropout": 0.0,
-    },
-    # ~3.5M params, 32x32 or 28x28 (MNIST): a longer CPU run or a quick GPU one.
-    "small": {
-        "base_channels": 48,
-        "channel_mult": (1, 2, 2),
-        "num_res_blocks": 2,
-        "attn_resolutions": (),
-        "dropout": 0.0,
-    },
-    # ~15M params, 32x32: DDPM++'s layout at half the width and half the depth.
-    "base": {
-        "base_channels": 64,
-        "channel_mult": (1, 2, 2, 2),
-        "num_res_blocks": 2,
-        "attn_resolutions": (16,),
-        "dropout": 0.1,
-    },
-    # ~62.5M params, 32x32: DDPM++ (cont.) on CIFAR-10 (base 128, 4 res blocks, attention at 16x16, BigGAN resampling).
-    "ncsnpp-cifar10": {
-        "base_channels": 128,
-        "channel_mult": (1, 2, 2, 2),
-        "num_res_blocks": 4,
-        "attn_resolutions": (16,),
-        "dropout": 0.1,
-        "resblock_updown": True,
-    },
-    # ~35M params, 64x64 (Stanford Cars): 64 -> 32 -> 16 -> 8 -> 4, attention at 16x16.
-    "cars64": {
-        "base_channels": 96,
-        "channel_mult": (1, 1, 2, 2, 3),
-        "num_res_blocks": 2,
-        "attn_resolutions": (16,),
-        "dropout": 0.1,
-        "resblock_updown": True,
-    },
-}
 
 
 def unet_from_preset(
