@@ -115,7 +115,7 @@ class RichReporter:
         self.console = Console(stderr=True)
         self.progress = Progress(
             TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("{task.fields[info]}"), TextColumn("{task.speed:.2f} it/s" if False else ""),
+            TextColumn("{task.fields[info]}"),
             TimeElapsedColumn(), TimeRemainingColumn(), console=self.console,
         )
         self.task: Any = None

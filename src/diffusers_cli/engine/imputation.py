@@ -36,18 +36,17 @@ Methods:
   p h_s / (q h_t). The gradient steers every pixel toward fills that explain the observation while
   the image is still undecided, so a handful of particles does what SMC needs dozens for. Exact in
   the limit of particles (any positive twist keeps it so); ``twist_scale`` only sets how well few
-  particles do: the conditional std of a pixel given what the image is (measured best at 0.3-0.5 on
-  mixtures; benchmarks/README.md). Cost: particles x (1 forward + 1 backward) per step.
+  particles do: the conditional std of a pixel given what the image is (benchmarks/README.md has the
+  measured range). Cost: particles x (1 forward + 1 backward) per step.
 
 ``impute(..., n=4)`` runs a particle system per draw, so draws are independent (never copies
 of one surviving particle).
 
 The default, ``auto``, picks by the mask: ``twisted`` when at most ``SMC_MAX_KNOWN_PIXELS`` pixels
 are known, ``repaint`` otherwise. With few informative known pixels only the SMC methods are right
-(replacement and RePaint stay far from the exact posterior at any NFE; benchmarks/README.md). With
-many known pixels the measurement goes the other way: filling the hidden half of real 16x16 shapes
-keeps the class in 94 % of cases with RePaint (U = 10) against 82 % for SMC at 8 particles and 88 %
-for replacement; the known region then constrains the rest strongly, and RePaint's repeated passes
+(replacement and RePaint stay far from the exact posterior at any NFE). With many known pixels the
+measurement goes the other way (RePaint keeps a hidden half-shape's class more often than SMC or
+replacement): the known region then constrains the rest strongly, and RePaint's repeated passes
 harmonise it. ``replacement`` is the cheap option (the sampler's NFE), for any sampler.
 """
 
@@ -82,23 +81,17 @@ from diffusers_cli.engine.samplers import (
 )
 from diffusers_cli.engine.score import ScoreFn
 from diffusers_cli.engine.sde import SDE
-from diffusers_cli.engine.utils import append_dims, randn_like
+from diffusers_cli.engine.utils import append_dims, randn_like, time_vector
 
 #: The method ``impute`` uses unless told otherwise: "auto" picks smc or repaint by the mask (see ``choose_method``).
 DEFAULT_METHOD = "auto"
-#: "auto" uses twisted up to this many known pixels per image, repaint above. Measured ends: smc is exact on
-#: one observed pixel where repaint is 0.23 off; on 128 known pixels of a learned 16x16 model smc keeps a
-#: half-shape's class 82 % of the time and repaint 94 % (benchmarks/README.md).
-#: In between is unmeasured: 32 pixels is a judgement, not a tuned value.
+#: "auto" uses twisted up to this many known pixels per image, repaint above: smc wins on one observed pixel and
+#: repaint on a known half-image (the measured ends are in benchmarks/README.md); in between is unmeasured, so
+#: 32 pixels is a judgement, not a tuned value.
 SMC_MAX_KNOWN_PIXELS = 32
 RESAMPLING = ("systematic", "multinomial")
 #: Methods that run several chains per draw (their ``particles`` option).
 PARTICLE_METHODS = ("twisted", "smc")
-
-
-def _vec(t: Tensor | float, x: Tensor) -> Tensor:
-    """A grid time as a per-example vector [B] in x's dtype and device."""
-    return torch.full((x.shape[0],), float(t), dtype=x.dtype, device=x.device)
 
 
 def prepare(x_known: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
@@ -122,7 +115,7 @@ def paste(x: Tensor, values: Tensor, known: Tensor) -> Tensor:
 
 def _noised(sde: SDE, x0: Tensor, t: Tensor | float, generator: RNG) -> Tensor:
     """A fresh draw of the forward marginal x_t | x_0 (t: a grid time or a vector [B])."""
-    tv = t.to(x0.dtype) if isinstance(t, Tensor) and t.ndim == 1 else _vec(t, x0)
+    tv = t.to(x0.dtype) if isinstance(t, Tensor) and t.ndim == 1 else time_vector(t, x0)
     m, s = sde.marginal(tv)
     return append_dims(m, x0.ndim) * x0 + append_dims(s, x0.ndim) * randn_like(x0, generator)
 
@@ -207,7 +200,7 @@ def impute_repaint(
         x = sde.prior_sample(tuple(x_known.shape), generator, x_known.device, x_known.dtype)
         x = paste(x, _noised(sde, x_known, sde.T, generator), known)
         for move, (i, j) in enumerate(pairwise(path)):
-            t, s = _vec(ts[i], x), _vec(ts[j], x)
+            t, s = time_vector(ts[i], x), time_vector(ts[j], x)
             if j > i:  # Reverse step, then re-impose the known pixels at the new time.
                 x_t = x
                 x, score = step_fn(sde, score_fn, x_t, t, s, generator)
@@ -294,12 +287,12 @@ def impute_smc(
     offsets = (torch.arange(b, device=y.device) * p)[:, None]
     with torch.no_grad():
         # Start from prior x potential at T, drawn exactly: the weights start uniform.
-        m_T, std_T = sde.marginal(_vec(ts[0], y))
+        m_T, std_T = sde.marginal(time_vector(ts[0], y))
         prior_std = torch.full_like(std_T, sde.prior_std())
         x = _propose(torch.zeros_like(y), prior_std, append_dims(m_T, y.ndim) * y, std_T**2, known_p, generator)
         log_w = torch.zeros(b, p, dtype=torch.float64, device=y.device)
         for i in range(steps):
-            t, s = _vec(ts[i], x), _vec(ts[i + 1], x)
+            t, s = time_vector(ts[i], x), time_vector(ts[i + 1], x)
             m_t, std_t = sde.marginal(t)
             m_s, std_s = sde.marginal(s)
             score = score_fn(x, t)
@@ -378,7 +371,7 @@ def impute_twisted(
     # h_s needs the denoiser at x_s, so ``pending`` holds the rest until the next step computes it.
     pending = torch.zeros(b * p, dtype=torch.float64, device=y.device)
     for i in range(steps):
-        t, s = _vec(ts[i], x), _vec(ts[i + 1], x)
+        t, s = time_vector(ts[i], x), time_vector(ts[i + 1], x)
         score, log_h, grad = _twist(sde, score_fn, x, t, y, known_p, twist_scale)
         assert grad is not None
         log_w = log_w + (pending + log_h.double()).reshape(b, p)
@@ -400,7 +393,7 @@ def impute_twisted(
             pending = log_pq.double() - log_h.double()
             if callback is not None:
                 x = notify(callback, x, i, float(ts[i + 1]), sde.tweedie(x_prev, t, score))
-    t_end = _vec(ts[-1], x)
+    t_end = time_vector(ts[-1], x)
     score, log_h, _ = _twist(sde, score_fn, x, t_end, y, known_p, twist_scale, grad=False)
     log_w = log_w + (pending + log_h.double()).reshape(b, p)
     pick = (multinomial(torch.softmax(log_w, dim=1), 1, generator) + offsets).reshape(-1)

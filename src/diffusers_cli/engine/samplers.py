@@ -28,7 +28,7 @@ from diffusers_cli.engine.options import Opt, OptionError, OptionSpec, option_sp
 from diffusers_cli.engine.rng import RNG
 from diffusers_cli.engine.score import ScoreFn
 from diffusers_cli.engine.sde import SDE
-from diffusers_cli.engine.utils import append_dims, batch_norm, randn_like
+from diffusers_cli.engine.utils import append_dims, batch_norm, randn_like, time_vector
 
 #: Receives {"x", "i", "t", "denoised"} after each step: progress bars, previews, trajectories hang off it.
 #: It may return a tensor to replace x (imputation re-imposes the known pixels this way), or None.
@@ -61,11 +61,6 @@ def notify(callback: Callback | None, x: Tensor, i: int, t: float, denoised: Ten
         return x
     out = callback({"x": x, "i": i, "t": t, "denoised": denoised, **info})
     return x if out is None else out
-
-
-def _vec(t: Tensor | float, x: Tensor) -> Tensor:
-    """A grid time as a per-example vector [B] in x's dtype and device."""
-    return torch.full((x.shape[0],), float(t), dtype=x.dtype, device=x.device)
 
 
 # Predictor steps: (sde, score_fn, x, t, s, generator) -> (x at s, score at t), with s < t.
@@ -146,7 +141,7 @@ def _run_predictor(
     corrector: Callable[[Tensor, Tensor, Tensor], Tensor] | None = None,
 ) -> Tensor:
     for i in range(len(ts) - 1):
-        t, s = _vec(ts[i], x), _vec(ts[i + 1], x)
+        t, s = time_vector(ts[i], x), time_vector(ts[i + 1], x)
         if corrector is not None:
             x = corrector(x, t, s)
         x_t = x
@@ -182,10 +177,6 @@ def sample_pc(
     predictor: Annotated[str, Opt("the predictor step", choices=PREDICTORS)] = "reverse-diffusion",
 ) -> Tensor:
     """Predictor-corrector (score_sde): Langevin correction at t_i, then a predictor step to t_{i+1}."""
-    if predictor not in PREDICTORS:
-        raise OptionError(f"unknown predictor {predictor!r}; use one of {', '.join(PREDICTORS)}")
-    if snr <= 0 or corrector_steps < 0:
-        raise OptionError(f"need snr > 0 and corrector_steps >= 0, got {snr}, {corrector_steps}")
 
     def correct(x: Tensor, t: Tensor, s: Tensor) -> Tensor:
         # alpha_i = 1 - beta_i of the step ahead for VP-type SDEs and 1 for VE: the squared kernel scale.
@@ -237,13 +228,13 @@ def sample_ode(
     """
 
     def velocity(t: float, y: Tensor) -> Tensor:
-        tv = _vec(t, y)
+        tv = time_vector(t, y)
         return probability_flow(sde, y, tv, score_fn(y, tv))
 
     def on_step(i: int, t: float, y: Tensor, dydt: Tensor, stats: OdeStats) -> Tensor | None:
         if callback is None:
             return None
-        tv = _vec(t, y)
+        tv = time_vector(t, y)
         drift, g = sde.drift_diffusion(y, tv)
         # The FSAL stage is the velocity at (t, y): read the score back from it instead of paying an NFE.
         score = 2.0 * (drift - dydt) / append_dims(g * g, y.ndim)
@@ -309,7 +300,7 @@ def sample_euler(
         t_i = float(ts[i])
         if s_churn > 0:
             x, t_i = _churn(sde, x, t_i, n, generator, s_churn, s_tmin, s_tmax, s_noise)
-        t = _vec(t_i, x)
+        t = time_vector(t_i, x)
         x_t, score = x, score_fn(x, t)
         x = x + (float(ts[i + 1]) - t_i) * probability_flow(sde, x, t, score)
         if callback is not None:
@@ -338,7 +329,7 @@ def sample_heun(
     mean, sigma = _scaled_noise_levels(sde, ts)
 
     def denoised(x_hat: Tensor, m: float, t: float) -> Tensor:
-        xj, tv = m * x_hat, _vec(t, x_hat)
+        xj, tv = m * x_hat, time_vector(t, x_hat)
         return sde.tweedie(xj, tv, score_fn(xj, tv))
 
     n = len(ts) - 1
@@ -373,12 +364,10 @@ def sample_ddim(
     eta: Annotated[float, Opt("0: deterministic DDIM; 1: DDPM's ancestral step; between: partly stochastic", ge=0, le=1)] = 0.0,
 ) -> Tensor:
     """DDIM (Song, Meng & Ermon 2021) on any SDE and grid (1 NFE a step); eta=0 is first-order DPM-Solver."""
-    if not 0.0 <= eta <= 1.0:
-        raise OptionError(f"eta must lie in [0, 1], got {eta}")
     grid = ts.to(torch.float64)
     mean, std = sde.marginal(grid)
     for i in range(len(ts) - 1):
-        t = _vec(ts[i], x)
+        t = time_vector(ts[i], x)
         score = score_fn(x, t)
         x0 = sde.tweedie(x, t, score)
         eps_hat = -float(std[i]) * score  # the noise in x under the Tweedie estimate
@@ -482,10 +471,6 @@ def sample_ei(
     to sigma = 0, so with ``lower_order_final`` the last step here has order <= 2 and the one
     before <= 3: order 2 then matches diffusers' DPMSolverMultistepScheduler step for step.
     """
-    if order not in (1, 2, 3):
-        raise OptionError(f"order must be 1, 2 or 3, got {order}")
-    if mode not in EI_MODES:
-        raise OptionError(f"unknown mode {mode!r}; use one of {list(EI_MODES)}")
     data = mode == "data"
     grid = ts.to(torch.float64)
     mean, std = sde.marginal(grid)
@@ -493,7 +478,7 @@ def sample_ei(
     n = len(ts) - 1
 
     def model(x: Tensor, i: int) -> tuple[Tensor, Tensor]:
-        t = _vec(ts[i], x)
+        t = time_vector(ts[i], x)
         score = score_fn(x, t)
         x0 = sde.tweedie(x, t, score)
         return (x0 if data else -float(std[i]) * score), x0
@@ -552,13 +537,11 @@ def sample_ipndm(
     grid, order 2 is DPM-Solver-2M and order 3 is DPM-Solver-3M with its phi-functions replaced by
     their small-step limits, which extrapolate further and are markedly more accurate at few steps.
     """
-    if order not in (1, 2, 3, 4):
-        raise OptionError(f"order must be 1, 2, 3 or 4, got {order}")
     mean, sigma = _scaled_noise_levels(sde, ts)
     x_hat = x / float(mean[0])
     eps_hist: list[Tensor] = []  # noise estimates at the last few grid times, newest first
     for i in range(len(ts) - 1):
-        xi, t = float(mean[i]) * x_hat, _vec(ts[i], x_hat)
+        xi, t = float(mean[i]) * x_hat, time_vector(ts[i], x_hat)
         d0 = sde.tweedie(xi, t, score_fn(xi, t))
         eps_hist = [(x_hat - d0) / float(sigma[i])] + eps_hist[: order - 1]
         weights = _ADAMS_BASHFORTH[len(eps_hist) - 1]
@@ -628,7 +611,7 @@ def split_options(name: str, grid: str | None, options: Mapping[str, Any]) -> tu
 
 def denoise(sde: SDE, score_fn: ScoreFn, x: Tensor, t: float) -> Tensor:
     """The final denoising step: Tweedie's posterior mean E[x_0 | x_t] at the last grid time (1 NFE)."""
-    tv = _vec(torch.tensor(t), x)
+    tv = time_vector(torch.tensor(t), x)
     return sde.tweedie(x, tv, score_fn(x, tv))
 
 

@@ -13,6 +13,11 @@ def append_dims(v: Tensor, ndim: int) -> Tensor:
     return v.reshape(v.shape + (1,) * (ndim - v.ndim))
 
 
+def time_vector(t: Tensor | float, x: Tensor) -> Tensor:
+    """A grid time as a per-example vector [B] in x's dtype and device."""
+    return torch.full((x.shape[0],), float(t), dtype=x.dtype, device=x.device)
+
+
 def randn_like(x: Tensor, generator: RNG) -> Tensor:
     """Standard normal noise shaped like ``x``, drawn from ``generator`` (same seed, same noise; per image if it is ImageGenerators)."""
     return randn(x.shape, generator, x.device, x.dtype)
