@@ -56,6 +56,8 @@ RECIPES: dict[str, dict[str, Any]] = {
     "beta2-0.99": {"optim": {"betas": (0.9, 0.99)}},
     "importance-1.5": {"time_sampling": "importance", "importance_widen": 1.5},
     "importance-2": {"time_sampling": "importance", "importance_widen": 2.0},
+    # Issue 31: bf16 autocast, for `--precision auto` on CPUs with native bf16 (AVX512-BF16, AMX).
+    "bf16": {"precision": "bf16"},
 }
 LADDER = (250, 500, 750, 1000)
 

@@ -34,27 +34,30 @@ def datasets_command(
 def env_command(
     json_: Annotated[bool, typer.Option("--json", help="Print JSON on stdout.")] = False,
 ) -> None:
-    """Print versions, devices and threads: what to paste into a bug report."""
+    """Print versions, the CPU and its bf16 support, memory, devices and threads: what to paste into a bug report."""
 
     def job() -> None:
         import torch
 
         from diffusers_cli import __version__
 
+        from diffusers_cli.support.hardware import describe
+
         info = {
             "diffusers_cli": __version__,
             "python": platform.python_version(),
             "platform": platform.platform(),
             "torch": torch.__version__,
-            "cuda_available": torch.cuda.is_available(),
-            "cuda_devices": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())],
-            "mps_available": bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()),
-            "cpu_threads": torch.get_num_threads(),
+            **describe(),
         }
         if json_:
             emit_json(info)
         else:
             for k, v in info.items():
-                print(f"{k:<16} {v}")
+                if k == "cuda_devices":
+                    for i, dev in enumerate(v):
+                        print(f"{'cuda:' + str(i):<16} " + ", ".join(f"{dk} {dv}" for dk, dv in dev.items()))
+                else:
+                    print(f"{k:<16} {', '.join(v) if isinstance(v, list) else v}")
 
     run_job(job)

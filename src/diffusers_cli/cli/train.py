@@ -57,7 +57,7 @@ def train_command(
     set_: SetOpt = None,
     seed: SeedOpt = None,
     device: DeviceOpt = None,
-    precision: Annotated[Optional[str], typer.Option(help="fp32, bf16 or fp16 (autocast; fp16 with a grad scaler).")] = None,
+    precision: Annotated[Optional[str], typer.Option(help="fp32 (default), bf16, fp16 (autocast; fp16 with a grad scaler, CUDA only) or auto: bf16 where the device computes it natively (CUDA Ampere+, CPUs with AVX512-BF16 or AMX), else fp32.")] = None,
     compile_: Annotated[bool, typer.Option("--compile", help="torch.compile the training step.")] = False,
     channels_last: Annotated[bool, typer.Option("--channels-last", help="Use the channels-last memory format.")] = False,
     num_workers: Annotated[Optional[int], typer.Option(help="Data-loading worker processes (folders and Cars).")] = None,

@@ -149,7 +149,8 @@ class SamplerConfig(Strict):
 
 
 Device = str
-Precision = Literal["fp32", "bf16", "fp16"]
+#: "auto": bf16 where the device computes it natively (support.hardware.resolve_precision), else fp32.
+Precision = Literal["fp32", "bf16", "fp16", "auto"]
 
 
 # ---- jobs ----------------------------------------------------------------------------

@@ -33,6 +33,7 @@ from diffusers_cli.engine.score import ScoreModel, make_score_fn
 from diffusers_cli.engine.sde import SDE
 from diffusers_cli.engine.training import EMA, Hook, NonFiniteError, batch_indices, train_loop, warmup_lr
 from diffusers_cli.support.files import atomic_path, write_text_atomic
+from diffusers_cli.support.hardware import fast_math_state, resolve_precision
 from diffusers_cli.support.progress import Reporter, SilentReporter
 from diffusers_cli.run.lock import busy, hold_run
 from diffusers_cli.engine.metrics import MetricOptions, check_metrics
@@ -150,7 +151,8 @@ def model_card(cfg: TrainConfig, info: DatasetInfo, net: nn.Module, step: int, e
         kind=cfg.task, arch=build.arch_of(net), network=dict(net.config), sde=dump_config(cfg.sde),
         image_shape=(info.channels, *cfg.data.image_hw), class_names=info.class_names, dataset=info.name,
         parameterization=cfg.network.parameterization if cfg.task == "score" else None, step=step, ema_updates=ema_updates,
-        extra={**build.init_record(cfg), **({"commit": commit} if (commit := source_commit()) else {})},
+        extra={**build.init_record(cfg), **({"commit": commit} if (commit := source_commit()) else {}),
+               **({"fast_math": fast} if (fast := fast_math_state(next(net.parameters()).device)) else {})},
     )
 
 
@@ -245,6 +247,10 @@ def train(cfg: TrainConfig, reporter: Reporter | None = None) -> TrainResult:
 def _train(cfg: TrainConfig, reporter: Reporter, device: torch.device, world: World) -> TrainResult:
     if cfg.batch_size % world.size:
         raise ConfigError(f"batch_size {cfg.batch_size} (the global batch) must be divisible by the {world.size} processes")
+    if cfg.precision == "auto":  # what ran is what the run records (config.json, the card)
+        cfg = cfg.model_copy(update={"precision": resolve_precision(cfg.precision, device)})
+        if world.is_main:
+            reporter.message(f"precision auto: {cfg.precision} ({'native' if cfg.precision == 'bf16' else 'no native'} bf16 on {device.type})")
     if cfg.precision == "fp16" and device.type != "cuda":
         raise ConfigError("precision fp16 needs a CUDA device; use bf16 or fp32 on the CPU")
     cfg, init = build.apply_init(cfg)  # --init MODEL: its SDE, parameterisation, image shape, and its weights below

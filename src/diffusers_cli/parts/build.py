@@ -18,6 +18,7 @@ from diffusers_cli.engine.networks.unet import UNET_PRESETS, UNet
 from diffusers_cli.engine.objectives import ClassifierObjective, Objective, ScoreObjective
 from diffusers_cli.engine.score import ScoreModel
 from diffusers_cli.engine.sde import SDE
+from diffusers_cli.support.hardware import enable_fast_math
 
 # Where models come from lives in models/ (our runs, diffusers folders, the Hugging Face cache); these names stay here too.
 from diffusers_cli.models import load_classifier, load_score_model, read_model_card, resolve_model_path  # noqa: F401
@@ -87,7 +88,13 @@ def build_objective(cfg: TrainConfig, net: nn.Module, sde: SDE) -> Objective:
 
 
 def resolve_device(name: str) -> torch.device:
-    """'auto' picks CUDA, then MPS, then CPU; an unavailable device is a usage error."""
+    """'auto' picks CUDA, then MPS, then CPU; an unavailable device is a usage error. CUDA gets TF32 and autotuning."""
+    dev = _device(name)
+    enable_fast_math(dev)
+    return dev
+
+
+def _device(name: str) -> torch.device:
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
