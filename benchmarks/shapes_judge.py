@@ -128,6 +128,7 @@ def cached_judge(
         return judge.eval(), float(meta["accuracy"]), float(meta["real_recognised_share"])
     judge, acc, share = train_judge(image_size, dataset=dataset, data_dir=data_dir)
     if cache is not None:
+        cache.parent.mkdir(parents=True, exist_ok=True)  # a fresh clone has no runs/ yet
         save_file({k: v.contiguous() for k, v in judge.state_dict().items()}, str(cache),
                   metadata={"accuracy": str(acc), "real_recognised_share": str(share), "dataset": dataset,
                             "image_size": str(image_size)})
