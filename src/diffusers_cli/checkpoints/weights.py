@@ -25,7 +25,7 @@ def save_model(path: Path, tensors: dict[str, Tensor], card: ModelCard, atomic: 
 def read_card(path: Path) -> ModelCard:
     """The card of a diffusers-cli model file (migrated if it is version 1), validating that it is one."""
     meta = read_meta(path)
-    if meta.get("kind") == "train-state":
+    if isinstance(meta, dict) and meta.get("kind") == "train-state":
         raise CheckpointError(f"{path} is a training state, not a model; pass the run's {WEIGHTS_NAME}")
     return ModelCard.from_dict(meta, Path(path))
 

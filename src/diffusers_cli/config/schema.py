@@ -47,7 +47,18 @@ class Strict(BaseModel):
 # ---- the forward process -------------------------------------------------------------
 
 
-class VEConfig(Strict):
+class _SDEConfigBase(Strict):
+    """What every SDE config shares: it equals its own JSON form, as model cards and config files store it."""
+
+    def __eq__(self, other: object) -> bool:
+        # A card's SDE was a plain dict before it was typed; comparing it with one (a stored card, a test's
+        # expectation) still means "the same SDE".
+        if isinstance(other, dict):
+            return bool(self.model_dump(mode="json") == other)
+        return bool(super().__eq__(other))
+
+
+class VEConfig(_SDEConfigBase):
     """Variance-exploding SDE."""
 
     kind: Literal["ve"] = "ve"
@@ -67,7 +78,7 @@ class VEConfig(Strict):
         return VESDE(sigma_min=self.sigma_min, sigma_max=self.sigma_max)
 
 
-class _Scheduled(Strict):
+class _Scheduled(_SDEConfigBase):
     schedule: Literal["linear", "cosine"] = "linear"
     beta_min: PositiveFloat = 0.1
     beta_max: PositiveFloat = 20.0
@@ -152,6 +163,18 @@ class DDPMConfig(_Scheduled):
 SDE_CONFIGS = (VEConfig, VPConfig, SubVPConfig, DDPMConfig)
 SDEConfig = Annotated[Union[SDE_CONFIGS], Field(discriminator="kind")]
 SDE_KINDS: tuple[str, ...] = tuple(get_args(c.model_fields["kind"].annotation)[0] for c in SDE_CONFIGS)
+
+
+def sde_config(data: Any) -> "VEConfig | VPConfig | SubVPConfig | DDPMConfig":
+    """An SDE config from its JSON form (a card's, a config file's); ConfigError naming the first problem otherwise."""
+    from pydantic import TypeAdapter
+
+    try:
+        return TypeAdapter(SDEConfig).validate_python(data)
+    except ValidationError as err:
+        first = err.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise ConfigError(f"{where + ': ' if where else ''}{first['msg']}") from None
 
 
 # ---- the network ---------------------------------------------------------------------

@@ -227,7 +227,7 @@ def _watch(cfg: TrainConfig, run_dir: Path, log: MetricsLog, card: ModelCard, st
         return (total - 1) // every - step // every + 1
 
     return Watch(evaluator, run_dir, log, None if keep == "none" else keep, steps_per_epoch, world, device, reporter,
-                 tb.record if tb is not None else None, remaining, counts_epochs(dump_config(cfg)))
+                 tb.record if tb is not None else None, remaining, counts_epochs(cfg))
 
 
 def train(cfg: TrainConfig, reporter: Reporter | None = None) -> TrainResult:
@@ -346,7 +346,7 @@ def _train_held(cfg: TrainConfig, init: Any, run_dir: Path, dataset: Any, info: 
 
     saved: list[int | None] = [start if cfg.resume else None]  # the step of the last checkpoint on disk
     loss_png: list[bytes | None] = [None]  # loss.png as last drawn, which the report reuses
-    epoch_axis = steps_per_epoch if counts_epochs(dump_config(cfg)) else None  # plots show epochs when the run counts them
+    epoch_axis = steps_per_epoch if counts_epochs(cfg) else None  # plots show epochs when the run counts them
 
     def snapshot(step: int) -> None:
         if world.is_main:

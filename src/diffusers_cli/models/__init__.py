@@ -86,7 +86,7 @@ class Loaded:
     def __repr__(self) -> str:
         c, h, w = self.card.image_shape
         classes = f", classes {list(self.card.class_names)}" if self.card.class_names else ""
-        return (f"Model({self.spec!s}: {self.card.kind}, {c}x{h}x{w}, {self.card.sde.get('kind')} SDE, "
+        return (f"Model({self.spec!s}: {self.card.kind}, {c}x{h}x{w}, {self.card.sde.kind} SDE, "
                 f"{sum(p.numel() for p in self.net.parameters()):,} parameters{classes})")
 
 

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from torch import nn
 
 from diffusers_cli.checkpoints.weights import WEIGHTS_NAME, load_into, load_model, subset
 from diffusers_cli.checkpoints.card import CheckpointError, ModelCard
-from diffusers_cli.config.schema import SDEConfig
 from diffusers_cli.engine.networks.classifier import WideResNet
 from diffusers_cli.engine.networks.unet import UNet
 from diffusers_cli.engine.sde import SDE
@@ -28,19 +26,9 @@ def arch_of(net: nn.Module) -> str:
     raise ValueError(f"{type(net).__name__} is not a network a model card can name ({', '.join(NETWORKS)})")
 
 
-def sde_config_from_dict(data: dict[str, Any]) -> SDEConfig:
-    """Re-validate an SDE config stored in checkpoint metadata."""
-    from pydantic import TypeAdapter, ValidationError
-
-    try:
-        return TypeAdapter(SDEConfig).validate_python(data)
-    except ValidationError as err:
-        raise CheckpointError(f"checkpoint metadata has an invalid SDE ({err.errors()[0]['msg']})") from None
-
-
 def sde_from_card(card: ModelCard) -> SDE:
-    """The SDE a card's model was trained for (each SDE config class builds its own)."""
-    return sde_config_from_dict(card.sde).build()
+    """The SDE a card's model was trained for (the card's typed SDE config builds it)."""
+    return card.sde.build()
 
 
 def network_from_card(card: ModelCard, path: Path) -> nn.Module:
