@@ -169,6 +169,9 @@ def sde_config(data: Any) -> "VEConfig | VPConfig | SubVPConfig | DDPMConfig":
     """An SDE config from its JSON form (a card's, a config file's); ConfigError naming the first problem otherwise."""
     from pydantic import TypeAdapter
 
+    if not isinstance(data, dict) or data.get("kind") not in SDE_KINDS:
+        got = f"kind {data.get('kind')!r}" if isinstance(data, dict) else f"a {type(data).__name__}"
+        raise ConfigError(f"an SDE config is an object whose kind is one of {', '.join(SDE_KINDS)}, got {got}")
     try:
         return TypeAdapter(SDEConfig).validate_python(data)
     except ValidationError as err:

@@ -51,6 +51,7 @@ from diffusers_cli.support.image_grids import make_grid, save_grid
 from diffusers_cli.run.plots import loss_figure, save_figure
 from diffusers_cli.run.provenance import source_commit
 from diffusers_cli.run.facts import counts_epochs
+from diffusers_cli.run.reader import RunFiles
 from diffusers_cli.run.report import write_report
 from diffusers_cli.run.tensorboard import TensorBoardLog
 from diffusers_cli.parts.watch import Watch
@@ -171,8 +172,10 @@ def _save(run_dir: Path, net: nn.Module, ema: EMA, opt: torch.optim.Optimizer, g
 
 def _resume(run_dir: Path, net: nn.Module, ema: EMA, opt: torch.optim.Optimizer, gen: torch.Generator,
             scaler: torch.amp.GradScaler | None = None) -> int:
-    weights = run_dir / WEIGHTS_NAME
-    if not (weights.is_file() and (run_dir / STATE_NAME).is_file()):
+    files = RunFiles.of(run_dir)
+    files.check_inside()  # the run is appended to and written into: no link may carry that outside it (run.reader)
+    weights = files.file(WEIGHTS_NAME) or run_dir / WEIGHTS_NAME
+    if not (weights.is_file() and files.file(STATE_NAME) is not None):
         raise CheckpointError(f"{run_dir} has no saved training state to resume; start it without --resume")
     tensors, card = load_model(weights)
     load_into(net, subset(tensors, "online"), weights)

@@ -13,6 +13,7 @@ from diffusers_cli.engine.networks.classifier import WideResNet
 from diffusers_cli.engine.networks.unet import UNet
 from diffusers_cli.engine.sde import SDE
 from diffusers_cli.models.diffusers_folder import DiffusersUNet
+from diffusers_cli.run.reader import RunFiles
 
 #: Network classes by the ``arch`` a model card names (checkpoints.ARCHS).
 NETWORKS: dict[str, Callable[..., nn.Module]] = {"unet": UNet, "wrn": WideResNet, "diffusers": DiffusersUNet}
@@ -41,7 +42,9 @@ def network_from_card(card: ModelCard, path: Path) -> nn.Module:
 
 def newest_run(runs_dir: Path) -> Path:
     """The weights of the most recently written run under ``runs_dir``."""
-    candidates = sorted(runs_dir.glob(f"*/{WEIGHTS_NAME}"), key=lambda p: p.stat().st_mtime) if runs_dir.is_dir() else []
+    candidates = sorted(runs_dir.glob(f"*/{WEIGHTS_NAME}"), key=lambda p: p.lstat().st_mtime) if runs_dir.is_dir() else []
+    if candidates:  # the newest run's weights, read only from inside it (run.reader)
+        candidates[-1] = RunFiles.of(candidates[-1].parent).file(WEIGHTS_NAME) or candidates[-1]
     if not candidates:
         raise CheckpointError(f"no --model given and no trained run under {runs_dir}/; run `diffuse train` first or pass --model")
     return candidates[-1]

@@ -78,8 +78,8 @@ class RunFiles:
         return real if real.exists() else None
 
     def file(self, name: str | Path) -> Path | None:
-        """The resolved path of the plain file ``root/name``, None if there is none; RunFileError if it leaves the run
-        or is something else (a folder, a FIFO, a device)."""
+        """``root/name``, checked to be a plain file inside the run; None if there is none; RunFileError if it leads
+        out of the run or is something else (a folder, a FIFO, a device). Messages name it as the user named the run."""
         real = self.locate(name)
         if real is None:
             return None
@@ -88,7 +88,7 @@ class RunFiles:
             what = "a folder" if stat.S_ISDIR(mode) else "not a plain file (a FIFO, socket or device)"
             raise RunFileError(f"{shown(self.root / name)} is {what}; a run's files are plain files (remove it)",
                                f"it is {what}")
-        return real
+        return self.root / name
 
     def folder(self, name: str | Path) -> Path | None:
         """The resolved path of the folder ``root/name``, None if there is no folder; RunFileError if it leaves the run."""
@@ -104,10 +104,10 @@ class RunFiles:
 
     def read_bytes(self, name: str | Path, limit: int = MAX_TEXT_BYTES) -> bytes | None:
         """The bytes of a plain file of the run, None if it does not exist; RunFileError if it is over ``limit``."""
-        real = self.file(name)
-        if real is None:
+        found = self.file(name)
+        if found is None:
             return None
-        with real.open("rb") as f:
+        with found.open("rb") as f:
             data = f.read(limit + 1)  # never more than the limit in memory, whatever the file says its size is
         if len(data) > limit:
             raise RunFileError(f"{shown(self.root / name)} is larger than {limit:,} bytes, more than a run ever writes; "
@@ -129,17 +129,16 @@ class RunFiles:
 
         from diffusers_cli.support.image_files import GREY_MODES, convert_image, decode_image
 
-        real = self.file(name)
-        path = self.root / name
-        if real is None:
-            raise RunFileError(f"{shown(path)} does not exist", "it does not exist")
-        with real.open("rb") as f:
+        path = self.file(name)
+        if path is None:
+            raise RunFileError(f"{shown(self.root / name)} does not exist", "it does not exist")
+        with path.open("rb") as f:
             head = f.read(len(PNG_SIGNATURE))
         if head != PNG_SIGNATURE:
             raise RunFileError(f"{shown(path)} is not a PNG file (it does not start as one); it is damaged or not ours",
                                "it is not a PNG file")
-        img = decode_image(real, what="image", formats=("PNG",))
-        img = convert_image(img, "L" if img.mode in GREY_MODES else "RGB", what="image", path=real)
+        img = decode_image(path, what="image", formats=("PNG",))
+        img = convert_image(img, "L" if img.mode in GREY_MODES else "RGB", what="image", path=path)
         clean = Image.frombytes(img.mode, img.size, img.tobytes())  # the pixels alone: no chunk of the file's own
         buf = io.BytesIO()
         clean.save(buf, format="PNG")
