@@ -354,3 +354,16 @@ def test_damaged_and_hostile_runs_exit_0_or_2_with_one_line_and_read_nothing_out
         assert (outside / "metrics.jsonl").read_bytes() == (tiny_run / "metrics.jsonl").read_bytes()  # nothing written there
 
     run()
+
+
+@pytest.mark.parametrize(("file", "line"), [
+    ("config.json", "config file {run}/config.json is not UTF-8 text (byte 0 is not); pass a YAML, JSON or TOML file to --config"),
+    ("metrics.jsonl", "{run}/metrics.jsonl is not UTF-8 text; the log is damaged (restore it, or remove it to go on without its "
+                      "records)"),
+])
+def test_resume_of_a_run_with_a_file_of_bytes_is_one_line(stranger: tuple[Path, Path], file: str, line: str) -> None:
+    # Found by the random profile above (the long one): both were a UnicodeDecodeError, exit 1.
+    run, _ = stranger
+    (run / file).write_bytes(b"\xff\xfe{}")
+    res = invoke("train", "--resume", "--out", run.parent, "--name", run.name, "--steps", "21")
+    assert one_error_line(res) == "diffuse: error: " + line.format(run=run)
