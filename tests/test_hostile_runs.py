@@ -260,10 +260,11 @@ def _card(run: Path, **values: Any) -> None:
 NAN = float("nan")
 #: What a stranger's run may hold: name -> (the file it damages, how, on (run, outside)); one damage per file in an
 #: example. ``outside`` holds valid copies of the run's files, so a link to one is given away by nothing but the link.
-#: Found by this test, and fixed: a lock.json whose "started" was NaN or a string raised from time.localtime (a
-#: traceback); a run name or sample name of non-UTF-8 bytes could not be printed or written into the page; a
-#: metrics step of NaN or true passed as a step; a card whose metadata was a JSON list or a card_version of "x"
-#: raised AttributeError/ValueError; an image_shape of 1e999 raised OverflowError (see the closing note of issue 34).
+#: Found by this test, and fixed: a config.json (or any --config) that is not UTF-8 was a traceback (exit 1); so was a
+#: metrics.jsonl that is not UTF-8 on resume; safetensors cannot open a path whose name is not UTF-8 (now one line
+#: saying so, where it blamed the file). Fixed while writing the damages, before the test ran: a lock.json "started"
+#: of NaN or a string (time.localtime raised), a holder field with a newline (two lines), a card that is a JSON list or
+#: has card_version "x" (AttributeError, ValueError), an image_shape of 1e999 (OverflowError), a step of NaN or true.
 DAMAGES: dict[str, tuple[str, Callable[[Path, Path], Any]]] = {
     "sample grid links out": ("samples/2", lambda r, o: _link(r, "samples/step_0000002.png", o / "samples.png")),
     "final grid links out": ("samples.png", lambda r, o: _link(r, "samples.png", o / "samples.png")),
