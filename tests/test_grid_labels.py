@@ -55,7 +55,7 @@ def test_captions_go_under_each_image_and_the_pixels_stay_the_images() -> None:
 
 
 def test_image_captions_name_each_images_index_and_class() -> None:
-    card = ModelCard(kind="score", arch="unet", network={"num_classes": 3}, sde={}, image_shape=(1, 8, 8),
+    card = ModelCard(kind="score", arch="unet", network={"num_classes": 3}, sde={"kind": "vp"}, image_shape=(1, 8, 8),
                      class_names=("a", "b", "c"), dataset="x", parameterization="eps")
     assert image_captions(card, None, 2, 4) == ["#2 c", "#3 a", "#4 b", "#5 c"]  # the classes in turn, as sampled
     assert image_captions(card, 1, 0, 2) == ["#0 b", "#1 b"]

@@ -279,3 +279,177 @@ def test_report_help_loads_nothing_heavy() -> None:
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
     assert "Write RUN/report.html" in res.stdout and res.stdout.rstrip().endswith("HEAVY []")
+
+
+# ---- a stranger's run: what it holds comes out as text, and nothing from outside it is embedded ----------------
+
+#: Strings a hostile run might carry; each would be an element or an attribute if the page did not escape it.
+HOSTILE = ['<img src=x onerror="alert(1)">', "<script>alert(2)</script>", '"><svg onload=alert(3)>', "<b onmouseover=alert(4)>x"]
+#: The tags and attributes the page is made of; anything else came from the run's data.
+PAGE_TAGS = {"html", "head", "meta", "title", "style", "body", "h1", "h2", "h3", "p", "nav", "a", "section", "table", "tr",
+             "th", "td", "div", "figure", "img", "figcaption", "pre"}
+PAGE_ATTRS = {"lang", "charset", "http-equiv", "content", "href", "id", "class", "src", "alt"}
+
+
+class Elements(HTMLParser):
+    """Every element and attribute of a page, and its text."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__()
+        self.tags: list[str] = []
+        self.attrs: list[tuple[str, str | None]] = []
+        self.metas: list[dict[str, str | None]] = []
+        self.text: list[str] = []
+        self.feed(text)
+        self.close()
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.tags.append(tag)
+        self.attrs += attrs
+        if tag == "meta":
+            self.metas.append(dict(attrs))
+
+    def handle_data(self, data: str) -> None:
+        self.text.append(data)
+
+
+def _card_with(run: Path, **fields: Any) -> None:
+    tensors, card = load_weights(run / "model.safetensors")[0], read_card(run / "model.safetensors")
+    save_model(run / "model.safetensors", tensors, type(card)(**{**card.__dict__, **fields}))
+
+
+def test_hostile_names_values_and_metric_names_come_out_as_text(tiny_run: Path, tmp_path: Path) -> None:
+    run = tmp_path / HOSTILE[0]  # the run's own name
+    shutil.copytree(tiny_run, run)
+    _card_with(run, class_names=tuple(HOSTILE), dataset=HOSTILE[1], extra={"commit": HOSTILE[2], "init_from": HOSTILE[3]})
+    config = json.loads((run / "config.json").read_text())
+    config.update(init=HOSTILE[1], eval={**config["eval"], "reference": HOSTILE[2]})
+    (run / "config.json").write_text(json.dumps(config))
+    evaluation = {"step": 20, "eval": {HOSTILE[3]: {"mean": 1.0, HOSTILE[0]: HOSTILE[1]}}, "eval_samples": HOSTILE[2]}
+    with (run / "metrics.jsonl").open("a") as f:
+        f.write(json.dumps(evaluation) + "\n")
+    (run / "grids.json").write_text(json.dumps({"grids": [{HOSTILE[0]: HOSTILE[1], "sampler": HOSTILE[2], "times": [1.0]}]}))
+    res = invoke("report", run)
+    assert res.exit_code == 0, res.stderr
+    page = Elements((run / "report.html").read_text(encoding="utf-8"))
+    assert set(page.tags) <= PAGE_TAGS and {name for name, _ in page.attrs} <= PAGE_ATTRS
+    text = "".join(page.text)
+    for hostile in HOSTILE:  # each shown, as the text it is
+        assert hostile in text or hostile.upper() in text, hostile
+    assert f"<title>{html_escape(HOSTILE[0])}: diffusers-cli run report</title>" in (run / "report.html").read_text()
+
+
+def html_escape(text: str) -> str:
+    import html
+
+    return html.escape(text, quote=True)
+
+
+def test_the_page_carries_a_content_security_policy_that_allows_no_script_and_no_network(tiny_run: Path, tmp_path: Path) -> None:
+    run = tmp_path / "r"
+    shutil.copytree(tiny_run, run)
+    assert invoke("report", run).exit_code == 0
+    text = (run / "report.html").read_text(encoding="utf-8")
+    page = Elements(text)
+    csp = [m["content"] for m in page.metas if (m.get("http-equiv") or "").lower() == "content-security-policy"]
+    assert csp == ["default-src 'none'; img-src data:; style-src 'unsafe-inline'; base-uri 'none'; form-action 'none'"]
+    # Before anything the policy must govern: the charset, then the policy, then the rest of the head.
+    assert text.index("Content-Security-Policy") < text.index("<title>") < text.index("<style>")
+
+
+def _png(path: Path, size: tuple[int, int], colour: tuple[int, int, int], **save: Any) -> bytes:
+    Image.new("RGB", size, colour).save(path, format=save.pop("format", "PNG"), **save)
+    return path.read_bytes()
+
+
+def _embedded(page_text: str) -> list[Image.Image]:
+    return [png_of(src) for src in Page(page_text).images]
+
+
+def test_a_sample_grid_or_plot_linked_outside_the_run_is_left_out_and_said_so(tiny_run: Path, tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    secret_png = _png(outside / "secret.png", (13, 7), (1, 2, 3))  # a real PNG: only the link's target gives it away
+    secret_text = b"-----BEGIN OPENSSH PRIVATE KEY----- not for sharing\n"
+    (outside / "id_rsa").write_bytes(secret_text)
+    run = tmp_path / "evil"
+    shutil.copytree(tiny_run, run)
+    (run / "samples").mkdir(exist_ok=True)
+    (run / "samples" / "step_0000002.png").symlink_to(outside / "secret.png")
+    (run / "samples" / "step_0000004.png").symlink_to(outside / "id_rsa")
+    (run / "samples.png").unlink()
+    (run / "samples.png").symlink_to(outside / "secret.png")
+    (run / "loss.png").unlink()
+    (run / "loss.png").symlink_to(outside / "id_rsa")
+    res = invoke("report", run)
+    assert res.exit_code == 0, res.stderr
+    assert res.stdout.strip() == f"wrote {run / 'report.html'} (20 steps, 3 sample grid(s), 3 file(s) left out)"
+    assert res.stderr.splitlines() == [  # one line per file, naming it and where it leads
+        f"diffuse: warning: {run / name} links to {outside / target}, outside the run {run}; a run's files must "
+        "lie inside it (replace the link with the file it names); left out of the report"
+        for name, target in (("samples/step_0000002.png", "secret.png"), ("samples/step_0000004.png", "id_rsa"),
+                             ("samples.png", "secret.png"))]
+    text = (run / "report.html").read_text(encoding="utf-8")
+    for secret in (secret_png, secret_text):
+        assert base64.b64encode(secret).decode() not in text and secret.decode("latin-1") not in text
+    assert [im.size for im in _embedded(text)] == [(800, 450)]  # the loss curve, drawn from the log; no grid at all
+    notes = [n for n in Elements(text).text if "was left out" in n]
+    assert notes == ["samples/step_0000002.png was left out: it links outside the run.",
+                     "samples/step_0000004.png was left out: it links outside the run.",
+                     "samples.png was left out: it links outside the run."]
+    assert str(outside) not in text  # the page names no target of a link
+
+
+def test_a_file_that_is_not_a_png_of_the_run_is_not_embedded(tiny_run: Path, tmp_path: Path) -> None:
+    run = tmp_path / "r"
+    shutil.copytree(tiny_run, run)
+    samples = run / "samples"
+    samples.mkdir(exist_ok=True)
+    jpeg = _png(samples / "step_0000001.png", (9, 9), (200, 10, 10), format="JPEG")  # an image, but not a PNG
+    (samples / "step_0000002.png").write_bytes(b"<script>alert(1)</script>")
+    whole = _png(tmp_path / "whole.png", (11, 5), (10, 200, 10))
+    (samples / "step_0000003.png").write_bytes(whole[: len(whole) // 2])  # truncated
+    from PIL.PngImagePlugin import PngInfo
+
+    info = PngInfo()
+    info.add_text("Comment", "MARKER-IN-A-CHUNK")
+    chunked = _png(samples / "step_0000004.png", (6, 6), (5, 5, 250), pnginfo=info)
+    assert b"MARKER-IN-A-CHUNK" in chunked
+    res = invoke("report", run)
+    assert res.exit_code == 0, res.stderr
+    text = (run / "report.html").read_text(encoding="utf-8")
+    images = _embedded(text)
+    grid = Image.open(run / "samples.png")
+    # The loss curve, the PNG with a chunk (its pixels alone) and the final grid; nothing of the other three.
+    assert [im.size for im in images] == [(800, 450), (6, 6), grid.size]
+    assert images[1].info == {} and images[1].convert("RGB").getpixel((3, 3)) == (5, 5, 250)
+    assert images[2].tobytes() == grid.tobytes()
+    assert base64.b64encode(jpeg).decode() not in text and "alert(1)" not in text
+    assert "MARKER-IN-A-CHUNK" not in text and all(b"MARKER" not in base64.b64decode(s.split(",", 1)[1]) for s in Page(text).images)
+    notes = [n for n in Elements(text).text if "was left out" in n]
+    assert notes == ["samples/step_0000001.png was left out: it is not a PNG file.",
+                     "samples/step_0000002.png was left out: it is not a PNG file.",
+                     "samples/step_0000003.png was left out: it is not a readable image (truncated, corrupt or over the pixel limit)."]
+    assert len(res.stderr.splitlines()) == 3 and "step_0000003.png is not a readable image (truncated or corrupt)" in res.stderr
+
+
+def test_the_sample_command_of_the_report_takes_the_configs_own_defaults(tiny_run: Path, tmp_path: Path) -> None:
+    from diffusers_cli.config.schema import TrainConfig
+
+    run = tmp_path / "r"
+    shutil.copytree(tiny_run, run)
+    config = json.loads((run / "config.json").read_text())
+    del config["sampler"], config["seed"]  # an older or hand-written config: the defaults are TrainConfig's
+    (run / "config.json").write_text(json.dumps(config))
+    res = invoke("report", run, "--json")
+    assert res.exit_code == 0, res.stderr
+    sample = shlex.split(json.loads(res.stdout)["commands"]["sample"])
+    preview = TrainConfig().sampler
+    assert (preview.name, preview.steps) == ("ei", 30)  # the preview grid's sampler, not the evaluation's (ei, 20)
+    assert sample[sample.index("--sampler") + 1] == "ei" and sample[sample.index("--steps") + 1] == "30"
+    assert sample[sample.index("--seed") + 1] == "0"
+    config["steps"] = "many"
+    (run / "config.json").write_text(json.dumps(config))
+    assert one_error_line(invoke("report", run)) == (
+        f"diffuse: error: {run / 'config.json'} is not a training config (steps: Input should be a valid integer, unable to "
+        "parse string as an integer); the run is damaged or from another diffusers-cli (restore the file)")

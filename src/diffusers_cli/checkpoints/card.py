@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal, cast
 
 from diffusers_cli import __version__
+from diffusers_cli.config.sde import SDE_CONFIGS, DDPMConfig, SubVPConfig, VEConfig, VPConfig, sde_config
+from diffusers_cli.config.base import ConfigError
 from diffusers_cli.support.errors import UsageError
 
 FORMAT = "diffusers-cli"
@@ -33,7 +35,7 @@ class ModelCard:
     kind: Literal["score", "classifier"]  # a score network, or a noise-aware classifier
     arch: Literal["unet", "wrn", "diffusers"]  # which network class ``network`` configures (models.own.NETWORKS)
     network: dict[str, Any]  # the network's own constructor config (its ``config`` attribute)
-    sde: dict[str, Any]  # the SDE config (config.SDEConfig) the model was trained for
+    sde: VEConfig | VPConfig | SubVPConfig | DDPMConfig  # the SDE the model was trained for (config.SDE_CONFIGS)
     image_shape: tuple[int, int, int]  # (C, H, W) of the images
     class_names: tuple[str, ...]  # label index -> name (classifiers, class-conditional models)
     dataset: str  # what it was trained on
@@ -43,6 +45,16 @@ class ModelCard:
     source: str = "diffuse"  # who made it
     package_version: str = __version__  # the diffusers-cli that wrote it
     extra: dict[str, Any] = field(default_factory=dict)  # free-form provenance (e.g. what a run was initialised from)
+
+    def __post_init__(self) -> None:
+        # A card may be built from the SDE's JSON form (a stored card, a diffusers scheduler mapped to one):
+        # it is validated into its typed config here, once, so no reader of a card meets a dict.
+        if not isinstance(self.sde, SDE_CONFIGS):
+            try:
+                typed = sde_config(self.sde)
+            except ConfigError as err:
+                raise CheckpointError(f"model card names an SDE that is not one of ours ({err})") from None
+            object.__setattr__(self, "sde", typed)
 
     @property
     def channels(self) -> int:
@@ -64,28 +76,47 @@ class ModelCard:
         """A score network that takes class labels (classifier-free guidance)."""
         return self.kind == "score" and self.network.get("num_classes") is not None
 
+    def to_dict(self) -> dict[str, Any]:
+        """The card as JSON-able data, in the stored form (the SDE as its config's JSON)."""
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        return {**out, "sde": self.sde.model_dump(mode="json"), "image_shape": list(self.image_shape),
+                "class_names": list(self.class_names), "network": dict(self.network), "extra": dict(self.extra)}
+
     def to_json(self) -> str:
         """The card as the JSON stored in a safetensors header."""
-        return json.dumps({"card_version": FORMAT_VERSION, **asdict(self)})
+        return json.dumps({"card_version": FORMAT_VERSION, **self.to_dict()})
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], path: Path) -> "ModelCard":
         """Validate a stored card (version 2), or migrate a version-1 metadata dict; CheckpointError if neither."""
-        version = int(data.get("card_version", 1))
+        if not isinstance(data, dict):
+            raise CheckpointError(f"{path} has damaged diffusers-cli metadata (not a JSON object); re-export it from its run")
+        try:
+            version = int(data.get("card_version", 1))
+        except (TypeError, ValueError):
+            raise CheckpointError(f"{path} has an invalid model card (card_version {data.get('card_version')!r}); "
+                                  "re-export it from its run") from None
         if version > FORMAT_VERSION:
             raise CheckpointError(f"{path} was written by a newer diffusers-cli (card version {version}); upgrade diffusers-cli")
         if version == 1:
             data = _migrate_v1(data, path)
+        if not isinstance(data.get("sde"), dict):
+            raise CheckpointError(f"{path} has an invalid model card (its sde is not a config object); re-export it from its run")
+        try:
+            sde = sde_config(data["sde"])
+        except ConfigError as err:
+            raise CheckpointError(f"{path} has a model card whose SDE is not one of ours ({err}); re-export it from its run, "
+                                  "or upgrade diffusers-cli") from None
         try:
             card = cls(
-                kind=data["kind"], arch=data["arch"], network=dict(data["network"]), sde=dict(data["sde"]),
+                kind=data["kind"], arch=data["arch"], network=dict(data["network"]), sde=sde,
                 image_shape=cast(tuple[int, int, int], tuple(int(v) for v in data["image_shape"])),
                 class_names=tuple(str(n) for n in data["class_names"]), dataset=str(data["dataset"]),
                 parameterization=data.get("parameterization"), step=int(data.get("step", 0)),
                 ema_updates=int(data.get("ema_updates", 0)), source=str(data.get("source", "diffuse")),
                 package_version=str(data.get("package_version", "unknown")), extra=dict(data.get("extra") or {}),
             )
-        except (KeyError, TypeError, ValueError) as err:
+        except (KeyError, TypeError, ValueError, OverflowError) as err:
             raise CheckpointError(f"{path} has an invalid model card ({type(err).__name__}: {err}); re-export it from its run") from None
         if card.kind not in ("score", "classifier") or card.arch not in ARCHS or len(card.image_shape) != 3:
             raise CheckpointError(f"{path} has an invalid model card (kind {card.kind!r}, arch {card.arch!r}, "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,7 @@ def save_model(path: Path, tensors: dict[str, Tensor], card: ModelCard, atomic: 
 def read_card(path: Path) -> ModelCard:
     """The card of a diffusers-cli model file (migrated if it is version 1), validating that it is one."""
     meta = read_meta(path)
-    if meta.get("kind") == "train-state":
+    if isinstance(meta, dict) and meta.get("kind") == "train-state":
         raise CheckpointError(f"{path} is a training state, not a model; pass the run's {WEIGHTS_NAME}")
     return ModelCard.from_dict(meta, Path(path))
 
@@ -56,8 +57,9 @@ def read_meta(path: Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist; pass a run directory or a .safetensors file made by diffuse")
+    name = _utf8(path)
     try:
-        with safe_open(str(path), framework="pt") as f:
+        with safe_open(name, framework="pt") as f:
             header = f.metadata() or {}
     except (SafetensorError, OSError, ValueError) as err:
         raise CheckpointError(f"{path} is not a readable safetensors file ({err}); is it corrupt or truncated?") from None
@@ -80,9 +82,22 @@ def load_weights(path: Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
     return _load_tensors(path), meta
 
 
-def _load_tensors(path: Path) -> dict[str, Tensor]:
+def _utf8(path: Path) -> str:
+    """The path as safetensors takes it (UTF-8 text); CheckpointError for a name of other bytes, which it cannot open."""
+    text = str(path)
     try:
-        return load_file(str(path))
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # a name of non-UTF-8 bytes reaches Python as lone surrogates
+        shown = os.fsencode(path).decode("utf-8", "replace")
+        raise CheckpointError(f"{shown} cannot be read: safetensors opens only paths whose names are UTF-8 text; "
+                              "rename the file or its folder") from None
+    return text
+
+
+def _load_tensors(path: Path) -> dict[str, Tensor]:
+    name = _utf8(path)
+    try:
+        return load_file(name)
     except (SafetensorError, OSError, ValueError) as err:
         raise CheckpointError(f"{path} is corrupt ({err}); restore it or retrain") from None
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -18,13 +19,16 @@ def report_command(
 
     def job() -> None:
         from diffusers_cli.jobs.report import report_run
+        from diffusers_cli.run.reader import shown
 
-        result = report_run(run)
+        result = report_run(run, warn=lambda line: print(f"diffuse: warning: {line}", file=sys.stderr))
         if json_:
             emit_json(result.facts)
             return
         t = result.facts["training"]
         evals = f", {t['evaluations']} evaluation(s)" if t["evaluations"] else ""
-        print(f"wrote {result.path} ({t['steps']} steps{evals}, {len(result.facts['samples'])} sample grid(s))")
+        gone = len(result.facts["left_out"])
+        left = f", {gone} file(s) left out" if gone else ""
+        print(f"wrote {shown(result.path)} ({t['steps']} steps{evals}, {len(result.facts['samples'])} sample grid(s){left})")
 
     run_job(job)

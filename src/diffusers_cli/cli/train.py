@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -82,6 +83,7 @@ def train_command(
         from diffusers_cli.config.schema import TrainConfig, build_config
         from diffusers_cli.support.errors import UsageError
         from diffusers_cli.run.layout import CONFIG_NAME, latest_run, run_dir_inside
+        from diffusers_cli.run.reader import RunFiles
 
         file = config
         overrides: dict[str, object] = {
@@ -105,9 +107,12 @@ def train_command(
             # The saved config is the base; flags given now (e.g. more --steps) override it.
             runs = out or Path("runs")
             run = run_dir_inside(runs, name) if name else latest_run(runs)  # a name never reaches outside --out
-            if run is None or not (run / CONFIG_NAME).is_file():
+            if run is None or not os.path.lexists(run / CONFIG_NAME):
                 raise UsageError(f"nothing to resume: no run {'named ' + repr(name) if name else 'at all'} under {runs}/")
-            file = run / CONFIG_NAME
+            # The run's files are read, appended to and written into: none may lead out of it (run.reader).
+            files = RunFiles.of(run)
+            files.check_inside()
+            file = files.file(CONFIG_NAME) or run / CONFIG_NAME
             overrides.update({"name": run.name, "out": str(run.parent), "resume": True})
         overrides.update(parse_kv(set_))
         cfg = build_config(TrainConfig, file, overrides)

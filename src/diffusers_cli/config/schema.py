@@ -471,7 +471,11 @@ def read_config_file(path: Path) -> dict[str, Any]:
     """Read a YAML, JSON or TOML config file into a dict (by extension)."""
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist; pass an existing YAML, JSON or TOML file to --config")
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:  # a binary or damaged file (a stranger's run's config.json, a wrong --config)
+        raise ConfigError(f"config file {path} is not UTF-8 text (byte {err.start} is not); pass a YAML, JSON or TOML "
+                          "file to --config") from None
     suffix = path.suffix.lower()
     try:
         if suffix in (".yaml", ".yml"):

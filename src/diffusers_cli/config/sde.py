@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal, Union, get_args
 
 from pydantic import Field, PositiveFloat, PositiveInt, model_serializer, model_validator
 
-from diffusers_cli.config.base import Strict
+from diffusers_cli.config.base import ConfigError, Strict
 
 if TYPE_CHECKING:  # the engine (torch) is imported only when a config is built into objects
     from diffusers_cli.engine.sde import SDE
@@ -18,7 +18,18 @@ if TYPE_CHECKING:  # the engine (torch) is imported only when a config is built 
 # ---- the forward process -------------------------------------------------------------
 
 
-class VEConfig(Strict):
+class _SDEConfigBase(Strict):
+    """What every SDE config shares: it equals its own JSON form, as model cards and config files store it."""
+
+    def __eq__(self, other: object) -> bool:
+        # A card's SDE was a plain dict before it was typed; comparing it with one (a stored card, a test's
+        # expectation) still means "the same SDE".
+        if isinstance(other, dict):
+            return bool(self.model_dump(mode="json") == other)
+        return bool(super().__eq__(other))
+
+
+class VEConfig(_SDEConfigBase):
     """Variance-exploding SDE."""
 
     kind: Literal["ve"] = "ve"
@@ -43,7 +54,7 @@ ScheduleName = Literal["linear", "cosine"]
 SCHEDULES: tuple[str, ...] = get_args(ScheduleName)
 
 
-class _Scheduled(Strict):
+class _Scheduled(_SDEConfigBase):
     schedule: ScheduleName = "linear"
     beta_min: PositiveFloat = 0.1
     beta_max: PositiveFloat = 20.0
@@ -128,3 +139,18 @@ class DDPMConfig(_Scheduled):
 SDE_CONFIGS = (VEConfig, VPConfig, SubVPConfig, DDPMConfig)
 SDEConfig = Annotated[Union[SDE_CONFIGS], Field(discriminator="kind")]
 SDE_KINDS: tuple[str, ...] = tuple(get_args(c.model_fields["kind"].annotation)[0] for c in SDE_CONFIGS)
+
+
+def sde_config(data: Any) -> "VEConfig | VPConfig | SubVPConfig | DDPMConfig":
+    """An SDE config from its JSON form (a card's, a config file's); ConfigError naming the first problem otherwise."""
+    from pydantic import TypeAdapter, ValidationError
+
+    if not isinstance(data, dict) or data.get("kind") not in SDE_KINDS:
+        got = f"kind {data.get('kind')!r}" if isinstance(data, dict) else f"a {type(data).__name__}"
+        raise ConfigError(f"an SDE config is an object whose kind is one of {', '.join(SDE_KINDS)}, got {got}")
+    try:
+        return TypeAdapter(SDEConfig).validate_python(data)
+    except ValidationError as err:
+        first = err.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise ConfigError(f"{where + ': ' if where else ''}{first['msg']}") from None

@@ -42,8 +42,8 @@ class ConditionResult:
 def check_compatible(model: ModelCard, clf: ModelCard, classifier: Path) -> None:
     """The classifier must know the model's SDE and image shape, or its gradient is meaningless."""
     if clf.sde != model.sde:
-        raise UsageError(f"classifier {classifier} was trained for the {clf.sde['kind']} SDE {clf.sde} "
-                         f"but the model uses {model.sde}; train a classifier with the model's --sde")
+        raise UsageError(f"classifier {classifier} was trained for the {clf.sde.kind} SDE {clf.sde.model_dump(mode='json')} "
+                         f"but the model uses {model.sde.model_dump(mode='json')}; train a classifier with the model's --sde")
     if clf.image_shape != model.image_shape:
         raise UsageError(f"classifier {classifier} expects images of shape {clf.image_shape} (C, H, W) but the model makes "
                          f"{model.image_shape}; train the classifier on the model's images")

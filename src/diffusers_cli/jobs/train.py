@@ -53,6 +53,7 @@ from diffusers_cli.support.image_grids import make_grid, save_grid
 from diffusers_cli.run.plots import loss_figure, save_figure
 from diffusers_cli.run.provenance import source_commit
 from diffusers_cli.run.facts import counts_epochs
+from diffusers_cli.run.reader import RunFiles
 from diffusers_cli.run.report import write_report
 from diffusers_cli.run.tensorboard import TensorBoardLog
 from diffusers_cli.parts.watch import Watch
@@ -174,8 +175,10 @@ def _save(run_dir: Path, net: nn.Module, ema: EMA, opt: torch.optim.Optimizer, g
 
 def _resume(run_dir: Path, net: nn.Module, ema: EMA, opt: torch.optim.Optimizer, gen: torch.Generator,
             scaler: torch.amp.GradScaler | None = None) -> int:
-    weights = run_dir / WEIGHTS_NAME
-    if not (weights.is_file() and (run_dir / STATE_NAME).is_file()):
+    files = RunFiles.of(run_dir)
+    files.check_inside()  # the run is appended to and written into: no link may carry that outside it (run.reader)
+    weights = files.file(WEIGHTS_NAME) or run_dir / WEIGHTS_NAME
+    if not (weights.is_file() and files.file(STATE_NAME) is not None):
         raise CheckpointError(f"{run_dir} has no saved training state to resume; start it without --resume")
     tensors, card = load_model(weights)
     load_into(net, subset(tensors, "online"), weights)
@@ -230,7 +233,7 @@ def _watch(cfg: TrainConfig, run_dir: Path, log: MetricsLog, card: ModelCard, st
         return (total - 1) // every - step // every + 1
 
     return Watch(evaluator, run_dir, log, None if keep == "none" else keep, steps_per_epoch, world, device, reporter,
-                 tb.record if tb is not None else None, remaining, counts_epochs(dump_config(cfg)))
+                 tb.record if tb is not None else None, remaining, counts_epochs(cfg))
 
 
 def train(cfg: TrainConfig, reporter: Reporter | None = None) -> TrainResult:
@@ -353,7 +356,7 @@ def _train_held(cfg: TrainConfig, init: Any, run_dir: Path, dataset: Any, info: 
 
     saved: list[int | None] = [start if cfg.resume else None]  # the step of the last checkpoint on disk
     loss_png: list[bytes | None] = [None]  # loss.png as last drawn, which the report reuses
-    epoch_axis = steps_per_epoch if counts_epochs(dump_config(cfg)) else None  # plots show epochs when the run counts them
+    epoch_axis = steps_per_epoch if counts_epochs(cfg) else None  # plots show epochs when the run counts them
 
     def snapshot(step: int) -> None:
         if world.is_main:

@@ -11,6 +11,7 @@ Below the jobs and build.py, above the engine (which never imports it).
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from diffusers_cli.checkpoints.card import CheckpointError, ModelCard
 from diffusers_cli.engine.score import ScoreModel
 from diffusers_cli.engine.sde import SDE
 from diffusers_cli.models import builtin, diffusers_folder, hub, ours
+from diffusers_cli.run.reader import RunFiles
 
 
 def resolve_model_path(model: Path | str | None, runs_dir: Path = Path("runs"), download: bool = False) -> Path:
@@ -33,8 +35,10 @@ def resolve_model_path(model: Path | str | None, runs_dir: Path = Path("runs"), 
         return builtin.resolve(str(model))
     path = Path(model)
     if path.is_dir():
-        if (path / WEIGHTS_NAME).is_file():
-            return path / WEIGHTS_NAME
+        # A run's weights are read only from inside the run (run.reader): a link to a file elsewhere is refused.
+        weights = RunFiles.of(path).file(WEIGHTS_NAME) if os.path.lexists(path / WEIGHTS_NAME) else None
+        if weights is not None:
+            return weights
         if diffusers_folder.is_diffusers_folder(path):
             return path
         raise CheckpointError(f"{model} holds neither {WEIGHTS_NAME} (a run of `diffuse train`) nor a diffusers model "
@@ -86,7 +90,7 @@ class Loaded:
     def __repr__(self) -> str:
         c, h, w = self.card.image_shape
         classes = f", classes {list(self.card.class_names)}" if self.card.class_names else ""
-        return (f"Model({self.spec!s}: {self.card.kind}, {c}x{h}x{w}, {self.card.sde.get('kind')} SDE, "
+        return (f"Model({self.spec!s}: {self.card.kind}, {c}x{h}x{w}, {self.card.sde.kind} SDE, "
                 f"{sum(p.numel() for p in self.net.parameters()):,} parameters{classes})")
 
 

@@ -56,7 +56,7 @@ def describe(name: str) -> dict[str, Any]:
     info = dict(card.extra.get("builtin", {}))
     return {
         "name": PREFIX + name, "kind": card.kind, "description": info.get("description", ""),
-        "image_shape": list(card.image_shape), "classes": list(card.class_names), "sde": card.sde,
+        "image_shape": list(card.image_shape), "classes": list(card.class_names), "sde": card.sde.model_dump(mode="json"),
         "dataset": card.dataset, "parameterization": card.parameterization, "training_steps": card.step,
         "parameters": info.get("parameters"), "size_bytes": path.stat().st_size, "dtype": info.get("dtype"),
         "recipe": info.get("recipe"), "commit": info.get("commit"), "data": info.get("data"),

@@ -4,17 +4,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from torch import nn
 
 from diffusers_cli.checkpoints.weights import WEIGHTS_NAME, load_into, load_model, subset
 from diffusers_cli.checkpoints.card import CheckpointError, ModelCard
-from diffusers_cli.config.sde import SDEConfig
 from diffusers_cli.engine.networks.classifier import WideResNet
 from diffusers_cli.engine.networks.unet import UNet
 from diffusers_cli.engine.sde import SDE
 from diffusers_cli.models.diffusers_folder import DiffusersUNet
+from diffusers_cli.run.reader import RunFiles
 
 #: Network classes by the ``arch`` a model card names (checkpoints.ARCHS).
 NETWORKS: dict[str, Callable[..., nn.Module]] = {"unet": UNet, "wrn": WideResNet, "diffusers": DiffusersUNet}
@@ -28,19 +27,9 @@ def arch_of(net: nn.Module) -> str:
     raise ValueError(f"{type(net).__name__} is not a network a model card can name ({', '.join(NETWORKS)})")
 
 
-def sde_config_from_dict(data: dict[str, Any]) -> SDEConfig:
-    """Re-validate an SDE config stored in checkpoint metadata."""
-    from pydantic import TypeAdapter, ValidationError
-
-    try:
-        return TypeAdapter(SDEConfig).validate_python(data)
-    except ValidationError as err:
-        raise CheckpointError(f"checkpoint metadata has an invalid SDE ({err.errors()[0]['msg']})") from None
-
-
 def sde_from_card(card: ModelCard) -> SDE:
-    """The SDE a card's model was trained for (each SDE config class builds its own)."""
-    return sde_config_from_dict(card.sde).build()
+    """The SDE a card's model was trained for (the card's typed SDE config builds it)."""
+    return card.sde.build()
 
 
 def network_from_card(card: ModelCard, path: Path) -> nn.Module:
@@ -53,7 +42,9 @@ def network_from_card(card: ModelCard, path: Path) -> nn.Module:
 
 def newest_run(runs_dir: Path) -> Path:
     """The weights of the most recently written run under ``runs_dir``."""
-    candidates = sorted(runs_dir.glob(f"*/{WEIGHTS_NAME}"), key=lambda p: p.stat().st_mtime) if runs_dir.is_dir() else []
+    candidates = sorted(runs_dir.glob(f"*/{WEIGHTS_NAME}"), key=lambda p: p.lstat().st_mtime) if runs_dir.is_dir() else []
+    if candidates:  # the newest run's weights, read only from inside it (run.reader)
+        candidates[-1] = RunFiles.of(candidates[-1].parent).file(WEIGHTS_NAME) or candidates[-1]
     if not candidates:
         raise CheckpointError(f"no --model given and no trained run under {runs_dir}/; run `diffuse train` first or pass --model")
     return candidates[-1]

@@ -22,7 +22,7 @@ from diffusers_cli.support.hardware import enable_fast_math
 
 # Where models come from lives in models/ (our runs, diffusers folders, the Hugging Face cache); these names stay here too.
 from diffusers_cli.models import load_classifier, load_score_model, read_model_card, resolve_model_path  # noqa: F401
-from diffusers_cli.models.ours import NETWORKS, arch_of, network_from_card, sde_config_from_dict, sde_from_card  # noqa: F401
+from diffusers_cli.models.ours import NETWORKS, arch_of, network_from_card, sde_from_card  # noqa: F401
 
 
 def build_sde(cfg: SDEConfig) -> SDE:

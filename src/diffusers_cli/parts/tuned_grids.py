@@ -28,6 +28,7 @@ from diffusers_cli.support.errors import UsageError
 from diffusers_cli.support.files import write_text_atomic
 from diffusers_cli.models import builtin
 from diffusers_cli.run.layout import GRIDS_NAME
+from diffusers_cli.run.reader import RunFiles
 
 if TYPE_CHECKING:
     from diffusers_cli.config.schema import SamplerConfig
@@ -54,7 +55,10 @@ def user_grids_file() -> Path:
 def beside(model_path: Path) -> Path:
     """The grids file that belongs with a resolved model (``models.resolve_model_path``): in its folder, run or package."""
     # Entries carry the weights' hash, so one file per folder serves every model in it.
-    return model_path / GRIDS_NAME if model_path.is_dir() else model_path.parent / GRIDS_NAME
+    folder = model_path if model_path.is_dir() else model_path.parent
+    # Read (and rewritten) with the model: one that links out of its folder is refused, as a run's files are.
+    RunFiles.of(folder).locate(GRIDS_NAME)
+    return folder / GRIDS_NAME
 
 
 def write_target(model_path: Path, grids: Path | None, model_spec: object) -> Path:

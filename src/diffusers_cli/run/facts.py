@@ -1,12 +1,16 @@
 """What a run directory says about itself, for `diffuse report`: card, config, log, evaluations, timing, grids, commands.
 
-``read_run`` checks and reads the files (bad input is one UsageError line); ``facts`` turns them into
-the JSON-able facts that `diffuse report --json` prints and report.html shows. Nothing here draws.
+``read_run`` checks and reads the files through the run's one reader (``run.reader``: nothing from outside
+the run; bad input is one UsageError line), the config as the typed ``TrainConfig`` (so its defaults are the
+config's own, written once); ``facts`` turns them into the JSON-able facts that `diffuse report --json` prints
+and report.html shows. Nothing here draws.
 """
 
 from __future__ import annotations
 
 import json
+import math
+import os
 import shlex
 import statistics
 from collections.abc import Mapping
@@ -14,10 +18,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from diffusers_cli.checkpoints.weights import WEIGHTS_NAME, read_card
 from diffusers_cli.checkpoints.card import ModelCard
-from diffusers_cli.support.errors import UsageError
+from diffusers_cli.checkpoints.weights import WEIGHTS_NAME, read_card
+from diffusers_cli.config.schema import TrainConfig, dump_config
 from diffusers_cli.run.layout import BEST_NAME, CONFIG_NAME, GRIDS_NAME, METRICS_NAME, REPORT_NAME, SAMPLES_DIR
+from diffusers_cli.run.reader import RunFileError, RunFiles, shown
+from diffusers_cli.support.errors import UsageError
 
 FINAL_SAMPLES = "samples.png"
 #: Columns of the tuned-grids table, in this order when present; other keys follow as found.
@@ -33,26 +39,34 @@ class Run:
     """A run directory's files, read and checked."""
 
     path: Path
-    config: dict[str, Any]  # config.json: the effective TrainConfig
+    config: TrainConfig  # config.json, validated: the effective TrainConfig
     rows: list[dict[str, Any]]  # metrics.jsonl records, in order
     card: ModelCard | None  # of model.safetensors (None: no checkpoint written yet)
     parameters: int | None  # network parameters (the EMA copy's count)
     best: dict[str, Any] | None  # {"metric", "value", "step"} of best.safetensors
-    samples: list[tuple[int | None, Path]]  # (step, grid PNG) over training; None: the final grid
+    samples: list[tuple[int | None, str]]  # (step, grid PNG's name in the run) over training; None: the final grid
     grids: list[dict[str, Any]] = field(default_factory=list)  # grids.json entries
     grids_note: str | None = None  # why grids.json could not be read (it is never fatal)
+    saved: dict[str, Any] = field(default_factory=dict)  # config.json as saved, shown as it is
+    # Files of the run that were refused: (the whole message for stderr, the page's line naming no outside path).
+    left_out: list[tuple[str, str]] = field(default_factory=list)
+
+    @property
+    def files(self) -> RunFiles:
+        """The one reader of this run's files."""
+        return RunFiles.of(self.path)
 
 
-def counts_epochs(config: Mapping[str, Any]) -> bool:
+def counts_epochs(config: TrainConfig) -> bool:
     """Whether a run was set in epochs (--epochs, or --eval-every Ne): its plots then show epochs too."""
-    every = str((config.get("eval") or {}).get("every", ""))
-    return config.get("epochs") is not None or every.endswith("e")
+    return config.epochs is not None or config.eval.every.endswith("e")
 
 
-def read_rows(path: Path) -> list[dict[str, Any]]:
+def read_rows(files: RunFiles, name: str = METRICS_NAME) -> list[dict[str, Any]]:
     """metrics.jsonl records; RunError naming the line when one is not a JSON object (a torn last line is skipped)."""
+    path = shown(files.root / name)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = files.read_text(name) or ""
     except UnicodeDecodeError:
         raise RunError(f"{path} is not a text file; it is damaged (restore it, or train again)") from None
     rows: list[dict[str, Any]] = []
@@ -66,7 +80,7 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
             if i == len(lines) and not text.endswith("\n"):
                 continue  # a crash mid-write tears only the last line (MetricsLog.read skips it too)
             raise RunError(f"{path} line {i} is not JSON; the log is damaged (restore it, or train again)") from None
-        if not isinstance(row, dict) or not isinstance(row.get("step"), (int, float)):
+        if not isinstance(row, dict) or not _whole(row.get("step")):
             raise RunError(f"{path} line {i} is not a record with a step; the log is damaged (restore it, or train again)")
         rows.append(row)
     return rows
@@ -88,26 +102,37 @@ def _parameters(weights: Path) -> int:
     return total
 
 
-def _samples(run: Path) -> list[tuple[int | None, Path]]:
-    """The sample grids written during training (by step), then the final one."""
-    found: list[tuple[int | None, Path]] = []
-    for p in sorted((run / SAMPLES_DIR).glob("step_*.png")):
-        try:
-            found.append((int(p.stem.split("_", 1)[1]), p))
-        except ValueError:
-            continue
-    if (run / FINAL_SAMPLES).is_file():
-        found.append((None, run / FINAL_SAMPLES))
-    return found
+def _whole(value: Any) -> bool:
+    """A step as the log writes it: a whole, finite number (not a bool, NaN or a string)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value == int(value)
 
 
-def _grids(run: Path) -> tuple[list[dict[str, Any]], str | None]:
-    """grids.json's entries (the first list of objects in it, or the file itself if it is one), or a note why not."""
-    path = run / GRIDS_NAME
-    if not path.is_file():
-        return [], None
+def _samples(files: RunFiles) -> tuple[list[tuple[int | None, str]], list[tuple[str, str]]]:
+    """The sample grids written during training (by step), then the final one: names in the run, each checked when it
+    is read; and what was left out (a samples folder that leads out of the run) as (message, the page's line)."""
+    found: list[tuple[int | None, str]] = []
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        names = files.names(SAMPLES_DIR, "step_*.png")
+    except RunFileError as err:
+        return [], [(str(err), f"{SAMPLES_DIR}/ was left out: {err.reason}.")]
+    for name in names:
+        digits = Path(name).stem.split("_", 1)[1]
+        if digits.isascii() and digits.isdigit():  # int() would take "+1", " 1" and other scripts' digits too
+            found.append((int(digits), name))
+    if os.path.lexists(files.root / FINAL_SAMPLES):
+        found.append((None, FINAL_SAMPLES))
+    return found, []
+
+
+def _grids(files: RunFiles) -> tuple[list[dict[str, Any]], str | None]:
+    """grids.json's entries (the first list of objects in it, or the file itself if it is one), or a note why not."""
+    try:
+        text = files.read_text(GRIDS_NAME)
+        if text is None:
+            return [], None
+        data = json.loads(text)
+    except RunFileError as err:
+        return [], f"{GRIDS_NAME} was not read: {err}"
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         return [], f"{GRIDS_NAME} could not be read ({type(err).__name__}); run `diffuse tune` again"
     lists = [data] if isinstance(data, list) else [v for v in data.values() if isinstance(v, list)] if isinstance(data, dict) else []
@@ -117,42 +142,75 @@ def _grids(run: Path) -> tuple[list[dict[str, Any]], str | None]:
     return [dict(e) for e in entries], None
 
 
+def _config(files: RunFiles) -> tuple[TrainConfig, dict[str, Any]]:
+    """config.json as the typed TrainConfig (the defaults are its own) and as saved; RunError if it is not one."""
+    from pydantic import ValidationError
+
+    path = shown(files.root / CONFIG_NAME)
+    try:
+        saved = json.loads(files.read_text(CONFIG_NAME) or "")
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise RunError(f"{path} is not valid JSON; the run is damaged (restore the file)") from None
+    if not isinstance(saved, dict):
+        raise RunError(f"{path} is not a config object; the run is damaged (restore the file)")
+    try:
+        return TrainConfig.model_validate(saved), saved
+    except ValidationError as err:
+        first = err.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "the config"
+        raise RunError(f"{path} is not a training config ({where}: {first['msg']}); the run is damaged or from another "
+                       "diffusers-cli (restore the file)") from None
+    except UsageError as err:  # a validator's own one line (a run name, a sampler option)
+        raise RunError(f"{path} is not a training config ({err}); the run is damaged (restore the file)") from None
+
+
 def read_run(path: Path) -> Run:
-    """Read a run directory; RunError (exit 2, one line) if it is not one or its config or log is missing or damaged."""
+    """Read a run directory; RunError (exit 2, one line) if it is not one or its config or log is missing or damaged.
+
+    Every file is read through the run's reader: a file that leads out of the run is refused (RunFileError),
+    and sample grids are only listed here, to be checked and decoded where they are shown.
+    """
     path = Path(path)
     if not path.is_dir():
         what = "does not exist" if not path.exists() else "is a file, not a folder"
-        raise RunError(f"{path} {what}; pass a run directory of `diffuse train` (runs/NAME)")
-    if not (path / CONFIG_NAME).is_file():
-        raise RunError(f"{path} is not a run directory of `diffuse train` (no {CONFIG_NAME}); pass runs/NAME")
-    try:
-        config = json.loads((path / CONFIG_NAME).read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise RunError(f"{path / CONFIG_NAME} is not valid JSON; the run is damaged (restore the file)") from None
-    if not isinstance(config, dict):
-        raise RunError(f"{path / CONFIG_NAME} is not a config object; the run is damaged (restore the file)")
-    if not (path / METRICS_NAME).is_file():
-        raise RunError(f"{path} has no {METRICS_NAME}: the run never logged a step (train it, or --resume it)")
-    rows = read_rows(path / METRICS_NAME)
+        raise RunError(f"{shown(path)} {what}; pass a run directory of `diffuse train` (runs/NAME)")
+    files = RunFiles.of(path)
+    if files.file(CONFIG_NAME) is None:
+        raise RunError(f"{shown(path)} is not a run directory of `diffuse train` (no {CONFIG_NAME}); pass runs/NAME")
+    config, saved = _config(files)
+    if files.file(METRICS_NAME) is None:
+        raise RunError(f"{shown(path)} has no {METRICS_NAME}: the run never logged a step (train it, or --resume it)")
+    rows = read_rows(files)
     card, parameters, best = None, None, None
-    if (path / WEIGHTS_NAME).is_file():
-        card = read_card(path / WEIGHTS_NAME)
-        parameters = _parameters(path / WEIGHTS_NAME)
-        if (path / BEST_NAME).is_file():
-            best = read_card(path / BEST_NAME).extra.get("best")
-    grids, note = _grids(path)
-    return Run(path, config, rows, card, parameters, best, _samples(path), grids, note)
+    weights = files.file(WEIGHTS_NAME)
+    if weights is not None:
+        card = read_card(weights)
+        parameters = _parameters(weights)
+        best_file = files.file(BEST_NAME)
+        if best_file is not None:
+            best = _best(read_card(best_file).extra.get("best"))
+    grids, note = _grids(files)
+    samples, left_out = _samples(files)
+    return Run(path, config, rows, card, parameters, best, samples, grids, note, saved, left_out)
+
+
+def _best(mark: Any) -> dict[str, Any] | None:
+    """best.safetensors' record of what it is best at, if it is one (a metric name, a finite value and a whole step)."""
+    if (isinstance(mark, dict) and isinstance(mark.get("metric"), str) and isinstance(mark.get("value"), (int, float))
+            and not isinstance(mark.get("value"), bool) and math.isfinite(mark["value"]) and _whole(mark.get("step"))):
+        return {"metric": mark["metric"], "value": mark["value"], "step": int(mark["step"])}
+    return None
 
 
 def describe_model(run: Run) -> str:
     """The model in one line: what it generates, from what noise process, with which network."""
     card, cfg = run.card, run.config
     if card is None:
-        return f"a {cfg.get('task', 'score')} model of {cfg.get('data', {}).get('dataset', '?')}, no checkpoint written yet"
+        return f"a {cfg.task} model of {cfg.data.dataset}, no checkpoint written yet"
     c, h, w = card.image_shape
     colour = "greyscale" if c == 1 else "RGB"
     classes = f" ({card.num_classes} classes)" if card.num_classes else ""
-    sde = card.sde.get("kind", "?")
+    sde = card.sde.kind
     size = f", {run.parameters:,} parameters" if run.parameters else ""
     if card.kind == "classifier":
         return f"a noise-aware classifier of {h}x{w} {colour} images of {card.dataset}{classes} for the {sde} SDE ({card.arch}{size})"
@@ -161,12 +219,12 @@ def describe_model(run: Run) -> str:
             f"{card.parameterization} parameterisation, {card.arch} network{size}")
 
 
-def _recipe(cfg: Mapping[str, Any]) -> dict[str, Any]:
+def _recipe(cfg: TrainConfig) -> dict[str, Any]:
     """The training recipe: how long, how big a batch, the optimiser and EMA, the loss weighting."""
-    optim = cfg.get("optim") or {}
     keys = ("task", "steps", "epochs", "batch_size", "precision", "seed", "class_conditional", "label_dropout", "loss_weighting",
             "min_snr_gamma", "time_sampling", "lognormal_mean", "lognormal_std", "importance_widen")
-    return {**{k: cfg.get(k) for k in keys if k in cfg}, **{f"optim.{k}": v for k, v in optim.items()}}
+    whole = dump_config(cfg)
+    return {**{k: whole[k] for k in keys}, **{f"optim.{k}": v for k, v in whole["optim"].items()}}
 
 
 def _timing(rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -197,20 +255,19 @@ def evaluations(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def _command(*args: object) -> str:
-    return " ".join(shlex.quote(str(a)) for a in args)
+    return " ".join(shlex.quote(shown(str(a))) for a in args)
 
 
 def commands(run: Run) -> dict[str, str]:
     """The exact commands that train this run again (from its saved config) and sample from it."""
     cfg, path = run.config, run.path
     again: list[object] = ["diffuse", "train", "--config", path / CONFIG_NAME, "--name", f"{path.name}-again"]
-    if cfg.get("resume"):
+    if cfg.resume:
         again += ["--set", "resume=false"]  # the saved config of a resumed leg says resume: start afresh instead
     out = {"reproduce": _command(*again),
            "resume": _command("diffuse", "train", "--resume", "--out", path.parent, "--name", path.name, "--steps", "N")}
-    if cfg.get("task", "score") == "score":
-        s = cfg.get("sampler") or {}
-        sample = ["--sampler", s.get("name", "ei"), "--steps", s.get("steps", 20), "-n", 64, "--seed", cfg.get("seed", 0)]
+    if cfg.task == "score":
+        sample = ["--sampler", cfg.sampler.name, "--steps", cfg.sampler.steps, "-n", 64, "--seed", cfg.seed]
         out["sample"] = _command("diffuse", "sample", "--model", path, *sample, "--out", "samples.png")
         if run.best is not None:
             out["sample_best"] = _command("diffuse", "sample", "--model", path / BEST_NAME, *sample, "--out", "best.png")
@@ -227,7 +284,7 @@ def card_facts(run: Run) -> dict[str, Any] | None:
     extra = dict(card.extra)
     return {
         "description": describe_model(run), "kind": card.kind, "source": card.source, "arch": card.arch,
-        "parameters": run.parameters, "sde": card.sde, "network": card.network, "parameterization": card.parameterization,
+        "parameters": run.parameters, "sde": card.sde.model_dump(mode="json"), "network": card.network, "parameterization": card.parameterization,
         "image_shape": list(card.image_shape), "class_names": list(card.class_names), "dataset": card.dataset,
         "step": card.step, "ema_updates": card.ema_updates, "package_version": card.package_version,
         "commit": extra.pop("commit", None), "init_from": extra.pop("init_from", None), "extra": extra,
@@ -239,18 +296,19 @@ def facts(run: Run) -> dict[str, Any]:
     cfg = run.config
     loss = [r for r in run.rows if "loss" in r]
     return {
-        "run": str(run.path), "name": run.path.name, "report": str(run.path / REPORT_NAME),
+        "run": shown(run.path), "name": shown(run.path.name), "report": shown(run.path / REPORT_NAME),
         "model": card_facts(run),
         "description": describe_model(run),
-        "data": dict(cfg.get("data") or {}),
+        "data": dump_config(cfg.data),
         "recipe": _recipe(cfg),
         "training": {"steps": max((int(r["step"]) for r in run.rows), default=0),
                      "final_loss": loss[-1]["loss"] if loss else None, "records": len(loss),
                      "counts_epochs": counts_epochs(cfg), **_timing(run.rows)},
         "evaluations": evaluations(run.rows),
         "best": run.best,
-        "samples": [{"step": step, "path": str(p)} for step, p in run.samples],
+        "samples": [{"step": step, "path": shown(run.path / name)} for step, name in run.samples],
+        "left_out": [page for _, page in run.left_out],
         "grids": run.grids, "grids_note": run.grids_note,
         "commands": commands(run),
-        "config": cfg,
+        "config": run.saved,
     }

@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from diffusers_cli.run.reader import RunFileError, RunFiles, shown
 from diffusers_cli.support.errors import UsageError
 from diffusers_cli.support.files import MACHINE_ERRNOS, atomic_path, check_run_name, machine_error
 
@@ -21,6 +22,10 @@ EVAL_REFERENCE_NAME = "eval_reference.npz"
 REPORT_NAME = "report.html"
 SAMPLES_DIR = "samples"
 GRIDS_NAME = "grids.json"
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def run_dir_inside(out: Path, name: str) -> Path:
@@ -59,19 +64,27 @@ class MetricsLog:
             raise
 
     def read(self) -> list[dict[str, Any]]:
-        """All records so far (a torn last line from a crash is skipped)."""
-        if not self.path.is_file():
-            return []
+        """All records so far (a torn last line from a crash is skipped, and so is a line that is not a record).
+
+        Read through the run's reader: a log that links out of the run, or is not a plain file, is RunFileError.
+        """
+        try:
+            text = RunFiles.of(self.path.parent).read_text(self.path.name)
+        except UnicodeDecodeError:
+            raise RunFileError(f"{shown(self.path)} is not UTF-8 text; the log is damaged (restore it, or remove it "
+                               "to go on without its records)", "it is not UTF-8 text") from None
         rows = []
-        for line in self.path.read_text(encoding="utf-8").splitlines():
+        for line in (text or "").splitlines():
             try:
-                rows.append(json.loads(line))
+                row = json.loads(line)
             except json.JSONDecodeError:
                 continue
+            if isinstance(row, dict):
+                rows.append(row)
         return rows
 
     def truncate_after(self, step: int) -> None:
-        """Drop records past ``step`` (a resumed run re-does them)."""
-        keep = [r for r in self.read() if r.get("step", 0) <= step]
+        """Drop records past ``step`` (a resumed run re-does them), and any whose step is not a number."""
+        keep = [r for r in self.read() if _number(r.get("step", 0)) and r.get("step", 0) <= step]
         with atomic_path(self.path) as tmp:
             tmp.write_text("".join(json.dumps(r) + "\n" for r in keep), encoding="utf-8")

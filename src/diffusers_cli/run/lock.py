@@ -10,10 +10,13 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from diffusers_cli.run.reader import RunFiles
 from diffusers_cli.support.errors import UsageError
 from diffusers_cli.support.files import write_text_atomic
 
 HOLDER_FILE = "lock.json"
+#: The most bytes a holder record may have (it is one short JSON line).
+HOLDER_LIMIT = 4096
 
 # The lock is never a file that is unlinked on release: unlinking a lock file lets a third process lock a new
 # inode while a second still waits on the old one. POSIX locks the directory's own descriptor (no file at all);
@@ -54,8 +57,11 @@ else:
 def read_holder(run_dir: Path) -> dict[str, Any] | None:
     """What ``lock.json`` says of the job that holds (or last held) the run, or None."""
     try:
-        return dict(json.loads((run_dir / HOLDER_FILE).read_text(encoding="utf-8")))
-    except (OSError, ValueError, TypeError):
+        # Through the run's reader: a lock.json that links out of the run, or is huge, says nothing of its holder.
+        text = RunFiles.of(run_dir).read_text(HOLDER_FILE, limit=HOLDER_LIMIT)
+        holder = json.loads(text) if text is not None else None
+        return dict(holder) if isinstance(holder, dict) else None
+    except (OSError, ValueError, TypeError):  # RunFileError is a UsageError, hence a ValueError
         return None
 
 
@@ -63,8 +69,16 @@ def _who(holder: dict[str, Any] | None) -> str:
     """'pid 4242 on HOST since 17:02' from a holder record (or what is known of it)."""
     if not holder:
         return "another process"
-    since = time.strftime("%H:%M", time.localtime(holder.get("started", 0)))
-    return f"pid {holder.get('pid', '?')} on {holder.get('host', '?')} since {since}"
+    started = holder.get("started")
+    # lock.json may come with a stranger's run: its values are shown only as short, printable, one-line text.
+    known = isinstance(started, (int, float)) and not isinstance(started, bool) and 0 <= started < 2**40
+    since = time.strftime("%H:%M", time.localtime(started)) if known else "an unknown time"
+    return f"pid {_plain(holder.get('pid', '?'))} on {_plain(holder.get('host', '?'))} since {since}"
+
+
+def _plain(value: Any) -> str:
+    """A holder's field as at most 64 printable characters (a newline would break the one-line message)."""
+    return "".join(c if c.isprintable() else "?" for c in str(value)[:64])
 
 
 def busy(run_dir: Path) -> str | None:

@@ -1,8 +1,15 @@
 """report.html: one self-contained page about a run (images as data URIs, inline CSS, no network, no JavaScript).
 
-``write_report`` reads the run (``run_facts``), draws its curves (``plots``), embeds them with the
-sample grids written over training, and writes the page atomically into the run. ``render`` is the
-page alone, from the facts and the PNG bytes, so tests can parse what it shows.
+``write_report`` reads the run (``run.facts``, through the run's one reader ``run.reader``), draws its
+curves (``plots``), embeds them with the sample grids written over training, and writes the page
+atomically into the run. ``render`` is the page alone, from the facts and the PNG bytes, so tests can
+parse what it shows.
+
+The page is made to be shared, and the run it shows may be a stranger's: every value from the run is
+escaped as text, every image it embeds was decoded and re-encoded here (``RunFiles.png``; a file that
+links out of the run, is not a PNG or does not decode is left out, and the page says so), and its
+Content-Security-Policy (``CSP``) lets the browser run no script and fetch nothing, should an escape
+ever be missed.
 """
 
 from __future__ import annotations
@@ -11,18 +18,22 @@ import base64
 import html
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from diffusers_cli import __version__
-from diffusers_cli.support.files import write_text_atomic
 from diffusers_cli.run.facts import GRID_COLUMNS, Run, counts_epochs, facts, read_run
 from diffusers_cli.run.layout import REPORT_NAME
+from diffusers_cli.run.reader import RunFileError
+from diffusers_cli.support.files import write_text_atomic
+from diffusers_cli.support.image_files import ImageError
 
 #: At most this many sample grids side by side (evenly chosen, the first and last always among them).
 MAX_GRIDS = 10
+#: The page's Content-Security-Policy: no script, nothing fetched, images from data: URIs and styles inline only.
+CSP = ("default-src 'none'; img-src data:; style-src 'unsafe-inline'; base-uri 'none'; form-action 'none'")
 
 _CSS = """
 body { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; margin: 2em auto; max-width: 1100px;
@@ -53,7 +64,8 @@ def data_uri(png: bytes) -> str:
 
 
 def _e(value: Any) -> str:
-    return html.escape(str(value), quote=True)
+    # A JSON string may hold a lone surrogate ("\\udc80"), which no UTF-8 page can carry: it shows as U+FFFD.
+    return html.escape(str(value).encode("utf-8", "replace").decode("utf-8"), quote=True)
 
 
 def _fmt(value: Any) -> str:
@@ -177,12 +189,13 @@ def chosen_grids(samples: Sequence[Any], limit: int = MAX_GRIDS) -> list[Any]:
     return [samples[i] for i in idx]
 
 
-def _grids_section(grids: Sequence[tuple[str, bytes]]) -> str:
+def _grids_section(grids: Sequence[tuple[str, bytes]], left_out: Sequence[str] = ()) -> str:
+    gone = "".join(f'<p class="note left-out">{_e(line)}</p>' for line in left_out)
     if not grids:
-        return '<p class="note">No sample grids in this run yet (--sample-every N writes one every N steps).</p>'
+        return '<p class="note">No sample grids in this run yet (--sample-every N writes one every N steps).</p>' + gone
     figs = "".join(f'<figure><img src="{data_uri(png)}" alt="{_e(caption)}"><figcaption>{_e(caption)}</figcaption></figure>'
                    for caption, png in grids)
-    return f'<div class="grids">{figs}</div>'
+    return f'<div class="grids">{figs}</div>{gone}'
 
 
 def render(f: Mapping[str, Any], curves: Sequence[tuple[str, bytes]], grids: Sequence[tuple[str, bytes]],
@@ -192,14 +205,15 @@ def render(f: Mapping[str, Any], curves: Sequence[tuple[str, bytes]], grids: Seq
     imgs = "".join(f'<p><img src="{data_uri(png)}" alt="{_e(alt)}"></p>' for alt, png in curves)
     sections = [("card", "Model card", _card_section(f)), ("timing", "Timing", _timing_section(f)),
                 ("curves", "Curves", f'<div class="curves">{imgs}</div>'),
-                ("samples", "Samples over training", _grids_section(grids)),
+                ("samples", "Samples over training", _grids_section(grids, f.get("left_out", ()))),
                 ("evaluations", "Evaluations", evaluation_table(f, headlines)),
                 ("grids", "Tuned time grids", grids_table(f)),
                 ("commands", "Commands", cmds),
                 ("config", "Config", f"<pre>{_e(json.dumps(f['config'], indent=2))}</pre>")]
     nav = "".join(f'<a href="#{s}">{_e(title)}</a>' for s, title, _ in sections)
     body = "".join(f'<section id="{s}"><h2>{_e(title)}</h2>{content}</section>' for s, title, content in sections)
-    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{_e(f["name"])}: diffusers-cli run report</title>'
+    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+            f'<meta http-equiv="Content-Security-Policy" content="{_e(CSP)}"><title>{_e(f["name"])}: diffusers-cli run report</title>'
             f"<style>{_CSS}</style></head><body><h1>{_e(f['name'])}</h1><p class=\"lead\">{_e(f['description'])}</p>"
             f"<nav>{nav}</nav>{body}<p class=\"note\">Written by diffusers-cli {_e(__version__)} from {_e(f['run'])}.</p>"
             "</body></html>\n")
@@ -209,11 +223,12 @@ def _caption(step: int | None, final_step: int) -> str:
     return f"step {step:,}" if step is not None else f"final (step {final_step:,})"
 
 
-def write_report(run_dir: Path, loss_png: bytes | None = None) -> Report:
+def write_report(run_dir: Path, loss_png: bytes | None = None, warn: Callable[[str], None] | None = None) -> Report:
     """Write ``run_dir``/report.html from the run's files; RunError for a path that is not a run or a damaged log.
 
     ``loss_png``: the loss curve as the caller has just drawn it from the same log (training passes its loss.png),
-    so the page does not draw it a second time.
+    so the page does not draw it a second time. ``warn`` hears one line per file of the run left out of the page
+    (a link out of the run, a file that is not a PNG of ours); the page says so too, without the link's target.
     """
     from diffusers_cli.engine.metrics import METRICS
     from diffusers_cli.run.plots import BestMark, loss_figure, metrics_figure, png_bytes
@@ -222,14 +237,24 @@ def write_report(run_dir: Path, loss_png: bytes | None = None) -> Report:
     f = facts(run)
     spe = _steps_per_epoch(run) if counts_epochs(run.config) else None
     best = BestMark(run.best["metric"], float(run.best["value"]), int(run.best["step"])) if run.best else None
-    task = run.config.get("task", "score")
-    curves = [("training loss", loss_png or png_bytes(loss_figure(run.rows, f"training loss ({task})", spe)))]
+    curves = [("training loss", loss_png or png_bytes(loss_figure(run.rows, f"training loss ({run.config.task})", spe)))]
     if f["evaluations"]:
         curves.append(("evaluation figures", png_bytes(metrics_figure(run.rows, METRICS, best, spe))))
-    grids = [(_caption(step, f["training"]["steps"]), path.read_bytes()) for step, path in chosen_grids(run.samples)]
+    lines = [message for message, _ in run.left_out]  # for stderr: whole messages, naming both ends of a link
+    grids = []
+    for step, name in chosen_grids(run.samples):
+        try:
+            grids.append((_caption(step, f["training"]["steps"]), run.files.png(name)))
+        except (RunFileError, ImageError) as err:
+            lines.append(f"{err}; left out of the report")
+            reason = getattr(err, "reason", "it is not a readable image (truncated, corrupt or over the pixel limit)")
+            f["left_out"].append(f"{name} was left out: {reason}.")
     headlines = {name: m.headline for name, m in METRICS.items()}
     path = run.path / REPORT_NAME
     write_text_atomic(path, render(f, curves, grids, headlines))
+    for line in lines:
+        if warn is not None:
+            warn(line)
     return Report(path, f)
 
 

@@ -108,14 +108,16 @@ def image_size(path: Path, *, what: str) -> tuple[int, int]:
     return size
 
 
-def decode_image(path: Path, *, what: str, draft: tuple[int, int] | None = None) -> Image.Image:
-    """An image file fully decoded in its own mode, or ImageError; ``draft`` (width, height) lets a JPEG decode smaller."""
+def decode_image(path: Path, *, what: str, draft: tuple[int, int] | None = None,
+                 formats: tuple[str, ...] | None = None) -> Image.Image:
+    """An image file fully decoded in its own mode, or ImageError; ``draft`` (width, height) lets a JPEG decode smaller,
+    ``formats`` (PIL's names, e.g. ("PNG",)) keeps every other format's parser away from the file."""
     limit = max_pixels()
     with _Guard():
         try:
             # Image.open is lazy: it reads the header only. Leaving the block closes the file (multi-frame files
             # included) and keeps the pixels decoded by load().
-            with Image.open(path) as img:
+            with Image.open(path, formats=list(formats) if formats is not None else None) as img:
                 check_size(img.size, path, what=what, limit=limit)  # before a single pixel is decoded
                 if draft is not None and img.format == "JPEG":
                     # JPEG decodes at 1/2, 1/4 or 1/8 scale on request; draft keeps both sides >= the asked ones.
