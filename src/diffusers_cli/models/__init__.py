@@ -3,6 +3,7 @@
 ``--model`` is resolved here, once, for every command that reads a model:
 - nothing: the newest run under ``runs/``;
 - a run directory or a ``.safetensors`` file of ``diffuse train`` (``models.ours``);
+- ``RUN@STEP``: the run's snapshot of that step (``run.snapshots``, written by ``train --snapshot-every``);
 - ``builtin:NAME``: a ready-made model shipped in the package (``models.builtin``);
 - a diffusers pipeline folder or a bare UNet2DModel folder (``models.diffusers_folder``);
 - ``hf:ORG/NAME[@REVISION]``: a snapshot in the Hugging Face cache, fetched only with --download (``models.hub``).
@@ -21,6 +22,7 @@ from diffusers_cli.checkpoints.card import CheckpointError, ModelCard
 from diffusers_cli.engine.score import ScoreModel
 from diffusers_cli.engine.sde import SDE
 from diffusers_cli.models import builtin, diffusers_folder, hub, ours
+from diffusers_cli.run.snapshots import list_snapshots
 
 
 def resolve_model_path(model: Path | str | None, runs_dir: Path = Path("runs"), download: bool = False) -> Path:
@@ -32,6 +34,8 @@ def resolve_model_path(model: Path | str | None, runs_dir: Path = Path("runs"), 
     if builtin.is_builtin_ref(model):
         return builtin.resolve(str(model))
     path = Path(model)
+    if not path.exists() and (snapshot := snapshot_of(str(model))) is not None:
+        return snapshot
     if path.is_dir():
         if (path / WEIGHTS_NAME).is_file():
             return path / WEIGHTS_NAME
@@ -43,6 +47,21 @@ def resolve_model_path(model: Path | str | None, runs_dir: Path = Path("runs"), 
         raise CheckpointError(f"model {model} does not exist; pass a run directory, a .safetensors file, a diffusers folder, "
                               "hf:ORG/NAME or builtin:NAME (`diffuse models` lists them)")
     return path
+
+
+def snapshot_of(model: str) -> Path | None:
+    """The snapshot file ``RUN@STEP`` names (None when ``model`` is not of that form); CheckpointError for a step it lacks."""
+    run, at, step = model.rpartition("@")
+    if not at or not run or not step.isdigit() or not Path(run).is_dir():
+        return None
+    snapshots = list_snapshots(Path(run))
+    if int(step) in snapshots:
+        return snapshots[int(step)]
+    if not snapshots:
+        raise CheckpointError(f"{run} keeps no snapshots, so it has none of step {int(step)}; "
+                              "train with --snapshot-every N to keep them, or pass the run itself")
+    raise CheckpointError(f"{run} has no snapshot of step {int(step)}; its snapshots are of steps "
+                          f"{', '.join(str(s) for s in snapshots)} (pass {run}@STEP with one of them)")
 
 
 def read_model_card(path: Path | str) -> ModelCard:
