@@ -316,7 +316,7 @@ def _every(value: Any) -> Any:
     except ValueError:
         ok = False
     if not ok:
-        raise ValueError(f"eval every must be a number of steps (500) or epochs (5e), got {value!r}")
+        raise ValueError(f"must be a number of steps (500) or epochs (5e), got {value!r}")
     return text
 
 

@@ -63,7 +63,7 @@ def condition(cfg: ConditionConfig, reporter: Reporter | None = None, loaded: Lo
     device = build.resolve_device(cfg.device)
     world, device = init_world(device)
     try:
-        model_path, model, card = open_model(cfg, device, cfg.batch_size, loaded)
+        model_path, model, card = open_model(cfg, device, min(cfg.n, cfg.batch_size), loaded)
         clf_path: Path | None = None
         if cfg.guidance is not None and (not card.class_conditional or (cfg.classifier is None and classifier is None)):
             raise UsageError("--guidance sets the class-conditional score that a --classifier steers; "

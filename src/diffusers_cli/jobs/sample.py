@@ -61,7 +61,7 @@ def sample_images(cfg: SampleConfig, reporter: Reporter | None = None, loaded: L
     device = build.resolve_device(cfg.device)
     world, device = init_world(device)
     try:
-        path, model, card = open_model(cfg, device, cfg.batch_size, loaded)
+        path, model, card = open_model(cfg, device, min(cfg.n, cfg.batch_size), loaded)
         label, scale = guidance_plan(card, cfg.label, cfg.guidance, path)
         score_fn_for = guided_score_fns(model, card.num_classes, label, scale, device) if scale is not None else None
         shape = card.image_shape

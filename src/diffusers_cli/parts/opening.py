@@ -82,7 +82,11 @@ def available_bytes(device: torch.device) -> int:
 
 
 def _gb(n: int) -> str:
-    return f"{n / 2**30:,.1f} GB"
+    """A size as a reader wants it: GB, MB or kB (binary), one decimal."""
+    for unit, size in (("GB", 2**30), ("MB", 2**20)):
+        if n >= size:
+            return f"{n / size:,.1f} {unit}"
+    return f"{n / 2**10:,.1f} kB"
 
 
 def check_memory(card: ModelCard, batch: int, device: torch.device, where: Path | str) -> None:
@@ -94,7 +98,8 @@ def check_memory(card: ModelCard, batch: int, device: torch.device, where: Path 
         one = activation_bytes(card, 1)
         fix = ("lower --batch-size" if one <= have else
                "no batch size fits: the card's image shape is not one this machine can sample; check where the file came from")
-        raise UsageError(f"{where} makes {c}x{h}x{w} images: a batch of {batch} needs at least {_gb(need)} but {device.type} "
+        machine = "the GPU" if device.type == "cuda" else "this machine"
+        raise UsageError(f"{where} makes {c}x{h}x{w} images: a batch of {batch} needs at least {_gb(need)} but {machine} "
                          f"has {_gb(have)} available; {fix}")
 
 
