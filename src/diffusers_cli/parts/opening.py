@@ -68,17 +68,36 @@ def available_bytes(device: torch.device) -> int:
     """Memory a job may still take: free CUDA memory on a GPU, the kernel's available RAM otherwise."""
     if device.type == "cuda":
         return int(torch.cuda.mem_get_info(device)[0])
+    have = _meminfo_available()
+    if have is None:
+        try:
+            have = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (ValueError, OSError, AttributeError):  # no such figure on this system: nothing to compare with
+            have = 2**62
+    # A container's memory limit (cgroup v2) binds before the host's RAM does.
+    limit, used = _read_int("/sys/fs/cgroup/memory.max"), _read_int("/sys/fs/cgroup/memory.current")
+    return min(have, limit - used) if limit is not None and used is not None else have
+
+
+def _read_int(path: str) -> int | None:
+    """An integer file of the kernel ("max" and absent files: None)."""
+    try:
+        with open(path, encoding="ascii") as f:
+            return int(f.read().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def _meminfo_available() -> int | None:
+    """MemAvailable of /proc/meminfo in bytes: free RAM plus what the kernel can reclaim (None off Linux)."""
     try:
         with open("/proc/meminfo", encoding="ascii") as f:
             for line in f:
                 if line.startswith("MemAvailable:"):
                     return int(line.split()[1]) * 1024
-    except OSError:
+    except (OSError, ValueError):
         pass
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):  # no such figure on this system: nothing to compare with
-        return 2**62
+    return None
 
 
 def _gb(n: int) -> str:
