@@ -208,7 +208,7 @@ def test_hostile_cards_exit_2_before_any_allocation(snap_run: Path, tmp_path: Pa
 
 
 def test_a_batch_that_cannot_fit_names_the_flag(snap_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import diffusers_cli.parts.opening as opening
+    from diffusers_cli.parts import opening
 
     card = read_card(snap_run / "model.safetensors")
     one = activation_bytes(card, 1)
@@ -221,3 +221,25 @@ def test_a_batch_that_cannot_fit_names_the_flag(snap_run: Path, tmp_path: Path, 
     res = runner.invoke(app, ["sample", "--model", str(snap_run), "-n", "11", "--batch-size", "10", "--out", str(tmp_path / "x.png"),
                               "--device", "cpu", "--steps", "2", "--sampler", "ddpm"])
     assert res.exit_code == 0, res.stderr
+
+
+def test_every_command_that_opens_a_model_refuses_a_hostile_card_with_one_line(snap_run: Path, tmp_path: Path) -> None:
+    from PIL import Image
+
+    tensors, card = load_model(snap_run / "model.safetensors")
+    wide = tmp_path / "wide.safetensors"
+    save_model(wide, tensors, dataclasses.replace(card, network={**card.network, "base_channels": 16000}))
+    Image.new("RGB", (8, 8), (200, 10, 10)).save(tmp_path / "in.png")
+    line = (f"diffuse: error: weights in {wide} do not fit the network its metadata describes "
+            "('conv_in.bias' has shape (16,), expected (16000,))")
+    commands = {
+        "sample": ["sample", "--out", str(tmp_path / "s.png")],
+        "condition": ["condition", "--class", "0", "--out", str(tmp_path / "c.png")],
+        "impute": ["impute", str(tmp_path / "in.png"), "--mask", "box", "--out", str(tmp_path / "i.png")],
+        "evaluate": ["evaluate", "--metrics", "fid", "-n", "4", "--allow-few"],
+        "tune": ["tune", str(wide), "--grids", str(tmp_path / "grids.json")],  # the model as its argument
+    }
+    for name, args in commands.items():
+        res = runner.invoke(app, [*args, *(["--model", str(wide)] if name != "tune" else []), "--device", "cpu"])
+        assert one_error_line(res) == line, name
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.png", "wide.safetensors"]  # nothing half-written

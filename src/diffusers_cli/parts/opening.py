@@ -20,7 +20,9 @@ import torch
 from diffusers_cli.checkpoints.card import ModelCard
 from diffusers_cli.config.schema import ModelSource
 from diffusers_cli.engine.score import ScoreModel
+from diffusers_cli.checkpoints.weights import stored_shapes
 from diffusers_cli.models import Loaded, load_score_model, read_model_card, resolve_model_path, score_model_of
+from diffusers_cli.models.ours import check_card_fits
 from diffusers_cli.support.errors import UsageError
 
 #: float32 feature maps: the bytes of one activation value.
@@ -44,9 +46,17 @@ class Opened(NamedTuple):
 
 
 def locate(source: ModelSource) -> Located:
-    """Resolve ``source.model`` (a run, RUN@STEP, a file, a folder, hf:, builtin:) and read its card, not its weights."""
+    """Resolve ``source.model`` (a run, RUN@STEP, a file, a folder, hf:, builtin:) and read its card, not its weights.
+
+    A card of ours is also checked against its weights' shapes (``models.ours.check_card_fits``: no allocation).
+    """
     path = resolve_model_path(source.model, source.runs_dir, source.download)
-    return Located(path, read_model_card(path))
+    card = read_model_card(path)
+    if not path.is_dir():
+        # Our files: the card's network against the weights' shapes now, before a job's minutes of other preparation.
+        online = not source.use_ema and any(k.startswith("online.") for k in stored_shapes(path))
+        check_card_fits(path, card, "online" if online else "ema")
+    return Located(path, card)
 
 
 def activation_bytes(card: ModelCard, batch: int) -> int:
