@@ -70,14 +70,18 @@ def read_model_card(path: Path | str) -> ModelCard:
     return diffusers_folder.read_card(path) if path.is_dir() else read_card(path)
 
 
-def load_score_model(model: Path | str | None, use_ema: bool = True, download: bool = False) -> tuple[ScoreModel, ModelCard]:
-    """The score model ``model`` names (EMA weights of our runs by default) and its card; its SDE is the card's."""
+def load_score_model(model: Path | str | None, use_ema: bool = True, download: bool = False,
+                     checked: bool = False) -> tuple[ScoreModel, ModelCard]:
+    """The score model ``model`` names (EMA weights of our runs by default) and its card; its SDE is the card's.
+
+    ``checked``: our card was already checked against its weights' shapes (``ours.check_card_fits``).
+    """
     path = resolve_model_path(model, Path("runs"), download)
     net: nn.Module
     if path.is_dir():
         net, card = diffusers_folder.load(path)
     else:
-        net, card = ours.load_net(path, "score", use_ema)
+        net, card = ours.load_net(path, "score", use_ema, checked)
     return ScoreModel(net, ours.sde_from_card(card), str(card.parameterization)).eval(), card
 
 

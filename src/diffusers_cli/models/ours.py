@@ -74,8 +74,11 @@ def check_card_fits(path: Path, card: ModelCard, prefix: str) -> None:
                {k[n:]: v for k, v in stored.items() if k.startswith(prefix + ".")}, path)
 
 
-def load_net(path: Path, kind: str, use_ema: bool = True) -> tuple[nn.Module, ModelCard]:
-    """The network (EMA or online weights, eval mode) and card of one of our model files of ``kind`` (score | classifier)."""
+def load_net(path: Path, kind: str, use_ema: bool = True, checked: bool = False) -> tuple[nn.Module, ModelCard]:
+    """The network (EMA or online weights, eval mode) and card of one of our model files of ``kind`` (score | classifier).
+
+    ``checked``: the caller has already run ``check_card_fits`` on this file (``parts.opening.locate``).
+    """
     card = read_card(path)
     if card.kind != kind:
         hint = "pass the score model's run" if kind == "score" else "pass a run of `diffuse train --task classifier`"
@@ -84,7 +87,8 @@ def load_net(path: Path, kind: str, use_ema: bool = True) -> tuple[nn.Module, Mo
     if not use_ema and not any(k.startswith("online.") for k in stored_shapes(path)):
         # The ready-made models and snapshots ship their EMA weights alone (half the size).
         raise CheckpointError(f"{path} holds only EMA weights; drop --no-ema")
-    check_card_fits(path, card, prefix)
+    if not checked:
+        check_card_fits(path, card, prefix)
     tensors, card = load_model(path)
     net = network_from_card(card, path)
     load_into(net, subset(tensors, prefix), path)

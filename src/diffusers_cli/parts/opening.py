@@ -147,6 +147,6 @@ def open_model(source: ModelSource, device: torch.device, batch: int | None = No
         located = located or locate(source)
         if batch is not None:
             check_memory(located.card, batch, device, source.model or located.path)
-        model, card = load_score_model(located.path, source.use_ema)
+        model, card = load_score_model(located.path, source.use_ema, checked=True)
         path = located.path
     return Opened(path, model.to(device), card)
