@@ -29,7 +29,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from diffusers_cli.parts import build  # noqa: E402
+from diffusers_cli import models  # noqa: E402
 from diffusers_cli.engine.rng import ImageGenerators  # noqa: E402
 from diffusers_cli.engine.samplers import sample  # noqa: E402
 from diffusers_cli.engine.score import NFECounter, make_score_fn  # noqa: E402
@@ -79,8 +79,8 @@ def main() -> None:
     from diffusers import DDIMPipeline, DDIMScheduler, DDPMPipeline, DDPMScheduler
     device = torch.device(args.device)
     with tempfile.TemporaryDirectory() as tmp:
-        folder = build.resolve_model_path(args.model, Path("runs"), args.download) if args.model else random_pipeline(Path(tmp) / "m", args.size, args.width)
-        model, card = build.load_score_model(folder)
+        folder = models.resolve_model_path(args.model, Path("runs"), args.download) if args.model else random_pipeline(Path(tmp) / "m", args.size, args.width)
+        model, card = models.load_score_model(folder)
         model.to(device)
         unet = model.net.unet  # the very module diffusers' pipelines run below
         sched_cfg = json.loads(layout(Path(folder)).scheduler.read_text(encoding="utf-8"))  # the model's own scheduler

@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from shapes_judge import cached_judge, judge_images
 from shapes_quality import judge_fd, load_real, score_for
 
-from diffusers_cli.parts.build import load_score_model
+from diffusers_cli.models import load_score_model
 from diffusers_cli.config.defaults import DEFAULT_GUIDANCE
 from diffusers_cli.engine.samplers import sample
 

@@ -25,7 +25,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from shapes_judge import judge_images, train_judge  # noqa: E402
 
-from diffusers_cli.parts.build import load_classifier, load_score_model  # noqa: E402
+from diffusers_cli.models import load_classifier, load_score_model  # noqa: E402
 from diffusers_cli.data import load_dataset  # noqa: E402
 from diffusers_cli.data.shapes import shape_params  # noqa: E402
 from diffusers_cli.engine.guidance import classifier_fn, guided  # noqa: E402

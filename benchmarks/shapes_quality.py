@@ -27,7 +27,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from shapes_judge import cached_judge, judge_images
 
-from diffusers_cli.parts.build import load_score_model
+from diffusers_cli.models import load_score_model
 from diffusers_cli.checkpoints.card import ModelCard
 from diffusers_cli.data import load_dataset
 from diffusers_cli.config.defaults import DEFAULT_GUIDANCE

@@ -136,7 +136,7 @@ def measure(name: str, path: Path, work: Path, n: int = 256) -> dict[str, Any]:
     from shapes_judge import cached_judge
     from shapes_quality import load_real
 
-    from diffusers_cli.parts.build import load_classifier, load_score_model
+    from diffusers_cli.models import load_classifier, load_score_model
     from diffusers_cli.config.defaults import DEFAULT_GUIDANCE
     from diffusers_cli.engine.guidance import classifier_fn, classifier_free, cycle_labels, guided
     from diffusers_cli.engine.rng import ImageGenerators

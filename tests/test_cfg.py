@@ -12,7 +12,7 @@ from conftest import engine_draw, grid_pixels, png_pixels, tiny_train_config
 from test_cli import TINY, invoke, one_error_line
 from torch import Tensor
 
-from diffusers_cli.parts.build import load_score_model
+from diffusers_cli.models import load_score_model
 from diffusers_cli.checkpoints.weights import load_weights
 from diffusers_cli.config.defaults import DEFAULT_GUIDANCE
 from diffusers_cli.engine.analytic import GaussianMixture

@@ -10,7 +10,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from diffusers_cli.parts.build import load_score_model
+from diffusers_cli.models import load_score_model
 from diffusers_cli.checkpoints.card import FORMAT, FORMAT_VERSION, CheckpointError, ModelCard
 from diffusers_cli.checkpoints.weights import read_card, save_model
 from diffusers_cli.engine.score import make_score_fn

@@ -93,7 +93,7 @@ def test_sample_individual_and_trajectory(tiny_run: Path, tmp_path: Path) -> Non
         frames = [tile(r, c).astype(int) for c in range(10)]
         assert all(np.abs(a - b).mean() > 10.0 for a, b in zip(frames, frames[1:]))  # each x_t column a later step's
     # The strip is the engine's x_t at steps 0, 1, ..., 9 of the same per-image draws, then the result.
-    from diffusers_cli.parts.build import load_score_model
+    from diffusers_cli.models import load_score_model
     from diffusers_cli.engine.score import make_score_fn
     from diffusers_cli.parts.drawing import Trajectory
 

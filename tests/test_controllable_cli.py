@@ -11,7 +11,7 @@ from conftest import engine_draw, grid_pixels, png_pixels, tiny_train_config
 from PIL import Image
 from test_cli import invoke, one_error_line
 
-from diffusers_cli.parts.build import load_classifier, load_score_model
+from diffusers_cli.models import load_classifier, load_score_model
 from diffusers_cli.engine.guidance import classifier_fn, guided
 from diffusers_cli.engine.score import make_score_fn
 from diffusers_cli.jobs.train import train

@@ -20,7 +20,7 @@ from pytorch_fid import fid_score
 from safetensors.torch import save_file
 from typer.testing import CliRunner
 
-from diffusers_cli.parts import build
+from diffusers_cli import models
 from diffusers_cli.cli import app
 from diffusers_cli.config.schema import SampleConfig, SamplerConfig
 from diffusers_cli.config.defaults import DEFAULT_GUIDANCE
@@ -274,7 +274,7 @@ def test_bits_per_dim_runs_mean_and_spread(tiny_run: Path) -> None:
     assert bpd["mean"] == pytest.approx(np.mean(per_run)) and bpd["std"] == pytest.approx(np.std(per_run))
     assert bpd["std"] > 0  # the two runs draw different dequantisation noise and probes
     # Run 1 is bits_per_dim of the test examples with run 1's generator.
-    model, _ = build.load_score_model(tiny_run)
+    model, _ = models.load_score_model(tiny_run)
     ds, _ = load_dataset("shapes", 8, split="test", num_examples=4)
     x = torch.stack([ds[i][0] for i in range(4)])
     bpd = bits_per_dim(model.sde, make_score_fn(model), x, generator=bpd_generator(0, 1, 0, torch.device("cpu")), rtol=1e-3, atol=1e-3)

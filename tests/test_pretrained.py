@@ -28,7 +28,7 @@ from diffusers import (  # noqa: E402
 )
 from typer.testing import CliRunner  # noqa: E402
 
-from diffusers_cli.parts import build  # noqa: E402
+from diffusers_cli import models  # noqa: E402
 from diffusers_cli.cli import app  # noqa: E402
 from diffusers_cli.config.sde import DDPMConfig  # noqa: E402
 from diffusers_cli.data import load_dataset  # noqa: E402
@@ -112,7 +112,7 @@ class Exploit:
 def test_score_equals_the_pipelines_own_output_mapped(tmp_path: Path, prediction_type: str, variance_type: str) -> None:
     folder = ddpm_folder(tmp_path / "m", prediction_type, variance_type=variance_type)
     pipe = DDPMPipeline.from_pretrained(folder)
-    model, card = build.load_score_model(folder)
+    model, card = models.load_score_model(folder)
     assert card.source == "diffusers" and card.parameterization == {"epsilon": "eps", "v_prediction": "v", "sample": "x0"}[prediction_type]
     x, k = x_and_steps()
     t = ((k + 1) / 1000).float()  # diffusers' step k is our t = (k + 1) / T
@@ -129,7 +129,7 @@ def test_score_equals_the_pipelines_own_output_mapped(tmp_path: Path, prediction
 
 
 def test_between_training_steps_the_net_sees_fractional_steps_as_in_dpm_solvers_wrapper(eps_model: Path) -> None:
-    model, _ = build.load_score_model(eps_model)
+    model, _ = models.load_score_model(eps_model)
     x, _ = x_and_steps()
     k = torch.tensor([10.5, 400.25, 998.75])
     with torch.no_grad():
@@ -150,8 +150,8 @@ def test_the_chain_has_exactly_the_schedulers_betas(eps_model: Path, tmp_path: P
     sched = scheduler(**kwargs)
     (folder / "scheduler" / "scheduler_config.json").unlink()
     sched.save_config(folder / "scheduler")
-    card = build.read_model_card(folder)
-    sde = build.sde_from_card(card)
+    card = models.read_model_card(folder)
+    sde = models.ours.sde_from_card(card)
     assert sde.num_steps == n and card.extra["scheduler"] == scheduler.__name__
     theirs = sched.betas.double()
     ours = sde.schedule.betas
@@ -164,14 +164,14 @@ def test_the_chain_has_exactly_the_schedulers_betas(eps_model: Path, tmp_path: P
 
 
 def test_a_google_style_ddpm_is_our_ddpm_sde_so_our_classifiers_fit_it(eps_model: Path) -> None:
-    card = build.read_model_card(eps_model)
+    card = models.read_model_card(eps_model)
     # `diffuse train --task classifier --sde ddpm` writes this very SDE config: `diffuse condition` accepts the pair.
     assert card.sde == DDPMConfig().model_dump(mode="json")
     assert card.image_shape == (3, 8, 8) and card.class_names == () and not card.class_conditional
 
 
 def test_our_ddim_on_the_training_steps_reproduces_diffusers_ddim_loop(eps_model: Path) -> None:
-    model, _ = build.load_score_model(eps_model)
+    model, _ = models.load_score_model(eps_model)
     sched = DDIMScheduler.from_pretrained(eps_model, subfolder="scheduler", clip_sample=False, set_alpha_to_one=True)
     sched.set_timesteps(10)
     x_T = torch.randn(4, 3, 8, 8, generator=torch.Generator().manual_seed(3))
@@ -191,7 +191,7 @@ def test_our_ddim_on_the_training_steps_reproduces_diffusers_ddim_loop(eps_model
 
 def test_a_ve_models_score_is_the_unets_output_as_the_pipeline_uses_it(ve_model: Path) -> None:
     pipe = ScoreSdeVePipeline.from_pretrained(ve_model)
-    model, card = build.load_score_model(ve_model)
+    model, card = models.load_score_model(ve_model)
     assert card.sde == {"kind": "ve", "sigma_min": 0.02, "sigma_max": 100.0} and card.parameterization == "score"
     sched = pipe.scheduler
     sched.set_timesteps(5)
@@ -233,7 +233,7 @@ def test_sample_impute_and_bits_per_dim_run_on_both_kinds(request: pytest.Fixtur
     assert res.exit_code == 0, res.stderr
     bpd = json.loads(res.stdout)["bpd"]
     # The engine's bits/dim of the same two test images, with the generator of run 0, batch 0.
-    model, _ = build.load_score_model(folder)
+    model, _ = models.load_score_model(folder)
     ds, _ = load_dataset("shapes", 8, split="test", num_examples=2)
     x = torch.stack([ds[i][0] for i in range(2)])
     want = bits_per_dim(model.sde, make_score_fn(model), x, generator=bpd_generator(0, 0, 0, torch.device("cpu")), rtol=1e-2, atol=1e-2)
@@ -260,8 +260,8 @@ def test_condition_guides_a_diffusers_model_with_a_classifier_trained_for_its_sd
     assert res.exit_code == 0, res.stderr
     assert json.loads(res.stdout)["class"] == 1
     # The engine's sample of the diffusers model's score plus twice the classifier's gradient, with the same generators.
-    model, card = build.load_score_model(eps_model)
-    net, _, _ = build.load_classifier(tmp_path / "clf")
+    model, card = models.load_score_model(eps_model)
+    net, _, _ = models.load_classifier(tmp_path / "clf")
     score = guided(make_score_fn(model), classifier_fn(net, model.sde), 1, 2.0)
     guided_pixels = png_pixels(tmp_path / "c.png")
     assert np.array_equal(guided_pixels, grid_pixels(engine_draw(model.sde, score, card.image_shape, 2, "ddim", 3)))
@@ -299,11 +299,11 @@ def test_hf_names_resolve_in_the_cache_at_main_a_tag_and_a_commit(eps_model: Pat
     old, new = "a" * 40, "b" * 40
     base = lay_out_cache(home, "google/ddpm-cifar10-8", eps_model, new, {"main": new, "v1": old})
     shutil.copytree(eps_model, base / "snapshots" / old)
-    assert build.resolve_model_path(Path("hf:google/ddpm-cifar10-8"), Path("runs")) == base / "snapshots" / new
-    assert build.resolve_model_path("hf:google/ddpm-cifar10-8@v1", Path("runs")) == base / "snapshots" / old
-    assert build.resolve_model_path("hf:google/ddpm-cifar10-8@" + old, Path("runs")) == base / "snapshots" / old
-    assert build.resolve_model_path("hf:google/ddpm-cifar10-8@aaaaaaa", Path("runs")) == base / "snapshots" / old
-    _, card = build.load_score_model("hf:google/ddpm-cifar10-8@v1")
+    assert models.resolve_model_path(Path("hf:google/ddpm-cifar10-8"), Path("runs")) == base / "snapshots" / new
+    assert models.resolve_model_path("hf:google/ddpm-cifar10-8@v1", Path("runs")) == base / "snapshots" / old
+    assert models.resolve_model_path("hf:google/ddpm-cifar10-8@" + old, Path("runs")) == base / "snapshots" / old
+    assert models.resolve_model_path("hf:google/ddpm-cifar10-8@aaaaaaa", Path("runs")) == base / "snapshots" / old
+    _, card = models.load_score_model("hf:google/ddpm-cifar10-8@v1")
     assert (card.extra["model"], card.extra["commit"], card.extra["revision"]) == ("hf:google/ddpm-cifar10-8", old, "v1")
     assert card.dataset == "cifar10"  # the name says so: evaluate's default reference and bits/dim data
     res = invoke("sample", "--model", "hf:google/ddpm-cifar10-8", "--sampler", "ddim", "--steps", "3", "-n", "2",
@@ -399,7 +399,7 @@ def test_bin_weights_load_only_through_weights_only_torch_load_and_say_so(tmp_pa
     notes = [r.getMessage() for r in caplog.records if r.name == "diffusers_cli"]
     assert any("diffusion_pytorch_model.bin is a .bin state dict (no safetensors beside it): read with torch.load(weights_only=True)"
                in n for n in notes), notes
-    assert build.read_model_card(folder).extra["weights_format"] == "bin, read with torch.load(weights_only=True)"
+    assert models.read_model_card(folder).extra["weights_format"] == "bin, read with torch.load(weights_only=True)"
 
     marker = tmp_path / "pwned"
     torch.save({"conv_in.weight": Exploit(marker)}, folder / "unet" / "diffusion_pytorch_model.bin")
@@ -414,12 +414,12 @@ def test_a_bare_unet_folder_needs_its_scheduler_config_beside_it(eps_model: Path
     line = one_error_line(invoke("sample", "--model", bare, "--out", tmp_path / "s.png"))
     assert "holds a model config but no scheduler_config.json beside it" in line
     shutil.copy(eps_model / "scheduler" / "scheduler_config.json", bare)
-    model, card = build.load_score_model(bare)
-    full, _ = build.load_score_model(eps_model)
+    model, card = models.load_score_model(bare)
+    full, _ = models.load_score_model(eps_model)
     x, k = x_and_steps()
     with torch.no_grad():
         assert torch.equal(model.score(x, (k + 1) / 1000), full.score(x, (k + 1) / 1000))
-    assert card.extra["pipeline"] is None and card.sde == build.read_model_card(eps_model).sde
+    assert card.extra["pipeline"] is None and card.sde == models.read_model_card(eps_model).sde
 
 
 # ---- fine-tuning --------------------------------------------------------------------------------
@@ -431,15 +431,15 @@ def test_train_init_fine_tunes_a_diffusers_model_and_its_card_says_where_it_came
                  "--set", "sampler.steps=2", "--set", "sample_n=2", "--json")
     assert res.exit_code == 0, res.stderr
     run = tmp_path / "ft"
-    _, card = build.load_score_model(run)
-    init, init_card = build.load_score_model(eps_model)
+    _, card = models.load_score_model(run)
+    init, init_card = models.load_score_model(eps_model)
     assert card.source == "diffuse" and card.arch == "diffusers" and card.step == 2 and card.dataset == "shapes"
     assert card.sde == init_card.sde and card.parameterization == "eps" and card.image_shape == (3, 8, 8)
     assert card.extra["init_from"]["model"] == str(eps_model) and card.extra["init_from"]["source"] == "diffusers"
     assert card.extra["init_from"]["extra"]["scheduler"] == "DDPMScheduler"
     saved = json.loads((run / "config.json").read_text())
     assert saved["init"] == str(eps_model) and saved["loss_weighting"] == "eps" and saved["data"]["image_size"] == 8
-    online, _ = build.load_score_model(run, use_ema=False)
+    online, _ = models.load_score_model(run, use_ema=False)
     moved = [k for k, v in online.net.state_dict().items() if not torch.equal(v, init.net.state_dict()[k])]
     assert moved  # two AdamW steps changed the weights
     line = one_error_line(invoke("train", "--init", eps_model, "--image-size", "16", "--out", tmp_path, "--name", "bad"))
@@ -448,7 +448,7 @@ def test_train_init_fine_tunes_a_diffusers_model_and_its_card_says_where_it_came
     assert res.exit_code == 0, res.stderr
     res = invoke("train", "--resume", "--name", "ft", "--out", tmp_path, "--steps", "3", "--device", "cpu")
     assert res.exit_code == 0, res.stderr
-    _, resumed = build.load_score_model(run)
+    _, resumed = models.load_score_model(run)
     assert resumed.step == 3 and resumed.extra["init_from"] == card.extra["init_from"]
 
 
@@ -457,8 +457,8 @@ def test_train_init_fine_tunes_our_own_run_too(tiny_run: Path, tmp_path: Path) -
                  "--sample-every", "0", "--device", "cpu", "--set", "data.num_examples=16", "--set", "sampler.name=ddim",
                  "--set", "sampler.steps=2", "--set", "sample_n=2")
     assert res.exit_code == 0, res.stderr
-    _, card = build.load_score_model(tmp_path / "again")
-    _, init = build.load_score_model(tiny_run)
+    _, card = models.load_score_model(tmp_path / "again")
+    _, init = models.load_score_model(tiny_run)
     assert card.arch == "unet" and card.network == init.network and card.sde == init.sde
     assert card.extra["init_from"]["source"] == "diffuse" and card.extra["init_from"]["step"] == init.step
     line = one_error_line(invoke("train", "--init", tiny_run, "--preset", "small", "--out", tmp_path, "--name", "bad"))

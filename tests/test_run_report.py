@@ -287,7 +287,7 @@ def test_report_help_loads_nothing_heavy() -> None:
 HOSTILE = ['<img src=x onerror="alert(1)">', "<script>alert(2)</script>", '"><svg onload=alert(3)>', "<b onmouseover=alert(4)>x"]
 #: The tags and attributes the page is made of; anything else came from the run's data.
 PAGE_TAGS = {"html", "head", "meta", "title", "style", "body", "h1", "h2", "h3", "p", "nav", "a", "section", "table", "tr",
-             "th", "td", "div", "figure", "img", "figcaption", "pre"}
+             "th", "td", "div", "figure", "img", "figcaption", "pre", "code"}
 PAGE_ATTRS = {"lang", "charset", "http-equiv", "content", "href", "id", "class", "src", "alt"}
 
 

@@ -15,7 +15,7 @@ import torch
 from conftest import tiny_train_config
 from safetensors.torch import load_file, save_file
 
-from diffusers_cli.parts.build import load_score_model
+from diffusers_cli.models import load_score_model
 from diffusers_cli.checkpoints.card import CheckpointError
 from diffusers_cli.checkpoints.weights import load_weights, read_meta, save_weights
 from diffusers_cli.engine.losses import dsm_loss

@@ -108,18 +108,31 @@ def subset(tensors: dict[str, Tensor], prefix: str) -> dict[str, Tensor]:
     return {k[n:]: v for k, v in tensors.items() if k.startswith(prefix + ".")}
 
 
-def load_into(module: nn.Module, state: dict[str, Tensor], source: Path) -> None:
-    """Load a state dict strictly, turning key or shape mismatches into one clear line."""
-    own = module.state_dict()
-    missing = sorted(set(own) - set(state))
-    extra = sorted(set(state) - set(own))
-    wrong = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
+def stored_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    """Each tensor's shape as the safetensors header states it, without reading any tensor."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    except (SafetensorError, OSError, ValueError) as err:
+        raise CheckpointError(f"{path} is not a readable safetensors file ({err}); is it corrupt or truncated?") from None
+
+
+def check_fits(own: dict[str, tuple[int, ...]], stored: dict[str, tuple[int, ...]], source: Path) -> None:
+    """CheckpointError, one line, unless the stored tensors have exactly the names and shapes a network's own have."""
+    missing = sorted(set(own) - set(stored))
+    extra = sorted(set(stored) - set(own))
+    wrong = sorted(k for k in set(own) & set(stored) if tuple(own[k]) != tuple(stored[k]))
     if missing or extra or wrong:
         what = (
             f"missing {missing[0]!r}" if missing else f"unexpected {extra[0]!r}" if extra
-            else f"{wrong[0]!r} has shape {tuple(state[wrong[0]].shape)}, expected {tuple(own[wrong[0]].shape)}"
+            else f"{wrong[0]!r} has shape {tuple(stored[wrong[0]])}, expected {tuple(own[wrong[0]])}"
         )
         raise CheckpointError(f"weights in {source} do not fit the network its metadata describes ({what})")
+
+
+def load_into(module: nn.Module, state: dict[str, Tensor], source: Path) -> None:
+    """Load a state dict strictly, turning key or shape mismatches into one clear line."""
+    check_fits({k: tuple(v.shape) for k, v in module.state_dict().items()}, {k: tuple(v.shape) for k, v in state.items()}, source)
     module.load_state_dict(state)
 
 

@@ -203,7 +203,7 @@ SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="Override any
 SeedOpt = Annotated[Optional[int], typer.Option("--seed", help="Seed; image i depends only on (seed, i), whatever the batch size.")]
 DeviceOpt = Annotated[Optional[str], typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print a JSON summary on stdout.")]
-ModelOpt = Annotated[Optional[Path], typer.Option("--model", help="Run directory, .safetensors file, diffusers folder, hf:ORG/NAME[@REV] or builtin:NAME (`diffuse models`; default: the newest run under ./runs).")]
+ModelOpt = Annotated[Optional[Path], typer.Option("--model", help="Run directory (RUN@STEP: its snapshot of that step), .safetensors file, diffusers folder, hf:ORG/NAME[@REV] or builtin:NAME (`diffuse models`; default: the newest run under ./runs).")]
 DownloadModelOpt = Annotated[bool, typer.Option("--download", help="Fetch a --model hf:ORG/NAME missing from the Hugging Face cache (huggingface_hub); never otherwise.")]
 SamplerOpt = Annotated[Optional[str], typer.Option("--sampler", help="Sampler name; `diffuse samplers` lists them with their options.")]
 StepsOpt = Annotated[Optional[int], typer.Option("--steps", help="Sampler steps (the ode sampler adapts its own).")]

@@ -24,6 +24,7 @@ METRICS_HELP = f"Metrics to compute, comma-separated: {', '.join(METRICS)} (defa
 def evaluate_command(
     model: ModelOpt = None,
     images: Annotated[Optional[Path], typer.Option(help="Evaluate this folder of images (recursive) instead of generating samples.")] = None,
+    snapshots: Annotated[bool, typer.Option("--snapshots", help="Score every snapshot of the run --model names (train --snapshot-every): a table, a plot in its report.html, --json per snapshot.")] = False,
     metrics: Annotated[Optional[str], typer.Option(help=METRICS_HELP)] = None,
     n: Annotated[Optional[int], typer.Option("-n", "--num-samples", help="Images to generate (default 50,000), or the first N of --images.")] = None,
     reference: Annotated[Optional[str], typer.Option(help="FID reference: dataset name, image folder or statistics .npz (default: the model's dataset).")] = None,
@@ -96,7 +97,7 @@ def evaluate_command(
         from diffusers_cli.config.schema import EvaluateConfig, build_config
 
         overrides: dict[str, object] = {
-            "model": str(model) if model else None, "grids": str(grids) if grids else None, "images": str(images) if images else None, "metrics": metrics,
+            "model": str(model) if model else None, "grids": str(grids) if grids else None, "images": str(images) if images else None, "snapshots": True if snapshots else None, "metrics": metrics,
             "num_samples": n, "reference": reference, "data_dir": str(data_dir) if data_dir else None, "split": split,
             "image_size": image_size, "reference_examples": reference_examples, "download": True if download else None,
             "save_reference_stats": str(save_reference_stats) if save_reference_stats else None,
@@ -110,8 +111,19 @@ def evaluate_command(
         }
         overrides.update(parse_kv(set_))
         cfg = build_config(EvaluateConfig, config, overrides)
-        from diffusers_cli.jobs.evaluate import evaluate
+        from diffusers_cli.jobs.evaluate import evaluate, evaluate_snapshots
 
+        if cfg.snapshots:
+            scores = evaluate_snapshots(cfg, make_reporter(json_))
+            if scores.results and scores.results[0].is_main:
+                if json_:
+                    emit_json(scores.summary())
+                else:
+                    for line in snapshot_table(scores.rows()):
+                        print(line)
+                for line in dict.fromkeys(w for res in scores.results for w in res.warnings):
+                    print(f"diffuse: warning: {line}", file=sys.stderr)
+            return
         res = evaluate(cfg, make_reporter(json_))
         if not res.is_main:
             return
@@ -143,3 +155,20 @@ def human_lines(res: EvaluateResult) -> list[str]:
         lines.append(f"Inception weights {p.weights.path} (SHA-256 {p.weights.sha256[:12]}..., "
                      f"{'official' if p.weights.official else 'NOT the official pytorch-fid weights'})")
     return lines
+
+
+def snapshot_table(rows: list[dict[str, object]]) -> list[str]:
+    """``evaluate --snapshots``' rows as an aligned table: the step, then each metric's headline figure (± std)."""
+    names = list(dict.fromkeys(k for row in rows for k in row if k != "step"))
+    header = ["step", *(n.upper() for n in names)]
+
+    def cell(figures: object, name: str) -> str:
+        if not isinstance(figures, dict) or not isinstance(figures.get(METRICS[name].headline), (int, float)):
+            return "-"
+        text = f"{figures[METRICS[name].headline]:.4g}"
+        std = figures.get("std")
+        return text + (f" ± {std:.2g}" if isinstance(std, (int, float)) and std else "")
+
+    table = [header] + [[f"{row['step']:,}", *(cell(row.get(n), n) for n in names)] for row in rows]
+    widths = [max(len(r[i]) for r in table) for i in range(len(header))]
+    return ["  ".join(c.rjust(w) for c, w in zip(r, widths)) for r in table]

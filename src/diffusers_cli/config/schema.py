@@ -188,7 +188,7 @@ def _split_names(value: Any) -> Any:
 
 
 def _every(value: Any) -> Any:
-    """An evaluation cadence: steps (500, "500") or epochs ("5e", "0.5e"); "0" or 0: never."""
+    """A cadence: steps (500, "500") or epochs ("5e", "0.5e"); "0" or 0: never."""
     text = str(value).strip().lower()
     number = text[:-1] if text.endswith("e") else text
     try:
@@ -196,14 +196,25 @@ def _every(value: Any) -> Any:
     except ValueError:
         ok = False
     if not ok:
-        raise ValueError(f"eval every must be a number of steps (500) or epochs (5e), got {value!r}")
+        raise ValueError(f"must be a number of steps (500) or epochs (5e), got {value!r}")
     return text
+
+
+#: A cadence as a config value: "500" (steps), "5e" (epochs), "0" (never); ``steps_between`` turns it into steps.
+Every = Annotated[str, BeforeValidator(_every)]
+
+
+def steps_between(every: str, steps_per_epoch: float) -> int:
+    """Training steps between two events of an ``Every`` cadence (0: never); epochs round to at least one step."""
+    if every.endswith("e"):
+        return max(1, round(float(every[:-1]) * steps_per_epoch)) if float(every[:-1]) > 0 else 0
+    return int(float(every))
 
 
 class TrainEvalConfig(Strict):
     """Evaluation during training: image metrics of EMA samples against a reference, every N steps or epochs."""
 
-    every: Annotated[str, BeforeValidator(_every)] = "0"  # "500": steps; "5e": epochs; "0": never
+    every: Every = "0"  # "500": steps; "5e": epochs; "0": never
     metrics: Annotated[list[str], BeforeValidator(_split_names)] = Field(default_factory=lambda: ["fid"])
     samples: PositiveInt = 1000  # images per evaluation; few are fast but biased (FID, KID's spread)
     sampler: SamplerConfig = Field(default_factory=lambda: SamplerConfig(name="ei", steps=20))
@@ -220,9 +231,7 @@ class TrainEvalConfig(Strict):
 
     def steps_between(self, steps_per_epoch: float) -> int:
         """Training steps between evaluations (0: never)."""
-        if self.every.endswith("e"):
-            return max(1, round(float(self.every[:-1]) * steps_per_epoch)) if float(self.every[:-1]) > 0 else 0
-        return int(float(self.every))
+        return steps_between(self.every, steps_per_epoch)
 
 
 class TrainConfig(Strict):
@@ -264,6 +273,10 @@ class TrainConfig(Strict):
     log_every: PositiveInt = 50
     sample_every: int = Field(1000, ge=0)
     checkpoint_every: PositiveInt = 500
+    # Snapshots (run.snapshots): the EMA weights with their card every N steps or epochs, and at the end; keep the
+    # newest keep_snapshots (None: all), so any earlier point can be sampled (--model RUN@STEP) or scored again.
+    snapshot_every: Every = "0"
+    keep_snapshots: PositiveInt | None = None
     sample_n: PositiveInt = 64
     sampler: SamplerConfig = Field(default_factory=lambda: SamplerConfig(name="ei", steps=30))
     # Instead of steps: passes over the dataset at the global batch size (steps = ceil(epochs * N / batch)).
@@ -308,10 +321,25 @@ class TrainConfig(Strict):
 
 
 
-class TuneConfig(Strict):
+class ModelSource(Strict):
+    """Where a job's model comes from and how it is opened: the fields every job that reads a model shares.
+
+    ``parts.opening.open_model`` reads exactly these; the job configs (sample, condition, impute, evaluate,
+    tune) inherit them, so their flags, config keys and ``--set`` names stay flat (``model``, not ``source.model``).
+    """
+
+    # A run directory (RUN@STEP: its snapshot of that step), a .safetensors file, a diffusers folder, hf:ORG/NAME[@REV]
+    # or builtin:NAME; None: the newest run under runs_dir.
+    model: Path | None = None
+    download: bool = False  # fetch what is missing: an hf: model (and, for evaluate, a dataset or Inception weights)
+    device: Device = "auto"
+    use_ema: bool = True  # our runs: the EMA weights (False: the online ones)
+    runs_dir: Path = Path("runs")  # where "the newest run" is looked for
+
+
+class TuneConfig(ModelSource):
     """``diffuse tune``: time grids tuned to one model for a sampler at some step counts (``engine.grid_tuning``)."""
 
-    model: Path | None = None
     sampler: str = "ipndm"
     steps: list[PositiveInt] = Field(default_factory=lambda: [5], min_length=1)
     options: dict[str, Any] = Field(default_factory=dict)  # the sampler's options (-o), checked per step count
@@ -326,10 +354,6 @@ class TuneConfig(Strict):
     guidance: float | None = Field(None, ge=0.0)  # class-conditional models (None: DEFAULT_GUIDANCE)
     grids: Path | None = None  # where to write (None: beside the model, or the user's file; tuned_grids)
     seed: int = 0
-    download: bool = False
-    device: Device = "auto"
-    use_ema: bool = True
-    runs_dir: Path = Path("runs")
 
     @field_validator("objective")
     @classmethod
@@ -347,10 +371,9 @@ class TuneConfig(Strict):
         return self
 
 
-class SampleConfig(Strict):
+class SampleConfig(ModelSource):
     """``diffuse sample``."""
 
-    model: Path | None = None
     sampler: SamplerConfig = Field(default_factory=SamplerConfig)
     grids: Path | None = None  # --grid tuned reads this file (None: beside the model, then the user's; tuned_grids)
     # Class-conditional models only: one class (name or index; None: the classes in turn) and the
@@ -365,18 +388,13 @@ class SampleConfig(Strict):
     trajectory: Path | None = None
     labels: bool = False  # captions: class (or index) under each image, step and sigma under each strip column
     seed: int = 0
-    download: bool = False  # fetch a missing hf: model into the Hugging Face cache
-    device: Device = "auto"
-    use_ema: bool = True
-    runs_dir: Path = Path("runs")
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True)
 
 
-class ConditionConfig(Strict):
+class ConditionConfig(ModelSource):
     """``diffuse condition``: classifier guidance toward one class."""
 
-    model: Path | None = None
     classifier: Path | None = None  # None: a class-conditional model guides itself (classifier-free)
     label: str = Field(alias="class")
     scale: float = Field(1.0, ge=0.0)
@@ -390,15 +408,11 @@ class ConditionConfig(Strict):
     out: Path = Path("conditioned.png")
     individual: bool = False
     seed: int = 0
-    download: bool = False  # fetch a missing hf: model into the Hugging Face cache
-    device: Device = "auto"
-    use_ema: bool = True
-    runs_dir: Path = Path("runs")
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
 
-class ImputeConfig(Strict):
+class ImputeConfig(ModelSource):
     """``diffuse impute``: fill the masked pixels of one image."""
 
     image: Path | None = None  # None only from the Python face, which hands the job an image tensor
@@ -406,7 +420,6 @@ class ImputeConfig(Strict):
     mask_kind: str | None = None  # a key of engine.masks.MASKS
     mask_fraction: float | None = Field(None, gt=0.0, lt=1.0)
     mask_side: str | None = None  # one of engine.masks.HALF_SIDES
-    model: Path | None = None
     # "auto": twisted SMC for a few known pixels, repaint for large known regions (engine.imputation.choose_method).
     method: str = "auto"
     # The method's options, checked against its signature (engine.imputation.METHODS); replacement
@@ -416,10 +429,6 @@ class ImputeConfig(Strict):
     n: PositiveInt = 1
     out: Path = Path("filled.png")
     seed: int = 0
-    download: bool = False  # fetch a missing hf: model into the Hugging Face cache
-    device: Device = "auto"
-    use_ema: bool = True
-    runs_dir: Path = Path("runs")
 
     @model_validator(mode="before")
     @classmethod
@@ -553,11 +562,11 @@ def dump_config(cfg: BaseModel) -> dict[str, Any]:
 # ---- evaluation ----------------------------------------------------------------------
 
 
-class EvaluateConfig(Strict):
+class EvaluateConfig(ModelSource):
     """``diffuse evaluate``: FID and Inception Score of generated (or given) images, bits/dim of a model."""
 
-    model: Path | None = None                             # run directory or .safetensors; None: the newest run
     images: Path | None = None                            # evaluate this folder of images instead of generating
+    snapshots: bool = False                               # score every snapshot of the run --model names (a table)
     metrics: list[str] = Field(default_factory=lambda: ["fid", "is"])
     num_samples: PositiveInt | None = None                # images to generate (None: 50,000) or to take from --images
     reference: str | None = None                          # dataset name, image folder or statistics .npz
@@ -565,7 +574,6 @@ class EvaluateConfig(Strict):
     split: Literal["train", "test", "all"] = "train"      # reference dataset split
     image_size: ImageSize | None = None                   # reference dataset resolution (None: the model's)
     reference_examples: PositiveInt | None = None         # a seeded subset of the reference dataset
-    download: bool = False                                # let torchvision fetch a missing dataset, huggingface_hub an hf: model
     save_reference_stats: Path | None = None              # cache of the reference statistics (.npz, pytorch-fid keys)
     inception_weights: Path | None = None                 # None: $DIFFUSE_INCEPTION_WEIGHTS, then torch's hub cache
     allow_few: bool = False                               # permit FID from <= 2048 images (and IS in one split)
@@ -578,9 +586,6 @@ class EvaluateConfig(Strict):
     guidance: float | None = Field(None, ge=0.0)              # class-conditional models (None: DEFAULT_GUIDANCE)
     batch_size: PositiveInt = 64
     seed: int = 0
-    device: Device = "auto"
-    use_ema: bool = True
-    runs_dir: Path = Path("runs")
     bpd_dataset: str | None = None                        # None: the model's own dataset
     bpd_split: Literal["train", "test", "all"] = "test"
     bpd_examples: PositiveInt | None = None               # None: the whole split

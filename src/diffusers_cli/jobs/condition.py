@@ -16,7 +16,8 @@ from diffusers_cli.support.distributed import init_world, shutdown
 from diffusers_cli.engine.guidance import classifier_fn, classifier_free, guided
 from diffusers_cli.engine.score import make_score_fn
 from diffusers_cli.support.files import check_image_output
-from diffusers_cli.models import Loaded, score_model_of
+from diffusers_cli.models import Loaded, load_classifier, resolve_model_path
+from diffusers_cli.parts.opening import open_model
 from diffusers_cli.support.progress import Reporter, SilentReporter
 from diffusers_cli.support.errors import UsageError
 from diffusers_cli.parts.tuned_grids import tuned_times
@@ -62,12 +63,7 @@ def condition(cfg: ConditionConfig, reporter: Reporter | None = None, loaded: Lo
     device = build.resolve_device(cfg.device)
     world, device = init_world(device)
     try:
-        if loaded is None:
-            model_path = build.resolve_model_path(cfg.model, cfg.runs_dir, cfg.download)
-            model, card = build.load_score_model(model_path, cfg.use_ema)
-        else:
-            model_path, model, card = loaded.path, score_model_of(loaded), loaded.card
-        model.to(device)
+        model_path, model, card = open_model(cfg, device, min(cfg.n, cfg.batch_size), loaded)
         clf_path: Path | None = None
         if cfg.guidance is not None and (not card.class_conditional or (cfg.classifier is None and classifier is None)):
             raise UsageError("--guidance sets the class-conditional score that a --classifier steers; "
@@ -83,8 +79,8 @@ def condition(cfg: ConditionConfig, reporter: Reporter | None = None, loaded: Lo
             score_fn = classifier_free(model, label, cfg.scale)
         else:
             if classifier is None:
-                clf_path = build.resolve_model_path(cfg.classifier, cfg.runs_dir)
-                net, sde, clf_card = build.load_classifier(clf_path)
+                clf_path = resolve_model_path(cfg.classifier, cfg.runs_dir)
+                net, sde, clf_card = load_classifier(clf_path)
             else:
                 if classifier.card.kind != "classifier":
                     raise UsageError(f"{classifier.spec} is a {classifier.card.kind} model, not a classifier; pass a run of "

@@ -63,6 +63,11 @@ from diffusers_cli.parts.evaluation import (
     tensor_batches,
     weights_warnings,
 )
+from diffusers_cli.checkpoints.weights import WEIGHTS_NAME
+from diffusers_cli.models import resolve_model_path
+from diffusers_cli.parts.opening import Located, check_memory, locate, open_model
+from diffusers_cli.run.report import write_report
+from diffusers_cli.run.snapshots import list_snapshots, write_scores
 from diffusers_cli.support.progress import Reporter, SilentReporter
 
 
@@ -175,13 +180,79 @@ def evaluate(cfg: EvaluateConfig, reporter: Reporter | None = None) -> EvaluateR
     device = build.resolve_device(cfg.device)
     world, device = init_world(device)
     try:
+        if cfg.snapshots:
+            raise ConfigError("--snapshots scores every snapshot of a run: call evaluate_snapshots (diffuse evaluate --snapshots)")
         return _evaluate(cfg, metrics, device, world, reporter)
     finally:
         shutdown(world)
 
 
+@dataclass(frozen=True)
+class SnapshotScores:
+    """``diffuse evaluate --snapshots``: one evaluation per snapshot of a run, oldest first (empty off rank 0)."""
+
+    run: Path
+    steps: list[int]
+    results: list[EvaluateResult]
+
+    def rows(self) -> list[dict[str, Any]]:
+        """One row per snapshot: its step and each metric's figures."""
+        return [{"step": step, **res.figures} for step, res in zip(self.steps, self.results)]
+
+    def summary(self) -> dict[str, Any]:
+        """The --json summary: the run, and per snapshot its step, figures and provenance."""
+        return {"run": str(self.run),
+                "snapshots": [{"step": step, **res.summary()} for step, res in zip(self.steps, self.results)]}
+
+
+def snapshot_run(cfg: EvaluateConfig) -> tuple[Path, dict[int, Path]]:
+    """The run whose snapshots ``--snapshots`` scores (--model, or the newest run) and its snapshot files by step."""
+    if cfg.images is not None:
+        raise ConfigError("--snapshots scores the samples of a run's snapshots; drop --images (or drop --snapshots)")
+    if cfg.model is None:
+        run = resolve_model_path(None, cfg.runs_dir).parent
+    elif Path(cfg.model).is_dir() and (Path(cfg.model) / WEIGHTS_NAME).is_file():
+        run = Path(cfg.model)
+    else:
+        raise ConfigError(f"--snapshots scores the snapshots of a run; pass --model RUN (a run directory of `diffuse "
+                          f"train`), not {cfg.model}")
+    snapshots = list_snapshots(run)
+    if not snapshots:
+        raise ConfigError(f"{run} keeps no snapshots; train it with --snapshot-every N (steps, or Ne for epochs) first")
+    return run, snapshots
+
+
+def evaluate_snapshots(cfg: EvaluateConfig, reporter: Reporter | None = None) -> SnapshotScores:
+    """Run ``diffuse evaluate --snapshots``: the metrics of every snapshot of the run, each as ``--model RUN@STEP`` alone.
+
+    Every snapshot is scored with the same seeds, the same reference statistics (computed once) and the same
+    metric options. Rank 0 writes the table into the run and the run's report, whose plot shows it.
+    """
+    reporter = reporter or SilentReporter()
+    metrics = check_metrics(cfg.metrics)
+    run, snapshots = snapshot_run(cfg)
+    device = build.resolve_device(cfg.device)
+    world, device = init_world(device)
+    memo: dict[str, Any] = {}
+    results: list[EvaluateResult] = []
+    try:
+        for step, path in snapshots.items():
+            reporter.message(f"snapshot of step {step:,}")
+            one = cfg.model_copy(update={"model": path, "snapshots": False})
+            results.append(_evaluate(one, metrics, device, world, reporter, memo))
+    finally:
+        shutdown(world)
+    scores = SnapshotScores(run, list(snapshots), results)
+    if world.is_main:
+        write_scores(run, scores.rows())
+        write_report(run)
+    return scores
+
+
 def _evaluate(cfg: EvaluateConfig, metrics: dict[str, Metric], device: torch.device, world: World,
-              reporter: Reporter) -> EvaluateResult:
+              reporter: Reporter, memo: dict[str, Any] | None = None) -> EvaluateResult:
+    """One evaluation; ``memo`` carries the Inception network and reference statistics from one snapshot to the next."""
+    memo = {} if memo is None else memo
     needs = needs_of(metrics)
     options = MetricOptions(allow_few=cfg.allow_few, is_splits=cfg.is_splits, kid_subsets=cfg.kid_subsets,
                             kid_subset_size=cfg.kid_subset_size, fid_bootstrap=cfg.fid_bootstrap, seed=cfg.seed)
@@ -194,9 +265,12 @@ def _evaluate(cfg: EvaluateConfig, metrics: dict[str, Metric], device: torch.dev
     # Everything is checked before any long work, cheapest first.
     model_path: Path | None = None
     card: ModelCard | None = None
+    located: Located | None = None
     if generate or LIKELIHOOD in needs or cfg.model is not None:
-        model_path = build.resolve_model_path(cfg.model, cfg.runs_dir, cfg.download)
-        card = build.read_model_card(model_path)
+        located = locate(cfg)
+        model_path, card = located.path, located.card
+        if generate or LIKELIHOOD in needs:
+            check_memory(card, cfg.batch_size, device, cfg.model or model_path)  # before the minutes of Inception work
     files: list[Path] | None = None
     num_samples: int | None = None
     if IMAGES in needs:
@@ -213,7 +287,9 @@ def _evaluate(cfg: EvaluateConfig, metrics: dict[str, Metric], device: torch.dev
     note: str | None = None
     if IMAGES in needs or uses_reference:
         # Every rank loads it, so missing weights fail everywhere alike (rank 0 downloads first with --download).
-        net = load_weights_once(cfg.inception_weights, device, cfg.download, world, reporter)
+        if "net" not in memo:
+            memo["net"] = load_weights_once(cfg.inception_weights, device, cfg.download, world, reporter)
+        net = memo["net"]
         assert net.weights_info is not None
         weights = net.weights_info
         lines += weights_warnings(weights, ref)
@@ -224,9 +300,9 @@ def _evaluate(cfg: EvaluateConfig, metrics: dict[str, Metric], device: torch.dev
     times: Tensor | None = None
     if generate or bpd_data is not None:
         assert model_path is not None
-        model, card = build.load_score_model(model_path, cfg.use_ema)
+        _, model, card = open_model(cfg, device, located=located)
         times = tuned_times(cfg.sampler, model_path, model.net, cfg.grids, cfg.model) if generate else None
-        model.to(device).requires_grad_(False)
+        model.requires_grad_(False)
     if note is not None:
         reporter.message(note)
 
@@ -263,7 +339,10 @@ def _evaluate(cfg: EvaluateConfig, metrics: dict[str, Metric], device: torch.dev
         ref_stats: ReferenceStatistics | None = None
         if ref is not None:
             assert net is not None and weights is not None
-            ref_stats = reference_statistics(ref, net, weights, reporter, REFERENCE_FEATURES in needs)
+            # Snapshots share one reference: its statistics are computed once and scored against each snapshot.
+            if "ref_stats" not in memo:
+                memo["ref_stats"] = reference_statistics(ref, net, weights, reporter, REFERENCE_FEATURES in needs)
+            ref_stats = memo["ref_stats"]
         figures, warned = score(metrics, options, net, batches, num_samples, what, ref_stats, likelihood, reporter)
         lines += warned
         if net is not None:

@@ -21,7 +21,8 @@ from diffusers_cli.engine.score import NFECounter, make_score_fn
 from diffusers_cli.support.errors import UsageError
 from diffusers_cli.support.files import check_image_output
 from diffusers_cli.support.image_files import ALPHA_MODES, GREY_MODES, convert_image, decode_image, open_image
-from diffusers_cli.models import Loaded, score_model_of
+from diffusers_cli.models import Loaded
+from diffusers_cli.parts.opening import open_model
 from diffusers_cli.support.progress import Reporter, SilentReporter
 from diffusers_cli.support.image_grids import save_png, to_uint8
 
@@ -90,11 +91,7 @@ def impute_image(cfg: ImputeConfig, reporter: Reporter | None = None, loaded: Lo
         if path is not None and not path.is_file():  # before the model: the cheapest mistake is reported first
             raise UsageError(f"{what} {path} does not exist")
     device = build.resolve_device(cfg.device)
-    if loaded is None:
-        model_path = build.resolve_model_path(cfg.model, cfg.runs_dir, cfg.download)
-        model, card = build.load_score_model(model_path, cfg.use_ema)
-    else:
-        model_path, model, card = loaded.path, score_model_of(loaded), loaded.card
+    model_path, model, card = open_model(cfg, device, cfg.n, loaded)
     notes: list[str] = []
     if image is None:
         if cfg.image is None:
@@ -120,7 +117,6 @@ def impute_image(cfg: ImputeConfig, reporter: Reporter | None = None, loaded: Lo
     for note in notes:
         reporter.message(note)
     x_small, known_small = to_model_resolution(image, known, card.image_hw)
-    model.to(device)
     counter = NFECounter(make_score_fn(model))
     method = cfg.method
     if method == "auto":

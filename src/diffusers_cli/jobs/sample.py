@@ -15,7 +15,8 @@ from diffusers_cli.support.distributed import init_world, shutdown
 from diffusers_cli.engine.score import make_score_fn
 from diffusers_cli.support.files import check_image_output
 from diffusers_cli.support.labelled_grids import labelled_grid
-from diffusers_cli.models import Loaded, score_model_of
+from diffusers_cli.models import Loaded
+from diffusers_cli.parts.opening import open_model
 from diffusers_cli.support.progress import Reporter, SilentReporter
 from diffusers_cli.support.image_grids import save_png, write_images
 from diffusers_cli.parts.tuned_grids import tuned_times
@@ -60,12 +61,7 @@ def sample_images(cfg: SampleConfig, reporter: Reporter | None = None, loaded: L
     device = build.resolve_device(cfg.device)
     world, device = init_world(device)
     try:
-        if loaded is None:
-            path = build.resolve_model_path(cfg.model, cfg.runs_dir, cfg.download)
-            model, card = build.load_score_model(path, cfg.use_ema)
-        else:
-            path, model, card = loaded.path, score_model_of(loaded), loaded.card
-        model.to(device)
+        path, model, card = open_model(cfg, device, min(cfg.n, cfg.batch_size), loaded)
         label, scale = guidance_plan(card, cfg.label, cfg.guidance, path)
         score_fn_for = guided_score_fns(model, card.num_classes, label, scale, device) if scale is not None else None
         shape = card.image_shape

@@ -20,7 +20,7 @@ from diffusers_cli.checkpoints.weights import STATE_NAME, WEIGHTS_NAME, load_int
 from diffusers_cli.checkpoints.card import CheckpointError, ModelCard
 from diffusers_cli.checkpoints.train_state import load_train_state, save_train_state
 from diffusers_cli.config.base import ConfigError
-from diffusers_cli.config.schema import TrainConfig, dump_config
+from diffusers_cli.config.schema import TrainConfig, dump_config, steps_between
 from diffusers_cli.config.defaults import DEFAULT_GUIDANCE
 from diffusers_cli.data import DatasetInfo, load_dataset, random_flip
 from diffusers_cli.support.distributed import World, barrier, broadcast_object, init_world, shutdown
@@ -54,6 +54,8 @@ from diffusers_cli.run.plots import loss_figure, save_figure
 from diffusers_cli.run.provenance import source_commit
 from diffusers_cli.run.facts import counts_epochs
 from diffusers_cli.run.reader import RunFiles
+from diffusers_cli.models.ours import arch_of
+from diffusers_cli.run.snapshots import drop_after, write_snapshot
 from diffusers_cli.run.report import write_report
 from diffusers_cli.run.tensorboard import TensorBoardLog
 from diffusers_cli.parts.watch import Watch
@@ -149,7 +151,7 @@ def _diverged(err: NonFiniteError, run_dir: Path, saved: int | None, cfg: TrainC
 def model_card(cfg: TrainConfig, info: DatasetInfo, net: nn.Module, step: int, ema_updates: int) -> ModelCard:
     """What a weights file says about itself: the network's own config, the SDE, the images; enough to rebuild it."""
     return ModelCard(
-        kind=cfg.task, arch=build.arch_of(net), network=dict(net.config), sde=dump_config(cfg.sde),
+        kind=cfg.task, arch=arch_of(net), network=dict(net.config), sde=dump_config(cfg.sde),
         image_shape=(info.channels, *cfg.data.image_hw), class_names=info.class_names, dataset=info.name,
         parameterization=cfg.network.parameterization if cfg.task == "score" else None, step=step, ema_updates=ema_updates,
         extra={**build.init_record(cfg), **({"commit": commit} if (commit := source_commit()) else {}),
@@ -338,6 +340,7 @@ def _train_held(cfg: TrainConfig, init: Any, run_dir: Path, dataset: Any, info: 
         write_text_atomic(run_dir / CONFIG_NAME, json.dumps(dump_config(cfg), indent=2) + "\n")
         if cfg.resume:
             log.truncate_after(start)
+            drop_after(run_dir, start)
     barrier(world)
     tb = TensorBoardLog(run_dir, purge_step=start + 1 if cfg.resume else None) if cfg.log == "tensorboard" and world.is_main else None
     watch = _watch(cfg, run_dir, log, model_card(cfg, info, net, start, ema.num_updates), steps_per_epoch, device, world,
@@ -392,6 +395,12 @@ def _train_held(cfg: TrainConfig, init: Any, run_dir: Path, dataset: Any, info: 
 
         watch(step, ema.module, model, card, tensors)
 
+    snapshot_every = steps_between(cfg.snapshot_every, steps_per_epoch)
+
+    def keep_snapshot(step: int) -> None:
+        if world.is_main:
+            write_snapshot(run_dir, ema.module, model_card(cfg, info, net, step, ema.num_updates), cfg.keep_snapshots)
+
     o = cfg.optim
     reporter.start(steps - start, f"training {run_dir.name} ({steps} steps = {steps / steps_per_epoch:.3g} epochs)")
     t0 = time.perf_counter()
@@ -414,7 +423,8 @@ def _train_held(cfg: TrainConfig, init: Any, run_dir: Path, dataset: Any, info: 
             on_step=lambda step, loss: reporter.advance(1, loss=loss),
             hooks=[Hook(cfg.sample_every, lambda step: grid(step, run_dir / "samples" / f"step_{step:07d}.png")),
                    Hook(cfg.checkpoint_every, snapshot),
-                   *([Hook(eval_every, evaluate, final=True)] if eval_every else [])],
+                   *([Hook(eval_every, evaluate, final=True)] if eval_every else []),
+                   *([Hook(snapshot_every, keep_snapshot, final=True)] if snapshot_every else [])],
             on_nonfinite=cfg.on_nonfinite,
             max_skips=cfg.max_skips,
         )

@@ -13,6 +13,7 @@ from diffusers_cli.checkpoints.card import CheckpointError
 from diffusers_cli.config.schema import SamplerConfig, TuneConfig
 from diffusers_cli.engine.grid_tuning import evaluation_budget
 from diffusers_cli.parts.evaluation import tune_for
+from diffusers_cli.parts.opening import locate, open_model
 from diffusers_cli.support.progress import Reporter, SilentReporter
 from diffusers_cli.run.lock import hold_run
 from diffusers_cli.parts.tuned_grids import make_entry, weights_hash, write_entry, write_target
@@ -30,12 +31,13 @@ class TuneResult:
 def tune_grids(cfg: TuneConfig, reporter: Reporter | None = None) -> TuneResult:
     """Run ``diffuse tune``: one tuned grid per ``cfg.steps``, written into the model's grids file under its run lock."""
     reporter = reporter or SilentReporter()
-    path = build.resolve_model_path(cfg.model, cfg.runs_dir, cfg.download)
-    if not path.is_dir() and build.read_model_card(path).kind == "classifier":
+    located = locate(cfg)
+    path = located.path
+    if located.card.kind == "classifier":
         raise CheckpointError(f"{cfg.model or path} is a classifier; tune the grid of a score model (a run of `diffuse train`)")
     device = build.resolve_device(cfg.device)
-    model, card = build.load_score_model(path, cfg.use_ema)
-    model.to(device).requires_grad_(False)
+    _, model, card = open_model(cfg, device, cfg.batch_size, located=located)
+    model.requires_grad_(False)
     target = write_target(path, cfg.grids, cfg.model)
     digest = weights_hash(model.net)
     # A run's grids.json is part of the run: one writer at a time, as for training.

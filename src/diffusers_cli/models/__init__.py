@@ -3,6 +3,7 @@
 ``--model`` is resolved here, once, for every command that reads a model:
 - nothing: the newest run under ``runs/``;
 - a run directory or a ``.safetensors`` file of ``diffuse train`` (``models.ours``);
+- ``RUN@STEP``: the run's snapshot of that step (``run.snapshots``, written by ``train --snapshot-every``);
 - ``builtin:NAME``: a ready-made model shipped in the package (``models.builtin``);
 - a diffusers pipeline folder or a bare UNet2DModel folder (``models.diffusers_folder``);
 - ``hf:ORG/NAME[@REVISION]``: a snapshot in the Hugging Face cache, fetched only with --download (``models.hub``).
@@ -23,6 +24,7 @@ from diffusers_cli.engine.score import ScoreModel
 from diffusers_cli.engine.sde import SDE
 from diffusers_cli.models import builtin, diffusers_folder, hub, ours
 from diffusers_cli.run.reader import RunFiles
+from diffusers_cli.run.snapshots import list_snapshots
 
 
 def resolve_model_path(model: Path | str | None, runs_dir: Path = Path("runs"), download: bool = False) -> Path:
@@ -34,6 +36,8 @@ def resolve_model_path(model: Path | str | None, runs_dir: Path = Path("runs"), 
     if builtin.is_builtin_ref(model):
         return builtin.resolve(str(model))
     path = Path(model)
+    if not path.exists() and (snapshot := snapshot_of(str(model))) is not None:
+        return snapshot
     if path.is_dir():
         # A run's weights are read only from inside the run (run.reader): a link to a file elsewhere is refused.
         weights = RunFiles.of(path).file(WEIGHTS_NAME) if os.path.lexists(path / WEIGHTS_NAME) else None
@@ -49,20 +53,42 @@ def resolve_model_path(model: Path | str | None, runs_dir: Path = Path("runs"), 
     return path
 
 
+def snapshot_of(model: str) -> Path | None:
+    """The snapshot file ``RUN@STEP`` names (None when ``model`` is not of that form); CheckpointError for a step it lacks."""
+    run, at, step = model.rpartition("@")
+    if not at or not run or not step.isdigit() or not Path(run).is_dir():
+        return None
+    snapshots = list_snapshots(Path(run))
+    if int(step) in snapshots:
+        # Read from inside the run only (run.reader): a snapshot linked to a file elsewhere is refused.
+        found = RunFiles.of(run).file(snapshots[int(step)].relative_to(run))
+        if found is not None:
+            return found
+    if not snapshots:
+        raise CheckpointError(f"{run} keeps no snapshots, so it has none of step {int(step)}; "
+                              "train with --snapshot-every N to keep them, or pass the run itself")
+    raise CheckpointError(f"{run} has no snapshot of step {int(step)}; its snapshots are of steps "
+                          f"{', '.join(str(s) for s in snapshots)} (pass {run}@STEP with one of them)")
+
+
 def read_model_card(path: Path | str) -> ModelCard:
     """The card of a resolved model (``resolve_model_path``) without reading its weights."""
     path = Path(path)
     return diffusers_folder.read_card(path) if path.is_dir() else read_card(path)
 
 
-def load_score_model(model: Path | str | None, use_ema: bool = True, download: bool = False) -> tuple[ScoreModel, ModelCard]:
-    """The score model ``model`` names (EMA weights of our runs by default) and its card; its SDE is the card's."""
+def load_score_model(model: Path | str | None, use_ema: bool = True, download: bool = False,
+                     checked: bool = False) -> tuple[ScoreModel, ModelCard]:
+    """The score model ``model`` names (EMA weights of our runs by default) and its card; its SDE is the card's.
+
+    ``checked``: our card was already checked against its weights' shapes (``ours.check_card_fits``).
+    """
     path = resolve_model_path(model, Path("runs"), download)
     net: nn.Module
     if path.is_dir():
         net, card = diffusers_folder.load(path)
     else:
-        net, card = ours.load_net(path, "score", use_ema)
+        net, card = ours.load_net(path, "score", use_ema, checked)
     return ScoreModel(net, ours.sde_from_card(card), str(card.parameterization)).eval(), card
 
 

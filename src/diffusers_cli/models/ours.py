@@ -5,9 +5,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+import torch
 from torch import nn
 
-from diffusers_cli.checkpoints.weights import WEIGHTS_NAME, load_into, load_model, subset
+from diffusers_cli.checkpoints.weights import WEIGHTS_NAME, check_fits, load_into, load_model, read_card, stored_shapes, subset
 from diffusers_cli.checkpoints.card import CheckpointError, ModelCard
 from diffusers_cli.engine.networks.classifier import WideResNet
 from diffusers_cli.engine.networks.unet import UNet
@@ -50,16 +51,36 @@ def newest_run(runs_dir: Path) -> Path:
     return candidates[-1]
 
 
-def load_net(path: Path, kind: str, use_ema: bool = True) -> tuple[nn.Module, ModelCard]:
-    """The network (EMA or online weights, eval mode) and card of one of our model files of ``kind`` (score | classifier)."""
-    tensors, card = load_model(path)
+def check_card_fits(path: Path, card: ModelCard, prefix: str) -> None:
+    """The network the card describes has exactly the shapes of the weights under ``prefix``: checked before any allocation.
+
+    The network is built on the meta device (shapes, no memory) and the weights' shapes come from the safetensors
+    header, so a card claiming a network far larger than its weights fails in milliseconds with one line.
+    """
+    stored = stored_shapes(path)
+    with torch.device("meta"):
+        net = network_from_card(card, path)
+    n = len(prefix) + 1
+    check_fits({k: tuple(v.shape) for k, v in net.state_dict().items()},
+               {k[n:]: v for k, v in stored.items() if k.startswith(prefix + ".")}, path)
+
+
+def load_net(path: Path, kind: str, use_ema: bool = True, checked: bool = False) -> tuple[nn.Module, ModelCard]:
+    """The network (EMA or online weights, eval mode) and card of one of our model files of ``kind`` (score | classifier).
+
+    ``checked``: the caller has already run ``check_card_fits`` on this file (``parts.opening.locate``).
+    """
+    card = read_card(path)
     if card.kind != kind:
         hint = "pass the score model's run" if kind == "score" else "pass a run of `diffuse train --task classifier`"
         raise CheckpointError(f"{path} holds a {card.kind} model, not a {'score model' if kind == 'score' else 'classifier'}; {hint}")
-    net = network_from_card(card, path)
-    weights = subset(tensors, "ema" if use_ema else "online")
-    if not weights and not use_ema:
-        # The ready-made models ship their EMA weights alone (half the size).
+    prefix = "ema" if use_ema else "online"
+    if not use_ema and not any(k.startswith("online.") for k in stored_shapes(path)):
+        # The ready-made models and snapshots ship their EMA weights alone (half the size).
         raise CheckpointError(f"{path} holds only EMA weights; drop --no-ema")
-    load_into(net, weights, path)
+    if not checked:
+        check_card_fits(path, card, prefix)
+    tensors, card = load_model(path)
+    net = network_from_card(card, path)
+    load_into(net, subset(tensors, prefix), path)
     return net.eval(), card

@@ -20,10 +20,6 @@ from diffusers_cli.engine.score import ScoreModel
 from diffusers_cli.engine.sde import SDE
 from diffusers_cli.support.hardware import enable_fast_math
 
-# Where models come from lives in models/ (our runs, diffusers folders, the Hugging Face cache); these names stay here too.
-from diffusers_cli.models import load_classifier, load_score_model, read_model_card, resolve_model_path  # noqa: F401
-from diffusers_cli.models.ours import NETWORKS, arch_of, network_from_card, sde_from_card  # noqa: F401
-
 
 def build_sde(cfg: SDEConfig) -> SDE:
     """The forward process a config describes (each SDE config class builds its own)."""
@@ -145,6 +141,8 @@ def apply_init(cfg: TrainConfig) -> tuple[TrainConfig, InitModel | None]:
     model also goes on training as it was trained, unless told otherwise: DDPM's simple loss (``eps`` weighting)
     at uniform times (a DDPM chain's own integer steps).
     """
+    from diffusers_cli.models import load_score_model, resolve_model_path  # where models come from: models/, not here
+
     if cfg.init is None:
         return cfg, None
     if cfg.task != "score":

@@ -22,6 +22,16 @@ EVAL_REFERENCE_NAME = "eval_reference.npz"
 REPORT_NAME = "report.html"
 SAMPLES_DIR = "samples"
 GRIDS_NAME = "grids.json"
+#: Snapshots (``train --snapshot-every``): EMA weights with their card, one file per step; ``evaluate --snapshots``
+#: writes its table and plot of them beside the run's other figures.
+SNAPSHOTS_DIR = "snapshots"
+SNAPSHOT_SCORES_NAME = "snapshot_scores.json"
+SNAPSHOT_PLOT_NAME = "snapshot_metrics.png"
+
+
+def snapshot_name(step: int) -> str:
+    """The file name of the snapshot of ``step`` (zero-padded, so names sort by step)."""
+    return f"snapshot_{step:07d}.safetensors"
 
 
 def _number(value: Any) -> bool:

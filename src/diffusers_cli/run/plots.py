@@ -235,6 +235,11 @@ def metrics_figure(rows: Sequence[Mapping[str, Any]], metrics: Mapping[str, Rank
     return fig
 
 
+def snapshots_figure(rows: Sequence[Mapping[str, Any]], metrics: Mapping[str, Ranked]) -> Figure:
+    """One panel per metric: its headline figure (+- std) at each snapshot's training step (``evaluate --snapshots``' rows)."""
+    return metrics_figure([{"step": r["step"], "eval": {k: v for k, v in r.items() if k != "step"}} for r in rows], metrics)
+
+
 def png_bytes(fig: Figure) -> bytes:
     """The figure as PNG bytes."""
     buf = io.BytesIO()

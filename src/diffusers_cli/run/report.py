@@ -29,6 +29,7 @@ from diffusers_cli.run.layout import REPORT_NAME
 from diffusers_cli.run.reader import RunFileError
 from diffusers_cli.support.files import write_text_atomic
 from diffusers_cli.support.image_files import ImageError
+from diffusers_cli.run.snapshots import read_scores
 
 #: At most this many sample grids side by side (evenly chosen, the first and last always among them).
 MAX_GRIDS = 10
@@ -198,15 +199,30 @@ def _grids_section(grids: Sequence[tuple[str, bytes]], left_out: Sequence[str] =
     return f'<div class="grids">{figs}</div>{gone}'
 
 
+def snapshots_section(rows: Sequence[Mapping[str, Any]], png: bytes | None, headlines: Mapping[str, str]) -> str:
+    """``evaluate --snapshots``' table (step, each metric's headline ± std) and its plot by step."""
+    if not rows:
+        return ('<p class="note">No scored snapshots in this run (train with --snapshot-every N, then '
+                "<code>diffuse evaluate --model RUN --snapshots</code>).</p>")
+    names = list(dict.fromkeys(name for row in rows for name in row if name != "step"))
+    head = "".join(f"<th>{_e(h)}</th>" for h in ["step", *(n.upper() for n in names)])
+    body = "".join("<tr>" + "".join(f'<td class="num">{_e(c)}</td>' for c in
+                                    [_fmt(row["step"]), *(_figure_cell(row.get(n, {}), headlines.get(n, "mean")) for n in names)])
+                   + "</tr>" for row in rows)
+    img = f'<p><img src="{data_uri(png)}" alt="metrics per snapshot"></p>' if png else ""
+    return f'<table id="snapshot-scores"><tr>{head}</tr>{body}</table><div class="curves">{img}</div>'
+
+
 def render(f: Mapping[str, Any], curves: Sequence[tuple[str, bytes]], grids: Sequence[tuple[str, bytes]],
-           headlines: Mapping[str, str]) -> str:
-    """The page: card, timing, curves, sample grids, evaluations, tuned grids, commands, config."""
+           headlines: Mapping[str, str], snapshots: str | None = None) -> str:
+    """The page: card, timing, curves, sample grids, evaluations, snapshots, tuned grids, commands, config."""
     cmds = "".join(f"<h3>{_e(k.replace('_', ' '))}</h3><pre>{_e(v)}</pre>" for k, v in f["commands"].items())
     imgs = "".join(f'<p><img src="{data_uri(png)}" alt="{_e(alt)}"></p>' for alt, png in curves)
     sections = [("card", "Model card", _card_section(f)), ("timing", "Timing", _timing_section(f)),
                 ("curves", "Curves", f'<div class="curves">{imgs}</div>'),
                 ("samples", "Samples over training", _grids_section(grids, f.get("left_out", ()))),
                 ("evaluations", "Evaluations", evaluation_table(f, headlines)),
+                ("snapshots", "Snapshots", snapshots if snapshots is not None else snapshots_section([], None, headlines)),
                 ("grids", "Tuned time grids", grids_table(f)),
                 ("commands", "Commands", cmds),
                 ("config", "Config", f"<pre>{_e(json.dumps(f['config'], indent=2))}</pre>")]
@@ -231,7 +247,7 @@ def write_report(run_dir: Path, loss_png: bytes | None = None, warn: Callable[[s
     (a link out of the run, a file that is not a PNG of ours); the page says so too, without the link's target.
     """
     from diffusers_cli.engine.metrics import METRICS
-    from diffusers_cli.run.plots import BestMark, loss_figure, metrics_figure, png_bytes
+    from diffusers_cli.run.plots import BestMark, loss_figure, metrics_figure, png_bytes, snapshots_figure
 
     run: Run = read_run(run_dir)
     f = facts(run)
@@ -250,8 +266,10 @@ def write_report(run_dir: Path, loss_png: bytes | None = None, warn: Callable[[s
             reason = getattr(err, "reason", "it is not a readable image (truncated, corrupt or over the pixel limit)")
             f["left_out"].append(f"{name} was left out: {reason}.")
     headlines = {name: m.headline for name, m in METRICS.items()}
+    scores = read_scores(run.path)
+    snapshots = snapshots_section(scores, png_bytes(snapshots_figure(scores, METRICS)) if scores else None, headlines)
     path = run.path / REPORT_NAME
-    write_text_atomic(path, render(f, curves, grids, headlines))
+    write_text_atomic(path, render(f, curves, grids, headlines, snapshots))
     for line in lines:
         if warn is not None:
             warn(line)

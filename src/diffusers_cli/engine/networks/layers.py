@@ -79,7 +79,9 @@ class GaussianFourierEmbedding(nn.Module):
             raise ValueError(f"Fourier embedding dim must be even and >= 2, got {dim}")
         g = torch.Generator().manual_seed(seed)
         # A buffer, not a parameter: fixed features, yet saved with the weights.
-        self.register_buffer("freqs", torch.randn(dim // 2, generator=g) * (2.0 * math.pi * scale))
+        # On the CPU whatever the default device: a seeded CPU generator draws there, and a network built on the meta
+        # device (a card checked against its weights) would otherwise send randn through a slow reference path.
+        self.register_buffer("freqs", torch.randn(dim // 2, generator=g, device="cpu") * (2.0 * math.pi * scale))
 
     def forward(self, c_noise: Tensor) -> Tensor:
         """[B] noise labels -> [B, dim] float32 features."""
