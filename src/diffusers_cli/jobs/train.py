@@ -22,6 +22,7 @@ from diffusers_cli.checkpoints.train_state import load_train_state, save_train_s
 from diffusers_cli.config.schema import ConfigError, TrainConfig, dump_config
 from diffusers_cli.config.defaults import DEFAULT_GUIDANCE
 from diffusers_cli.data import DatasetInfo, load_dataset, random_flip
+from diffusers_cli.data.prepared import advise_prepare
 from diffusers_cli.support.distributed import World, barrier, broadcast_object, init_world, shutdown
 from diffusers_cli.engine.grid_tuning import tune
 from diffusers_cli.engine.grids import TUNED
@@ -383,6 +384,8 @@ def _train_held(cfg: TrainConfig, init: Any, run_dir: Path, dataset: Any, info: 
         watch(step, ema.module, model, card, tensors)
 
     o = cfg.optim
+    if world.is_main:  # one line for datasets that decode files: how much `diffuse prepare` would save
+        advise_prepare(dataset, batch_indices(len(dataset), cfg.batch_size, cfg.seed, start), d, reporter.message)
     reporter.start(steps - start, f"training {run_dir.name} ({steps} steps = {steps / steps_per_epoch:.3g} epochs)")
     t0 = time.perf_counter()
     try:
