@@ -296,3 +296,15 @@ def test_path_suffix_needs_from_path() -> None:
     with pytest.raises(ValueError, match="path_suffix needs from_path=True and a leading '.', got '.x'"):
         DatasetSpec(name="x", description="d", channels=1, class_names=("a",), download="not needed",
                     loader=DATASETS["shapes"].loader, path_suffix=".x")
+
+
+def test_a_prepared_file_is_an_evaluation_reference(tmp_path: Path) -> None:
+    from diffusers_cli.parts.evaluation import ReferenceRequest, resolve_reference
+
+    out = tmp_path / "s.safetensors"
+    prepare(prepare_cfg("shapes", out, 8, num_examples=10, seed=2))
+    shapes, _ = load_dataset("shapes", 8, num_examples=10, seed=2)
+    for name in (str(out), f"prepared:{out}"):  # read as training reads it, not as a statistics file
+        ref = resolve_reference(ReferenceRequest(name, 8, batch_size=4), None, None)
+        assert ref.description == f"prepared {out} train at 8x8 (10)" and ref.num_samples == 10
+        assert torch.equal(torch.cat(list(ref.batches())), shapes.images)
