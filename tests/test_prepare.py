@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import re
 from pathlib import Path
@@ -54,6 +55,13 @@ def photo_folder(root: Path, per_class: int = 6, seed: int = 0) -> Path:
     return root
 
 
+def lazy_keep(folder: Path, n: int, seed: int) -> list[int]:
+    """The indices of a seeded subset of a folder, as its loader picks them."""
+    from diffusers_cli.data.base import subset_indices
+
+    return subset_indices(len(load_dataset(folder, 8)[0]), n, seed, "x").tolist()
+
+
 def prepare_cfg(dataset: str | Path, out: Path, image_size: Any, **kw: Any) -> PrepareConfig:
     return PrepareConfig(dataset=str(dataset), out=out, image_size=image_size, **kw)
 
@@ -101,6 +109,11 @@ def test_subset_and_workers_and_in_memory_datasets(tmp_path: Path) -> None:
     lazy, _ = load_dataset(folder, 8, num_examples=5, seed=3)
     ready, _ = load_dataset(tmp_path / "all.safetensors", 8, num_examples=5, seed=3)
     assert torch.equal(torch.stack([lazy[i][0] for i in range(5)]), torch.stack([ready[i][0] for i in range(5)]))
+    # What a spawned DataLoader worker gets: the header and the subset, reopened there as a memory map.
+    state = ready.__getstate__()
+    assert state["header"] == ready.header and state["keep"].tolist() == lazy_keep(folder, 5, 3)
+    twin = copy.deepcopy(ready)
+    assert torch.equal(twin.images, ready.images) and torch.equal(twin.labels, ready.labels)
     # Decoding in worker processes writes the same bytes.
     prepare(prepare_cfg(folder, tmp_path / "w.safetensors", 8, num_workers=2))
     assert (tmp_path / "w.safetensors").read_bytes() == (tmp_path / "all.safetensors").read_bytes()
