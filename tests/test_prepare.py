@@ -282,6 +282,8 @@ def test_bad_prepare_input_exits_2_with_one_line(tmp_path: Path) -> None:
     cases = {
         ("shapes", "--image-size", "8", "--out", tmp_path / "x.bin"):
             f"--out {tmp_path / 'x.bin'}: a prepared dataset is a .safetensors file; use --out {tmp_path / 'x.safetensors'}",
+        ("--image-size", "8"): "diffuse prepare needs a DATASET: shapes, mnist, fashion-mnist, cifar10, cars, folder, "
+                               "or a folder of images",
         ("shapes", "--image-size", "8"): "diffuse prepare needs --out FILE.safetensors: the file to write",
         ("shapes", "--out", tmp_path / "x.safetensors"):
             "diffuse prepare needs --image-size: the resolution training will use (e.g. --image-size 64)",

@@ -9,13 +9,13 @@ import typer
 
 from diffusers_cli.data.registry import DATASETS  # torch-free: the names for the help text
 
-from diffusers_cli.cli.common import JsonOpt, SeedOpt, emit_json, make_reporter, run_job
+from diffusers_cli.cli.common import JsonOpt, emit_json, make_reporter, run_job
 
 _SOURCES = ", ".join(name for name, spec in DATASETS.items() if spec.path_suffix is None)
 
 
 def prepare_command(
-    dataset: Annotated[str, typer.Argument(help=f"{_SOURCES}, or a folder path (`diffuse datasets` describes them).")],
+    dataset: Annotated[Optional[str], typer.Argument(help=f"{_SOURCES}, or a folder path (`diffuse datasets` describes them).")] = None,
     out: Annotated[Optional[Path], typer.Option("--out", help="The .safetensors file to write (train with --dataset FILE).")] = None,
     image_size: Annotated[Optional[str], typer.Option(help="The resolution training will use: a side (64) or HEIGHTxWIDTH (32x48).")] = None,
     data_dir: Annotated[Optional[Path], typer.Option(help="Where the dataset's files are.")] = None,
@@ -25,7 +25,7 @@ def prepare_command(
     crop_boxes: Annotated[bool, typer.Option("--crop-boxes", help="Crop Stanford Cars to its annotated boxes first.")] = False,
     num_workers: Annotated[Optional[int], typer.Option(help="Processes that decode the images (default 0: this one).")] = None,
     download: Annotated[bool, typer.Option("--download", help="Let torchvision download a missing MNIST, Fashion-MNIST or CIFAR-10.")] = False,
-    seed: SeedOpt = None,
+    seed: Annotated[Optional[int], typer.Option("--seed", help="Seed of the shapes' images and of a --num-examples subset (default 0); train with the same.")] = None,
     json_: JsonOpt = False,
 ) -> None:
     """Decode, crop and resize a dataset once (training's own transform) into a uint8 .safetensors file.
@@ -38,6 +38,8 @@ def prepare_command(
         from diffusers_cli.config.schema import PrepareConfig, build_config
         from diffusers_cli.support.errors import UsageError
 
+        if dataset is None:
+            raise UsageError(f"diffuse prepare needs a DATASET: {_SOURCES}, or a folder of images")
         if out is None:
             raise UsageError("diffuse prepare needs --out FILE.safetensors: the file to write")
         if image_size is None:
