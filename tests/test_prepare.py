@@ -12,6 +12,8 @@ import numpy as np
 import pytest
 import torch
 from conftest import tiny_train_config
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
@@ -284,6 +286,8 @@ def test_bad_prepare_input_exits_2_with_one_line(tmp_path: Path) -> None:
             f"--out {tmp_path / 'x.bin'}: a prepared dataset is a .safetensors file; use --out {tmp_path / 'x.safetensors'}",
         ("--image-size", "8"): "diffuse prepare needs a DATASET: shapes, mnist, fashion-mnist, cifar10, cars, folder, "
                                "or a folder of images",
+        ("shapes", "--image-size", "8", "--out", tmp_path):
+            f"--out {tmp_path} is a folder; give a file in it, such as --out {tmp_path / 'data.safetensors'}",
         ("shapes", "--image-size", "8"): "diffuse prepare needs --out FILE.safetensors: the file to write",
         ("shapes", "--out", tmp_path / "x.safetensors"):
             "diffuse prepare needs --image-size: the resolution training will use (e.g. --image-size 64)",
@@ -323,3 +327,33 @@ def test_a_prepared_file_is_an_evaluation_reference(tmp_path: Path) -> None:
         ref = resolve_reference(ReferenceRequest(name, 8, batch_size=4), None, None)
         assert ref.description == f"prepared {out} train at 8x8 (10)" and ref.num_samples == 10
         assert torch.equal(torch.cat(list(ref.batches())), shapes.images)
+
+
+# Words for the text flags; the integer flags get integers (click itself answers a non-integer, as for every command).
+_WORDS = ["", "0", "-1", "1", "2", "x", "nan", "..", ".", "a/b", "x.safetensors", "test", "all", "3x5", " "]
+_FLAGS = st.one_of(
+    st.sampled_from(["--image-size", "--out", "--split", "--data-dir"]).flatmap(
+        lambda flag: st.sampled_from(_WORDS).map(lambda v: [flag, v])),
+    st.sampled_from(["--channels", "--num-examples", "--seed", "--num-workers"]).flatmap(
+        lambda flag: st.integers(-2, 3 if flag != "--num-workers" else 1).map(lambda v: [flag, str(v)])),
+)
+
+
+@settings(max_examples=15, deadline=None, database=None, derandomize=True,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(extra=st.lists(_FLAGS, min_size=1, max_size=3))
+def test_random_prepare_flags_exit_0_or_2_with_one_line(extra: list[list[str]], tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    work = tmp_path / f"w{len(list(tmp_path.iterdir()))}"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    argv = ["prepare", "shapes", "--image-size", "8", "--num-examples", "4", "--out", "p.safetensors",
+            *[w for pair in extra for w in pair]]
+    res = invoke(*argv)
+    assert res.exit_code in (0, 2), (argv, res.exit_code, res.stderr)
+    if res.exit_code == 2:
+        one_error_line(res)
+        assert not any(p.is_file() for p in work.rglob("*")), argv  # nothing half-written
+    else:  # the file written loads, at the size the last --image-size asked for
+        out = work / [argv[i + 1] for i, w in enumerate(argv) if w == "--out"][-1]
+        assert load_dataset(out, read_header(out).image_hw)[1].size >= 1

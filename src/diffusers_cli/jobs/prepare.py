@@ -37,6 +37,8 @@ def prepare(cfg: PrepareConfig, reporter: Reporter | None = None) -> PrepareResu
     reporter = reporter or SilentReporter()
     out = Path(cfg.out).expanduser()
     # Checked before any decoding: minutes of work must not end on a name that cannot be written.
+    if out.is_dir() or out.name in ("", ".", ".."):
+        raise UsageError(f"--out {out} is a folder; give a file in it, such as --out {out / ('data' + SUFFIX)}")
     if out.suffix.lower() != SUFFIX:
         raise UsageError(f"--out {out}: a prepared dataset is a {SUFFIX} file; use --out {out.with_suffix(SUFFIX)}")
     key, _ = resolve_name(cfg.dataset)
