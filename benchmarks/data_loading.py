@@ -93,7 +93,7 @@ def input_rate(folder: Any, ready: Any, rounds: int, batch: int, folder_batches:
         for name, dataset, count in (("folder", folder, folder_batches), ("prepared", ready, ready_batches)):
             t0 = time.perf_counter()
             for _ in range(count):
-                x, y = _fetch(dataset, batch_indices(n, batch, 0, step))
+                _fetch(dataset, batch_indices(n, batch, 0, step))
                 step += 1
             rates[name].append(count * batch / (time.perf_counter() - t0))
     ratios = [p / f for p, f in zip(rates["prepared"], rates["folder"])]
@@ -172,7 +172,7 @@ def main() -> None:
 
     print(json.dumps(summary, indent=1))
     inp = summary["input"]
-    fmt = lambda xs: ", ".join(f"{x:,.0f}" for x in xs)  # noqa: E731
+    fmt = lambda xs: ", ".join(f"{x:,.0f}" for x in xs)
     print(f"\n{summary['cpu']}, {summary['cores']} cores, torch threads {summary['torch_threads']}; {args.images} JPEGs "
           f"(mean {summary['jpeg_kb']} kB); prepare: {summary['prepare_seconds']} s ({summary['prepare_images_per_s']} "
           f"images/s, one process), {summary['prepared_mb']} MB\n")

@@ -11,7 +11,7 @@ from diffusers_cli.config.schema import PrepareConfig
 from diffusers_cli.data import DATASETS, load_dataset, resolve_name
 from diffusers_cli.data.base import TRANSFORM
 from diffusers_cli.data.prepared import write_prepared
-from diffusers_cli.data.prepared_file import SUFFIX, metadata, settings_sha256, size_text
+from diffusers_cli.data.prepared_file import SUFFIX, metadata, settings_sha256
 from diffusers_cli.support.errors import UsageError
 from diffusers_cli.support.files import check_writable
 from diffusers_cli.support.progress import Reporter, SilentReporter
