@@ -312,9 +312,10 @@ def test_bad_prepare_input_exits_2_with_one_line(tmp_path: Path) -> None:
 
 
 def test_path_suffix_needs_from_path() -> None:
-    with pytest.raises(ValueError, match="path_suffix needs from_path=True and a leading '.', got '.x'"):
+    with pytest.raises(ValueError) as info:
         DatasetSpec(name="x", description="d", channels=1, class_names=("a",), download="not needed",
                     loader=DATASETS["shapes"].loader, path_suffix=".x")
+    assert str(info.value) == "dataset spec 'x': path_suffix needs from_path=True and a leading '.', got '.x'"
 
 
 def test_a_prepared_file_is_an_evaluation_reference(tmp_path: Path) -> None:
