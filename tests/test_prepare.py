@@ -358,3 +358,28 @@ def test_random_prepare_flags_exit_0_or_2_with_one_line(extra: list[list[str]], 
     else:  # the file written loads, at the size the last --image-size asked for
         out = work / [argv[i + 1] for i, w in enumerate(argv) if w == "--out"][-1]
         assert load_dataset(out, read_header(out).image_hw)[1].size >= 1
+
+
+def test_cars_with_boxes_split_and_the_cars_hint(tmp_path: Path) -> None:
+    from test_data import fake_cars
+
+    fake_cars(tmp_path / "stanford_cars")
+    out = tmp_path / "cars.safetensors"
+    res = invoke("prepare", "cars", "--data-dir", tmp_path, "--split", "all", "--crop-boxes", "--image-size", 8,
+                 "--out", out)
+    assert res.exit_code == 0, res.stderr
+    boxed, info = load_dataset("cars", 8, data_dir=tmp_path, split="all", crop_boxes=True)
+    ready, ready_info = load_dataset(out, 8)
+    assert torch.equal(torch.stack([boxed[i][0] for i in range(3)]), torch.stack([ready[i][0] for i in range(3)]))
+    assert ready.labels.tolist() == [1, 2, 0] and ready_info.class_names == ("AM General", "Audi", "BMW")
+    header = read_header(out)
+    assert (header.source, header.split, header.settings["crop_boxes"]) == ("cars", "all", True)
+    assert header.description == DATASETS["cars"].description
+    # Cars decodes files too: training on it says so, with a command that names its --data-dir and split.
+    said = Lines()
+    train(tiny_train_config(tmp_path / "runs", steps=1, batch_size=2, **{
+        "data.dataset": "cars", "data.data_dir": str(tmp_path), "data.split": "all", "data.num_examples": None}), said)
+    hint = [line for line in said.lines if line.startswith("data:")]
+    assert len(hint) == 1 and hint[0].endswith(
+        f"decode it once with `diffuse prepare cars --data-dir {tmp_path} --split all --image-size 8 --out "
+        "cars-8.safetensors` and train with --dataset cars-8.safetensors")
