@@ -501,14 +501,14 @@ def test_a_registered_dataset_is_picked_up_everywhere(monkeypatch):
     assert rows[-1] == row and [r["name"] for r in rows] == [*DATASETS]
     text = CliRunner().invoke(app, ["datasets"])
     assert text.exit_code == 0 and "toy            flat grey squares, for tests (also: toy-set, toys)" in text.stdout
-    assert "unknown dataset 'toyz': use one of shapes, mnist, fashion-mnist, cifar10, cars, folder, toy" in data_error(
+    assert "unknown dataset 'toyz': use one of shapes, mnist, fashion-mnist, cifar10, cars, folder, prepared, toy" in data_error(
         load_dataset, "toyz", 4
     )
 
 
 def test_builtin_specs_and_listing():
     rows = {r["name"]: r for r in list_datasets()}
-    assert list(rows) == ["shapes", "mnist", "fashion-mnist", "cifar10", "cars", "folder"]
+    assert list(rows) == ["shapes", "mnist", "fashion-mnist", "cifar10", "cars", "folder", "prepared"]
     assert {k: (r["channels"], r["num_classes"], r["download"]) for k, r in rows.items()} == {
         "shapes": (3, 5, "not needed"),
         "mnist": (1, 10, "--download"),
@@ -516,6 +516,7 @@ def test_builtin_specs_and_listing():
         "cifar10": (3, 10, "--download"),
         "cars": (3, 196, "by hand only"),
         "folder": (3, None, "not applicable"),
+        "prepared": (None, None, "not applicable"),
     }
     assert rows["cars"]["aliases"] == ["stanford-cars", "stanford_cars", "stanfordcars"]
     # Every alias names exactly one dataset, and no alias shadows a name.

@@ -17,6 +17,7 @@ from diffusers_cli import __version__
 from diffusers_cli.cli.condition import condition_command
 from diffusers_cli.cli.evaluate import evaluate_command
 from diffusers_cli.cli.impute import impute_command
+from diffusers_cli.cli.prepare import prepare_command
 from diffusers_cli.cli.sample import sample_command
 from diffusers_cli.cli.samplers import samplers_command
 from diffusers_cli.cli.train import train_command
@@ -37,6 +38,7 @@ app.command("sample")(sample_command)
 app.command("evaluate")(evaluate_command)
 app.command("condition")(condition_command)
 app.command("impute")(impute_command)
+app.command("prepare")(prepare_command)
 app.command("datasets")(datasets_command)
 app.command("env")(env_command)
 app.command("samplers")(samplers_command)

@@ -32,7 +32,7 @@ from diffusers_cli.cli.common import (
 
 
 def train_command(
-    dataset: Annotated[Optional[str], typer.Option(help=f"{', '.join(DATASETS)}, or a folder path (`diffuse datasets` describes them).")] = None,
+    dataset: Annotated[Optional[str], typer.Option(help=f"{', '.join(DATASETS)}, a folder path, or a file of `diffuse prepare` (`diffuse datasets` describes them).")] = None,
     data_dir: Annotated[Optional[Path], typer.Option(help="Where the dataset's files are.")] = None,
     split: Annotated[Optional[str], typer.Option(help="Dataset split: train, test or all.")] = None,
     image_size: Annotated[Optional[str], typer.Option(help="Train at this resolution: a side (32) or HEIGHTxWIDTH (32x48).")] = None,

@@ -104,6 +104,22 @@ class DataConfig(Strict):
         return (size, size) if isinstance(size, int) else (size[0], size[1])
 
 
+class PrepareConfig(Strict):
+    """``diffuse prepare``: a dataset decoded, cropped and resized once into a uint8 .safetensors file for training."""
+
+    dataset: str                                    # a dataset name or a folder of images
+    out: Path                                       # the .safetensors file to write
+    image_size: ImageSize                           # the resolution training will use
+    data_dir: Path | None = None
+    split: Literal["train", "test", "all"] = "train"
+    channels: Literal[1, 3] | None = None           # None: the dataset's own
+    num_examples: PositiveInt | None = None         # a seeded subset; None: every example
+    crop_boxes: bool = False                        # crop Stanford Cars to its boxes first
+    seed: int = 0                                   # shapes' images and the choice of a num_examples subset
+    download: bool = False
+    num_workers: int = Field(0, ge=0)               # processes that decode (0: the main one)
+
+
 # ---- sampling ------------------------------------------------------------------------
 
 

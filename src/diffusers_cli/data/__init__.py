@@ -1,4 +1,4 @@
-"""Datasets: generated shapes, MNIST, Fashion-MNIST, CIFAR-10, Stanford Cars and image folders, as [-1, 1] tensors.
+"""Datasets: shapes, MNIST, Fashion-MNIST, CIFAR-10, Stanford Cars, image folders and prepared files, as [-1, 1] tensors.
 
 Every dataset yields ``(x, label)`` with x float32 [C, H, W] in [-1, 1]. Datasets are deterministic;
 the training loop applies ``random_flip``. Bad input raises ``DataError`` with a one-line fix.
@@ -51,7 +51,7 @@ DEFAULT_DATA_DIR = Path("data")
 
 # Names that need torch, numpy or PIL: imported from base on first use.
 _FROM_BASE = frozenset({"ImageFileDataset", "TensorImageDataset", "random_flip", "subset_indices", "tensor_dataset"})
-_SUBMODULES = frozenset({"base", "cars", "cifar", "folder", "idx", "registry", "shapes", "spec"})
+_SUBMODULES = frozenset({"base", "cars", "cifar", "folder", "idx", "prepared", "prepared_file", "registry", "shapes", "spec"})
 
 
 def __getattr__(name: str) -> Any:
@@ -63,12 +63,12 @@ def __getattr__(name: str) -> Any:
 
 
 def list_datasets() -> list[dict[str, object]]:
-    """One dict per dataset: name, description, natural channels, classes (None: from the files), download, aliases."""
+    """One dict per dataset: name, description, natural channels and classes (None: from the files), download, aliases."""
     return [
         {
             "name": spec.name,
             "description": spec.description,
-            "channels": spec.channels,
+            "channels": None if spec.read_channels is not None else spec.channels,
             "num_classes": spec.num_classes,
             "download": spec.download,
             "aliases": list(spec.aliases),
@@ -78,18 +78,33 @@ def list_datasets() -> list[dict[str, object]]:
 
 
 def resolve_name(name: str | Path) -> tuple[str, Path | None]:
-    """(canonical dataset name, folder) for a name, an alias, or a path to a folder of images."""
+    """(canonical dataset name, path) for a name, an alias, a path (a folder of images, a prepared file) or NAME:PATH."""
     key = str(name).strip().lower()
     if key in DATASETS:
         return key, None
     for spec in DATASETS.values():
         if key in spec.aliases:
             return spec.name, None
-    if Path(name).is_dir():
+    # NAME:PATH (prepared:cars64.safetensors, folder:photos): the dataset named, read from that path.
+    prefix, sep, rest = str(name).strip().partition(":")
+    named = DATASETS.get(prefix.lower())
+    if sep and rest and named is not None and named.from_path:
+        return named.name, Path(rest).expanduser()
+    path = Path(name)
+    for spec in DATASETS.values():
+        # A missing file is still this dataset: its loader then says how to make the file.
+        if spec.from_path and spec.path_suffix is not None and path.suffix.lower() == spec.path_suffix and not path.is_dir():
+            return spec.name, path
+    if path.is_dir():
         for spec in DATASETS.values():
-            if spec.from_path:
-                return spec.name, Path(name)
-    raise DataError(f"unknown dataset {str(name)!r}: use one of {', '.join(DATASETS)}, or a path to a folder of images")
+            if spec.from_path and spec.path_suffix is None:
+                return spec.name, path
+    raise DataError(f"unknown dataset {str(name)!r}: use one of {', '.join(DATASETS)}, or a path to a folder of images"
+                    f" or to a file of `diffuse prepare` ({_path_suffixes()})")
+
+
+def _path_suffixes() -> str:
+    return ", ".join(f"{s.path_suffix}" for s in DATASETS.values() if s.path_suffix is not None)
 
 
 def class_names(name: str | Path, data_dir: str | Path | None = None) -> tuple[str, ...]:
@@ -125,6 +140,10 @@ def _root(spec: DatasetSpec, path: Path | None, data_dir: str | Path | None) -> 
         return path
     if data_dir is not None:
         return Path(data_dir).expanduser()
+    if spec.from_path and spec.path_suffix is not None:
+        raise DataError(
+            f"the {spec.name} dataset needs its file: pass --dataset FILE{spec.path_suffix} (or {spec.name}:FILE)"
+        )
     if spec.from_path:
         raise DataError(
             f"the {spec.name} dataset needs a folder: pass --data-dir DIR, or the folder's path as the dataset"
@@ -163,12 +182,15 @@ def load_dataset(
     spec = DATASETS[key]
     image_hw = parse_image_size(image_size)
     _check_args(split, channels, num_examples)
+    root = _root(spec, path, data_dir)
+    if channels is None:
+        channels = spec.read_channels(root) if spec.read_channels is not None else spec.channels
     request = LoadRequest(
         name=key,
-        root=_root(spec, path, data_dir),
+        root=root,
         split=split,
         image_hw=image_hw,
-        channels=channels if channels is not None else spec.channels,
+        channels=channels,
         seed=seed,
         num_examples=num_examples,
         download=download,

@@ -38,6 +38,10 @@ EAGER_RESIZE_BYTES = 1 << 30
 #: ITU-R 601 luma weights, the ones PIL's convert("L") uses.
 LUMA = (0.299, 0.587, 0.114)
 
+#: Names the pixels that decode + crop box + channel conversion + ``resize_crop`` make; prepared files record it
+#: among their settings, so change it whenever a change to those functions moves a pixel.
+TRANSFORM = "decode, box, luma, cover-resize antialiased bilinear, centre crop, round: v1"
+
 #: An image size as callers give it: a side S (square) or (height, width).
 ImageSize = int | tuple[int, int]
 
@@ -128,11 +132,16 @@ class TensorImageDataset(Dataset):
     def __len__(self) -> int:
         return self.images.shape[0]
 
-    def __getitem__(self, i: int) -> tuple[Tensor, int]:
+    def uint8_item(self, i: int) -> tuple[Tensor, int]:
+        """Item ``i`` before the float conversion: (uint8 [C, H, W], label), what `diffuse prepare` stores."""
         x = self.images[i]
         if tuple(x.shape[-2:]) != self.image_hw:
             x = resize_crop(x.unsqueeze(0), self.image_hw)[0]
-        return to_unit_range(x), int(self.labels[i])
+        return x, int(self.labels[i])
+
+    def __getitem__(self, i: int) -> tuple[Tensor, int]:
+        x, label = self.uint8_item(i)
+        return to_unit_range(x), label
 
 
 def load_image(path: Path, image_size: ImageSize, channels: int, box: tuple[int, int, int, int] | None = None) -> Tensor:
@@ -175,10 +184,18 @@ class ImageFileDataset(Dataset):
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, i: int) -> tuple[Tensor, int]:
+    def uint8_item(self, i: int) -> tuple[Tensor, int]:
+        """Item ``i`` decoded, cropped and resized but not yet converted to float: (uint8 [C, H, W], label).
+
+        The one training transform of file datasets: ``__getitem__`` and `diffuse prepare` both go through it,
+        so a prepared file holds exactly the pixels that training on the files would see.
+        """
         box = None if self.boxes is None else self.boxes[i]
-        x = load_image(Path(self.paths[i]), self.image_hw, self.channels, box)
-        return to_unit_range(x), self.labels[i]
+        return load_image(Path(self.paths[i]), self.image_hw, self.channels, box), self.labels[i]
+
+    def __getitem__(self, i: int) -> tuple[Tensor, int]:
+        x, label = self.uint8_item(i)
+        return to_unit_range(x), label
 
     def subset(self, indices: Tensor | None) -> "ImageFileDataset":
         """The dataset restricted to ``indices`` (all of it for None)."""

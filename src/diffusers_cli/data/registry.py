@@ -60,6 +60,24 @@ def _folder_class_names(root: Path) -> tuple[str, ...]:
     return folder.folder_class_names(root)
 
 
+def _load_prepared(request: LoadRequest) -> Loaded:
+    from diffusers_cli.data import prepared
+
+    return prepared.load(request)
+
+
+def _prepared_class_names(path: Path) -> tuple[str, ...]:
+    from diffusers_cli.data import prepared_file
+
+    return prepared_file.read_header(path).class_names
+
+
+def _prepared_channels(path: Path) -> int:
+    from diffusers_cli.data import prepared_file
+
+    return prepared_file.read_header(path).channels
+
+
 SHAPES = DatasetSpec(
     name="shapes",
     description="coloured circles, squares, triangles, crosses and rings, generated in-process at any size (offline)",
@@ -115,6 +133,20 @@ FOLDER = DatasetSpec(
     loader=_load_folder,
     from_path=True,
 )
+PREPARED = DatasetSpec(
+    name="prepared",
+    description="a file of `diffuse prepare`: any dataset above decoded once to uint8 at one size "
+                "(--dataset FILE.safetensors or prepared:FILE)",
+    channels=3,
+    read_channels=_prepared_channels,
+    read_class_names=_prepared_class_names,
+    download="not applicable",
+    loader=_load_prepared,
+    from_path=True,
+    path_suffix=".safetensors",
+)
 
 #: Every dataset by canonical name, in the order `diffuse datasets` lists them.
-DATASETS: dict[str, DatasetSpec] = {spec.name: spec for spec in (SHAPES, MNIST, FASHION_MNIST, CIFAR10, CARS, FOLDER)}
+DATASETS: dict[str, DatasetSpec] = {
+    spec.name: spec for spec in (SHAPES, MNIST, FASHION_MNIST, CIFAR10, CARS, FOLDER, PREPARED)
+}

@@ -54,6 +54,8 @@ Loaded = tuple["Dataset", tuple[str, ...]]
 Loader = Callable[[LoadRequest], Loaded]
 #: Reads class names from a data dir (or the folder itself for a folder dataset) without loading images.
 ClassNameReader = Callable[[Path], tuple[str, ...]]
+#: Reads the natural channels (1 or 3) from the files, for datasets whose channels are not fixed (prepared files).
+ChannelReader = Callable[[Path], int]
 
 
 @dataclass(frozen=True)
@@ -69,8 +71,11 @@ class DatasetSpec:
     class_names: tuple[str, ...] | None = None      # static names; None: read from the files
     num_classes: int | None = None                  # known without files; defaults to len(class_names)
     read_class_names: ClassNameReader | None = None # names from the files; overrides class_names when set
-    from_path: bool = False                         # a directory given as the dataset name is this dataset,
-                                                    # and it has no default --data-dir
+    from_path: bool = False                         # a path given as the dataset name is this dataset (a
+                                                    # directory, or a file ending in path_suffix), and it has
+                                                    # no default --data-dir; NAME:PATH names it too
+    path_suffix: str | None = None                  # with from_path: the dataset is one file with this suffix
+    read_channels: ChannelReader | None = None      # natural channels from the files; overrides channels when set
 
     def __post_init__(self) -> None:
         # A malformed entry is a bug in the registry: fail at import, naming the entry.
@@ -83,6 +88,8 @@ class DatasetSpec:
             raise ValueError(f"{where}: channels must be 1 or 3, got {self.channels!r}")
         if self.download not in DOWNLOADS:
             raise ValueError(f"{where}: download must be one of {', '.join(DOWNLOADS)}, got {self.download!r}")
+        if self.path_suffix is not None and not (self.from_path and self.path_suffix.startswith(".")):
+            raise ValueError(f"{where}: path_suffix needs from_path=True and a leading '.', got {self.path_suffix!r}")
         if self.class_names is None and self.read_class_names is None:
             raise ValueError(f"{where}: give class_names, read_class_names, or both")
         if self.class_names is not None:

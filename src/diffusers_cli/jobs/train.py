@@ -23,6 +23,7 @@ from diffusers_cli.config.base import ConfigError
 from diffusers_cli.config.schema import TrainConfig, dump_config, steps_between
 from diffusers_cli.config.defaults import DEFAULT_GUIDANCE
 from diffusers_cli.data import DatasetInfo, load_dataset, random_flip
+from diffusers_cli.data.prepared import advise_prepare
 from diffusers_cli.support.distributed import World, barrier, broadcast_object, init_world, shutdown
 from diffusers_cli.engine.grid_tuning import tune
 from diffusers_cli.engine.grids import TUNED
@@ -402,6 +403,8 @@ def _train_held(cfg: TrainConfig, init: Any, run_dir: Path, dataset: Any, info: 
             write_snapshot(run_dir, ema.module, model_card(cfg, info, net, step, ema.num_updates), cfg.keep_snapshots)
 
     o = cfg.optim
+    if world.is_main:  # one line for datasets that decode files: how much `diffuse prepare` would save
+        advise_prepare(dataset, batch_indices(len(dataset), cfg.batch_size, cfg.seed, start), d, reporter.message)
     reporter.start(steps - start, f"training {run_dir.name} ({steps} steps = {steps / steps_per_epoch:.3g} epochs)")
     t0 = time.perf_counter()
     try:

@@ -155,7 +155,9 @@ def resolve_reference(cfg: ReferenceRequest, card: ModelCard | None, files: list
     if name is None:
         raise MetricsError("FID needs a reference: pass --reference with a dataset name (e.g. cifar10), a folder of images or a statistics .npz")
     path = Path(str(name)).expanduser()
-    if path.is_file() or path.suffix.lower() == ".npz":
+    # A prepared dataset (`diffuse prepare`) is a file too, but one read as training reads it.
+    prepared = any(spec.path_suffix == path.suffix.lower() for spec in DATASETS.values() if spec.path_suffix)
+    if (path.is_file() and not prepared) or path.suffix.lower() == ".npz":
         stats = load_statistics(path)
         count, of = stats.extra.get("num_samples"), stats.extra.get("reference")
         desc = f"statistics {path}" + (f" of {of}" if of is not None else "")
@@ -166,7 +168,7 @@ def resolve_reference(cfg: ReferenceRequest, card: ModelCard | None, files: list
         return Reference(f"images in {path.resolve()} ({len(ref_files):,})", len(ref_files),
                          batches=lambda: image_batches(ref_files, cfg.batch_size))
     try:
-        canonical, _ = resolve_name(str(name))
+        canonical, from_path = resolve_name(str(name))
     except DataError:
         raise MetricsError(
             f"unknown reference {str(name)!r}: use a dataset name ({', '.join(DATASETS)}), a folder of images, or a statistics .npz file"
@@ -176,8 +178,11 @@ def resolve_reference(cfg: ReferenceRequest, card: ModelCard | None, files: list
         raise MetricsError(f"pass --image-size to say at what resolution to read the reference dataset {canonical}")
     h, w = _hw(size)
     channels = card.channels if card is not None and card.dataset == canonical else None
-    ds, info = load_dataset(canonical, (h, w), cfg.data_dir, cfg.split, DATA_SEED, cfg.examples, channels, cfg.download)
+    # A dataset named by its path (prepared:FILE, FILE.safetensors) is read from there, not from --data-dir.
+    ds, info = load_dataset(str(name) if from_path is not None else canonical, (h, w), cfg.data_dir, cfg.split, DATA_SEED,
+                            cfg.examples, channels, cfg.download)
     where = f" from {Path(cfg.data_dir).resolve() if cfg.data_dir else 'data'}" if canonical == "folder" else ""
+    where = f" {from_path}" if from_path is not None else where
     desc = f"{info.name}{where} {cfg.split} at {h}x{w} ({len(ds):,})"  # type: ignore[arg-type]
     return Reference(desc, len(ds), batches=lambda: dataset_batches(ds, cfg.batch_size))  # type: ignore[arg-type]
 
