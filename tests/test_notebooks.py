@@ -16,8 +16,8 @@ NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "examples" / "notebook
 ALLOWED = ("diffusers_cli", "diffusers_cli.engine")
 
 
-def test_there_are_five_lessons() -> None:
-    assert [p.stem.split("_")[0] for p in NOTEBOOKS] == ["01", "02", "03", "04", "05"]
+def test_there_are_seven_lessons() -> None:
+    assert [p.stem.split("_")[0] for p in NOTEBOOKS] == ["01", "02", "03", "04", "05", "06", "07"]
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
