@@ -7,6 +7,8 @@ from typing import Annotated, Optional
 
 import typer
 
+from diffusers_cli.support.memory import FEWER_CANDIDATES
+
 from diffusers_cli.cli.common import (
     ConfigOpt, DeviceOpt, DownloadModelOpt, GridOpt, JsonOpt, ModelOpt, SeedOpt, SetOpt, StepsOpt, emit_json, make_reporter, option_pairs, parse_kv,
     run_job, sampler_overrides,
@@ -60,4 +62,4 @@ def impute_command(
         else:
             print(f"wrote {', '.join(str(p) for p in res.outputs[:3])} ({res.method}, {res.nfe} NFE)")
 
-    run_job(job)
+    run_job(job, FEWER_CANDIDATES)

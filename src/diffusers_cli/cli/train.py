@@ -8,6 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from diffusers_cli.data.registry import DATASETS  # torch-free: the names for --dataset's help
+from diffusers_cli.support.memory import SMALLER_STEP
 
 from diffusers_cli.cli.common import (
     EXIT_INTERRUPTED,
@@ -22,6 +23,18 @@ from diffusers_cli.cli.common import (
     run_job,
     sampler_overrides,
 )
+
+
+def _count_or_auto(value: str | None, flag: str) -> int | str | None:
+    """A flag's ``N`` as an int, ``auto`` as itself; anything else is bad input naming the flag."""
+    if value is None or value == "auto":
+        return value
+    try:
+        return int(value)
+    except ValueError:
+        from diffusers_cli.support.errors import UsageError
+
+        raise UsageError(f"{flag} expects a whole number or auto, got {value!r}") from None
 
 
 def train_command(
@@ -54,7 +67,9 @@ def train_command(
     precision: Annotated[Optional[str], typer.Option(help="fp32, bf16 or fp16 (autocast; fp16 with a grad scaler).")] = None,
     compile_: Annotated[bool, typer.Option("--compile", help="torch.compile the training step.")] = False,
     channels_last: Annotated[bool, typer.Option("--channels-last", help="Use the channels-last memory format.")] = False,
-    num_workers: Annotated[Optional[int], typer.Option(help="Data-loading worker processes (folders and Cars).")] = None,
+    num_workers: Annotated[Optional[str], typer.Option(help="Data-loading worker processes: N, or auto (default: some for datasets that decode files, folders and Cars; none for tensors in memory).")] = None,
+    micro_batch: Annotated[Optional[str], typer.Option(help="Run each process's share of --batch-size in chunks of N, accumulating gradients (same recipe, less memory; N divides the share), or auto: the largest that fits, found before the first step.")] = None,
+    checkpointing: Annotated[bool, typer.Option("--checkpointing", help="Recompute the U-Net's blocks in the backward pass (activation checkpointing): less memory per example, about a third more time a step.")] = False,
     download: Annotated[bool, typer.Option("--download", help="Let torchvision download a missing MNIST, Fashion-MNIST or CIFAR-10, and huggingface_hub a missing hf: --init model.")] = False,
     sample_every: Annotated[Optional[int], typer.Option(help="Write a sample grid every N steps (0: only at the end).")] = None,
     sampler: Annotated[Optional[str], typer.Option(help="Sampler of the sample grids (default ei, 30 steps); `diffuse samplers` lists them.")] = None,
@@ -80,7 +95,8 @@ def train_command(
         file = config
         overrides: dict[str, object] = {
             "data.dataset": dataset, "data.data_dir": str(data_dir) if data_dir else None, "data.split": split,
-            "data.image_size": image_size, "data.num_workers": num_workers,
+            "data.image_size": image_size, "data.num_workers": _count_or_auto(num_workers, "--num-workers"),
+            "micro_batch": _count_or_auto(micro_batch, "--micro-batch"), "checkpointing": True if checkpointing else None,
             "data.download": True if download else None, "init": init, "task": task,
             "sde.kind": sde, "sde.schedule": schedule, "steps": steps, "batch_size": batch_size, "optim.lr": lr, "optim.decay": lr_decay,
             "loss_weighting": loss_weighting, "time_sampling": time_sampling, "optim.ema_profile": ema_profile,
@@ -123,6 +139,6 @@ def train_command(
                   f"(loss {result.loss:.4f}){kept}")
         return EXIT_INTERRUPTED if result.interrupted else 0
 
-    code = run_job(job)
+    code = run_job(job, SMALLER_STEP)
     if code:
         raise typer.Exit(code)
