@@ -409,9 +409,17 @@ def _trial(objective: Objective, example: tuple[Tensor, Tensor], m: int, device:
 
 
 def _release(device: torch.device) -> None:
-    """Give what a failed allocation left back (the failed trial's tensors are gone once its exception is)."""
+    """Give what a failed trial left back to the system (its tensors are gone once its exception is)."""
+    import ctypes
+    import ctypes.util
     import gc
 
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
+    # glibc keeps freed heap memory mapped (it counts against a memory limit); malloc_trim hands it back.
+    libc = ctypes.util.find_library("c")
+    if libc is not None:
+        trim = getattr(ctypes.CDLL(libc), "malloc_trim", None)
+        if trim is not None:
+            trim(0)

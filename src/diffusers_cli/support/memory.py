@@ -16,6 +16,7 @@ _SIZE_PATTERNS = (
     re.compile(r"[Uu]nable to allocate ([\d.]+ ?[KMGT]i?B)"),
 )
 _GPU = re.compile(r"GPU (\d+)")
+_CPU_SAYINGS = ("can't allocate memory", "DefaultCPUAllocator", "out of memory", "could not create a primitive")
 
 #: The fixes an out-of-memory line names, per kind of job: flags that make the work of one moment smaller.
 SMALLER_BATCH = "draw fewer images at once with a smaller --batch-size"
@@ -38,8 +39,9 @@ def is_out_of_memory(err: BaseException) -> bool:
     if isinstance(err, MemoryError) or type(err).__name__ == "OutOfMemoryError":  # torch.OutOfMemoryError, torch-free
         return True
     text = str(err)
-    return isinstance(err, RuntimeError) and ("can't allocate memory" in text or "DefaultCPUAllocator" in text
-                                              or "out of memory" in text)
+    # oneDNN (the CPU's convolutions) says only "could not create a primitive" when it cannot map the memory of
+    # its kernels or workspace: under a memory limit that is how a convolution runs out.
+    return isinstance(err, RuntimeError) and any(s in text for s in _CPU_SAYINGS)
 
 
 def out_of_memory(err: BaseException) -> str | None:
