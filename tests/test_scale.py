@@ -48,10 +48,14 @@ def test_micro_batches_give_the_weights_of_one_pass(tmp_path: Path, task: str) -
     over: dict[str, Any] = {"steps": 4, "task": task, "data.flip": True}
     if task == "classifier":
         over["classifier.preset"] = "wrn-10-2"
-    one = _weights(train(tiny_train_config(tmp_path / "one", **over)).run_dir)
+    first = train(tiny_train_config(tmp_path / "one", **over))
+    one = _weights(first.run_dir)
     for micro in (1, 2, 4):
         res = train(tiny_train_config(tmp_path / f"m{micro}", micro_batch=micro, **over))
         assert res.extra["micro_batch"] == micro
+        # The loss (and its gradient) is the mean over the whole batch, not a sum of the chunks' means
+        # (which Adam, indifferent to a gradient's scale, would hide in the weights).
+        assert res.loss == pytest.approx(first.loss, rel=1e-5)
         gap = _gap(one, _weights(res.run_dir))
         assert gap < MICRO_TOL, (micro, gap)
     # The agreement means something: two steps fewer move the weights far more than micro-batches do.
@@ -79,9 +83,15 @@ def test_chunks_and_halving() -> None:
     assert list(divisors_down(40, 40)) == [40, 20, 10, 5, 2, 1]  # each the largest divisor at most half the last
 
 
-def _unet(dropout: float) -> UNet:
+def _unet(dropout: float, trained: bool = False) -> UNet:
     with default_generators(0, torch.device("cpu")):
-        return UNet(8, 1, base_channels=8, channel_mult=(1, 2), num_res_blocks=1, attn_resolutions=(4,), dropout=dropout)
+        net = UNet(8, 1, base_channels=8, channel_mult=(1, 2), num_res_blocks=1, attn_resolutions=(4,), dropout=dropout)
+    if trained:  # no zero layers: at initialisation the zero last conv stops every gradient but its own
+        g = torch.Generator().manual_seed(1)
+        with torch.no_grad():
+            for p in net.parameters():
+                p.add_(0.1 * torch.randn(p.shape, generator=g))
+    return net
 
 
 @pytest.mark.parametrize("dropout", [0.0, 0.3])
@@ -90,7 +100,7 @@ def test_checkpointing_gives_the_same_gradients_and_dropout(dropout: float) -> N
     x, c = torch.randn(4, 1, 8, 8, generator=g), torch.randn(4, generator=g)
     grads = []
     for checkpointing in (False, True):
-        net = _unet(dropout).train()
+        net = _unet(dropout, trained=True).train()
         net.checkpointing = checkpointing
         with default_generators(7, torch.device("cpu")):
             out = net(x, c)
@@ -101,12 +111,12 @@ def test_checkpointing_gives_the_same_gradients_and_dropout(dropout: float) -> N
     assert grads[0].keys() == grads[1].keys()
     for name in grads[0]:
         assert torch.equal(grads[0][name], grads[1][name]), name
+    assert grads[0]["conv_in.weight"].abs().sum() > 0  # gradients reach the first layer
     # Dropout draws are a pure function of the seed: another seed gives other gradients.
     if dropout:
-        net = _unet(dropout).train()
+        net = _unet(dropout, trained=True).train()
         with default_generators(8, torch.device("cpu")):
             (net(x, c) ** 2).sum().backward()
-        # (At initialisation a residual branch ends in a zero conv: the masks show in that conv's own gradient.)
         differ = [n for n, p in net.named_parameters() if not torch.equal(p.grad, grads[0][n])]
         assert differ, "dropout drew the same masks from another seed"
 
