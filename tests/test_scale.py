@@ -202,6 +202,7 @@ def test_num_workers_auto(tmp_path: Path) -> None:
     ("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: you tried to allocate "
      "2684354560 bytes. Error code 12 (Cannot allocate memory)", "the CPU's memory ran out trying to allocate 2.5 GiB"),
     ("could not create a primitive", "the CPU's memory ran out"),
+    ("std::bad_alloc", "the CPU's memory ran out"),
 ])
 def test_out_of_memory_says_what_ran_out_and_the_size(message: str, line: str) -> None:
     err: BaseException = RuntimeError(message)
@@ -266,3 +267,33 @@ def test_out_of_memory_is_one_line_and_auto_micro_batch_trains_under_the_limit(t
     ref = _limited(tmp_path, None, "train", *[a if a != "big" else "ref" for a in run], "--steps", "2")
     assert ref.returncode == 0, ref.stderr
     assert _gap(weights, load_weights(tmp_path / "runs" / "ref" / "model.safetensors")[0]) < MICRO_TOL
+
+
+def test_run_job_turns_out_of_memory_into_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    import typer
+
+    from diffusers_cli.cli.common import run_job
+    from diffusers_cli.support.memory import SMALLER_BATCH
+
+    def job() -> None:
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: "
+                           "you tried to allocate 1073741824 bytes. Error code 12 (Cannot allocate memory)")
+
+    with pytest.raises(typer.Exit) as exit_:
+        run_job(job, SMALLER_BATCH)
+    assert exit_.value.exit_code == 1
+    assert capsys.readouterr().err == ("diffuse: error: out of memory: the CPU's memory ran out trying to allocate 1 GiB; "
+                                       "draw fewer images at once with a smaller --batch-size\n")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="RLIMIT_AS and /proc/self/status are Linux's")
+def test_sampling_out_of_memory_is_one_line(tiny_run: Path, tmp_path: Path) -> None:
+    res = _limited(tmp_path, 200, "sample", "--model", str(tiny_run), "-n", "200000", "--batch-size", "200000",
+                   "--steps", "1", "--device", "cpu", "--out", str(tmp_path / "x.png"))
+    assert res.returncode == 1, res.stderr
+    last = res.stderr.splitlines()[-1]
+    # Where C++ code runs out (std::bad_alloc) no size is told; the allocators that know it say it.
+    assert re.fullmatch(r"diffuse: error: out of memory: the CPU's memory ran out( trying to allocate [\d.]+ (MiB|GiB))?; "
+                        r"draw fewer images at once with a smaller --batch-size", last), res.stderr
+    assert [ln for ln in res.stderr.splitlines() if ln.startswith("diffuse:")] == [last]
+    assert not (tmp_path / "x.png").exists()

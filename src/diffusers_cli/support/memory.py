@@ -16,7 +16,8 @@ _SIZE_PATTERNS = (
     re.compile(r"[Uu]nable to allocate ([\d.]+ ?[KMGT]i?B)"),
 )
 _GPU = re.compile(r"GPU (\d+)")
-_CPU_SAYINGS = ("can't allocate memory", "DefaultCPUAllocator", "out of memory", "could not create a primitive")
+_CPU_SAYINGS = ("can't allocate memory", "DefaultCPUAllocator", "out of memory", "could not create a primitive",
+                "std::bad_alloc")
 
 #: The fixes an out-of-memory line names, per kind of job: flags that make the work of one moment smaller.
 SMALLER_BATCH = "draw fewer images at once with a smaller --batch-size"
@@ -40,7 +41,7 @@ def is_out_of_memory(err: BaseException) -> bool:
         return True
     text = str(err)
     # oneDNN (the CPU's convolutions) says only "could not create a primitive" when it cannot map the memory of
-    # its kernels or workspace: under a memory limit that is how a convolution runs out.
+    # its kernels or workspace, and C++ code "std::bad_alloc": under a memory limit that is how they run out.
     return isinstance(err, RuntimeError) and any(s in text for s in _CPU_SAYINGS)
 
 
