@@ -82,6 +82,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--micro-batch", type=int, default=32)
     parser.add_argument("--limit-steps", type=int, default=2, help="steps of the runs under RLIMIT_AS")
+    parser.add_argument("--limited-only", type=int, default=None, metavar="MIB",
+                        help="only the runs under RLIMIT_AS, with this headroom over the imports")
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="train_memory_"))
     base = {"data": {"dataset": "shapes", "image_size": args.image_size, "num_examples": 512},
@@ -90,6 +92,9 @@ def main() -> None:
     configs = {"one pass": {}, f"--micro-batch {args.micro_batch}": {"micro_batch": args.micro_batch},
                "--checkpointing": {"checkpointing": True}}
     results = {}
+    if args.limited_only is not None:
+        print(json.dumps({"args": vars(args), "limited": limited_runs(args, tmp, args.limited_only)}, indent=1))
+        return
     for i, (name, extra) in enumerate(configs.items()):
         results[name] = run({**base, **extra, "name": f"r{i}"})
         print(f"{name}: {results[name]['maxrss_mib']:.0f} MiB", file=sys.stderr, flush=True)
@@ -110,6 +115,11 @@ def main() -> None:
     import_rss = float(probe.stdout.strip())
     micro_rss = results[f"--micro-batch {args.micro_batch}"]["maxrss_mib"]
     headroom = round((micro_rss - import_rss) + 0.5 * (one["maxrss_mib"] - micro_rss))
+    print(json.dumps({"args": vars(args), "rows": rows, "limited": limited_runs(args, tmp, headroom)}, indent=1))
+
+
+def limited_runs(args: argparse.Namespace, tmp: Path, headroom: int) -> dict[str, Any]:
+    """The plain run and --micro-batch auto under RLIMIT_AS: the imports' address space plus ``headroom`` MiB."""
     cmd = ["train", "--dataset", "shapes", "--image-size", str(args.image_size), "--preset", args.preset,
            "--batch-size", str(args.batch_size), "--steps", str(args.limit_steps), "--set", "data.num_examples=512",
            "--device", "cpu", "--sample-every", "0", "--out", str(tmp)]
@@ -118,9 +128,8 @@ def main() -> None:
     auto = subprocess.run([sys.executable, "-c", LIMITED, str(headroom), *cmd, "--name", "auto", "--micro-batch", "auto"],
                           capture_output=True, text=True, env=_env(), check=False)
     said = [ln for ln in auto.stderr.splitlines() if ln.startswith("--micro-batch auto")]
-    limited = {"headroom_mib": headroom, "plain_exit": plain.returncode, "plain_line": plain.stderr.strip().splitlines()[-1:],
-               "auto_exit": auto.returncode, "auto_said": said, "auto_tail": auto.stderr.strip().splitlines()[-1:]}
-    print(json.dumps({"args": vars(args), "rows": rows, "limited": limited}, indent=1))
+    return {"headroom_mib": headroom, "plain_exit": plain.returncode, "plain_line": plain.stderr.strip().splitlines()[-1:],
+            "auto_exit": auto.returncode, "auto_said": said, "auto_tail": auto.stderr.strip().splitlines()[-1:]}
 
 
 if __name__ == "__main__":

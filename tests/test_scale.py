@@ -256,8 +256,8 @@ def test_out_of_memory_is_one_line_and_auto_micro_batch_trains_under_the_limit(t
     # --micro-batch auto resumes it under the same limit, says what it chose and records it.
     auto = _limited(tmp_path, 250, "train", "--resume", "--name", "big", "--steps", "2", "--micro-batch", "auto", "--json")
     assert auto.returncode == 0, auto.stderr
-    said = re.search(r"--micro-batch auto: (\d+) of the 768 examples a process runs per step fit at once "
-                     r"\((\d+) micro-batches a step\)", auto.stderr)
+    said = re.search(r"--micro-batch auto: (\d+) of the 768 examples a process runs per step at once "
+                     r"\((\d+) micro-batches a step; half the most that fit\)", auto.stderr)
     assert said is not None, auto.stderr
     chosen = int(said.group(1))
     assert chosen < 768 and 768 % chosen == 0 and int(said.group(2)) == 768 // chosen

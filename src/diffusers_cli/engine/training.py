@@ -370,7 +370,7 @@ def largest_micro_batch(
     precision: str = "fp32",
     reserve: int = 0,  # bytes held during the trials for what the first step allocates later (the optimizer's state)
 ) -> int:
-    """The largest micro-batch whose forward and backward fit: ``share``, then halving on out of memory.
+    """A micro-batch that fits: ``share`` if its forward and backward fit, else half the largest that does (halving on out of memory).
 
     Each trial runs on copies of ``example``, under its own generators and dropout seed, and leaves no
     gradient behind, so the run's first step is what it would have been without the search.
@@ -378,7 +378,8 @@ def largest_micro_batch(
     from diffusers_cli.support.memory import is_out_of_memory
 
     params = [p for p in objective.parameters() if p.requires_grad]
-    for m in divisors_down(share, share):
+    sizes = list(divisors_down(share, share))
+    for i, m in enumerate(sizes):
         try:
             _trial(objective, example, m, device, precision, reserve)
             failed = False
@@ -389,7 +390,9 @@ def largest_micro_batch(
         for p in params:
             p.grad = None
         if not failed:
-            return m
+            # Below the whole share, one more halving: a real step also holds the global batch, its draws and what
+            # the allocators keep between chunks, and a trial at the edge of memory measured too little for it.
+            return m if i == 0 else sizes[min(i + 1, len(sizes) - 1)]
         _release(device)
     return 1  # 1 failed too: the run's first step will say so in its out-of-memory line
 

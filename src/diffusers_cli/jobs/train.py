@@ -550,8 +550,8 @@ def _micro_batch(cfg: TrainConfig, objective: nn.Module, opt: torch.optim.Optimi
     found = largest_micro_batch(objective, (x.to(device), y.to(device)), share, device, cfg.precision, reserve)
     chosen = min(_gathered(found, device, world))  # every rank runs the same chunks: DDP syncs once per step
     if world.is_main:
-        reporter.message(f"--micro-batch auto: {chosen} of the {share} examples a process runs per step fit at once "
-                         f"({share // chosen} micro-batches a step)")
+        reporter.message(f"--micro-batch auto: {chosen} of the {share} examples a process runs per step at once "
+                         f"({share // chosen} micro-batches a step{'' if chosen == share else '; half the most that fit'})")
     return chosen
 
 
