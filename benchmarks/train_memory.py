@@ -74,6 +74,38 @@ def gap(a: str, b: str) -> float:
     return max((wa[k] - wb[k]).abs().max().item() for k in wa)
 
 
+def interleaved_step_times(args: argparse.Namespace, reps: int) -> dict[str, float]:
+    """Median seconds of one forward + backward of the batch, the three ways taken in turn (A/B/C interleaved), in this process."""
+    import time
+
+    import torch
+
+    from diffusers_cli.engine.networks.unet import unet_from_preset
+    from diffusers_cli.engine.objectives import ScoreObjective
+    from diffusers_cli.engine.score import ScoreModel
+    from diffusers_cli.engine.sde import VPSDE
+    from diffusers_cli.engine.training import chunks
+
+    net = unet_from_preset(args.preset, args.image_size, 3).train()
+    objective = ScoreObjective(ScoreModel(net, VPSDE(), "edm"))
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(args.batch_size, 3, args.image_size, args.image_size, generator=g) * 2 - 1
+    batch = objective.draw(x, torch.zeros(args.batch_size, dtype=torch.long), g)
+    ways = {"one pass": (False, None), f"--micro-batch {args.micro_batch}": (False, args.micro_batch),
+            "--checkpointing": (True, None)}
+    times: dict[str, list[float]] = {k: [] for k in ways}
+    for _ in range(reps):
+        for name, (ckpt, micro) in ways.items():
+            net.checkpointing = ckpt
+            net.zero_grad(set_to_none=True)
+            t0 = time.perf_counter()
+            for part in chunks(args.batch_size, micro):
+                loss, _ = objective(**{k: v[part] for k, v in batch.items()})
+                (loss.sum() / args.batch_size).backward()
+            times[name].append(time.perf_counter() - t0)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch-size", type=int, default=256)
@@ -82,6 +114,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--micro-batch", type=int, default=32)
     parser.add_argument("--limit-steps", type=int, default=2, help="steps of the runs under RLIMIT_AS")
+    parser.add_argument("--timing-only", type=int, default=None, metavar="REPS",
+                        help="only forward + backward times of the three ways, interleaved, REPS rounds")
     parser.add_argument("--limited-only", type=int, default=None, metavar="MIB",
                         help="only the runs under RLIMIT_AS, with this headroom over the imports")
     args = parser.parse_args()
@@ -92,6 +126,10 @@ def main() -> None:
     configs = {"one pass": {}, f"--micro-batch {args.micro_batch}": {"micro_batch": args.micro_batch},
                "--checkpointing": {"checkpointing": True}}
     results = {}
+    if args.timing_only is not None:
+        t = interleaved_step_times(args, args.timing_only)
+        print(json.dumps({"args": vars(args), "median_s": t, "ratio": {k: round(v / t["one pass"], 3) for k, v in t.items()}}))
+        return
     if args.limited_only is not None:
         print(json.dumps({"args": vars(args), "limited": limited_runs(args, tmp, args.limited_only)}, indent=1))
         return
