@@ -379,8 +379,8 @@ class TrainConfig(Strict):
     compile: bool = False
     channels_last: bool = False
     # Each process runs its share of batch_size in chunks of micro_batch, gradients accumulated: the recipe (global
-    # batch, lr, noise draws) stays, the memory a step needs shrinks. None: the whole share at once; "auto": the
-    # largest that fits, found before the first step. Must divide batch_size / processes (checked by the job).
+    # batch, lr, noise draws) stays, the memory a step needs shrinks. None: the whole share at once; "auto": found
+    # before the first step (engine.training.largest_micro_batch). Must divide batch_size / processes (the job checks).
     micro_batch: PositiveInt | Literal["auto"] | None = None
     # Recompute the U-Net's blocks in the backward pass (activation checkpointing): less memory, more time.
     checkpointing: bool = False
