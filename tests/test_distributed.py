@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -38,8 +39,11 @@ def test_two_processes_equal_one_and_resume_with_one(tmp_path: Path) -> None:
     single = invoke(*ARGS, "--steps", "4", "--out", tmp_path, "--name", "one")
     assert single.exit_code == 0, single.stderr
     dist = run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                "-m", "diffusers_cli", *ARGS, "--steps", "4", "--out", str(tmp_path), "--name", "two"])
+                "-m", "diffusers_cli", *ARGS, "--steps", "4", "--out", str(tmp_path), "--name", "two", "--json"])
     assert dist.returncode == 0, dist.stderr
+    # Each rank read (and would decode) only its half of every global batch: 4 steps x 4 of 8 examples.
+    summaries = [json.loads(line) for line in dist.stdout.splitlines() if line.startswith("{")]
+    assert summaries and all(s["examples_read"] == [16, 16] for s in summaries), dist.stdout
     w1, m1 = load_weights(tmp_path / "one" / "model.safetensors")
     w2, m2 = load_weights(tmp_path / "two" / "model.safetensors")
     assert m1["step"] == m2["step"] == 4

@@ -29,13 +29,13 @@ def save_train_state(
     generator: torch.Generator,
     extra: dict[str, Any],
 ) -> None:
-    """Optimizer moments, RNG states (torch, CUDA, the run's generator) and counters, as safetensors + JSON."""
+    """Optimizer moments, the run's generator and counters, as safetensors + JSON.
+
+    torch's default generators are not saved: training never draws from them (its dropout is seeded per step),
+    so they are no part of a run's state.
+    """
     tensors, groups = _optimizer_tensors(optimizer)
-    tensors["rng.torch"] = torch.get_rng_state()
     tensors["rng.generator"] = generator.get_state()
-    if torch.cuda.is_available():
-        for i, s in enumerate(torch.cuda.get_rng_state_all()):
-            tensors[f"rng.cuda.{i}"] = s
     save_weights(path, tensors, {"kind": "train-state", "step": step, "param_groups": groups, **extra})
 
 
@@ -53,9 +53,7 @@ def load_train_state(path: Path, optimizer: torch.optim.Optimizer, generator: to
         optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
     except (ValueError, KeyError) as err:
         raise CheckpointError(f"optimizer state in {path} does not fit this model ({err}); start a new run instead of --resume") from None
-    torch.set_rng_state(tensors["rng.torch"])
+    # An older state's rng.torch / rng.cuda.* (the default generators) are left unread: setting them would change the
+    # caller's global generators and nothing in training draws from them any more.
     generator.set_state(tensors["rng.generator"])
-    cuda = [tensors[k] for k in sorted(k for k in tensors if k.startswith("rng.cuda."))]
-    if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(cuda)
     return meta

@@ -15,6 +15,7 @@ import typer
 from diffusers_cli.config.overrides import sampler_section
 from diffusers_cli.support.errors import MachineError, RunFailed, UsageError
 from diffusers_cli.support.files import MACHINE_ERRNOS, MACHINE_HINTS
+from diffusers_cli.support.memory import SMALLER_BATCH, out_of_memory
 from diffusers_cli.support.progress import LineReporter
 
 T = TypeVar("T")
@@ -68,11 +69,12 @@ def _failure(err: BaseException, message: str, code: int) -> typer.Exit:
     return fail(message, code)
 
 
-def run_job(job: Callable[[], T]) -> T:
+def run_job(job: Callable[[], T], memory_fix: str = SMALLER_BATCH) -> T:
     """Run a job under the error policy: bad input exits 2, a failing machine 1, a bug 1, Ctrl-C 130; one line each.
 
     Every outcome is one ``diffuse: error:`` line on stderr that says what went wrong and what to do;
-    a traceback is shown only with DIFFUSE_DEBUG=1.
+    a traceback is shown only with DIFFUSE_DEBUG=1. Running out of memory is a failing machine: its line
+    says what ran out, the size it tried, and ``memory_fix`` (the command's flags that make the work smaller).
     """
     try:
         return job()
@@ -91,6 +93,9 @@ def run_job(job: Callable[[], T]) -> T:
     except KeyboardInterrupt:
         raise fail("interrupted", EXIT_INTERRUPTED) from None
     except Exception as err:  # a bug, ours or a library's (a plain ValueError from numpy included)
+        ran_out = out_of_memory(err)
+        if ran_out is not None:
+            raise _failure(err, f"out of memory: {ran_out}; {memory_fix}", EXIT_FAILURE) from None
         raise _unexpected(err) from None
 
 

@@ -8,6 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from diffusers_cli.engine.masks import HALF_SIDES, MASKS  # torch-free: the names for --mask's and --mask-side's help
+from diffusers_cli.support.memory import FEWER_CANDIDATES
 
 from diffusers_cli.cli.common import (
     ConfigOpt, DeviceOpt, DownloadModelOpt, GridOpt, JsonOpt, ModelOpt, SeedOpt, SetOpt, StepsOpt, emit_json, make_reporter, option_pairs, parse_kv,
@@ -62,4 +63,4 @@ def impute_command(
         else:
             print(f"wrote {', '.join(str(p) for p in res.outputs[:3])} ({res.method}, {res.nfe} NFE)")
 
-    run_job(job)
+    run_job(job, FEWER_CANDIDATES)

@@ -15,6 +15,7 @@ from diffusers_cli.engine.metrics import METRICS
 from diffusers_cli.engine.metrics.metric import scores_samples_alone
 from diffusers_cli.engine.networks.presets import UNET_PRESETS, WRN_PRESETS
 from diffusers_cli.engine.weightings import DEFAULT_WEIGHTING, WEIGHTINGS
+from diffusers_cli.support.memory import SMALLER_STEP
 
 from diffusers_cli.cli.common import (
     EXIT_INTERRUPTED,
@@ -29,6 +30,18 @@ from diffusers_cli.cli.common import (
     run_job,
     sampler_overrides,
 )
+
+
+def _count_or_auto(value: str | None, flag: str) -> int | str | None:
+    """A flag's ``N`` as an int, ``auto`` as itself; anything else is bad input naming the flag."""
+    if value is None or value == "auto":
+        return value
+    try:
+        return int(value)
+    except ValueError:
+        from diffusers_cli.support.errors import UsageError
+
+        raise UsageError(f"{flag} expects a whole number or auto, got {value!r}") from None
 
 
 def train_command(
@@ -61,7 +74,9 @@ def train_command(
     precision: Annotated[Optional[str], typer.Option(help="fp32 (default), bf16, fp16 (autocast; fp16 with a grad scaler, CUDA only) or auto: bf16 where the device computes it natively (CUDA Ampere+, CPUs with AVX512-BF16 or AMX), else fp32.")] = None,
     compile_: Annotated[bool, typer.Option("--compile", help="torch.compile the training step.")] = False,
     channels_last: Annotated[bool, typer.Option("--channels-last", help="Use the channels-last memory format.")] = False,
-    num_workers: Annotated[Optional[int], typer.Option(help="Data-loading worker processes (folders and Cars).")] = None,
+    num_workers: Annotated[Optional[str], typer.Option(help="Data-loading worker processes: N, or auto (default: some for datasets that decode files, folders and Cars; none for tensors in memory).")] = None,
+    micro_batch: Annotated[Optional[str], typer.Option(help="Run each process's share of --batch-size in chunks of N, accumulating gradients (same recipe, less memory; N divides the share), or auto: found before the first step by halving until one fits (then halved once more for headroom), and recorded in the run.")] = None,
+    checkpointing: Annotated[bool, typer.Option("--checkpointing", help="Recompute the U-Net's blocks in the backward pass (activation checkpointing): less memory per example, more time a step (benchmarks/README.md).")] = False,
     download: Annotated[bool, typer.Option("--download", help=f"Let torchvision download a missing {', '.join(s.name for s in DATASETS.values() if s.download == '--download')}, and huggingface_hub a missing hf: --init model.")] = False,
     sample_every: Annotated[Optional[int], typer.Option(help="Write a sample grid every N steps (0: only at the end).")] = None,
     snapshot_every: Annotated[Optional[str], typer.Option(help="Keep the EMA weights with their card in RUN/snapshots/ every N steps, or every Ne epochs (5e), and at the end; sample one with --model RUN@STEP, score them all with `diffuse evaluate --model RUN --snapshots`.")] = None,
@@ -90,7 +105,8 @@ def train_command(
         file = config
         overrides: dict[str, object] = {
             "data.dataset": dataset, "data.data_dir": str(data_dir) if data_dir else None, "data.split": split,
-            "data.image_size": image_size, "data.num_workers": num_workers,
+            "data.image_size": image_size, "data.num_workers": _count_or_auto(num_workers, "--num-workers"),
+            "micro_batch": _count_or_auto(micro_batch, "--micro-batch"), "checkpointing": True if checkpointing else None,
             "data.download": True if download else None, "init": init, "task": task,
             "sde.kind": sde, "sde.schedule": schedule, "steps": steps, "batch_size": batch_size, "optim.lr": lr, "optim.decay": lr_decay,
             "loss_weighting": loss_weighting, "time_sampling": time_sampling, "optim.ema_profile": ema_profile,
@@ -136,6 +152,6 @@ def train_command(
                   f"(loss {result.loss:.4f}){kept}")
         return EXIT_INTERRUPTED if result.interrupted else 0
 
-    code = run_job(job)
+    code = run_job(job, SMALLER_STEP)
     if code:
         raise typer.Exit(code)

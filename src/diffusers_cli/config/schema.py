@@ -17,6 +17,7 @@ from pydantic import (
     ConfigDict,
     Field,
     PositiveFloat,
+    NonNegativeInt,
     PositiveInt,
     ValidationError,
     field_validator,
@@ -95,7 +96,8 @@ class DataConfig(Strict):
     channels: Literal[1, 3] | None = None
     flip: bool = False
     download: bool = False
-    num_workers: int = Field(0, ge=0)
+    # Data-loading worker processes; "auto": some for datasets that decode files (folder, cars), 0 for tensors in memory.
+    num_workers: NonNegativeInt | Literal["auto"] = "auto"
 
     @property
     def image_hw(self) -> tuple[int, int]:
@@ -281,6 +283,12 @@ class TrainConfig(Strict):
     precision: Precision = "fp32"
     compile: bool = False
     channels_last: bool = False
+    # Each process runs its share of batch_size in chunks of micro_batch, gradients accumulated: the recipe (global
+    # batch, lr, noise draws) stays, the memory a step needs shrinks. None: the whole share at once; "auto": found
+    # before the first step (engine.training.largest_micro_batch). Must divide batch_size / processes (the job checks).
+    micro_batch: PositiveInt | Literal["auto"] | None = None
+    # Recompute the U-Net's blocks in the backward pass (activation checkpointing): less memory, more time.
+    checkpointing: bool = False
     out: Path = Path("runs")
     name: str | None = None
     resume: bool = False

@@ -9,7 +9,7 @@ import signal
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -182,12 +182,55 @@ def _grad_norm(net: nn.Module, grad_clip: float) -> Tensor:
     return torch.nn.utils.get_total_norm([p.grad for p in params])
 
 
+def step_seed(seed: int, step: int, first: int) -> int:
+    """The seed of the dropout draws of the examples from ``first`` of the global batch at ``step``: a pure function."""
+    return ((seed * 1_000_003 + step) * 1_000_033 + first) % (2**63 - 1)
+
+
+@contextlib.contextmanager
+def default_generators(seed: int | None, device: torch.device) -> Iterator[None]:
+    """Torch's default generators (CPU, and ``device``'s) seeded by ``seed`` inside, restored as they were after.
+
+    nn.Dropout and the layers' default initialisers take no generator; forking the default ones around a forward
+    pass (or a network's construction) makes their draws a pure function of the seed, e.g. of (run seed, step,
+    examples), so a resumed run drops what the uninterrupted one dropped, and nothing outside sees the default
+    generators change. None: leave the default generators alone.
+    """
+    if seed is None:
+        yield
+        return
+    cuda = device.type == "cuda"
+    with torch.random.fork_rng(devices=[device] if cuda else [], device_type="cuda"):
+        torch.default_generator.manual_seed(seed)
+        if cuda:
+            torch.cuda.default_generators[device.index if device.index is not None else torch.cuda.current_device()].manual_seed(seed)
+        yield
+
+
+def chunks(n: int, size: int | None) -> list[slice]:
+    """Slices of ``size`` rows (the last may be shorter) covering ``n`` rows; None: one slice of all."""
+    size = n if size is None else size
+    return [slice(i, min(i + size, n)) for i in range(0, n, size)]
+
+
+def divisors_down(n: int, start: int) -> Iterator[int]:
+    """``start`` (if it divides n), then by halving: the largest divisor of n at most half the last, down to 1."""
+    m = start
+    while m >= 1:
+        while n % m:
+            m -= 1
+        yield m
+        if m == 1:
+            return
+        m //= 2
+
+
 def train_loop(
     net: nn.Module,  # the online network: its parameters are clipped, stepped and averaged
     ema: EMA,  # the average updated after every step
     opt: torch.optim.Optimizer,  # over net's parameters; its learning rate is set each step
     objective: Objective,  # draws each global batch's randomness and (un-wrapped) accumulates statistics
-    batches: Iterable[tuple[Tensor, Tensor]],  # global (images, labels) batches of steps start, start + 1, ...
+    batches: Iterable[tuple[Tensor, Tensor]],  # (images, labels) of steps start, start + 1, ...: global, or this rank's slice
     generator: torch.Generator | None,  # the run's generator: augmentation, then the objective's draws
     *,
     steps: int,  # the step the run ends at
@@ -198,6 +241,9 @@ def train_loop(
     precision: str = "fp32",  # "fp32", "bf16" or "fp16" (autocast; fp16 with a GradScaler)
     channels_last: bool = False,  # 4-D inputs in channels-last memory format
     local: slice = slice(None),  # this rank's share of the global batch
+    global_batch: int | None = None,  # set when ``batches`` are this rank's slices: the global batch size they come from
+    micro_batch: int | None = None,  # run the share in chunks of this many, gradients accumulated; None: at once
+    dropout_seed: int | None = None,  # dropout a pure function of (this, step, examples); None: torch's default generator
     forward: Callable[..., tuple[Tensor, dict[str, Tensor]]] | None = None,  # objective as DDP / compile wrap it
     augment: Callable[[Tensor, torch.Generator | None], Tensor] | None = None,  # e.g. random flips, drawn first
     log_every: int = 50,  # steps per log record (and one after the last step)
@@ -211,38 +257,58 @@ def train_loop(
     """Run steps ``start`` .. ``steps`` - 1 (fewer if Ctrl-C stops it); NonFiniteError on a non-finite loss or gradient.
 
     Each step draws on the global batch (augmentation, then the objective's times, noise,
-    labels), slices it to ``local``, and takes one optimizer step on the mean per-example loss.
+    labels), slices it to ``local``, and takes one optimizer step on the mean per-example loss,
+    its gradient accumulated over micro-batches (under DDP synchronised once, after the last).
     The check comes before the optimizer step, so neither the weights nor the EMA ever take a non-finite
     update; a skipped step still consumes its batch and draws, so a resumed run skips the same steps.
     """
     if on_nonfinite not in ("stop", "skip"):
         raise ValueError(f"on_nonfinite must be 'stop' or 'skip', got {on_nonfinite!r}")
     forward = objective if forward is None else forward
+    # DDP (also under torch.compile, which forwards attributes) syncs gradients in every backward but inside no_sync().
+    no_sync = getattr(forward, "no_sync", None)
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16") if scaler is None else scaler
     log_hook = Hook(log_every, lambda s: None, final=True)
     window: list[float] = []
     t0 = time.perf_counter()
     t_log, step, last_loss = t0, start, math.nan
     skipped, consecutive = 0, 0  # non-finite steps skipped since the last record, and in a row
+    first = local.start or 0  # the global index of this rank's first example
     with DeferredInterrupt() as stop:
         for step, (x, y) in enumerate(batches, start=start):
-            # One global draw, sliced per rank: any world size sees the same examples and noise.
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            if global_batch is not None and x.shape[0] != global_batch:
+                # This rank read only its slice; the draws still span the global batch (they depend only on its shape).
+                x, y = _in_global(x, global_batch, local), _in_global(y, global_batch, local)
+            # One global draw, sliced per rank: any world size sees the same examples and noise.
             if augment is not None:
                 x = augment(x, generator)
             batch = {k: v[local] for k, v in objective.draw(x, y, generator).items()}
+            del x, y
             if channels_last:
                 batch = {k: v.contiguous(memory_format=torch.channels_last) if v.ndim == 4 else v for k, v in batch.items()}
             for g in opt.param_groups:
                 g["lr"] = lr(step)
-            with autocast(device, precision):
-                per_example, stats = forward(**batch)
-            loss = per_example.float().mean()
             opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
+            n = batch["x"].shape[0]
+            parts = chunks(n, micro_batch)
+            total = torch.zeros((), device=device)
+            pieces: list[dict[str, Tensor]] = []
+            for i, part in enumerate(parts):
+                sync = no_sync is None or i == len(parts) - 1
+                with contextlib.nullcontext() if sync else no_sync(), \
+                        default_generators(None if dropout_seed is None else step_seed(dropout_seed, step, first + part.start), device):
+                    with autocast(device, precision):
+                        per_example, stats = forward(**{k: v[part] for k, v in batch.items()})
+                    # One chunk: the mean as it always was; several: each adds its share of the mean over the slice.
+                    loss = per_example.float().mean() if len(parts) == 1 else per_example.float().sum() / n
+                    scaler.scale(loss).backward()
+                total += loss.detach()
+                pieces.append({k: v.detach() for k, v in stats.items()})
+                del per_example, loss
             scaler.unscale_(opt)
             # One host sync per step for both checks (a non-finite loss only makes non-finite gradients, never applied).
-            value, norm = torch.stack([loss.detach(), _grad_norm(net, grad_clip).float().to(loss.device)]).tolist()
+            value, norm = torch.stack([total, _grad_norm(net, grad_clip).float().to(total.device)]).tolist()
             bad = None
             if not math.isfinite(value):
                 bad = f"the loss became {value} at step {step + 1}"
@@ -263,7 +329,7 @@ def train_loop(
                 ema.update(net)
                 last_loss = value
                 window.append(last_loss)
-                objective.observe(batch, stats)
+                objective.observe(batch, {k: torch.cat([p[k] for p in pieces]) for k in pieces[0]})
             done = step + 1
             if on_step is not None:
                 on_step(done, last_loss)
@@ -287,3 +353,76 @@ def train_loop(
             if stop.requested:
                 break
     return LoopResult(step, last_loss, stop.requested and step < steps)
+
+
+def _in_global(part: Tensor, size: int, local: slice) -> Tensor:
+    """``part`` placed at ``local`` in zeros of the global batch's size: the draws see the global shape, the slice its rows."""
+    out = part.new_zeros((size, *part.shape[1:]))
+    out[local] = part
+    return out
+
+
+def largest_micro_batch(
+    objective: Objective,  # the un-wrapped objective: trials must not reach DDP's collectives
+    example: tuple[Tensor, Tensor],  # one (images, labels) pair of the run's shape, on the device
+    share: int,  # examples per process per step: the micro-batch divides it
+    device: torch.device,
+    precision: str = "fp32",
+    reserve: int = 0,  # bytes held during the trials for what the first step allocates later (the optimizer's state)
+) -> int:
+    """A micro-batch that fits: ``share`` if its forward and backward fit, else half the largest that does (halving on out of memory).
+
+    Each trial runs on copies of ``example``, under its own generators and dropout seed, and leaves no
+    gradient behind, so the run's first step is what it would have been without the search.
+    """
+    from diffusers_cli.support.memory import is_out_of_memory
+
+    params = [p for p in objective.parameters() if p.requires_grad]
+    sizes = list(divisors_down(share, share))
+    for i, m in enumerate(sizes):
+        try:
+            _trial(objective, example, m, device, precision, reserve)
+            failed = False
+        except Exception as err:  # noqa: BLE001 - allocation failures only; anything else is re-raised
+            if not is_out_of_memory(err):
+                raise
+            failed = True  # the trial's tensors went with its frame; what the allocator kept is given back below
+        for p in params:
+            p.grad = None
+        if not failed:
+            # Below the whole share, one more halving: a real step also holds the global batch, its draws and what
+            # the allocators keep between chunks, and a trial at the edge of memory measured too little for it.
+            return m if i == 0 else sizes[min(i + 1, len(sizes) - 1)]
+        _release(device)
+    return 1  # 1 failed too: the run's first step will say so in its out-of-memory line
+
+
+def _trial(objective: Objective, example: tuple[Tensor, Tensor], m: int, device: torch.device, precision: str,
+           reserve: int) -> None:
+    """One forward and backward of ``m`` copies of the example, with ``reserve`` bytes held aside."""
+    ballast = torch.empty(reserve // 4, dtype=torch.float32, device=device) if reserve else None
+    x1, y1 = example
+    with default_generators(0, device):
+        x = x1[:1].expand(m, *x1.shape[1:]).contiguous()
+        batch = objective.draw(x, y1[:1].expand(m).contiguous(), torch.Generator(device=device).manual_seed(0))
+        with autocast(device, precision):
+            per_example, _ = objective(**batch)
+        per_example.float().mean().backward()
+    del ballast
+
+
+def _release(device: torch.device) -> None:
+    """Give what a failed trial left back to the system (its tensors are gone once its exception is)."""
+    import ctypes
+    import ctypes.util
+    import gc
+
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    # glibc keeps freed heap memory mapped (it counts against a memory limit); malloc_trim hands it back.
+    libc = ctypes.util.find_library("c")
+    if libc is not None:
+        trim = getattr(ctypes.CDLL(libc), "malloc_trim", None)
+        if trim is not None:
+            trim(0)

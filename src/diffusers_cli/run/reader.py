@@ -108,7 +108,12 @@ class RunFiles:
         if found is None:
             return None
         with found.open("rb") as f:
-            data = f.read(limit + 1)  # never more than the limit in memory, whatever the file says its size is
+            # Never more than the limit in memory, whatever the file says its size is; and no buffer of the limit's
+            # size up front (read(n) allocates n bytes first: 256 MiB for a 2 KiB log under a memory limit).
+            size = os.fstat(f.fileno()).st_size
+            data = f.read(min(size, limit) + 1)
+            if len(data) > size:  # it grew while read: take the rest in pieces, up to the limit
+                data += f.read(max(0, limit + 1 - len(data)))
         if len(data) > limit:
             raise RunFileError(f"{shown(self.root / name)} is larger than {limit:,} bytes, more than a run ever writes; "
                                "it is damaged (restore it, or remove it)", f"it is larger than {limit:,} bytes")

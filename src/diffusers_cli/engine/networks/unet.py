@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from diffusers_cli.engine.networks.presets import UNET_PRESETS
 from diffusers_cli.engine.networks.layers import (
@@ -150,6 +151,9 @@ class UNet(nn.Module):
 
         self.norm_out = group_norm(ch)
         self.conv_out = conv3x3(ch, out_channels, zero=True)
+        # Activation checkpointing: in training, each block's activations are recomputed in the backward pass
+        # instead of kept. A switch of how to run, not of what the net is: not in ``config``, not in the card.
+        self.checkpointing = False
 
     def embedding(self, c_noise: Tensor, class_labels: Tensor | None) -> Tensor:
         """The activated conditioning vector [B, 4 * base_channels] every residual block reads."""
@@ -172,15 +176,26 @@ class UNet(nn.Module):
     def forward(self, x: Tensor, c_noise: Tensor, class_labels: Tensor | None = None) -> Tensor:
         """x [B, C, H, W], c_noise [B], class_labels [B] or None -> [B, out_channels, H, W]."""
         emb = self.embedding(c_noise, class_labels)
+        run = self._checkpointed if self.checkpointing and self.training and torch.is_grad_enabled() else _call
         h = self.conv_in(x)
         hs = [h]
         for block in self.down:
-            h = block(h, emb)
+            h = run(block, h, emb)
             hs.append(h)
-        h = self.mid_res1(self.mid_attn(self.mid_res0(h, emb)), emb)
+        h = run(self.mid_res1, run(self.mid_attn, run(self.mid_res0, h, emb)), emb)
         for block, takes_skip in zip(self.up, self._takes_skip):
-            h = block(torch.cat([h, hs.pop()], dim=1) if takes_skip else h, emb)
+            h = run(block, torch.cat([h, hs.pop()], dim=1) if takes_skip else h, emb)
         return self.conv_out(F.silu(self.norm_out(h)))
+
+    @staticmethod
+    def _checkpointed(block: nn.Module, *args: Tensor) -> Tensor:
+        """``block(*args)`` keeping only its inputs; the backward pass runs it again, with the dropout draws of the first run."""
+        return checkpoint(block, *args, use_reentrant=False, preserve_rng_state=True)  # type: ignore[no-any-return]
+
+
+def _call(block: nn.Module, *args: Tensor) -> Tensor:
+    """``block(*args)``, as ``UNet._checkpointed`` is called."""
+    return block(*args)  # type: ignore[no-any-return]
 
 
 def image_hw(image_size: int | Sequence[int]) -> tuple[int, int]:
