@@ -124,7 +124,7 @@ def main() -> None:
 
     train_args = ["--dataset", str(prepared), "--image-size", str(s["size"]), "--preset", s["preset"],
                   "--batch-size", str(s["batch"]), "--micro-batch", str(s["micro"]), "--precision", s["precision"],
-                  "--device", args.device, "--out", str(work / "runs"), "--sample-every", "0", "--log-every", "10",
+                  "--device", args.device, "--out", str(work / "runs"), "--sample-every", "0", "--set", "log_every=10",
                   "--set", "checkpoint_every=100000"]
     if s["compile"]:
         train_args.append("--compile")
@@ -150,7 +150,7 @@ def main() -> None:
     def sample() -> dict[str, Any]:
         import diffusers_cli as dc
 
-        model = dc.load_model(work / "runs" / "check", device=args.device)
+        model = dc.load_model(work / "runs" / "check")
         t0 = time.perf_counter()
         x = dc.sample(model, s["samples"], sampler="ei", steps=s["sample_steps"], seed=0, device=args.device)
         seconds = time.perf_counter() - t0
@@ -166,7 +166,7 @@ def main() -> None:
         out = json.loads(diffuse("evaluate", "--images", str(work / "samples"), "--reference", str(folder),
                                  "--metrics", "fid", "--allow-few", "--inception-weights", str(weights),
                                  "--device", args.device, "--json").stdout)
-        return {"fid_random_inception": round(out["fid"]["value"] if isinstance(out["fid"], dict) else out["fid"], 2)}
+        return {"fid_random_inception": round(out["fid"]["fid"], 2)}
 
     def torchrun() -> dict[str, Any]:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "1", "-m", "diffusers_cli",
@@ -174,7 +174,7 @@ def main() -> None:
         res = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "4"})
         if res.returncode != 0:
             raise RuntimeError(f"torchrun exited {res.returncode}: {(res.stderr.strip().splitlines() or [''])[-1]}")
-        return {"exit_code": res.returncode, "steps": json.loads(res.stdout.strip().splitlines()[-1]).get("step")}
+        return {"exit_code": res.returncode, "steps": json.loads(res.stdout.strip().splitlines()[-1])["steps"]}
 
     for name, fn in (("prepare", prepare), ("train", train), ("sample", sample), ("fid", fid), ("torchrun", torchrun)):
         phase(results, name, device, fn)
