@@ -32,6 +32,7 @@ def _help(command: str, option: str) -> str:
     ("train", "--loss-weighting", list(WEIGHTINGS), ", "),
     ("train", "--eval-metrics", [n for n, m in METRICS.items() if scores_samples_alone(m)], ", "),
     ("train", "--download", [s.name for s in DATASETS.values() if s.download == "--download"], ", "),
+    ("prepare", "--download", [s.name for s in DATASETS.values() if s.download == "--download"], ", "),
     ("evaluate", "--metrics", list(METRICS), ", "),
     ("impute", "--mask", list(MASKS), ", "),
     ("impute", "--mask-side", list(HALF_SIDES), ", "),

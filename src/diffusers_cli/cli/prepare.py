@@ -24,7 +24,7 @@ def prepare_command(
     num_examples: Annotated[Optional[int], typer.Option(help="A seeded random subset of this many examples (default: all).")] = None,
     crop_boxes: Annotated[bool, typer.Option("--crop-boxes", help="Crop Stanford Cars to its annotated boxes first.")] = False,
     num_workers: Annotated[Optional[int], typer.Option(help="Processes that decode the images (default 0: this one).")] = None,
-    download: Annotated[bool, typer.Option("--download", help="Let torchvision download a missing MNIST, Fashion-MNIST or CIFAR-10.")] = False,
+    download: Annotated[bool, typer.Option("--download", help=f"Let torchvision download a missing {', '.join(s.name for s in DATASETS.values() if s.download == '--download')}.")] = False,
     seed: Annotated[Optional[int], typer.Option("--seed", help="Seed of the shapes' images and of a --num-examples subset (default 0); train with the same.")] = None,
     json_: JsonOpt = False,
 ) -> None:
