@@ -248,6 +248,19 @@ def resample_indices(log_w: Tensor, method: str, generator: RNG) -> Tensor:
     raise OptionError(f"unknown resampling {method!r}; use one of {', '.join(RESAMPLING)}")
 
 
+def _particle_system(sde: SDE, x_known: Tensor, mask: Tensor, particles: int, ess_threshold: float, resampling: str,
+                     steps: int, grid: str, eps: float | None) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """What both particle methods start from: the checked observation and its mask, both repeated per particle
+    [B * P, ...], the time grid, and each image's first particle's row [B, 1]."""
+    x_known, known = prepare(x_known, mask)
+    _check_particles(particles, ess_threshold, resampling)
+    b, p = x_known.shape[0], particles
+    y = x_known.repeat_interleave(p, dim=0)
+    known_p = known.repeat_interleave(p, dim=0)
+    ts = time_grid(sde, steps, grid, eps)
+    return x_known, known, y, known_p, ts, (torch.arange(b, device=y.device) * p)[:, None]
+
+
 def _check_particles(particles: int, ess_threshold: float, resampling: str) -> None:
     """OptionError unless the particle options of smc / twisted are valid."""
     if particles < 1 or not 0.0 <= ess_threshold <= 1.0:
@@ -278,13 +291,9 @@ def impute_smc(
     callback: Callback | None = None,  # sees all particles, [B * particles, ...]
 ) -> Tensor:
     """SMC imputation (MCGdiff for noiseless inpainting): asymptotically exact draws of p(x_missing | x_known)."""
-    x_known, known = prepare(x_known, mask)
-    _check_particles(particles, ess_threshold, resampling)
+    x_known, known, y, known_p, ts, offsets = _particle_system(sde, x_known, mask, particles, ess_threshold, resampling,
+                                                               steps, grid, eps)
     b, p = x_known.shape[0], particles
-    y = x_known.repeat_interleave(p, dim=0)
-    known_p = known.repeat_interleave(p, dim=0)
-    ts = time_grid(sde, steps, grid, eps)
-    offsets = (torch.arange(b, device=y.device) * p)[:, None]
     with torch.no_grad():
         # Start from prior x potential at T, drawn exactly: the weights start uniform.
         m_T, std_T = sde.marginal(time_vector(ts[0], y))
@@ -357,13 +366,9 @@ def impute_twisted(
     callback: Callback | None = None,  # sees all particles, [B * particles, ...]
 ) -> Tensor:
     """Twisted SMC (TDS): particles steered by the observation's gradient through the denoiser, reweighted to stay exact."""
-    x_known, known = prepare(x_known, mask)
-    _check_particles(particles, ess_threshold, resampling)
+    x_known, known, y, known_p, ts, offsets = _particle_system(sde, x_known, mask, particles, ess_threshold, resampling,
+                                                               steps, grid, eps)
     b, p = x_known.shape[0], particles
-    y = x_known.repeat_interleave(p, dim=0)
-    known_p = known.repeat_interleave(p, dim=0)
-    ts = time_grid(sde, steps, grid, eps)
-    offsets = (torch.arange(b, device=y.device) * p)[:, None]
     nd = y.ndim
     x = sde.prior_sample(tuple(y.shape), generator, y.device, y.dtype)
     log_w = torch.zeros(b, p, dtype=torch.float64, device=y.device)
