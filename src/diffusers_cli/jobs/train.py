@@ -501,7 +501,7 @@ def _train_held(cfg: TrainConfig, init: Any, run_dir: Path, dataset: Any, info: 
 
     snapshot_every = steps_between(cfg.snapshot_every, steps_per_epoch)
     if world.is_main:  # one line for datasets that decode files: how much `diffuse prepare` would save
-        advise_prepare(dataset, batch_indices(len(dataset), cfg.batch_size, cfg.seed, start), d, reporter.message)
+        advise_prepare(dataset, batch_indices(len(dataset), cfg.batch_size, cfg.seed, start)[local], d, reporter.message)
     reporter.start(steps - start, f"training {run_dir.name} ({steps} steps = {steps / steps_per_epoch:.3g} epochs)")
     t0 = time.perf_counter()
     try:
