@@ -211,6 +211,7 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print a JSON summary on s
 ModelOpt = Annotated[Optional[Path], typer.Option("--model", help="Run directory (RUN@STEP: its snapshot of that step), .safetensors file, diffusers folder, hf:ORG/NAME[@REV] or builtin:NAME (`diffuse models`; default: the newest run under ./runs).")]
 DownloadModelOpt = Annotated[bool, typer.Option("--download", help="Fetch a --model hf:ORG/NAME missing from the Hugging Face cache (huggingface_hub); never otherwise.")]
 SamplerOpt = Annotated[Optional[str], typer.Option("--sampler", help="Sampler name; `diffuse samplers` lists them with their options.")]
+UpscaleOpt = Annotated[Optional[int], typer.Option("--upscale", help="Write the PNGs K times larger (nearest neighbour: a 16x16 or 28x28 image becomes visible, no pixel invented).")]
 StepsOpt = Annotated[Optional[int], typer.Option("--steps", help="Sampler steps (the ode sampler adapts its own).")]
 NumOpt = Annotated[Optional[int], typer.Option("-n", "--num-samples", help="How many images.")]
 BatchOpt = Annotated[Optional[int], typer.Option("--batch-size", help="Images per batch (does not change the images).")]

@@ -9,7 +9,7 @@ import typer
 
 from diffusers_cli.cli.common import (
     BatchOpt, ConfigOpt, DeviceOpt, DownloadModelOpt, EtaOpt, GridOpt, GridsOpt, IndividualOpt, JsonOpt, ModelOpt, NumOpt, OptionOpt, OrderOpt, SamplerOpt,
-    SeedOpt, SetOpt, SnrOpt, StepsOpt, emit_json, make_reporter, parse_kv, run_job, sampler_overrides,
+    SeedOpt, SetOpt, SnrOpt, StepsOpt, emit_json, make_reporter, parse_kv, run_job, sampler_overrides, UpscaleOpt,
 )
 
 
@@ -25,6 +25,7 @@ def condition_command(
     batch_size: BatchOpt = None,
     out: Annotated[Optional[Path], typer.Option(help="Output PNG grid (or name stem with --individual).")] = None,
     individual: IndividualOpt = False,
+    upscale: UpscaleOpt = None,
     grid: GridOpt = None,
     grids: GridsOpt = None,
     option: OptionOpt = None,
@@ -46,7 +47,7 @@ def condition_command(
         overrides: dict[str, object] = {
             "classifier": str(classifier) if classifier else None, "class": class_, "scale": scale, "guidance": guidance,
             "model": str(model) if model else None, "grids": str(grids) if grids else None, "n": n, "batch_size": batch_size, "out": str(out) if out else None,
-            "individual": True if individual else None, "download": True if download else None, "seed": seed, "device": device,
+            "individual": True if individual else None, "upscale": upscale, "download": True if download else None, "seed": seed, "device": device,
             **sampler_overrides(sampler, steps, grid, options=option, snr=snr, order=order, eta=eta),
         }
         overrides.update(parse_kv(set_))

@@ -11,7 +11,7 @@ from diffusers_cli.engine.masks import HALF_SIDES, MASKS  # torch-free: the name
 from diffusers_cli.support.memory import FEWER_CANDIDATES
 
 from diffusers_cli.cli.common import (
-    ConfigOpt, DeviceOpt, DownloadModelOpt, GridOpt, JsonOpt, ModelOpt, SeedOpt, SetOpt, StepsOpt, emit_json, make_reporter, option_pairs, parse_kv,
+    ConfigOpt, DeviceOpt, DownloadModelOpt, GridOpt, UpscaleOpt, JsonOpt, ModelOpt, SeedOpt, SetOpt, StepsOpt, emit_json, make_reporter, option_pairs, parse_kv,
     run_job, sampler_overrides,
 )
 
@@ -31,6 +31,7 @@ def impute_command(
     grid: GridOpt = None,
     n: Annotated[Optional[int], typer.Option("-n", "--num-samples", help="How many candidates.")] = None,
     out: Annotated[Optional[Path], typer.Option(help="Output PNG (with -n > 1: <stem>_NN.png).")] = None,
+    upscale: UpscaleOpt = None,
     download: DownloadModelOpt = False,
     config: ConfigOpt = None,
     set_: SetOpt = None,
@@ -46,7 +47,7 @@ def impute_command(
         overrides: dict[str, object] = {
             "image": str(image), "mask": str(mask) if mask else None, "mask_kind": mask_kind,
             "mask_fraction": mask_fraction, "mask_side": mask_side, "model": str(model) if model else None,
-            "method": method, "download": True if download else None, "n": n, "out": str(out) if out else None, "seed": seed,
+            "method": method, "download": True if download else None, "n": n, "out": str(out) if out else None, "upscale": upscale, "seed": seed,
             "device": device, **sampler_overrides(sampler, steps, grid),
             **{f"options.{k}": v for k, v in {"particles": particles, **option_pairs(option)}.items()},
         }

@@ -10,7 +10,7 @@ import typer
 from diffusers_cli.cli.common import (
     AtolOpt, BatchOpt, ConfigOpt, DeviceOpt, DownloadModelOpt, EpsOpt, EtaOpt, GridOpt, GridsOpt, IndividualOpt, JsonOpt, ModelOpt, NoDenoiseOpt, NumOpt,
     OptionOpt, OrderOpt, RtolOpt, SamplerOpt, SeedOpt, SetOpt, SnrOpt, StepsOpt, emit_json, make_reporter, parse_kv,
-    run_job, sampler_overrides,
+    run_job, sampler_overrides, UpscaleOpt,
 )
 from diffusers_cli.config.defaults import DEFAULT_GUIDANCE
 
@@ -24,6 +24,7 @@ def sample_command(
     batch_size: BatchOpt = None,
     out: Annotated[Optional[Path], typer.Option(help="Output PNG (a grid, or a name stem with --individual).")] = None,
     individual: IndividualOpt = False,
+    upscale: UpscaleOpt = None,
     class_: Annotated[Optional[str], typer.Option("--class", help="Class-conditional models: one class (index or name); default: every class in turn.")] = None,
     guidance: Annotated[Optional[float], typer.Option(help=f"Class-conditional models: classifier-free guidance scale (1: plain p(x | class), 0: unconditional; default {DEFAULT_GUIDANCE:g}).")] = None,
     trajectory: Annotated[Optional[Path], typer.Option(help="Also save a strip of x_t along the way to this PNG.")] = None,
@@ -53,7 +54,7 @@ def sample_command(
 
         overrides: dict[str, object] = {
             "model": str(model) if model else None, "grids": str(grids) if grids else None, "n": n, "first": first, "batch_size": batch_size, "out": str(out) if out else None,
-            "individual": True if individual else None, "trajectory": str(trajectory) if trajectory else None,
+            "individual": True if individual else None, "upscale": upscale, "trajectory": str(trajectory) if trajectory else None,
             "labels": True if labels else None,
             "seed": seed, "device": device, "use_ema": False if no_ema else None, "download": True if download else None, "class": class_, "guidance": guidance,
             **sampler_overrides(sampler, steps, grid, eps, no_denoise, option, snr=snr, order=order, eta=eta, rtol=rtol, atol=atol),

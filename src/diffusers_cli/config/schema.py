@@ -409,6 +409,7 @@ class SampleConfig(ModelSource):
     batch_size: PositiveInt = 64
     out: Path = Path("samples.png")
     individual: bool = False
+    upscale: PositiveInt = 1  # written PNGs this many times larger (nearest neighbour)
     trajectory: Path | None = None
     labels: bool = False  # captions: class (or index) under each image, step and sigma under each strip column
     seed: int = 0
@@ -431,6 +432,7 @@ class ConditionConfig(ModelSource):
     batch_size: PositiveInt = 64
     out: Path = Path("conditioned.png")
     individual: bool = False
+    upscale: PositiveInt = 1  # written PNGs this many times larger (nearest neighbour)
     seed: int = 0
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
@@ -452,6 +454,7 @@ class ImputeConfig(ModelSource):
     sampler: SamplerConfig = Field(default_factory=lambda: SamplerConfig(name="ddpm", steps=200))
     n: PositiveInt = 1
     out: Path = Path("filled.png")
+    upscale: PositiveInt = 1  # written PNGs this many times larger (nearest neighbour)
     seed: int = 0
 
     @model_validator(mode="before")

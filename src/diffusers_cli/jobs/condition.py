@@ -102,7 +102,7 @@ def condition(cfg: ConditionConfig, reporter: Reporter | None = None, loaded: Lo
         images, nfe = draw(model.sde, score_fn, shape, cfg.n, cfg.batch_size, cfg.seed, cfg.sampler, device, world, reporter,
                            times=times)
         seconds = time.perf_counter() - t0
-        outputs = write_images(images, cfg.out, cfg.individual) if world.is_main and write else []
+        outputs = write_images(images, cfg.out, cfg.individual, upscale=cfg.upscale) if world.is_main and write else []
         return ConditionResult(outputs, label, names[label], nfe, seconds, model_path, clf_path, images, cfg.scale)
     finally:
         shutdown(world)

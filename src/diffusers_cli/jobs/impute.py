@@ -148,7 +148,7 @@ def impute_image(cfg: ImputeConfig, reporter: Reporter | None = None, loaded: Lo
     outputs: list[Path] = []
     for i, img in enumerate(to_uint8(out) if write else []):
         path = cfg.out if cfg.n == 1 else cfg.out.with_name(f"{cfg.out.stem}_{i:02d}{cfg.out.suffix or '.png'}")
-        save_png(img, path)
+        save_png(img, path, cfg.upscale)
         outputs.append(path)
     particles = int(options.get("particles", METHODS[method].options()["particles"].default)) if method in PARTICLE_METHODS else 1
     return ImputeResult(outputs, counter.nfe, seconds, model_path, tuple(image.shape[-2:]), method, particles, notes, out, known)

@@ -76,10 +76,10 @@ def sample_images(cfg: SampleConfig, reporter: Reporter | None = None, loaded: L
         outputs: list[Path] = []
         if world.is_main and write:
             if cfg.labels and not cfg.individual:
-                save_png(labelled_grid(images, captions=image_captions(card, label, cfg.first, cfg.n)), cfg.out)
+                save_png(labelled_grid(images, captions=image_captions(card, label, cfg.first, cfg.n)), cfg.out, cfg.upscale)
                 outputs = [cfg.out]
             else:
-                outputs = write_images(images, cfg.out, cfg.individual, cfg.first)
+                outputs = write_images(images, cfg.out, cfg.individual, cfg.first, cfg.upscale)
             if strip is not None and cfg.trajectory is not None:
                 save_png(strip, cfg.trajectory)
                 outputs.append(cfg.trajectory)

@@ -44,32 +44,40 @@ def make_grid(x: Tensor, nrow: int | None = None, padding: int = 2) -> Tensor:
     return grid
 
 
-def save_png(img: Tensor, path: Path) -> None:
-    """Write one uint8 image [C, H, W] as PNG, atomically; any other extension is refused (OutputError)."""
+def upscaled(img: Tensor, factor: int) -> Tensor:
+    """A uint8 image [C, H, W] enlarged ``factor`` times by nearest neighbour: each pixel a factor x factor block."""
+    if factor == 1:
+        return img
+    return img.repeat_interleave(factor, dim=-2).repeat_interleave(factor, dim=-1)
+
+
+def save_png(img: Tensor, path: Path, upscale: int = 1) -> None:
+    """Write one uint8 image [C, H, W] as PNG (``upscale`` times larger), atomically; any other extension is refused."""
     check_image_output(path, flag=None)
     with atomic_path(path) as tmp:
-        to_pil(img).save(tmp, format="PNG")
+        to_pil(upscaled(img, upscale)).save(tmp, format="PNG")
 
 
-def save_grid(x: Tensor, path: Path, nrow: int | None = None) -> None:
-    """Write images in [-1, 1] as one grid PNG."""
-    save_png(make_grid(x, nrow), path)
+def save_grid(x: Tensor, path: Path, nrow: int | None = None, upscale: int = 1) -> None:
+    """Write images in [-1, 1] as one grid PNG (``upscale`` times larger)."""
+    save_png(make_grid(x, nrow), path, upscale)
 
 
-def save_individual(x: Tensor, path: Path, first: int = 0) -> list[Path]:
+def save_individual(x: Tensor, path: Path, first: int = 0, upscale: int = 1) -> list[Path]:
     """Write image i as ``<stem>_<first + i>.png`` beside ``path`` (its index in the job); returns the paths."""
     check_image_output(path, flag=None, individual=True)
     out = []
     for i, img in enumerate(to_uint8(x)):
         p = path.with_name(f"{path.stem}_{first + i:05d}.png")
-        save_png(img, p)
+        save_png(img, p, upscale)
         out.append(p)
     return out
 
 
-def write_images(x: Tensor, out: Path, individual: bool, first: int = 0) -> list[Path]:
-    """Write images in [-1, 1] as one grid PNG at ``out``, or one PNG each beside it (numbered from ``first``)."""
+def write_images(x: Tensor, out: Path, individual: bool, first: int = 0, upscale: int = 1) -> list[Path]:
+    """Write images in [-1, 1] as one grid PNG at ``out``, or one PNG each beside it (numbered from ``first``),
+    ``upscale`` times larger (nearest neighbour, so a 16x16 or 28x28 image is visible and no pixel is invented)."""
     if individual:
-        return save_individual(x, out, first)
-    save_grid(x, out)
+        return save_individual(x, out, first, upscale)
+    save_grid(x, out, upscale=upscale)
     return [out]
