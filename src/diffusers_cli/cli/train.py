@@ -143,7 +143,9 @@ def train_command(
             "interrupted": result.interrupted, "weights": str(result.run_dir / "model.safetensors"),
             **result.extra,
         }
-        if json_:
+        if not result.is_main:
+            pass  # rank 0 speaks for the run; two ranks writing one stdout would interleave their lines
+        elif json_:
             emit_json(summary)
         else:
             best = result.extra.get("best")

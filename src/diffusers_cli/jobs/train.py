@@ -83,6 +83,7 @@ class TrainResult:
     interrupted: bool = False
     parameters: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
+    is_main: bool = True  # under torchrun only rank 0 reports: one summary (one JSON document) per run
 
 
 def _fetch(dataset: Any, idx: Tensor) -> tuple[Tensor, Tensor]:
@@ -558,7 +559,8 @@ def _train_held(cfg: TrainConfig, init: Any, run_dir: Path, dataset: Any, info: 
     if watch is not None:
         extra["evaluations"] = watch.evaluations
     n_params = sum(p.numel() for p in net.parameters())
-    return TrainResult(run_dir, start, res.step, time.perf_counter() - t0, res.loss, res.interrupted, n_params, extra)
+    return TrainResult(run_dir, start, res.step, time.perf_counter() - t0, res.loss, res.interrupted, n_params, extra,
+                       world.is_main)
 
 
 def _micro_batch(cfg: TrainConfig, objective: nn.Module, opt: torch.optim.Optimizer, dataset: Any, share: int,
