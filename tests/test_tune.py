@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 
 from diffusers_cli.cli import app
 from diffusers_cli.engine.analytic import GaussianMixture, gaussian
+from diffusers_cli.engine.grid_objectives import DEFAULT_OBJECTIVE, OBJECTIVES, Context, held_out
 from diffusers_cli.engine.grid_tuning import evaluation_budget, tune
 from diffusers_cli.engine.grid_tuning import tune_grid
 from diffusers_cli.engine.grids import check_times, time_grid
@@ -60,10 +61,15 @@ def test_tuned_grid_beats_the_default_on_fresh_noise_and_is_deterministic() -> N
     dist = _gaussian()
     score_fn = dist.score_fn(SDE)
     steps = 4
-    res = tune(SDE, score_fn, (256, *SHAPE), "ipndm", steps, generator=torch.Generator().manual_seed(1), lattice=40)
-    again = tune(SDE, score_fn, (256, *SHAPE), "ipndm", steps, generator=torch.Generator().manual_seed(1), lattice=40)
+    res = tune(SDE, score_fn, (256, *SHAPE), "ipndm", steps, generator=torch.Generator().manual_seed(1), lattice=40,
+               objective="path")
+    again = tune(SDE, score_fn, (256, *SHAPE), "ipndm", steps, generator=torch.Generator().manual_seed(1), lattice=40,
+                 objective="path")
     assert torch.equal(res.times, again.times)
     assert res.objective == "path" and res.error <= res.default_error
+    # The winner also beat the default on 64 held-out draws, by more than the gap's standard error.
+    held = res.held_out
+    assert res.kept and held is not None and held.batch == 64 and held.default - held.tuned > held.se > 0
     assert res.evaluations <= evaluation_budget(steps, 40)
     default = time_grid(SDE, steps, "logsnr")
     assert res.times.shape == (steps + 1,) and float(res.times[0]) == float(default[0]) and float(res.times[-1]) == float(default[-1])
@@ -78,15 +84,18 @@ def test_tuned_grid_beats_the_default_on_fresh_noise_and_is_deterministic() -> N
 
     assert rms(res.times) * 2 < rms(None)
     assert torch.equal(tune_grid(SDE, score_fn, (256, *SHAPE), "ipndm", steps, generator=torch.Generator().manual_seed(1),
-                                 lattice=40), res.times)
+                                 lattice=40, objective="path"), res.times)
 
 
 def test_stochastic_samplers_are_tuned_on_moments_and_bad_requests_are_refused() -> None:
     score_fn = _gaussian().score_fn(SDE)
     gen = torch.Generator().manual_seed(0)
-    res = tune(SDE, score_fn, (128, *SHAPE), "ddim", 3, generator=gen, eta=1.0, lattice=0, rounds=1)
+    res = tune(SDE, score_fn, (128, *SHAPE), "ddim", 3, generator=gen, eta=1.0, lattice=0, rounds=1, objective="moments")
     assert res.objective == "moments" and res.error <= res.default_error
-    with pytest.raises(OptionError, match="path' only for deterministic"):
+    # With no objective named, the default; a per-sample default would fall back to moments for a stochastic sampler.
+    auto = tune(SDE, score_fn, (64, *SHAPE), "ddim", 2, generator=gen, eta=1.0, lattice=0, rounds=0, holdout=0)
+    assert auto.objective == (DEFAULT_OBJECTIVE if not OBJECTIVES[DEFAULT_OBJECTIVE].per_sample else "moments")
+    with pytest.raises(OptionError, match="compares image by image, which needs a deterministic sampler"):
         tune(SDE, score_fn, (16, *SHAPE), "em", 3, objective="path", lattice=0, rounds=0)
     with pytest.raises(OptionError, match="no grid to tune"):
         tune(SDE, score_fn, (16, *SHAPE), "ode", 3)
@@ -154,8 +163,8 @@ def test_cli_tuned_grid_errors(tiny_run: Path, tmp_path: Path) -> None:
     assert "no tuned grid for ipndm at 4 steps" in res.output and f"diffuse tune {run} --sampler ipndm --steps 4" in res.output
     assert not (tmp_path / "x.png").exists()
     for args, words in ((["--steps", "0"], "steps"), (["--sampler", "nope"], "unknown sampler 'nope'"),
-                        (["--objective", "fid"], "objective: must be one of path, moments, got 'fid'"),
-                        (["--sampler", "em", "--objective", "path"], "('path' only for deterministic samplers), got 'path'")):
+                        (["--objective", "fid"], f"objective: must be one of {', '.join(OBJECTIVES)}, got 'fid'"),
+                        (["--sampler", "em", "--objective", "path"], "'path' objective compares image by image")):
         res = runner.invoke(app, ["tune", str(run), *args])
         assert res.exit_code == 2 and words in res.output and "Traceback" not in res.output, res.output
     assert not (run / "grids.json").exists()
@@ -200,3 +209,50 @@ def test_dc_tune_returns_what_it_wrote_and_dc_sample_uses_it(tiny_run: Path, tmp
         want = engine_draw(model.sde, lambda x, t: model.score(x, t), card.image_shape, 2, "ipndm", 3, seed=1,
                            grid=torch.tensor(entries[0]["times"], dtype=torch.float64))
     assert torch.equal(tuned, want.clamp(-1, 1))
+
+
+def test_every_objective_is_zero_on_the_reference_and_grows_with_the_error() -> None:
+    """Each objective is a distance: 0 for the reference itself, larger for a worse grid (1 step vs 8) of the same noise."""
+    dist = _gaussian()
+    score_fn = dist.score_fn(SDE)
+    x_T = SDE.prior_sample((64, *SHAPE), torch.Generator().manual_seed(3), dtype=torch.float64)
+    exact = _exact_transport(dist, x_T)
+    rough = sample(SDE, score_fn, x_T.shape, "ipndm", 1, None, x_init=x_T, dtype=torch.float64)
+    fine = sample(SDE, score_fn, x_T.shape, "ipndm", 8, None, x_init=x_T, dtype=torch.float64)
+    ctx = Context(SDE, score_fn)
+    for name, objective in OBJECTIVES.items():
+        assert objective(exact, exact, ctx) == pytest.approx(0.0, abs=1e-12), name
+        assert objective(rough, exact, ctx) > 2 * objective(fine, exact, ctx) > 0, name
+
+
+def test_held_out_keeps_only_a_gap_larger_than_its_standard_error() -> None:
+    gen = torch.Generator().manual_seed(0)
+    ref = torch.randn(200, 1, 4, 4, generator=gen, dtype=torch.float64)
+    noise = torch.randn(ref.shape, generator=gen, dtype=torch.float64)
+    ctx = Context(SDE, _gaussian().score_fn(SDE))
+    path = OBJECTIVES["path"]
+    better = held_out(path, ref + 0.1 * noise, ref + 0.2 * noise, ref, ctx)
+    # Per-sample RMS: 0.1 against 0.2 of unit noise; the bootstrap SE of the gap is near 0.1 / sqrt(2 * 200 * 16).
+    assert better.tuned == pytest.approx(0.1, rel=0.05) and better.default == pytest.approx(0.2, rel=0.05)
+    assert better.kept and 0 < better.se < 0.01
+    same = held_out(path, ref + 0.2 * noise, ref + 0.2 * noise, ref, ctx)
+    assert not same.kept and same.se == 0.0 and same.tuned == same.default
+    # Two draws of the same noise level on 5 images: whichever comes out ahead, it is not ahead beyond its noise.
+    for seed in range(5):
+        other = torch.randn(ref.shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+        close = held_out(path, ref[:5] + 0.2 * other[:5], ref[:5] + 0.2 * noise[:5], ref[:5], ctx)
+        assert not close.kept and close.default - close.tuned < close.se, seed
+
+
+def test_a_search_that_overfits_its_batch_returns_the_default_grid() -> None:
+    """Tuned on 1 draw of a two-mode mixture, the winner loses on 256 held-out draws: the default comes back, said so."""
+    mix = GaussianMixture(torch.tensor([-1.0, 1.5], dtype=torch.float64).reshape(2, 1, 1, 1),
+                          torch.tensor([0.05, 0.3], dtype=torch.float64).reshape(2, 1, 1, 1),
+                          torch.tensor([0.3, 0.7], dtype=torch.float64))
+    # Seed 7's one draw: most seeds' one-draw grids do generalise (and are kept); this one's does not.
+    res = tune(SDE, mix.score_fn(SDE), (1, 1, 1, 1), "ipndm", 3, generator=torch.Generator().manual_seed(7),
+               objective="path", holdout=256, lattice=40)
+    assert res.error < 0.05 * res.default_error  # on its own draw the search found a far better grid ...
+    held = res.held_out
+    assert held is not None and held.tuned > held.default + held.se and not res.kept  # ... that loses on other noise,
+    assert torch.equal(res.times, time_grid(SDE, 3, "logsnr"))  # so the default grid is what comes back

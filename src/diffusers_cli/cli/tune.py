@@ -6,10 +6,14 @@ from typing import Annotated, Optional
 
 import typer
 
+from diffusers_cli.engine.grid_objectives import DEFAULT_OBJECTIVE, OBJECTIVES  # the registry alone: no torch
 from diffusers_cli.cli.common import (
     ConfigOpt, DeviceOpt, DownloadModelOpt, GridsOpt, JsonOpt, OptionOpt, OrderOpt, SamplerOpt, SeedOpt, SetOpt,
     emit_json, make_reporter, option_pairs, parse_kv, run_job,
 )
+
+OBJECTIVE_HELP = (f"What the grid minimises against an accurate solve of the same noise: {', '.join(OBJECTIVES)} "
+                  f"(default {DEFAULT_OBJECTIVE}). " + "; ".join(f"{o.name}: {o.help}" for o in OBJECTIVES.values()) + ".")
 
 
 def tune_command(
@@ -20,7 +24,7 @@ def tune_command(
     order: OrderOpt = None,
     batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="Images the grid is tuned on (default 16).")] = None,
     guidance: Annotated[Optional[float], typer.Option(help="Class-conditional models: the guidance scale to tune at (default: sample's).")] = None,
-    objective: Annotated[Optional[str], typer.Option(help="What the grid minimises: 'path' (each sample's error against an accurate solve; deterministic samplers' default) or 'moments' (the batch's mean and spread).")] = None,
+    objective: Annotated[Optional[str], typer.Option(help=OBJECTIVE_HELP)] = None,
     grids: GridsOpt = None,
     download: DownloadModelOpt = False,
     no_ema: Annotated[bool, typer.Option("--no-ema", help="Tune for the online weights instead of the EMA.")] = False,
@@ -50,11 +54,19 @@ def tune_command(
             emit_json({"model": str(res.model), "file": str(res.file), "grids": res.entries})
             return
         for e in res.entries:
-            cost = e["cost"]
-            gain = e["default_error"] / e["error"] if e["error"] > 0 else float("inf")
-            print(f"{e['sampler']} at {e['steps']} steps: {e['objective']} error {e['error']:.3g} (default grid "
-                  f"{e['default_error']:.3g}, {gain:.2f}x lower), {cost['evaluations']} evaluations, {cost['nfe']} NFE on "
-                  f"{cost['batch']} images, {cost['seconds']:.1f} s")
+            cost, held = e["cost"], e.get("held_out")
+            head = f"{e['sampler']} at {e['steps']} steps ({e['objective']} objective)"
+            if held is None and not e["kept"]:
+                verdict = f"no grid beat the default (error {e['default_error']:.3g}): the default grid is kept"
+            elif held is None:
+                verdict = f"error {e['error']:.3g} against the default grid's {e['default_error']:.3g} (no held-out check)"
+            else:
+                figures = (f"on {held['batch']} held-out images {held['tuned']:.3g} against the default grid's "
+                           f"{held['default']:.3g} (standard error of the gap {held['se']:.2g})")
+                verdict = (f"tuned grid kept: {figures}" if e["kept"] else
+                           f"the default grid is kept: the tuned grid did not beat it by more than the noise, {figures}")
+            print(f"{head}: {verdict}; {cost['evaluations']} evaluations, {cost['nfe']} NFE on {cost['batch']} images, "
+                  f"{cost['seconds']:.1f} s")
         print(f"wrote {res.file}; sample with --grid tuned --sampler {cfg.sampler} --steps N")
 
     run_job(job)

@@ -372,8 +372,8 @@ class TuneConfig(ModelSource):
     batch_size: PositiveInt = 16  # images the grid is tuned on (with a reference solve of each)
     rounds: int = Field(3, ge=0)  # local-search rounds over the interior times
     lattice: int = Field(80, ge=0)  # evaluations of the coarse global stage (0: skip it)
-    # "path": each sample's RMS error against the reference solve of its noise; "moments": the batch's moment W2
-    # against the reference batch (the only one for stochastic samplers). None: engine.grid_tuning's choice.
+    holdout: int = Field(64, ge=0)  # images of other noise the winner must beat the default on (0: no check)
+    # A name in engine.grid_objectives.OBJECTIVES (`diffuse tune --objective` lists them); None: its DEFAULT_OBJECTIVE.
     objective: str | None = None
     guidance: float | None = Field(None, ge=0.0)  # class-conditional models (None: DEFAULT_GUIDANCE)
     grids: Path | None = None  # where to write (None: beside the model, or the user's file; tuned_grids)
@@ -382,7 +382,7 @@ class TuneConfig(ModelSource):
     @field_validator("objective")
     @classmethod
     def _known_objective(cls, objective: str | None) -> str | None:
-        from diffusers_cli.engine.grid_tuning import OBJECTIVES
+        from diffusers_cli.engine.grid_objectives import OBJECTIVES
 
         if objective is not None and objective not in OBJECTIVES:
             raise ValueError(f"must be one of {', '.join(OBJECTIVES)}, got {objective!r}")

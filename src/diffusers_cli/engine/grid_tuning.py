@@ -1,25 +1,27 @@
 """Time grids tuned to one model: the grid that minimises a sampler's error against an accurate solve of the same noise.
 
-The objective follows the optimised-time-step papers (Xue et al. 2024; GITS, Chen et al. 2024)
-rather than Align Your Steps' KL bound: it is the error that a user sees, measured directly. A
-small batch of prior draws x_T is carried to t = eps by an adaptive RK45 solve of the
-probability-flow ODE at a tight tolerance (the reference), and a grid scores
-
-- ``path``: the RMS difference between the sampler's output and the reference, image by image,
-  for deterministic samplers (pure discretisation error: the noise is the same on both sides);
-- ``moments``: the per-element 2-Wasserstein distance between the moment-matched Gaussians of the
-  two batches, for stochastic samplers (their path differs from the ODE's by design). The
-  sampler's own noise is the same stream at every evaluation (common random numbers), so the
-  objective is a smooth function of the grid and the search is deterministic.
+The approach follows the optimised-time-step papers (Xue et al. 2024; GITS, Chen et al. 2024)
+rather than Align Your Steps' KL bound: the error is measured directly. A small batch of prior
+draws x_T is carried to t = eps by an adaptive RK45 solve of the probability-flow ODE at a tight
+tolerance (the reference), and a grid scores one of ``engine.grid_objectives.OBJECTIVES`` between
+the sampler's batch and the reference (the default is the one that ranks grids as a judge of the
+pictures does; see that module). The sampler's own noise is the same stream at every evaluation
+(common random numbers), so the objective is a smooth function of the grid and the search is
+deterministic.
 
 Both samplers and reference end with the same final denoising step, so only where the steps
 fall is measured. A grid is a point of the simplex in normalised log-SNR, u = (lambda(t) -
 lambda(T)) / (lambda(eps) - lambda(T)) in [0, 1] (the ends stay where the sampler's default grid
-puts them), and the search is coordinate-wise: each interior point in turn by golden-section
-search between its neighbours, a few rounds, keeping a move only if it lowers the objective.
-Derivative-free because the samplers' coefficients are Python floats, and it needs few
-evaluations at the step counts that matter (3-10). It starts from the best of the named grids,
-the sampler's default among them, so it never returns a grid worse than the default.
+puts them), and the search is a coarse lattice of the simplex, then coordinate-wise: each interior
+point in turn by golden-section search between its neighbours, a few rounds, keeping a move only
+if it lowers the objective. Derivative-free because the samplers' coefficients are Python floats,
+and it needs few evaluations at the step counts that matter (3-10). It starts from the best of the
+named grids, the sampler's default among them.
+
+A search can overfit its small batch. So the winner must also beat the default grid on *held-out*
+noise (another batch, its own reference solve) by more than the standard error of the difference;
+otherwise ``tune`` returns the default grid and says so (``TunedGrid.kept``): a tuned grid never
+loses to the default under the objective it was chosen by.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from diffusers_cli.engine.grid_objectives import DEFAULT_OBJECTIVE, OBJECTIVES, Context, HeldOut, check_objective, held_out
 from diffusers_cli.engine.grids import GRIDS, time_grid
 from diffusers_cli.engine.options import OptionError
 from diffusers_cli.engine.samplers import check_sampler, sample, split_options
@@ -51,8 +54,8 @@ class TunedGrid:
     """A tuned grid and what it cost."""
 
     times: Tensor  # steps + 1 times, float64, descending, ends as the sampler's default grid
-    objective: str  # "path" (deterministic sampler) or "moments" (stochastic)
-    error: float  # the objective at ``times``
+    objective: str  # the name in ``grid_objectives.OBJECTIVES``
+    error: float  # the objective at the best grid the search found (on the tuning batch)
     default_error: float  # the objective at the sampler's default grid
     start: str  # the named grid the search started from
     evaluations: int  # objective evaluations (each one sampler run on the batch)
@@ -60,22 +63,11 @@ class TunedGrid:
     reference_nfe: int  # of which the reference solve
     seconds: float
     errors_of_named: dict[str, float] = field(default_factory=dict)  # the objective at each named grid
+    held_out: HeldOut | None = None  # the search's winner against the default on other noise (None: no check made)
+    kept: bool = False  # whether ``times`` is the tuned grid (True) or the default, unbeaten or not beaten on held-out noise
 
 
-def _moment_w2(x: Tensor, ref: Tensor) -> float:
-    """Per-element RMS 2-Wasserstein distance between the moment-matched diagonal Gaussians of two batches."""
-    x, ref = x.double().flatten(1), ref.double().flatten(1)
-    d2 = (x.mean(0) - ref.mean(0)) ** 2 + (x.std(0) - ref.std(0)) ** 2
-    return float(d2.mean().sqrt())
-
-
-def _path_rms(x: Tensor, ref: Tensor) -> float:
-    """RMS difference between two batches, element by element."""
-    return float((x.double() - ref.double()).pow(2).mean().sqrt())
-
-
-#: name -> (sampler output, reference) -> error.
-OBJECTIVES: dict[str, Callable[[Tensor, Tensor], float]] = {"path": _path_rms, "moments": _moment_w2}
+__all__ = ["OBJECTIVES", "TunedGrid", "evaluation_budget", "lattice_size", "tune", "tune_grid"]
 
 
 def lattice_size(steps: int, budget: int) -> int:
@@ -111,6 +103,8 @@ def tune(
     reference_tol: float = 1e-4,
     lattice: int = 80,
     objective: str | None = None,
+    holdout: int = 64,
+    holdout_score_fn: ScoreFn | None = None,
     progress: Callable[[int, float], None] | None = None,
     **options: Any,
 ) -> TunedGrid:
@@ -118,15 +112,19 @@ def tune(
 
     ``options`` are the sampler's options (not a grid's). The cost is bounded: at most
     ``len(GRIDS) + 1 + lattice + rounds * (steps - 1) * evaluations_per_point`` sampler runs on the
-    batch (``lattice``: the budget of the coarse global stage, 0 to skip it), plus the reference solve. ``progress(evaluations, best_error)`` is called after each evaluation.
+    batch (``lattice``: the budget of the coarse global stage, 0 to skip it), plus the reference solve.
+    ``holdout`` images of other noise (scored by ``holdout_score_fn``, default ``score_fn``; a guided
+    score is per image) check the winner against the default grid: two more sampler runs and a
+    reference solve; 0 skips the check and keeps whatever the search found.
+    ``progress(evaluations, best_error)`` is called after each evaluation.
     """
     spec = check_sampler(sampler)
     if steps < 1:
         raise OptionError(f"steps must be at least 1, got {steps}")
     if sampler == "ode":
         raise OptionError("the ode sampler chooses its own steps (only the grid's ends matter): there is no grid to tune")
-    if rounds < 0 or evaluations_per_point < 1:
-        raise OptionError("rounds must be >= 0 and evaluations_per_point >= 1")
+    if rounds < 0 or evaluations_per_point < 1 or holdout < 0:
+        raise OptionError("rounds and holdout must be >= 0 and evaluations_per_point >= 1")
     _, sampler_opts, grid_opts = split_options(sampler, None, options)
     if grid_opts:
         raise OptionError(f"a tuned grid takes no grid options ({', '.join(grid_opts)})")
@@ -137,11 +135,11 @@ def tune(
     noise_seed = int(torch.randint(0, 2**62, (1,), generator=generator))
     counter = NFECounter(score_fn)
 
-    def run(ts: Tensor | None, name: str = "ode", **opts: Any) -> Tensor:
+    def run(ts: Tensor | None, name: str = "ode", x_init: Tensor = x_T, fn: ScoreFn = counter, **opts: Any) -> Tensor:
         # The sampler's own noise is the same stream every time (common random numbers).
-        gen = torch.Generator(device=x_T.device).manual_seed(noise_seed)
-        return sample(sde, counter, x_T.shape, name, steps if ts is not None else 1, gen, device=x_T.device,
-                      dtype=x_T.dtype, grid=ts, eps=end, final_denoise=final_denoise, x_init=x_T, **opts)
+        gen = torch.Generator(device=x_init.device).manual_seed(noise_seed)
+        return sample(sde, fn, x_init.shape, name, steps if ts is not None else 1, gen, device=x_init.device,
+                      dtype=x_init.dtype, grid=ts, eps=end, final_denoise=final_denoise, x_init=x_init, **opts)
 
     reference = run(None, rtol=reference_tol, atol=reference_tol)
     reference_nfe = counter.nfe
@@ -152,10 +150,16 @@ def tune(
                    device=x_T.device, dtype=x_T.dtype, grid=default, final_denoise=final_denoise, x_init=x_T, **sampler_opts)
     stochastic = not torch.equal(first, other)
     if objective is None:
-        objective = "moments" if stochastic else "path"
-    if objective not in OBJECTIVES or (stochastic and objective == "path"):
-        raise OptionError(f"objective must be one of {', '.join(OBJECTIVES)} ('path' only for deterministic samplers), got {objective!r}")
-    measure = OBJECTIVES[objective]
+        objective = DEFAULT_OBJECTIVE if not (stochastic and OBJECTIVES[DEFAULT_OBJECTIVE].per_sample) else "moments"
+    try:
+        chosen = check_objective(objective, stochastic)
+    except ValueError as err:
+        raise OptionError(str(err)) from None
+    ctx = Context(sde, score_fn)
+
+    def measure(x: Tensor, ref: Tensor) -> float:
+        return chosen(x, ref, ctx)
+
     evaluations = 2
 
     lam_T, lam_end = (float(v) for v in sde.log_snr(torch.tensor([sde.T, end], dtype=torch.float64)))
@@ -231,8 +235,21 @@ def tune(
         if not improved:
             break
 
-    return TunedGrid(best_ts, objective, best_err, default_err, start, evaluations,
-                     counter.nfe, reference_nfe, time.perf_counter() - start_time, named)
+    check: HeldOut | None = None
+    kept = best_ts is not default
+    if kept and holdout:
+        # Other noise, its own accurate solve: the winner must beat the default there by more than the noise in that gap.
+        other_fn = NFECounter(holdout_score_fn or score_fn)
+        with torch.no_grad():
+            x_H = sde.prior_sample((holdout, *tuple(shape)[1:]), generator, device)
+        ref_H = run(None, x_init=x_H, fn=other_fn, rtol=reference_tol, atol=reference_tol)
+        tuned_H = run(best_ts, sampler, x_init=x_H, fn=other_fn, **sampler_opts)
+        default_H = run(default, sampler, x_init=x_H, fn=other_fn, **sampler_opts)
+        check = held_out(chosen, tuned_H, default_H, ref_H, Context(sde, other_fn))
+        counter.nfe += other_fn.nfe
+        kept = check.kept
+    return TunedGrid(best_ts if kept else default, objective, best_err, default_err, start, evaluations,
+                     counter.nfe, reference_nfe, time.perf_counter() - start_time, named, check, kept)
 
 
 def tune_grid(sde: SDE, score_fn: Callable[[Tensor, Tensor], Tensor], shape: tuple[int, ...], sampler: str, steps: int,

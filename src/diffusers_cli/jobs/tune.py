@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -50,11 +50,13 @@ def tune_grids(cfg: TuneConfig, reporter: Reporter | None = None) -> TuneResult:
                                     options=cfg.options)
             reporter.start(evaluation_budget(steps, cfg.lattice, cfg.rounds), f"tuning {cfg.sampler} at {steps} steps")
             res = tune_for(model, card, sampler, device, cfg.batch_size, cfg.seed, cfg.guidance, rounds=cfg.rounds,
-                           lattice=cfg.lattice, objective=cfg.objective, progress=lambda n, err: reporter.advance(1, error=err))
+                           lattice=cfg.lattice, holdout=cfg.holdout, objective=cfg.objective,
+                           progress=lambda n, err: reporter.advance(1, error=err))
             reporter.finish()
             entry = make_entry(cfg.sampler, steps, dict(sampler.options), res.times, digest,
                                objective=res.objective, error=res.error, default_error=res.default_error, start=res.start,
-                               errors_of_named_grids=res.errors_of_named,
+                               errors_of_named_grids=res.errors_of_named, kept=res.kept,
+                               held_out=asdict(res.held_out) if res.held_out is not None else None,
                                cost={"evaluations": res.evaluations, "nfe": res.nfe, "reference_nfe": res.reference_nfe,
                                      "batch": cfg.batch_size, "seconds": round(res.seconds, 3), "device": str(device)},
                                model=str(cfg.model or path), seed=cfg.seed, guidance=cfg.guidance,

@@ -268,11 +268,14 @@ def tune_for(model: ScoreModel, card: ModelCard, sampler: SamplerConfig, device:
              seed: int = 0, guidance: float | None = None, **search: Any) -> TunedGrid:
     """A grid tuned for ``sampler`` on the score that `diffuse sample` uses (every class in turn, guided), by ``engine.grid_tuning``."""
     _, scale = guidance_plan(card, None, guidance, Path("(model)"))
-    score_fn = (guided_score_fns(model, card.num_classes, None, scale, device)(0, batch) if scale is not None
-                else make_score_fn(model))
+    fns = guided_score_fns(model, card.num_classes, None, scale, device) if scale is not None else None
+    score_fn = fns(0, batch) if fns is not None else make_score_fn(model)
+    # The held-out images continue the class cycle where the tuning batch stops (a guided score is per image).
+    holdout = int(search.get("holdout", 64))
+    holdout_fn = fns(batch, holdout) if fns is not None and holdout else None
     gen = torch.Generator(device=device).manual_seed(seed)
     return tune(model.sde, score_fn, (batch, *card.image_shape), sampler.name, sampler.steps, generator=gen, device=device,
-                eps=sampler.eps, final_denoise=sampler.final_denoise, **search, **sampler.options)
+                eps=sampler.eps, final_denoise=sampler.final_denoise, holdout_score_fn=holdout_fn, **search, **sampler.options)
 
 
 def draw_samples(model: ScoreModel, card: ModelCard, path: Path, n: int, sampler: SamplerConfig, batch_size: int,

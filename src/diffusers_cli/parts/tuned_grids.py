@@ -33,7 +33,7 @@ from diffusers_cli.run.reader import RunFiles
 if TYPE_CHECKING:
     from diffusers_cli.config.schema import SamplerConfig
 
-__all__ = ["TUNED", "find_times", "tuned_times", "make_entry", "write_entry", "weights_hash"]
+__all__ = ["TUNED", "find_times", "lookup", "tuned_times", "make_entry", "write_entry", "weights_hash"]
 
 
 def weights_hash(net: nn.Module) -> str:
@@ -104,20 +104,32 @@ def make_entry(sampler: str, steps: int, options: dict[str, Any], times: Tensor,
             "weights_sha256": digest, "date": now, **facts}
 
 
+def _search_files(model_path: Path, grids: Path | None) -> list[Path]:
+    return [grids] if grids is not None else [beside(model_path), user_grids_file()]
+
+
+def lookup(model_path: Path, net: nn.Module, sampler: str, steps: int, options: dict[str, Any],
+           grids: Path | None = None) -> dict[str, Any] | None:
+    """The grids.json entry for this model (by weights hash), sampler, step count and options, or None (never raises for absence)."""
+    want = (sampler, steps, json.dumps(options, sort_keys=True))
+    digest = weights_hash(net)
+    for f in _search_files(model_path, grids):
+        for e in read_entries(f):
+            if _key(e) == want and e.get("weights_sha256") == digest:
+                return {**e, "file": str(f)}
+    return None
+
+
 def find_times(model_path: Path, net: nn.Module, sampler: str, steps: int, options: dict[str, Any],
                grids: Path | None = None, model_spec: object = None) -> Tensor:
     """The tuned times for this model, sampler, step count and options; UsageError saying how to make them."""
-    files = [grids] if grids is not None else [beside(model_path), user_grids_file()]
+    found = lookup(model_path, net, sampler, steps, options, grids)
+    if found is not None:
+        return torch.tensor(found["times"], dtype=torch.float64)
+    files = _search_files(model_path, grids)
     want = (sampler, steps, json.dumps(options, sort_keys=True))
     digest = weights_hash(net)
-    others: list[tuple[Path, str]] = []
-    for f in files:
-        for e in read_entries(f):
-            if _key(e) != want:
-                continue
-            if e.get("weights_sha256") == digest:
-                return torch.tensor(e["times"], dtype=torch.float64)
-            others.append((f, str(e.get("weights_sha256", "?"))))
+    others = [(f, str(e.get("weights_sha256", "?"))) for f in files for e in read_entries(f) if _key(e) == want]
     opts = "".join(f" -o {k}={v}" for k, v in options.items())
     make = f"`diffuse tune {model_spec or model_path} --sampler {sampler} --steps {steps}{opts}`"
     if others:
@@ -130,7 +142,18 @@ def find_times(model_path: Path, net: nn.Module, sampler: str, steps: int, optio
 
 def tuned_times(sampler: "SamplerConfig", model_path: Path, net: nn.Module, grids: Path | None = None,
                 model_spec: object = None) -> Tensor | None:
-    """The times of ``--grid tuned`` for this model (``find_times``), or None for a named grid."""
-    if sampler.grid != TUNED:
+    """The times a job samples on instead of a named grid, or None for the named grid.
+
+    ``--grid tuned``: this model's tuned grid, or a UsageError saying how to make one. No ``--grid``:
+    the tuned grid when one exists for this sampler, step count and options and it beat the default
+    grid on held-out noise (``kept``; the shipped models carry theirs); otherwise the sampler's default.
+    An explicitly named grid is always used as named.
+    """
+    if sampler.grid == TUNED:
+        return find_times(model_path, net, sampler.name, sampler.steps, dict(sampler.options), grids, model_spec)
+    if sampler.grid is not None:
         return None
-    return find_times(model_path, net, sampler.name, sampler.steps, dict(sampler.options), grids, model_spec)
+    found = lookup(model_path, net, sampler.name, sampler.steps, dict(sampler.options), grids)
+    if found is None or found.get("kept") is not True:  # grids from before the held-out check: --grid tuned only
+        return None
+    return torch.tensor(found["times"], dtype=torch.float64)
