@@ -4,6 +4,7 @@ Anyone can rerun them; each stage reads what the one before wrote under ``--work
 
     python examples/builtin_models.py train [--only mnist]   # diffuse train, one CPU thread per model
     python examples/builtin_models.py pack  [--only mnist]   # EMA weights in fp16 + card, measured, -> the package
+    python examples/builtin_models.py grids [--only mnist]   # tuned grids at 3-10 steps, judged, -> the package's grids.json
 
 ``pack`` keeps the EMA weights alone, in fp16, writes the card (recipe, data, commit, parameters), then
 measures the packed file itself, as users get it: the judge's recognised share and judge FD of 256
@@ -217,6 +218,88 @@ def pack(name: str, work: Path) -> Path:
     return final
 
 
+#: The step counts the ready-made models ship tuned grids for (`diffuse sample --steps N` uses them by default).
+GRID_STEPS = tuple(range(3, 11))
+
+
+def grid_sampler(card: Any) -> str:
+    """The sampler a model's grids are tuned for: the one its card recommends (ipndm where it names none)."""
+    return str(card.extra.get("builtin", {}).get("recommended", {}).get("sampler", "ipndm"))
+
+
+def judged_gap(x_tuned: torch.Tensor, x_default: torch.Tensor, judge: torch.nn.Module, real: torch.Tensor,
+               resamples: int = 50) -> dict[str, Any]:
+    """The judge's view of two batches drawn from the same noise: recognised shares, judge FDs and the paired SE of each gap."""
+    from shapes_judge import judge_images
+    from shapes_quality import features
+
+    from diffusers_cli.engine.metrics.fid import frechet_distance
+
+    ok_t, ok_d = judge_images(judge, x_tuned)[1].double(), judge_images(judge, x_default)[1].double()
+    f_t, f_d, f_r = features(judge, x_tuned), features(judge, x_default), features(judge, real)
+
+    def fd(a: torch.Tensor) -> float:
+        return frechet_distance(a.mean(0).numpy(), torch.cov(a.T).numpy(), f_r.mean(0).numpy(), torch.cov(f_r.T).numpy())
+
+    gen = torch.Generator().manual_seed(0)
+    gaps = []
+    for _ in range(resamples):  # the same images on both sides of each resample: the SE of the gap, not of each FD
+        idx = torch.randint(0, len(f_t), (len(f_t),), generator=gen)
+        gaps.append(fd(f_t[idx]) - fd(f_d[idx]))
+    n = len(ok_t)
+    return {"n": n, "recognised": round(ok_t.mean().item(), 4), "default_recognised": round(ok_d.mean().item(), 4),
+            "recognised_gap_se": round(float((ok_t - ok_d).std() / n**0.5), 4),
+            "judge_fd": round(fd(f_t), 2), "default_judge_fd": round(fd(f_d), 2),
+            "judge_fd_gap_se": round(float(torch.tensor(gaps).std()), 2)}
+
+
+def grids(name: str, work: Path, n: int = 256) -> None:
+    """Tuned grids of a score model at GRID_STEPS for its recommended sampler, judged, into the package's grids.json.
+
+    Each grid is found by `diffuse tune` (its default objective, and its held-out check: a winner that does not
+    beat the default grid on other noise is not kept). A grid the tuner keeps is then judged as `pack` judges the
+    model (n samples, per-image seeds 0..n-1, every class in turn, guided), beside the default grid on the same
+    noise: if its recognised share is lower, or its judge FD higher, by more than the standard error of the gap,
+    it is marked not kept too. `sample`, `condition` and `evaluate` use a kept grid when none is asked for; a grid
+    not kept stays in the file (`--grid tuned` reaches it) with the figures that rejected it.
+    """
+    from shapes_judge import cached_judge
+    from shapes_quality import load_real
+
+    from diffusers_cli.config.defaults import DEFAULT_GUIDANCE
+    from diffusers_cli.engine.guidance import classifier_free, cycle_labels
+    from diffusers_cli.engine.rng import ImageGenerators
+    from diffusers_cli.engine.samplers import sample
+    from diffusers_cli.models import load_score_model
+    from diffusers_cli.parts.tuned_grids import write_entry
+
+    if RECIPES[name].goes_with is not None:
+        return  # a classifier has no sampler of its own
+    target = PACKAGE_DIR / "grids.json"
+    model, card = load_score_model(f"builtin:{name}")
+    model.requires_grad_(False)
+    sampler = grid_sampler(card)
+    t0 = time.perf_counter()
+    entries = dc.tune(f"builtin:{name}", sampler=sampler, steps=list(GRID_STEPS), grids=target)
+    judge, _, _ = cached_judge(card.image_hw[0], work / f"judge-{card.dataset}-{card.image_hw[0]}.safetensors", card.dataset, MNIST)
+    real = load_real(card.dataset, card.image_hw[0], card.channels, MNIST, n)
+    score_fn = classifier_free(model, cycle_labels(0, n, card.num_classes), DEFAULT_GUIDANCE)
+    for entry in entries:
+        if entry["kept"]:
+            with torch.no_grad():
+                x = {grid: sample(model.sde, score_fn, (n, *card.image_shape), sampler, entry["steps"],
+                                  ImageGenerators.for_images(0, 0, n), grid=times)
+                     for grid, times in (("tuned", torch.tensor(entry["times"], dtype=torch.float64)), ("default", None))}
+            j = judged_gap(x["tuned"], x["default"], judge, real)
+            lost = (j["default_recognised"] - j["recognised"] > j["recognised_gap_se"]
+                    or j["judge_fd"] - j["default_judge_fd"] > j["judge_fd_gap_se"])
+            entry = {**entry, "judged": j, "kept": not lost}
+            write_entry(target, entry)
+        print(f"builtin:{name} {sampler} {entry['steps']} steps: kept {entry['kept']} "
+              f"{json.dumps(entry.get('judged') or entry.get('held_out'))}", flush=True)
+    print(f"builtin:{name}: {len(entries)} grids in {time.perf_counter() - t0:.0f} s -> {target}")
+
+
 def cpu_name() -> str:
     """The CPU's model name (Linux), for the card's training time."""
     try:
@@ -240,12 +323,13 @@ def selected(only: str | None) -> list[str]:
 def main() -> None:
     """Run one stage of the recipes."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("stage", choices=["train", "pack"])
+    ap.add_argument("stage", choices=["train", "pack", "grids"])
     ap.add_argument("--only", default=None, help="comma-separated recipe names (default: all)")
     ap.add_argument("--work", type=Path, default=ROOT / "runs" / "builtin")
     args = ap.parse_args()
+    stages = {"train": train, "pack": pack, "grids": grids}
     for name in selected(args.only):
-        train(name, args.work) if args.stage == "train" else pack(name, args.work)
+        stages[args.stage](name, args.work)
 
 
 if __name__ == "__main__":
