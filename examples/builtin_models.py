@@ -204,6 +204,8 @@ def pack(name: str, work: Path) -> Path:
         "data": data_line(card.dataset, recipe.train), "commit": trained["commit"], "dtype": "fp16",
         "goes_with": f"builtin:{recipe.goes_with}" if recipe.goes_with else None,
     }
+    # A score model recommends the sampler its quality below is measured with: what `diffuse sample` runs by default.
+    card = ModelCard(**{**card.__dict__, "recommended": recommendation(recipe)})
     PACKAGE_DIR.mkdir(parents=True, exist_ok=True)
     final = PACKAGE_DIR / f"{name}.safetensors"
     with tempfile.TemporaryDirectory() as tmp:
@@ -215,6 +217,13 @@ def pack(name: str, work: Path) -> Path:
     save_model(final, ema, ModelCard(**{**card.__dict__, "extra": {"builtin": info}}))
     print(json.dumps({"model": f"builtin:{name}", "bytes": final.stat().st_size, **info}, indent=2))
     return final
+
+
+def recommendation(recipe: Recipe) -> Any:
+    """The card's recommended sampler: the recipe's judged one for a score model (its figures are of that sampler)."""
+    from diffusers_cli.checkpoints.card import Recommendation
+
+    return Recommendation(recipe.judge["sampler"], recipe.judge["steps"]) if recipe.goes_with is None else None
 
 
 def cpu_name() -> str:

@@ -55,13 +55,16 @@ def condition_command(
         from diffusers_cli.jobs.condition import condition
 
         res = condition(cfg, make_reporter(json_))
+        assert res.choice is not None
+        ran = res.choice.sampler
         summary = {"outputs": [str(p) for p in res.outputs], "class": res.label, "class_name": res.class_name,
-                   "scale": cfg.scale, "guidance": cfg.guidance, "n": cfg.n, "sampler": cfg.sampler.name, "steps": cfg.sampler.steps,
-                   "nfe": res.nfe, "seconds": round(res.seconds, 3), "seed": cfg.seed,
+                   "scale": cfg.scale, "guidance": cfg.guidance, "n": cfg.n, "sampler": ran.name, "steps": ran.steps,
+                   "sampler_choice": res.choice.why, "nfe": res.nfe, "seconds": round(res.seconds, 3), "seed": cfg.seed,
                    "model": str(res.model), "classifier": str(res.classifier) if res.classifier else None}
         if json_:
             emit_json(summary)
         else:
-            print(f"wrote {', '.join(str(p) for p in res.outputs[:3])}: {cfg.n} x class {res.label} ({res.class_name})")
+            print(f"wrote {', '.join(str(p) for p in res.outputs[:3])}: {cfg.n} x class {res.label} ({res.class_name}) with "
+                  f"{res.choice.describe()}, {res.nfe} NFE, {res.seconds:.1f}s")
 
     run_job(job)
