@@ -8,8 +8,9 @@ from typing import Annotated, Optional
 import typer
 
 from diffusers_cli.cli.common import (
-    BatchOpt, ConfigOpt, DeviceOpt, DownloadModelOpt, EtaOpt, GridOpt, GridsOpt, IndividualOpt, JsonOpt, ModelOpt, NumOpt, OptionOpt, OrderOpt, SamplerOpt,
-    SeedOpt, SetOpt, SnrOpt, StepsOpt, emit_json, make_reporter, parse_kv, run_job, sampler_overrides, UpscaleOpt,
+    CardSamplerOpt, CardStepsOpt,
+    BatchOpt, ConfigOpt, DeviceOpt, DownloadModelOpt, EtaOpt, GridOpt, GridsOpt, IndividualOpt, JsonOpt, ModelOpt, NumOpt, OptionOpt, OrderOpt,
+    SeedOpt, SetOpt, SnrOpt, emit_json, make_reporter, parse_kv, run_job, sampler_overrides, UpscaleOpt,
 )
 
 
@@ -19,8 +20,8 @@ def condition_command(
     scale: Annotated[Optional[float], typer.Option(help="Guidance scale: 1 samples p(x | y); larger is sharper, less diverse.")] = None,
     guidance: Annotated[Optional[float], typer.Option(help="With --classifier on a class-conditional model: steer its conditional score, classifier-free at this scale (1: p(x | y)), instead of its unconditional one.")] = None,
     model: ModelOpt = None,
-    sampler: SamplerOpt = None,
-    steps: StepsOpt = None,
+    sampler: CardSamplerOpt = None,
+    steps: CardStepsOpt = None,
     n: NumOpt = None,
     batch_size: BatchOpt = None,
     out: Annotated[Optional[Path], typer.Option(help="Output PNG grid (or name stem with --individual).")] = None,

@@ -8,8 +8,9 @@ from typing import Annotated, Optional
 import typer
 
 from diffusers_cli.cli.common import (
+    CardSamplerOpt, CardStepsOpt,
     AtolOpt, BatchOpt, ConfigOpt, DeviceOpt, DownloadModelOpt, EpsOpt, EtaOpt, GridOpt, GridsOpt, IndividualOpt, JsonOpt, ModelOpt, NoDenoiseOpt, NumOpt,
-    OptionOpt, OrderOpt, RtolOpt, SamplerOpt, SeedOpt, SetOpt, SnrOpt, StepsOpt, emit_json, make_reporter, parse_kv,
+    OptionOpt, OrderOpt, RtolOpt, SeedOpt, SetOpt, SnrOpt, emit_json, make_reporter, parse_kv,
     run_job, sampler_overrides, UpscaleOpt,
 )
 from diffusers_cli.config.defaults import DEFAULT_GUIDANCE
@@ -17,8 +18,8 @@ from diffusers_cli.config.defaults import DEFAULT_GUIDANCE
 
 def sample_command(
     model: ModelOpt = None,
-    sampler: SamplerOpt = None,
-    steps: StepsOpt = None,
+    sampler: CardSamplerOpt = None,
+    steps: CardStepsOpt = None,
     n: NumOpt = None,
     first: Annotated[Optional[int], typer.Option(help="Index of the first image (default 0): --first 41 -n 1 makes image 41 of the seed alone.")] = None,
     batch_size: BatchOpt = None,
