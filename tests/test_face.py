@@ -169,8 +169,8 @@ def section(**given: Any) -> SamplerConfig:
     ({"steps": 6}, ("ipndm", 10), ("ipndm", 6, "the model card's sampler")),
     ({}, None, ("pc", 1000, "the default sampler and the default steps; the model card recommends none")),
     ({"steps": 3}, None, ("pc", 3, "the default sampler; the model card recommends none")),
-    ({}, ("zigzag", 9), ("pc", 1000, "the default sampler and steps; the model card's zigzag is not a sampler of this "
-                                     "diffusers-cli")),
+    ({}, ("zigzag", 9), ("pc", 1000, ("the default sampler and steps; the model card's zigzag is not a sampler of this "
+                                      "diffusers-cli"))),
     # A value equal to the default still counts as given: --sampler pc --steps 1000 runs exactly that.
     ({"name": "pc", "steps": 1000}, ("ipndm", 10), ("pc", 1000, GIVEN)),
 ])
