@@ -254,3 +254,12 @@ def test_face_results_carry_what_ran() -> None:
     z = dc.impute(model, torch.zeros(3, 16, 16), "half", method="replacement", sampler="ddim", steps=3)
     # Impute has no guidance: the unconditional ("no class") score, one evaluation a step, + denoising.
     assert (z.info.sampler, z.info.steps, z.info.why, z.info.nfe) == ("replacement (ddim)", 3, GIVEN, 4)
+
+
+@pytest.mark.parametrize("command", ["sample", "condition"])
+def test_command_help_says_the_card_wins_then_the_schemas_default(command: str) -> None:
+    res = invoke(command, "--help")
+    text = " ".join(res.stdout.replace("│", " ").split())
+    default = SamplerConfig()
+    assert f"Default: the model card's recommendation (`diffuse models` shows the ready-made models'), else {default.name};" in text
+    assert f"Default: the model card's, when it recommends this sampler, else {default.steps}." in text
