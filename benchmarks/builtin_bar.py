@@ -8,7 +8,8 @@ For each digit d, 64 samples of `diffuse sample --model builtin:mnist --class d 
 benchmarks/shapes_judge.py's MNIST judge (cached in runs/builtin/, as examples/builtin_models.py leaves it): the share
 recognised (confidence >= 0.9) as the digit asked (the cards give the judge FD of 256 samples of all digits; 64 of
 one digit are too few for a Frechet distance in the judge's features).
---default-sampler adds the commands exactly as the issue writes them, without --sampler (pc, 1000 steps), for 7.
+--default-sampler adds the commands exactly as the issue writes them, without --sampler, for 7: the model card's
+recommended sampler (ei, 20 steps; pc, 1000 steps before the cards recommended one).
 """
 
 from __future__ import annotations

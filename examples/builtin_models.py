@@ -205,6 +205,8 @@ def pack(name: str, work: Path) -> Path:
         "data": data_line(card.dataset, recipe.train), "commit": trained["commit"], "dtype": "fp16",
         "goes_with": f"builtin:{recipe.goes_with}" if recipe.goes_with else None,
     }
+    # A score model recommends the sampler its quality below is measured with: what `diffuse sample` runs by default.
+    card = ModelCard(**{**card.__dict__, "recommended": recommendation(recipe)})
     PACKAGE_DIR.mkdir(parents=True, exist_ok=True)
     final = PACKAGE_DIR / f"{name}.safetensors"
     with tempfile.TemporaryDirectory() as tmp:
@@ -224,7 +226,7 @@ GRID_STEPS = tuple(range(3, 11))
 
 def grid_sampler(card: Any) -> str:
     """The sampler a model's grids are tuned for: the one its card recommends (ipndm where it names none)."""
-    return str(card.extra.get("builtin", {}).get("recommended", {}).get("sampler", "ipndm"))
+    return card.recommended.sampler if card.recommended is not None else "ipndm"
 
 
 def judged_gap(x_tuned: torch.Tensor, x_default: torch.Tensor, judge: torch.nn.Module, real: torch.Tensor,
@@ -298,6 +300,13 @@ def grids(name: str, work: Path, n: int = 256) -> None:
         print(f"builtin:{name} {sampler} {entry['steps']} steps: kept {entry['kept']} "
               f"{json.dumps(entry.get('judged') or entry.get('held_out'))}", flush=True)
     print(f"builtin:{name}: {len(entries)} grids in {time.perf_counter() - t0:.0f} s -> {target}")
+
+
+def recommendation(recipe: Recipe) -> Any:
+    """The card's recommended sampler: the recipe's judged one for a score model (its figures are of that sampler)."""
+    from diffusers_cli.checkpoints.card import Recommendation
+
+    return Recommendation(recipe.judge["sampler"], recipe.judge["steps"]) if recipe.goes_with is None else None
 
 
 def cpu_name() -> str:

@@ -3,6 +3,7 @@
 ``import diffusers_cli as dc`` gives the commands as functions (``dc.load_model``, ``dc.sample``, ``dc.condition``,
 ``dc.impute``, ``dc.evaluate``, ``dc.tune``, ``dc.train``, ``dc.list_models``) and notebook helpers (``dc.grid``, ``dc.to_pil``);
 they live in ``diffusers_cli.api`` and are imported on first use, so that the command line starts without torch.
+The images they return carry ``.info``, a ``dc.RunInfo``: the sampler that ran, its steps, why that one, and the NFE.
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ from typing import Any
 __version__ = "0.1.0"
 
 #: The names ``diffusers_cli.api`` offers at the top level.
-API = ("load_model", "list_models", "sample", "condition", "impute", "evaluate", "tune", "train", "grid", "to_pil", "Model", "ModelLike")
+API = ("load_model", "list_models", "sample", "condition", "impute", "evaluate", "tune", "train", "grid", "to_pil", "Model", "ModelLike",
+       "RunInfo")
 
 __all__ = ["__version__", *API]
 

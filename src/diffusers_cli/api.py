@@ -9,21 +9,31 @@ signatures exactly as ``-o KEY=VALUE`` is.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Union, overload
+from typing import Any, Callable, Literal, TypeVar, Union, overload
 
 from PIL import Image
+from pydantic import BaseModel
 from torch import Tensor
 
+from diffusers_cli.config.defaults import DEFAULT_GUIDANCE, DEFAULT_SAMPLER, DEFAULT_STEPS
 from diffusers_cli.config.schema import (
     ConditionConfig,
     EvaluateConfig,
     ImputeConfig,
+    ModelSource,
     SampleConfig,
+    SamplerConfig,
     TrainConfig,
+    TuneConfig,
     build_config,
 )
 from diffusers_cli.config.overrides import sampler_section
+from diffusers_cli.engine.metrics.fid import RECOMMENDED_SAMPLES
+from diffusers_cli.engine.grids import GRIDS
+from diffusers_cli.engine.samplers import SAMPLERS
+from diffusers_cli.parts.sampler_choice import GIVEN
 from diffusers_cli.support.errors import UsageError
 from diffusers_cli.models import Loaded, load
 from diffusers_cli.support.progress import LineReporter, Reporter, SilentReporter
@@ -36,14 +46,92 @@ ModelLike = Union[Loaded, str, Path]
 #: What ``dc.load_model`` returns: the network, its SDE and card, and where it came from.
 Model = Loaded
 
+_F = TypeVar("_F", bound=Callable[..., Any])
 
+
+def _default(config: type[BaseModel], name: str) -> Any:
+    """A config field's default, as the command uses it when the flag is not given: the one place defaults live."""
+    return config.model_fields[name].get_default(call_default_factory=True)
+
+
+def _one(values: list[int]) -> int | list[int]:
+    """A one-element list as its element (the signature shows ``steps=5``, not ``[5]``)."""
+    return values[0] if len(values) == 1 else values
+
+
+_IMPUTE_SAMPLER: SamplerConfig = _default(ImputeConfig, "sampler")
+
+#: The facts the docstrings below name, read from where they are defined (config schema, config.defaults),
+#: so that ``help(dc.sample)`` cannot drift from what runs.
+FACTS: dict[str, Any] = {
+    "default_sampler": DEFAULT_SAMPLER, "default_steps": DEFAULT_STEPS, "default_guidance": DEFAULT_GUIDANCE,
+    "impute_sampler": _IMPUTE_SAMPLER.name, "impute_steps": _IMPUTE_SAMPLER.steps,
+    "samplers": ", ".join(SAMPLERS), "grids": ", ".join(f'"{g}"' for g in GRIDS),
+    "evaluate_samples": f"{RECOMMENDED_SAMPLES:,}", "runs_dir": _default(ModelSource, "runs_dir"),
+}
+
+
+def _explained(fn: _F) -> _F:
+    """Fill a face function's docstring with FACTS ({default_sampler} ...)."""
+    fn.__doc__ = (fn.__doc__ or "").format(**FACTS)
+    return fn
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """What a call of ``dc.sample``, ``dc.condition`` or ``dc.impute`` ran: the ``.info`` of the tensor it returns.
+
+    Attributes:
+        sampler: The sampler that ran (``dc.impute``: the imputation method; with "replacement", its sampler too).
+        steps: Its steps.
+        why: Where the sampler and steps came from: "as given", "the model card's recommendation", "the default
+            sampler and steps; the model card recommends none", ... (``dc.impute``: "auto"'s choice, if it chose).
+        nfe: Score-network evaluations per image. Classifier-free guidance at a scale other than 0 or 1 evaluates
+            the net on the conditional and the "no class" input, so it counts 2 a call; a classifier's gradient
+            (``dc.condition(classifier=...)``) is not counted.
+        seconds: Wall time of the sampling (the model already loaded).
+    """
+
+    sampler: str
+    steps: int
+    why: str
+    nfe: int
+    seconds: float
+
+
+def _with_info(images: Tensor, info: RunInfo) -> Tensor:
+    """The images with ``.info`` set: the tensor stays a plain tensor, so every caller of old keeps working."""
+    images.info = info  # type: ignore[attr-defined]
+    return images
+
+
+@_explained
 def load_model(spec: str | Path | None = None, *, use_ema: bool = True, download: bool = False) -> Loaded:
-    """Read a model once: any ``--model`` value (None: the newest run under ./runs); ``.card`` says what it is."""
+    """Read a model once, to pass to ``dc.sample``, ``dc.condition``, ``dc.impute`` without reading it again.
+
+    Args:
+        spec: Anything ``--model`` takes: a run directory (``RUN@STEP``: its snapshot of that step), a .safetensors
+            file, a diffusers folder, ``hf:ORG/NAME[@REV]`` or ``builtin:NAME`` (``dc.list_models()``). None: the
+            newest run under ``{runs_dir}``.
+        use_ema: Our runs: the EMA weights (False: the online ones).
+        download: Fetch an ``hf:`` model missing from the Hugging Face cache (nothing downloads otherwise).
+
+    Returns:
+        The model (``dc.Model``): ``.card`` says what it is, ``.net``, ``.sde`` and ``.score`` are the engine's
+        objects; its class documents every attribute.
+
+    Raises:
+        UsageError: The model is missing, damaged or not a model (``diffuse`` exits 2 on it).
+    """
     return load(spec, use_ema=use_ema, download=download)
 
 
 def list_models() -> list[dict[str, Any]]:
-    """The ready-made models (``builtin:NAME``) as `diffuse models --json` lists them."""
+    """The ready-made models (``builtin:NAME``) as `diffuse models --json` lists them.
+
+    Returns:
+        One dict a model: name, kind, description, image shape, classes, SDE, recipe, measured quality ...
+    """
     from diffusers_cli.models.builtin import BUILTIN_MODELS, describe
 
     return [describe(name) for name in BUILTIN_MODELS]
@@ -61,34 +149,76 @@ def _out(out: str | Path | None) -> dict[str, object]:
     return {"out": str(out)} if out is not None else {}
 
 
+#: The keyword arguments dc.sample, dc.condition and dc.impute share, in the order each of them takes them:
+#: last, after what the command itself needs (tests/test_api.py checks the signatures against it).
+COMMON_KEYWORDS = ("sampler", "steps", "grid", "eps", "final_denoise", "seed", "batch_size", "device", "out", "progress")
+
+
 @overload
 def sample(model: ModelLike, n: int, *, trajectory: Literal[False] = ..., **kwargs: Any) -> Tensor: ...
 @overload
 def sample(model: ModelLike, n: int, *, trajectory: Literal[True], **kwargs: Any) -> tuple[Tensor, Tensor]: ...
 
 
+@_explained
 def sample(
     model: ModelLike,
     n: int,
     *,
-    sampler: str | None = None,  # default: `diffuse sample`'s (pc, 1000 steps)
+    label: int | str | None = None,
+    guidance: float | None = None,
+    first: int = _default(SampleConfig, "first"),
+    individual: bool = _default(SampleConfig, "individual"),
+    trajectory: bool = False,
+    sampler: str | None = None,
     steps: int | None = None,
-    seed: int | None = None,
-    label: int | str | None = None,  # class-conditional models: one class (index or name); None: every class in turn
-    guidance: float | None = None,  # classifier-free guidance scale (None: the default of `diffuse sample`)
     grid: str | None = None,
     eps: float | None = None,
-    final_denoise: bool | None = None,
-    first: int | None = None,
-    batch_size: int | None = None,
-    device: str | None = None,
-    out: str | Path | None = None,  # also write the grid (or --individual PNGs) there, as the command does
-    individual: bool | None = None,
-    trajectory: bool = False,  # also return the trajectory strip (uint8 [C, H, W]) that --trajectory writes
+    final_denoise: bool = _default(SamplerConfig, "final_denoise"),
+    seed: int = _default(SampleConfig, "seed"),
+    batch_size: int = _default(SampleConfig, "batch_size"),
+    device: str = _default(SampleConfig, "device"),
+    out: str | Path | None = None,
     progress: bool = False,
     **options: Any,
 ) -> Tensor | tuple[Tensor, Tensor]:
-    """``diffuse sample``: n images [n, C, H, W] in [-1, 1]; image i depends only on (seed, i)."""
+    """``diffuse sample``: n images of a model; image i depends only on (seed, first + i).
+
+    ``dc.sample(m, 16, seed=3)`` returns the images ``diffuse sample --model M -n 16 --seed 3`` writes.
+
+    Args:
+        model: A model from ``dc.load_model``, or anything ``--model`` takes (``"builtin:mnist"``, a run ...).
+        n: How many images.
+        label: Class-conditional models: one class, by index or name. None: every class in turn (image i of
+            class i mod the number of classes).
+        guidance: Class-conditional models: the classifier-free guidance scale (1: plain p(x | class), 0:
+            unconditional). None: {default_guidance:g}. An unconditional model takes neither label nor guidance.
+        first: Index of the first image: images first .. first + n - 1 of the seed's sequence.
+        individual: With ``out``: one PNG an image (``out`` is their name stem) instead of a grid.
+        trajectory: Also return the strip of x_t along the way (uint8 [C, H, W]) that ``--trajectory`` writes.
+        sampler: The sampler: {samplers}. None: the model card's recommended
+            sampler (``model.card.recommended``; the ready-made models have one), else {default_sampler}.
+        steps: The sampler's steps. None: the card's steps (when it recommends this sampler), else
+            {default_steps}. ``images.info`` says which sampler ran, at how many steps, and why.
+        grid: The time grid: {grids}, or "tuned" (the model's own, from ``dc.tune``).
+            None: the sampler's own.
+        eps: The last time of the grid. None: the SDE's own (``model.sde.eps``).
+        final_denoise: Finish with Tweedie's denoising step (1 extra network evaluation).
+        seed: The seed; image i depends only on (seed, first + i), whatever the batch size.
+        batch_size: Images a forward pass (does not change the images).
+        device: "auto" (CUDA, then MPS, then CPU), "cpu", "cuda", "cuda:1" ...
+        out: Also write the grid (or, with ``individual``, the PNGs) there, as the command does.
+        progress: Print a progress line a batch.
+        **options: The sampler's own options (``order=3``, ``snr=0.1``, ``rho=5`` ...), checked against its engine
+            signature as ``-o KEY=VALUE`` is; ``diffuse samplers`` lists them with their defaults.
+
+    Returns:
+        The images [n, C, H, W] in [-1, 1] (clamped, as the PNGs are before rounding), with ``.info`` (a
+        ``RunInfo``: sampler, steps, why, nfe, seconds); with ``trajectory=True``, (images, strip).
+
+    Raises:
+        UsageError: A bad argument, with the message ``diffuse sample`` gives (it exits 2 on it).
+    """
     from diffusers_cli.jobs.sample import sample_images
 
     loaded = _model(model)
@@ -98,71 +228,137 @@ def sample(
         "use_ema": loaded.use_ema, **_out(out), **sampler_section(sampler, steps, grid, eps, final_denoise, options),
     })
     res = sample_images(cfg, _reporter(progress), loaded=loaded, write=out is not None, trajectory=trajectory)
+    assert res.choice is not None
+    ran = res.choice.sampler
     # Clamped as the PNGs are: the tensor is the written images before rounding.
-    images = res.images.clamp(-1, 1)
+    images = _with_info(res.images.clamp(-1, 1), RunInfo(ran.name, ran.steps, res.choice.why, res.nfe, res.seconds))
     if trajectory:
         assert res.trajectory is not None
         return images, res.trajectory
     return images
 
 
+@_explained
 def condition(
     model: ModelLike,
     label: int | str,
-    n: int,
+    n: int = _default(ConditionConfig, "n"),
     *,
-    classifier: ModelLike | None = None,  # None: a class-conditional model guides itself (classifier-free)
-    scale: float | None = None,
-    guidance: float | None = None,  # with a classifier on a class-conditional model: steer p(x | y) guided at this scale
-    sampler: str | None = None,  # default: `diffuse condition`'s (pc, 1000 steps)
+    classifier: ModelLike | None = None,
+    scale: float = _default(ConditionConfig, "scale"),
+    guidance: float | None = None,
+    individual: bool = _default(ConditionConfig, "individual"),
+    sampler: str | None = None,
     steps: int | None = None,
-    seed: int | None = None,
     grid: str | None = None,
     eps: float | None = None,
-    final_denoise: bool | None = None,
-    batch_size: int | None = None,
-    device: str | None = None,
+    final_denoise: bool = _default(SamplerConfig, "final_denoise"),
+    seed: int = _default(ConditionConfig, "seed"),
+    batch_size: int = _default(ConditionConfig, "batch_size"),
+    device: str = _default(ConditionConfig, "device"),
     out: str | Path | None = None,
     progress: bool = False,
     **options: Any,
 ) -> Tensor:
-    """``diffuse condition``: n images of one class [n, C, H, W] in [-1, 1], steered by a classifier's gradient."""
+    """``diffuse condition``: n images of one class, steered by a classifier's gradient or the model's own guidance.
+
+    Args:
+        model: The score model, from ``dc.load_model`` or anything ``--model`` takes.
+        label: The class, by index or name.
+        n: How many images.
+        classifier: A noise-aware classifier (``diffuse train --task classifier``, ``builtin:mnist-classifier``)
+            whose gradient steers the model. None: a class-conditional model guides itself (classifier-free).
+        scale: The guidance scale: the classifier's gradient times this, or without a classifier the
+            classifier-free scale (1: plain p(x | class)).
+        guidance: With a classifier and a class-conditional model: the classifier steers the model's own
+            classifier-free guided score at this scale (1: p(x | class)). None: its unconditional score.
+        individual: With ``out``: one PNG an image instead of a grid.
+        sampler: The sampler: {samplers}. None: the model card's recommended
+            sampler (``model.card.recommended``), else {default_sampler}.
+        steps: The sampler's steps. None: the card's (when it recommends this sampler), else {default_steps}.
+        grid: The time grid: {grids}, or "tuned" (the model's own, from ``dc.tune``).
+            None: the sampler's own.
+        eps: The last time of the grid. None: the SDE's own (``model.sde.eps``).
+        final_denoise: Finish with Tweedie's denoising step (1 extra network evaluation).
+        seed: The seed; image i depends only on (seed, i).
+        batch_size: Images a forward pass (does not change the images).
+        device: "auto" (CUDA, then MPS, then CPU), "cpu", "cuda" ...
+        out: Also write the grid (or the PNGs) there, as the command does.
+        progress: Print a progress line a batch.
+        **options: The sampler's own options (``order=3`` ...), checked against its engine signature.
+
+    Returns:
+        The images [n, C, H, W] in [-1, 1] with ``.info`` (a ``RunInfo``: sampler, steps, why, nfe, seconds).
+
+    Raises:
+        UsageError: A bad argument, with the message ``diffuse condition`` gives (it exits 2 on it).
+    """
     from diffusers_cli.jobs.condition import condition as condition_job
 
     loaded = _model(model)
     clf = _model(classifier) if classifier is not None else None
     cfg = build_config(ConditionConfig, None, {
         "model": str(loaded.path), "classifier": str(clf.path) if clf is not None else None, "class": str(label),
-        "scale": scale, "guidance": guidance, "n": n, "seed": seed, "batch_size": batch_size, "device": device, "use_ema": loaded.use_ema,
+        "scale": scale, "guidance": guidance, "n": n, "seed": seed, "batch_size": batch_size, "device": device,
+        "individual": individual, "use_ema": loaded.use_ema,
         **_out(out), **sampler_section(sampler, steps, grid, eps, final_denoise, options),
     })
     res = condition_job(cfg, _reporter(progress), loaded=loaded, classifier=clf, write=out is not None)
-    assert res.images is not None
-    return res.images.clamp(-1, 1)
+    assert res.images is not None and res.choice is not None
+    ran = res.choice.sampler
+    return _with_info(res.images.clamp(-1, 1), RunInfo(ran.name, ran.steps, res.choice.why, res.nfe, res.seconds))
 
 
+@_explained
 def impute(
     model: ModelLike,
     image: Tensor | str | Path,
     mask: Tensor | str | Path,
     *,
-    n: int | None = None,
-    method: str | None = None,  # default "auto", as `diffuse impute`
-    sampler: str | None = None,
-    steps: int | None = None,
-    seed: int | None = None,
+    n: int = _default(ImputeConfig, "n"),
+    method: str = _default(ImputeConfig, "method"),
     mask_fraction: float | None = None,
     mask_side: str | None = None,
-    device: str | None = None,
+    sampler: str | None = None,
+    steps: int | None = None,
+    grid: str | None = None,
+    eps: float | None = None,
+    seed: int = _default(ImputeConfig, "seed"),
+    device: str = _default(ImputeConfig, "device"),
     out: str | Path | None = None,
     progress: bool = False,
     **options: Any,
 ) -> Tensor:
-    """``diffuse impute``: n fills [n, C, H, W] in [-1, 1] of ``image`` whose known pixels are the input's exactly.
+    """``diffuse impute``: n fills of ``image``'s unknown pixels; the known pixels are the input's exactly.
 
-    ``image``: a file, or a tensor [C, H, W] / [1, C, H, W] in [-1, 1]. ``mask``: a mask file (white = fill), a
-    kind (a key of ``engine.masks.MASKS``: ``"half"``, ``"box"`` ...), or a tensor [H, W] / [1, 1, H, W] with 1 = known.
-    ``options`` are the method's (``particles=8``) or, for ``method="replacement"``, its sampler's.
+    Args:
+        model: The score model, from ``dc.load_model`` or anything ``--model`` takes.
+        image: A file, or a tensor [C, H, W] / [1, C, H, W] in [-1, 1] (any size: filled at the model's, pasted back).
+        mask: A mask file (white = fill), a kind (a key of ``engine.masks.MASKS``: "half", "box" ...), or a tensor
+            [H, W] / [1, 1, H, W] with 1 = known.
+        n: How many fills (candidate i depends only on (seed, i)).
+        method: The imputation method (``engine.imputation.METHODS``); "auto": twisted SMC for a few known pixels,
+            RePaint for large known regions.
+        mask_fraction: A mask kind's share of the image to fill. None: the kind's own.
+        mask_side: The "half" kind's side to fill. None: its own.
+        sampler: The sampler of ``method="replacement"`` (the other methods are their own samplers).
+            None: {impute_sampler} (the model card's recommendation is not used: the methods need an ancestral
+            sampler, and the card recommends a fast deterministic one).
+        steps: The reverse steps of every method. None: {impute_steps}.
+        grid: The time grid. None: the method's (or the sampler's) own.
+        eps: The last time of the grid. None: the SDE's own (``model.sde.eps``).
+        seed: The seed of the fills (and of a random mask kind).
+        device: "auto" (CUDA, then MPS, then CPU), "cpu", "cuda" ...
+        out: Also write the fills there (``NAME_00.png`` ... when n > 1), as the command does.
+        progress: Print a progress line a step.
+        **options: The method's options (``particles=8``) or, for ``method="replacement"``, its sampler's.
+
+    Returns:
+        The filled images [n, C, H, W] in [-1, 1] at the input's size, with ``.info`` (a ``RunInfo``: the
+        method, steps, why, nfe, seconds).
+
+    Raises:
+        UsageError: A bad argument, with the message ``diffuse impute`` gives (it exits 2 on it).
     """
     from diffusers_cli.jobs.impute import impute_image
 
@@ -181,26 +377,43 @@ def impute(
         "model": str(loaded.path), "image": image_file, "mask": mask_file, "mask_kind": mask_kind,
         "mask_fraction": mask_fraction, "mask_side": mask_side, "method": method, "n": n, "seed": seed, "device": device,
         "use_ema": loaded.use_ema, "options": method_options or None, **_out(out),
-        **sampler_section(sampler, steps),
+        **sampler_section(sampler, steps, grid, eps),
     })
     x = None if isinstance(image, str | Path) else image.reshape(1, *image.shape[-3:]).float()
     known = mask.reshape(1, 1, *mask.shape[-2:]).float() if isinstance(mask, Tensor) else None
     res = impute_image(cfg, _reporter(progress), loaded=loaded, image=x, known=known, write=out is not None)
     assert res.images is not None
-    return res.images
+    ran = res.method + (f" ({cfg.sampler.name})" if res.method == "replacement" else "")
+    why = next((note for note in res.notes if note.startswith("--method auto")), GIVEN if method != "auto" else "")
+    return _with_info(res.images, RunInfo(ran, cfg.sampler.steps, why, res.nfe, res.seconds))
 
 
+@_explained
 def evaluate(
     model: ModelLike | None = None,
     *,
-    metrics: str | list[str] = "fid,is",
+    metrics: str | list[str] = ",".join(_default(EvaluateConfig, "metrics")),
     progress: bool = False,
     **settings: Any,
 ) -> dict[str, dict[str, Any]]:
-    """``diffuse evaluate``: each metric's figures ({"bpd": {"mean": ...}, ...}) and ``"provenance"``.
+    """``diffuse evaluate``: image metrics of a model's samples (or of a folder of images), and bits/dim.
 
-    ``settings`` are `diffuse evaluate`'s config keys (``num_samples=``, ``images=``, ``reference=``, ``data_dir=``,
-    ``bpd_examples=``, ``inception_weights=``, ``sampler={"name": "ei", "steps": 20}`` ...).
+    Args:
+        model: The model, from ``dc.load_model`` or anything ``--model`` takes. None: the newest run under
+            ``{runs_dir}`` (or no model, with ``images=``).
+        metrics: Metric names, as a list or comma-separated ("fid,kid,is,bpd"; ``diffuse metrics`` lists them).
+        progress: Print progress lines.
+        **settings: `diffuse evaluate`'s config keys: ``num_samples=`` (None: {evaluate_samples}), ``images=``,
+            ``reference=``, ``data_dir=``, ``bpd_examples=``, ``inception_weights=``, ``seed=``,
+            ``sampler={{"name": "ei", "steps": 20}}`` (default: {default_sampler}, {default_steps} steps) ...; their
+            defaults are ``EvaluateConfig``'s (``diffusers_cli.config.schema``).
+
+    Returns:
+        Each metric's figures (``{{"fid": {{"value": ...}}, "bpd": {{"mean": ...}}, ...}}``) and ``"provenance"``
+        (what was scored: samples, sampler, steps, NFE, seed ...).
+
+    Raises:
+        UsageError: A bad setting, with the message ``diffuse evaluate`` gives (it exits 2 on it).
     """
     from diffusers_cli.jobs.evaluate import evaluate as evaluate_job
 
@@ -210,21 +423,36 @@ def evaluate(
     return evaluate_job(cfg, _reporter(progress)).summary()
 
 
+@_explained
 def tune(
     model: ModelLike | None = None,
     *,
-    sampler: str = "ipndm",
-    steps: int | list[int] = 5,
+    sampler: str = _default(TuneConfig, "sampler"),
+    steps: int | list[int] = _one(_default(TuneConfig, "steps")),
     grids: str | Path | None = None,
     progress: bool = False,
     **settings: Any,
 ) -> list[dict[str, Any]]:
-    """``diffuse tune``: the grids.json entries it wrote (times, error against the default grid's, cost ...).
+    """``diffuse tune``: time grids fitted to one model for a sampler at some step counts.
 
-    ``settings`` are `diffuse tune`'s config keys (``batch_size=``, ``seed=``, ``options={"order": 2}`` ...);
-    afterwards ``dc.sample(model, n, sampler=..., steps=..., grid="tuned")`` uses the grid.
+    Afterwards ``dc.sample(model, n, sampler=..., steps=..., grid="tuned")`` samples on the tuned grid.
+
+    Args:
+        model: The model, from ``dc.load_model`` or anything ``--model`` takes. None: the newest run under
+            ``{runs_dir}``.
+        sampler: The sampler whose grid is tuned: {samplers}.
+        steps: The step count, or several (one grid each).
+        grids: The grids.json to write. None: beside the model (a run), else the user's file.
+        progress: Print progress lines.
+        **settings: `diffuse tune`'s config keys (``batch_size=``, ``seed=``, ``rounds=``, ``objective=``,
+            ``options={{"order": 2}}`` ...); their defaults are ``TuneConfig``'s (``diffusers_cli.config.schema``).
+
+    Returns:
+        The grids.json entries written: times, error against the default grid's, cost ...
+
+    Raises:
+        UsageError: A bad setting, with the message ``diffuse tune`` gives (it exits 2 on it).
     """
-    from diffusers_cli.config.schema import TuneConfig
     from diffusers_cli.jobs.tune import tune_grids
 
     spec, use_ema = (str(model.path), model.use_ema) if isinstance(model, Loaded) else (model, True)
@@ -235,8 +463,20 @@ def tune(
 
 
 def train(*, progress: bool = False, **settings: Any) -> Loaded:
-    """``diffuse train``: train a run (settings are its config keys: ``data={"dataset": "shapes", "image_size": 16}``,
-    ``steps=200``, ``class_conditional=True``, ``name="mine"`` ...) and return the trained model."""
+    """``diffuse train``: train a run and return the trained model.
+
+    Args:
+        progress: Print progress lines.
+        **settings: `diffuse train`'s config keys, nested as in a config file: ``data={"dataset": "shapes",
+            "image_size": 16}``, ``steps=200``, ``class_conditional=True``, ``name="mine"``, ``sde={"kind": "ve"}``
+            ...; their defaults are ``TrainConfig``'s (``diffusers_cli.config.schema``; ``diffuse train --help``).
+
+    Returns:
+        The trained model (``dc.Model``), read from the run directory.
+
+    Raises:
+        UsageError: A bad setting, with the message ``diffuse train`` gives (it exits 2 on it).
+    """
     from diffusers_cli.jobs.train import train as train_job
 
     cfg = build_config(TrainConfig, None, {k: _plain(v) for k, v in settings.items()})

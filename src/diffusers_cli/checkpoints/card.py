@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal, cast
 
@@ -26,6 +26,30 @@ class CheckpointError(UsageError):
 
 
 @dataclass(frozen=True)
+class Recommendation:
+    """The sampler a model's maker recommends: what `diffuse sample` runs when given neither sampler nor steps.
+
+    Stored as ``"recommended": {"sampler": ..., "steps": ...}``; a card without it (any written before it existed)
+    recommends nothing, and older readers ignore the key, so the card version stays 2.
+    """
+
+    sampler: str  # a key of engine.samplers.SAMPLERS (checked where it is used: a newer sampler may be unknown here)
+    steps: int  # its steps
+
+    @classmethod
+    def from_dict(cls, data: Any, path: Path) -> "Recommendation | None":
+        """The stored form (None: no recommendation); CheckpointError for a malformed one."""
+        if data is None:
+            return None
+        ok = (isinstance(data, dict) and isinstance(data.get("sampler"), str) and isinstance(data.get("steps"), int)
+              and not isinstance(data.get("steps"), bool) and data["steps"] > 0)
+        if not ok:
+            raise CheckpointError(f"{path} has an invalid model card (recommended must be {{\"sampler\": NAME, \"steps\": N > 0}}, "
+                                  f"got {data!r}); re-export it from its run")
+        return cls(sampler=data["sampler"], steps=data["steps"])
+
+
+@dataclass(frozen=True)
 class ModelCard:
     """What a model file says about itself: enough to rebuild the model, and where it came from.
 
@@ -45,6 +69,7 @@ class ModelCard:
     source: str = "diffuse"  # who made it
     package_version: str = __version__  # the diffusers-cli that wrote it
     extra: dict[str, Any] = field(default_factory=dict)  # free-form provenance (e.g. what a run was initialised from)
+    recommended: Recommendation | None = None  # score models: the sampler to use when none is given
 
     def __post_init__(self) -> None:
         # A card may be built from the SDE's JSON form (a stored card, a diffusers scheduler mapped to one):
@@ -78,9 +103,11 @@ class ModelCard:
 
     def to_dict(self) -> dict[str, Any]:
         """The card as JSON-able data, in the stored form (the SDE as its config's JSON)."""
-        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "recommended"}
+        # Written only when there is one, so a card without it stores exactly what it stored before the field existed.
+        rec = {} if self.recommended is None else {"recommended": asdict(self.recommended)}
         return {**out, "sde": self.sde.model_dump(mode="json"), "image_shape": list(self.image_shape),
-                "class_names": list(self.class_names), "network": dict(self.network), "extra": dict(self.extra)}
+                "class_names": list(self.class_names), "network": dict(self.network), "extra": dict(self.extra), **rec}
 
     def to_json(self) -> str:
         """The card as the JSON stored in a safetensors header."""
@@ -115,6 +142,7 @@ class ModelCard:
                 parameterization=data.get("parameterization"), step=int(data.get("step", 0)),
                 ema_updates=int(data.get("ema_updates", 0)), source=str(data.get("source", "diffuse")),
                 package_version=str(data.get("package_version", "unknown")), extra=dict(data.get("extra") or {}),
+                recommended=Recommendation.from_dict(data.get("recommended"), path),
             )
         except (KeyError, TypeError, ValueError, OverflowError) as err:
             raise CheckpointError(f"{path} has an invalid model card ({type(err).__name__}: {err}); re-export it from its run") from None

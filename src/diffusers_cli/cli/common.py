@@ -12,6 +12,7 @@ from typing import Annotated, Any, Callable, Optional, TypeVar
 import click
 import typer
 
+from diffusers_cli.config.defaults import DEFAULT_SAMPLER, DEFAULT_STEPS
 from diffusers_cli.config.overrides import sampler_section
 from diffusers_cli.support.errors import MachineError, RunFailed, UsageError
 from diffusers_cli.support.files import MACHINE_ERRNOS, MACHINE_HINTS
@@ -213,6 +214,13 @@ DownloadModelOpt = Annotated[bool, typer.Option("--download", help="Fetch a --mo
 SamplerOpt = Annotated[Optional[str], typer.Option("--sampler", help="Sampler name; `diffuse samplers` lists them with their options.")]
 UpscaleOpt = Annotated[Optional[int], typer.Option("--upscale", help="Write the PNGs K times larger (nearest neighbour: a 16x16 or 28x28 image becomes visible, no pixel invented).")]
 StepsOpt = Annotated[Optional[int], typer.Option("--steps", help="Sampler steps (the ode sampler adapts its own).")]
+# sample and condition: given neither, the model card's recommended sampler runs (parts.sampler_choice).
+CardSamplerOpt = Annotated[Optional[str], typer.Option("--sampler", help=(
+    "Sampler name; `diffuse samplers` lists them. Default: the model card's recommendation (`diffuse models` shows "
+    f"the ready-made models'), else {DEFAULT_SAMPLER}; the summary line says which ran."))]
+CardStepsOpt = Annotated[Optional[int], typer.Option("--steps", help=(
+    "Sampler steps (the ode sampler adapts its own). Default: the model card's, when it recommends this sampler, "
+    f"else {DEFAULT_STEPS}."))]
 NumOpt = Annotated[Optional[int], typer.Option("-n", "--num-samples", help="How many images.")]
 BatchOpt = Annotated[Optional[int], typer.Option("--batch-size", help="Images per batch (does not change the images).")]
 GridOpt = Annotated[Optional[str], typer.Option("--grid", help="Time grid (default: the sampler's), or `tuned` for the model's own from `diffuse tune`; `diffuse samplers` lists them.")]

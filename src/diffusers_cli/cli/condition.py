@@ -8,8 +8,9 @@ from typing import Annotated, Optional
 import typer
 
 from diffusers_cli.cli.common import (
-    BatchOpt, ConfigOpt, DeviceOpt, DownloadModelOpt, EtaOpt, GridOpt, GridsOpt, IndividualOpt, JsonOpt, ModelOpt, NumOpt, OptionOpt, OrderOpt, SamplerOpt,
-    SeedOpt, SetOpt, SnrOpt, StepsOpt, emit_json, make_reporter, parse_kv, run_job, sampler_overrides, UpscaleOpt,
+    CardSamplerOpt, CardStepsOpt,
+    BatchOpt, ConfigOpt, DeviceOpt, DownloadModelOpt, EtaOpt, GridOpt, GridsOpt, IndividualOpt, JsonOpt, ModelOpt, NumOpt, OptionOpt, OrderOpt,
+    SeedOpt, SetOpt, SnrOpt, emit_json, make_reporter, parse_kv, run_job, sampler_overrides, UpscaleOpt,
 )
 
 
@@ -19,8 +20,8 @@ def condition_command(
     scale: Annotated[Optional[float], typer.Option(help="Guidance scale: 1 samples p(x | y); larger is sharper, less diverse.")] = None,
     guidance: Annotated[Optional[float], typer.Option(help="With --classifier on a class-conditional model: steer its conditional score, classifier-free at this scale (1: p(x | y)), instead of its unconditional one.")] = None,
     model: ModelOpt = None,
-    sampler: SamplerOpt = None,
-    steps: StepsOpt = None,
+    sampler: CardSamplerOpt = None,
+    steps: CardStepsOpt = None,
     n: NumOpt = None,
     batch_size: BatchOpt = None,
     out: Annotated[Optional[Path], typer.Option(help="Output PNG grid (or name stem with --individual).")] = None,
@@ -55,13 +56,16 @@ def condition_command(
         from diffusers_cli.jobs.condition import condition
 
         res = condition(cfg, make_reporter(json_))
+        assert res.choice is not None
+        ran = res.choice.sampler
         summary = {"outputs": [str(p) for p in res.outputs], "class": res.label, "class_name": res.class_name,
-                   "scale": cfg.scale, "guidance": cfg.guidance, "n": cfg.n, "sampler": cfg.sampler.name, "steps": cfg.sampler.steps,
-                   "nfe": res.nfe, "seconds": round(res.seconds, 3), "seed": cfg.seed,
+                   "scale": cfg.scale, "guidance": cfg.guidance, "n": cfg.n, "sampler": ran.name, "steps": ran.steps,
+                   "sampler_choice": res.choice.why, "nfe": res.nfe, "seconds": round(res.seconds, 3), "seed": cfg.seed,
                    "model": str(res.model), "classifier": str(res.classifier) if res.classifier else None}
         if json_:
             emit_json(summary)
         else:
-            print(f"wrote {', '.join(str(p) for p in res.outputs[:3])}: {cfg.n} x class {res.label} ({res.class_name})")
+            print(f"wrote {', '.join(str(p) for p in res.outputs[:3])}: {cfg.n} x class {res.label} ({res.class_name}) with "
+                  f"{res.choice.describe()}, {res.nfe} NFE, {res.seconds:.1f}s")
 
     run_job(job)

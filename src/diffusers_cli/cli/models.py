@@ -44,6 +44,9 @@ def models_command(
             print(f"{'':<26} {row['kind']}, {c}x{h}x{w}, {row['sde']['kind']} SDE, {row['parameters']:,} parameters, {size}; "
                   f"trained {row['training_steps']} steps on {row['data']}"
                   + (f" in {row['train_seconds']:.0f} s on {row['train_threads']} thread(s) of {row['cpu']}" if row["train_seconds"] else ""))
+            if row["recommended"]:
+                rec = row["recommended"]
+                print(f"{'':<26} recommends: {rec['sampler']}, {rec['steps']} steps (what `diffuse sample` runs when given neither)")
             if row["quality"]:
                 print(f"{'':<26} measured: {_quality_line(row['quality'])}")
 

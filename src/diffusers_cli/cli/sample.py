@@ -8,8 +8,9 @@ from typing import Annotated, Optional
 import typer
 
 from diffusers_cli.cli.common import (
+    CardSamplerOpt, CardStepsOpt,
     AtolOpt, BatchOpt, ConfigOpt, DeviceOpt, DownloadModelOpt, EpsOpt, EtaOpt, GridOpt, GridsOpt, IndividualOpt, JsonOpt, ModelOpt, NoDenoiseOpt, NumOpt,
-    OptionOpt, OrderOpt, RtolOpt, SamplerOpt, SeedOpt, SetOpt, SnrOpt, StepsOpt, emit_json, make_reporter, parse_kv,
+    OptionOpt, OrderOpt, RtolOpt, SeedOpt, SetOpt, SnrOpt, emit_json, make_reporter, parse_kv,
     run_job, sampler_overrides, UpscaleOpt,
 )
 from diffusers_cli.config.defaults import DEFAULT_GUIDANCE
@@ -17,8 +18,8 @@ from diffusers_cli.config.defaults import DEFAULT_GUIDANCE
 
 def sample_command(
     model: ModelOpt = None,
-    sampler: SamplerOpt = None,
-    steps: StepsOpt = None,
+    sampler: CardSamplerOpt = None,
+    steps: CardStepsOpt = None,
     n: NumOpt = None,
     first: Annotated[Optional[int], typer.Option(help="Index of the first image (default 0): --first 41 -n 1 makes image 41 of the seed alone.")] = None,
     batch_size: BatchOpt = None,
@@ -64,16 +65,20 @@ def sample_command(
         from diffusers_cli.jobs.sample import sample_images
 
         res = sample_images(cfg, make_reporter(json_))
+        assert res.choice is not None
+        ran = res.choice.sampler
         summary = {
-            "model": str(res.model), "outputs": [str(p) for p in res.outputs], "n": cfg.n, "sampler": cfg.sampler.name,
-            "steps": cfg.sampler.steps, "nfe": res.nfe, "seconds": round(res.seconds, 3), "seed": cfg.seed,
-            "images_per_s": round(cfg.n / max(res.seconds, 1e-9), 3),
+            "model": str(res.model), "outputs": [str(p) for p in res.outputs], "n": cfg.n, "sampler": ran.name,
+            "steps": ran.steps, "sampler_choice": res.choice.why, "nfe": res.nfe, "seconds": round(res.seconds, 3),
+            "seed": cfg.seed, "images_per_s": round(cfg.n / max(res.seconds, 1e-9), 3),
         }
         if res.guidance is not None:
             summary.update({"class": res.class_name, "guidance": res.guidance})
         if json_:
             emit_json(summary)
         else:
-            print(f"wrote {len(res.outputs)} file(s): {', '.join(str(p) for p in res.outputs[:3])} ({res.nfe} NFE, {res.seconds:.1f}s)")
+            # NFE per image: what each image cost in network evaluations (guidance doubles it).
+            print(f"sampled {cfg.n} images with {res.choice.describe()}, {res.nfe} NFE, {res.seconds:.1f}s; wrote "
+                  f"{len(res.outputs)} file(s): {', '.join(str(p) for p in res.outputs[:3])}")
 
     run_job(job)

@@ -6,3 +6,8 @@ from __future__ import annotations
 #: the scale whose samples were both recognisable and closest to real ones on shapes and MNIST
 #: (the guidance sweeps in benchmarks/README.md).
 DEFAULT_GUIDANCE = 2.0
+
+#: The sampler and steps of a sampling command given neither, for a model whose card recommends none
+#: (``ModelCard.recommended`` wins when it exists): score_sde's predictor-corrector, slow but needing no tuning.
+DEFAULT_SAMPLER = "pc"
+DEFAULT_STEPS = 1000

@@ -25,6 +25,7 @@ from pydantic import (
 )
 
 from diffusers_cli.config.base import ConfigError, Strict
+from diffusers_cli.config.defaults import DEFAULT_SAMPLER, DEFAULT_STEPS
 from diffusers_cli.config.sde import SDE_KINDS, SDEConfig, VPConfig
 from diffusers_cli.engine.weightings import DEFAULT_WEIGHTING  # torch-free
 
@@ -133,8 +134,8 @@ class SamplerConfig(Strict):
     where an unknown one is an error naming the sampler's real options.
     """
 
-    name: str = "pc"
-    steps: PositiveInt = 1000
+    name: str = DEFAULT_SAMPLER
+    steps: PositiveInt = DEFAULT_STEPS
     grid: str | None = None
     eps: PositiveFloat | None = None
     final_denoise: bool = True
@@ -398,6 +399,7 @@ class TuneConfig(ModelSource):
 class SampleConfig(ModelSource):
     """``diffuse sample``."""
 
+    # Neither name nor steps given: the model card's recommendation (parts.sampler_choice), else pc, 1000 steps.
     sampler: SamplerConfig = Field(default_factory=SamplerConfig)
     grids: Path | None = None  # --grid tuned reads this file (None: beside the model, then the user's; tuned_grids)
     # Class-conditional models only: one class (name or index; None: the classes in turn) and the
@@ -426,7 +428,8 @@ class ConditionConfig(ModelSource):
     # With a classifier and a class-conditional model: the score the classifier steers is the model's own
     # classifier-free guided one at this scale (1: p(x | y)); None: its unconditional ("no class") score.
     guidance: float | None = Field(None, ge=0.0)
-    sampler: SamplerConfig = Field(default_factory=lambda: SamplerConfig(name="pc", steps=1000))
+    # Neither name nor steps given: the model card's recommendation (parts.sampler_choice), else pc, 1000 steps.
+    sampler: SamplerConfig = Field(default_factory=SamplerConfig)
     grids: Path | None = None  # --grid tuned reads this file (None: beside the model, then the user's; tuned_grids)
     n: PositiveInt = 64
     batch_size: PositiveInt = 64

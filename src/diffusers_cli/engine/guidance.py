@@ -21,7 +21,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-from diffusers_cli.engine.score import ScoreFn, ScoreModel, precondition_input
+from diffusers_cli.engine.score import ScoreFn, ScoreModel, network_evaluations, precondition_input
 from diffusers_cli.engine.sde import SDE
 
 #: (x_t [B, C, H, W], t [B]) -> logits [B, K] of p_t(y | x_t); log_softmax is applied by the caller.
@@ -63,6 +63,8 @@ def guided(score_fn: ScoreFn, classifier: ClassifierFn, y: Tensor | int, scale: 
             return score
         return score + scale * classifier_log_prob_grad(classifier, x, t, y).to(score.dtype)
 
+    # NFE counts the score network's evaluations; the classifier's gradient is a different (and smaller) network.
+    setattr(guided_score, "network_evaluations", network_evaluations(score_fn))
     return guided_score
 
 
@@ -94,6 +96,8 @@ def classifier_free(model: ScoreModel, y: Tensor | int, scale: float) -> ScoreFn
         cond, uncond = both.chunk(2)
         return uncond + scale * (cond - uncond)
 
+    # Scales 0 and 1 need one of the two scores; any other scale runs the net on twice the batch: 2 NFE per image.
+    setattr(guided_score, "network_evaluations", 1 if scale in (0, 1) else 2)
     return guided_score
 
 

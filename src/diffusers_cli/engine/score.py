@@ -130,13 +130,27 @@ def edm_coefficients(sigma: Tensor) -> tuple[Tensor, Tensor]:
     return d2 / (sigma**2 + d2), sigma * SIGMA_DATA / torch.sqrt(sigma**2 + d2)
 
 
+def network_evaluations(score_fn: ScoreFn) -> int:
+    """Network evaluations per image that one call of ``score_fn`` costs: 1, or what the function declares.
+
+    Classifier-free guidance evaluates the net on a batch of twice the images (conditional and "no class"), so one
+    call costs 2 per image; ``engine.guidance`` says so with a ``network_evaluations`` attribute on what it returns.
+    """
+    return int(getattr(score_fn, "network_evaluations", 1))
+
+
 class NFECounter:
-    """Wraps a ScoreFn and counts its evaluations (the cost measure of every sampler)."""
+    """Wraps a ScoreFn and counts score-network evaluations per image (the cost measure of every sampler).
+
+    A plain score costs 1 a call; a classifier-free guided one 2 (``network_evaluations``), so that NFE
+    compares the cost of guided and unguided runs honestly, as the papers count it.
+    """
 
     def __init__(self, score_fn: ScoreFn) -> None:
         self.score_fn = score_fn
         self.nfe = 0
+        self._per_call = network_evaluations(score_fn)
 
     def __call__(self, x: Tensor, t: Tensor) -> Tensor:
-        self.nfe += 1
+        self.nfe += self._per_call
         return self.score_fn(x, t)

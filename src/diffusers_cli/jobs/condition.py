@@ -20,6 +20,7 @@ from diffusers_cli.models import Loaded, load_classifier, resolve_model_path
 from diffusers_cli.parts.opening import open_model
 from diffusers_cli.support.progress import Reporter, SilentReporter
 from diffusers_cli.support.errors import UsageError
+from diffusers_cli.parts.sampler_choice import SamplerChoice, choose_sampler
 from diffusers_cli.parts.tuned_grids import tuned_times
 from diffusers_cli.parts.drawing import draw
 from diffusers_cli.support.image_grids import write_images
@@ -38,6 +39,7 @@ class ConditionResult:
     classifier: Path | None  # None: classifier-free guidance of a class-conditional model
     images: Tensor | None = None  # the images in [-1, 1]
     scale: float = 1.0  # the guidance scale
+    choice: SamplerChoice | None = None  # the sampler that ran and why (given, the model card's, the default)
 
 
 def check_compatible(model: ModelCard, clf: ModelCard, classifier: Path) -> None:
@@ -97,12 +99,13 @@ def condition(cfg: ConditionConfig, reporter: Reporter | None = None, loaded: Lo
             base = make_score_fn(model) if cfg.guidance is None else classifier_free(model, label, cfg.guidance)
             score_fn = guided(base, classifier_fn(net, model.sde), label, cfg.scale)
         shape = card.image_shape
+        choice = choose_sampler(cfg.sampler, card)
         t0 = time.perf_counter()
-        times = tuned_times(cfg.sampler, model_path, model.net, cfg.grids, cfg.model)
-        images, nfe = draw(model.sde, score_fn, shape, cfg.n, cfg.batch_size, cfg.seed, cfg.sampler, device, world, reporter,
+        times = tuned_times(choice.sampler, model_path, model.net, cfg.grids, cfg.model)
+        images, nfe = draw(model.sde, score_fn, shape, cfg.n, cfg.batch_size, cfg.seed, choice.sampler, device, world, reporter,
                            times=times)
         seconds = time.perf_counter() - t0
         outputs = write_images(images, cfg.out, cfg.individual, upscale=cfg.upscale) if world.is_main and write else []
-        return ConditionResult(outputs, label, names[label], nfe, seconds, model_path, clf_path, images, cfg.scale)
+        return ConditionResult(outputs, label, names[label], nfe, seconds, model_path, clf_path, images, cfg.scale, choice)
     finally:
         shutdown(world)

@@ -19,6 +19,7 @@ from diffusers_cli.models import Loaded
 from diffusers_cli.parts.opening import open_model
 from diffusers_cli.support.progress import Reporter, SilentReporter
 from diffusers_cli.support.image_grids import save_png, write_images
+from diffusers_cli.parts.sampler_choice import SamplerChoice, choose_sampler
 from diffusers_cli.parts.tuned_grids import tuned_times
 from diffusers_cli.parts.drawing import Trajectory, draw, guidance_plan, guided_score_fns
 
@@ -36,6 +37,7 @@ class SampleResult:
     guidance: float | None = None  # classifier-free guidance scale (class-conditional models)
     class_name: str | None = None  # the one class sampled, or None for every class in turn
     trajectory: Tensor | None = None  # the --trajectory strip as a uint8 grid [C, H, W], when asked for
+    choice: SamplerChoice | None = None  # the sampler that ran and why (given, the model card's, the default)
 
 
 def image_captions(card: ModelCard, label: int | None, first: int, n: int) -> list[str]:
@@ -65,10 +67,12 @@ def sample_images(cfg: SampleConfig, reporter: Reporter | None = None, loaded: L
         label, scale = guidance_plan(card, cfg.label, cfg.guidance, path)
         score_fn_for = guided_score_fns(model, card.num_classes, label, scale, device) if scale is not None else None
         shape = card.image_shape
-        traj = Trajectory(cfg.sampler.steps) if trajectory or cfg.trajectory is not None else None
+        choice = choose_sampler(cfg.sampler, card)
+        s = choice.sampler
+        traj = Trajectory(s.steps) if trajectory or cfg.trajectory is not None else None
         t0 = time.perf_counter()
-        times = tuned_times(cfg.sampler, path, model.net, cfg.grids, cfg.model)
-        images, nfe = draw(model.sde, make_score_fn(model), shape, cfg.n, cfg.batch_size, cfg.seed, cfg.sampler,
+        times = tuned_times(s, path, model.net, cfg.grids, cfg.model)
+        images, nfe = draw(model.sde, make_score_fn(model), shape, cfg.n, cfg.batch_size, cfg.seed, s,
                            device, world, reporter, (lambda b: traj if b == 0 else None) if traj else None, score_fn_for,
                            cfg.first, times)
         seconds = time.perf_counter() - t0
@@ -84,6 +88,6 @@ def sample_images(cfg: SampleConfig, reporter: Reporter | None = None, loaded: L
                 save_png(strip, cfg.trajectory)
                 outputs.append(cfg.trajectory)
         name = card.class_names[label] if label is not None else None
-        return SampleResult(images, outputs, nfe, seconds, path, card, scale, name, strip)
+        return SampleResult(images, outputs, nfe, seconds, path, card, scale, name, strip, choice)
     finally:
         shutdown(world)

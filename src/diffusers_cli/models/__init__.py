@@ -103,7 +103,21 @@ def load_classifier(model: Path | str) -> tuple[nn.Module, SDE, ModelCard]:
 
 @dataclass
 class Loaded:
-    """A model read once, for jobs that are handed one instead of a ``--model`` (the Python face, ``dc.load_model``)."""
+    """A model read once, for jobs that are handed one instead of a ``--model`` (the Python face, ``dc.load_model``).
+
+    Pass it to ``dc.sample``, ``dc.condition`` or ``dc.impute`` (or as ``classifier=``) to skip reading it again.
+
+    Attributes:
+        spec: What the user named: a path, ``hf:ORG/NAME[@REV]``, ``builtin:NAME`` (the resolved path when None was).
+        path: The file or folder it resolved to.
+        card: The model card (``checkpoints.card.ModelCard``): kind, SDE, image shape (C, H, W), class names,
+            parameterization, training step, the sampler it recommends (``card.recommended``) and provenance.
+        net: The network (``torch.nn.Module``, in eval mode): the score network, or the classifier.
+        sde: The forward SDE (``engine.sde.SDE``) the model was trained for.
+        score: The score model (``engine.score.ScoreModel``: ``score.score(x, t, labels)`` is grad_x log p_t(x));
+            None for a classifier.
+        use_ema: Whether ``net`` holds the EMA weights (our runs; False: the online ones).
+    """
 
     spec: str  # what the user named (a path, hf:..., builtin:...)
     path: Path  # the file or folder it resolved to

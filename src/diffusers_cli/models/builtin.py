@@ -62,4 +62,7 @@ def describe(name: str) -> dict[str, Any]:
         "recipe": info.get("recipe"), "commit": info.get("commit"), "data": info.get("data"),
         "train_seconds": info.get("train_seconds"), "train_threads": info.get("train_threads"), "cpu": info.get("cpu"),
         "quality": info.get("quality", {}), "goes_with": info.get("goes_with"),
+        # What `diffuse sample` runs on it when given neither --sampler nor --steps.
+        "recommended": None if card.recommended is None else {"sampler": card.recommended.sampler,
+                                                              "steps": card.recommended.steps},
     }
