@@ -218,7 +218,7 @@ def test_sample_says_which_sampler_ran_and_its_nfe(tmp_path: Path) -> None:
     res = invoke("sample", "--model", "builtin:shapes", "-n", "2", "--out", out, "--device", "cpu")
     assert res.exit_code == 0, res.stderr
     # 20 ei steps + the final denoising step, each evaluating the net twice (classifier-free guidance at 2).
-    assert re.fullmatch(rf"sampled 2 images with ei, 20 steps \(the model card's recommendation\), 42 NFE, "
+    assert re.fullmatch(rf"sampled 2 images with ei, 20 steps \(the model card's recommendation\), logsnr grid, 42 NFE, "
                         rf"\d+\.\ds; wrote 1 file\(s\): {re.escape(str(out))}\n", res.stdout), res.stdout
     res = invoke("sample", "--model", "builtin:shapes", "-n", "2", "--out", out, "--steps", "3", "--guidance", "1", "--json")
     s = json.loads(res.stdout)
@@ -240,7 +240,7 @@ def test_condition_says_which_sampler_ran(tmp_path: Path) -> None:
     res = invoke("condition", "--model", "builtin:shapes", "--class", "ring", "-n", "2", "--out", tmp_path / "c.png")
     assert res.exit_code == 0, res.stderr
     # condition's classifier-free scale defaults to 1: one evaluation a step.
-    assert re.fullmatch(r"wrote .*c\.png: 2 x class \d \(ring\) with ei, 20 steps \(the model card's recommendation\), "
+    assert re.fullmatch(r"wrote .*c\.png: 2 x class \d \(ring\) with ei, 20 steps \(the model card's recommendation\), logsnr grid, "
                         r"21 NFE, \d+\.\ds\n", res.stdout), res.stdout
 
 

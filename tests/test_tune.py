@@ -256,3 +256,39 @@ def test_a_search_that_overfits_its_batch_returns_the_default_grid() -> None:
     held = res.held_out
     assert held is not None and held.tuned > held.default + held.se and not res.kept  # ... that loses on other noise,
     assert torch.equal(res.times, time_grid(SDE, 3, "logsnr"))  # so the default grid is what comes back
+
+
+def test_a_kept_grid_is_used_when_no_grid_is_asked_and_the_output_says_so(tiny_run: Path, tmp_path: Path) -> None:
+    from diffusers_cli.models import load_score_model
+    from diffusers_cli.parts.tuned_grids import make_entry, weights_hash, write_entry
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    model, card = load_score_model(run)
+    times = time_grid(model.sde, 4, "quadratic")  # any valid grid other than ipndm's default (logsnr)
+    entry = make_entry("ipndm", 4, {}, times, weights_hash(model.net), objective="path", kept=True)
+    write_entry(run / "grids.json", entry)
+    with torch.no_grad():
+        want = engine_draw(model.sde, lambda x, t: model.score(x, t), card.image_shape, 4, "ipndm", 4, grid=times)
+        default = engine_draw(model.sde, lambda x, t: model.score(x, t), card.image_shape, 4, "ipndm", 4)
+
+    def draw(*args: str) -> tuple[dict, Path]:
+        out = tmp_path / f"{len(list(tmp_path.glob('*.png')))}.png"
+        res = runner.invoke(app, ["sample", "--model", str(run), "--sampler", "ipndm", "--steps", "4", "-n", "4",
+                                  "--out", str(out), "--json", *args])
+        assert res.exit_code == 0, res.output
+        return json.loads(res.stdout.strip().splitlines()[-1]), out
+
+    summary, out = draw()
+    assert summary["grid"] == "tuned" and (png_pixels(out) == grid_pixels(want)).all()
+    summary, out = draw("--grid", "logsnr")  # a named grid always wins
+    assert summary["grid"] == "logsnr" and (png_pixels(out) == grid_pixels(default)).all()
+    human = runner.invoke(app, ["sample", "--model", str(run), "--sampler", "ipndm", "--steps", "4", "-n", "2",
+                                "--out", str(tmp_path / "h.png")])
+    assert human.exit_code == 0 and "ipndm, 4 steps, tuned grid," in human.output, human.output
+    # A grid the held-out check (or the judge) did not keep is reached by --grid tuned only.
+    write_entry(run / "grids.json", {**entry, "kept": False})
+    summary, out = draw()
+    assert summary["grid"] == "logsnr" and (png_pixels(out) == grid_pixels(default)).all()
+    summary, out = draw("--grid", "tuned")
+    assert summary["grid"] == "tuned" and (png_pixels(out) == grid_pixels(want)).all()

@@ -60,7 +60,7 @@ def condition_command(
         ran = res.choice.sampler
         summary = {"outputs": [str(p) for p in res.outputs], "class": res.label, "class_name": res.class_name,
                    "scale": cfg.scale, "guidance": cfg.guidance, "n": cfg.n, "sampler": ran.name, "steps": ran.steps,
-                   "sampler_choice": res.choice.why, "nfe": res.nfe, "seconds": round(res.seconds, 3), "seed": cfg.seed,
+                   "sampler_choice": res.choice.why, "grid": res.choice.grid, "nfe": res.nfe, "seconds": round(res.seconds, 3), "seed": cfg.seed,
                    "model": str(res.model), "classifier": str(res.classifier) if res.classifier else None}
         if json_:
             emit_json(summary)

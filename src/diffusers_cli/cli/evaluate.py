@@ -148,7 +148,7 @@ def human_lines(res: EvaluateResult) -> list[str]:
     elif p.images is not None:
         scored = f"{p.num_samples:,} images in {p.images}"
     else:
-        scored = f"{p.num_samples:,} samples ({p.sampler}, {p.steps} steps, {p.nfe} NFE{guided})"
+        scored = f"{p.num_samples:,} samples ({p.sampler}, {p.steps} steps, {p.grid} grid, {p.nfe} NFE{guided})"
     reference = p.reference.description if p.reference is not None else None
     lines = [METRICS[name].describe(values, scored, reference) for name, values in res.figures.items()]
     if p.weights is not None:

@@ -69,7 +69,7 @@ def sample_command(
         ran = res.choice.sampler
         summary = {
             "model": str(res.model), "outputs": [str(p) for p in res.outputs], "n": cfg.n, "sampler": ran.name,
-            "steps": ran.steps, "sampler_choice": res.choice.why, "nfe": res.nfe, "seconds": round(res.seconds, 3),
+            "steps": ran.steps, "sampler_choice": res.choice.why, "grid": res.choice.grid, "nfe": res.nfe, "seconds": round(res.seconds, 3),
             "seed": cfg.seed, "images_per_s": round(cfg.n / max(res.seconds, 1e-9), 3),
         }
         if res.guidance is not None:

@@ -21,7 +21,7 @@ from diffusers_cli.parts.opening import open_model
 from diffusers_cli.support.progress import Reporter, SilentReporter
 from diffusers_cli.support.errors import UsageError
 from diffusers_cli.parts.sampler_choice import SamplerChoice, choose_sampler
-from diffusers_cli.parts.tuned_grids import tuned_times
+from diffusers_cli.parts.tuned_grids import grid_name, tuned_times
 from diffusers_cli.parts.drawing import draw
 from diffusers_cli.support.image_grids import write_images
 
@@ -102,6 +102,7 @@ def condition(cfg: ConditionConfig, reporter: Reporter | None = None, loaded: Lo
         choice = choose_sampler(cfg.sampler, card)
         t0 = time.perf_counter()
         times = tuned_times(choice.sampler, model_path, model.net, cfg.grids, cfg.model)
+        choice = choice.on_grid(grid_name(choice.sampler, times))
         images, nfe = draw(model.sde, score_fn, shape, cfg.n, cfg.batch_size, cfg.seed, choice.sampler, device, world, reporter,
                            times=times)
         seconds = time.perf_counter() - t0

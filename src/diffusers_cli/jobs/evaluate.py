@@ -46,7 +46,7 @@ from diffusers_cli.engine.metrics import (
     image_batches,
 )
 from diffusers_cli.engine.score import ScoreModel, make_score_fn
-from diffusers_cli.parts.tuned_grids import tuned_times
+from diffusers_cli.parts.tuned_grids import grid_name, tuned_times
 from diffusers_cli.parts.evaluation import (
     DATA_SEED,
     Reference,
@@ -81,6 +81,7 @@ class Provenance:
     num_samples: int | None = None            # images scored
     sampler: str | None = None
     steps: int | None = None
+    grid: str | None = None                   # the time grid sampled on: a named grid, or "tuned" (grids.json)
     nfe: int | None = None                    # network evaluations per sample
     guidance: float | None = None             # classifier-free guidance scale of a class-conditional model's samples
     reference: Reference | None = None
@@ -93,7 +94,7 @@ class Provenance:
         w = self.weights
         return {
             "model": str(self.model) if self.model else None, "images": str(self.images) if self.images else None,
-            "num_samples": self.num_samples, "sampler": self.sampler, "steps": self.steps, "nfe": self.nfe,
+            "num_samples": self.num_samples, "sampler": self.sampler, "steps": self.steps, "grid": self.grid, "nfe": self.nfe,
             "guidance": self.guidance, "seed": self.seed,
             "reference": self.reference.summary() if self.reference else None,
             "inception": {"weights": str(w.path), "sha256": w.sha256, "official": w.official, "origin": w.origin} if w else None,
@@ -350,7 +351,8 @@ def _evaluate(cfg: EvaluateConfig, metrics: dict[str, Metric], device: torch.dev
 
     provenance = Provenance(
         seed=cfg.seed, model=model_path, images=cfg.images if files is not None else None, num_samples=num_samples,
-        sampler=cfg.sampler.name if generate else None, steps=cfg.sampler.steps if generate else None, nfe=nfe,
+        sampler=cfg.sampler.name if generate else None, steps=cfg.sampler.steps if generate else None,
+        grid=grid_name(cfg.sampler, times) if generate else None, nfe=nfe,
         guidance=guidance, reference=ref, weights=weights, warnings=tuple(lines), seconds=seconds,
     )
     return EvaluateResult(figures, provenance, is_main=world.is_main)

@@ -20,7 +20,7 @@ from diffusers_cli.parts.opening import open_model
 from diffusers_cli.support.progress import Reporter, SilentReporter
 from diffusers_cli.support.image_grids import save_png, write_images
 from diffusers_cli.parts.sampler_choice import SamplerChoice, choose_sampler
-from diffusers_cli.parts.tuned_grids import tuned_times
+from diffusers_cli.parts.tuned_grids import grid_name, tuned_times
 from diffusers_cli.parts.drawing import Trajectory, draw, guidance_plan, guided_score_fns
 
 
@@ -72,6 +72,7 @@ def sample_images(cfg: SampleConfig, reporter: Reporter | None = None, loaded: L
         traj = Trajectory(s.steps) if trajectory or cfg.trajectory is not None else None
         t0 = time.perf_counter()
         times = tuned_times(s, path, model.net, cfg.grids, cfg.model)
+        choice = choice.on_grid(grid_name(s, times))
         images, nfe = draw(model.sde, make_score_fn(model), shape, cfg.n, cfg.batch_size, cfg.seed, s,
                            device, world, reporter, (lambda b: traj if b == 0 else None) if traj else None, score_fn_for,
                            cfg.first, times)

@@ -10,7 +10,7 @@ Every result says which of these happened (``SamplerChoice.why``), so no default
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from pydantic import ValidationError
 
@@ -31,11 +31,17 @@ class SamplerChoice:
 
     sampler: SamplerConfig  # what runs (options, grid and eps as the command gave them)
     why: str  # GIVEN, CARD, or a phrase naming where the sampler or the steps came from
+    grid: str = ""  # the time grid that ran: a named grid, or "tuned" (the model's grids.json); "" before it is known
+
+    def on_grid(self, grid: str) -> "SamplerChoice":
+        """The same choice, saying which time grid ran (``tuned_grids.grid_name``)."""
+        return replace(self, grid=grid)
 
     def describe(self) -> str:
-        """``ei, 20 steps (the model card's recommendation)``: what the human summary line says."""
+        """``ei, 20 steps (the model card's recommendation), logsnr grid``: what the human summary line says."""
         note = "" if self.why == GIVEN else f" ({self.why})"
-        return f"{self.sampler.name}, {self.sampler.steps} steps{note}"
+        grid = f", {self.grid} grid" if self.grid else ""
+        return f"{self.sampler.name}, {self.sampler.steps} steps{note}{grid}"
 
 
 def choose_sampler(s: SamplerConfig, card: ModelCard) -> SamplerChoice:

@@ -33,7 +33,7 @@ from diffusers_cli.run.reader import RunFiles
 if TYPE_CHECKING:
     from diffusers_cli.config.schema import SamplerConfig
 
-__all__ = ["TUNED", "find_times", "lookup", "tuned_times", "make_entry", "write_entry", "weights_hash"]
+__all__ = ["TUNED", "find_times", "grid_name", "lookup", "tuned_times", "make_entry", "write_entry", "weights_hash"]
 
 
 def weights_hash(net: nn.Module) -> str:
@@ -157,3 +157,12 @@ def tuned_times(sampler: "SamplerConfig", model_path: Path, net: nn.Module, grid
     if found is None or found.get("kept") is not True:  # grids from before the held-out check: --grid tuned only
         return None
     return torch.tensor(found["times"], dtype=torch.float64)
+
+
+def grid_name(sampler: "SamplerConfig", times: Tensor | None) -> str:
+    """The grid a job ran, as its output names it: "tuned" (times from grids.json), else the named grid."""
+    from diffusers_cli.engine.samplers import check_sampler
+
+    if times is not None:
+        return TUNED
+    return sampler.grid or check_sampler(sampler.name).grid
