@@ -83,6 +83,19 @@ def analytic(batch: int, tune_batch: int) -> dict[str, Any]:
                     rows[m][f"{label}, {suffix}"] = [fn(x) for x in tuned]
                 cost[f"{label}, {suffix}"] = costs
             print(f"  ... {target.name}: {label}", flush=True)
+        # The same NFE spent on steps alone (`--no-denoise`): at 3-4 NFE the final denoising step is a quarter or a
+        # third of the budget, and on a tuned grid a real step there is worth more than the denoise.
+        label = f"ipndm, NFE steps, no final denoise, {TUNINGS[1][0]}"
+        tuned, costs = [], []
+        for n in NFES:
+            res = tune(sde, score_fn, (tune_batch, 1, 4, 4), "ipndm", n, generator=torch.Generator().manual_seed(1),
+                       final_denoise=False, **TUNINGS[1][1])
+            tuned.append(sample(sde, score_fn, x_T.shape, "ipndm", n, None, grid=res.times, x_init=x_T, final_denoise=False))
+            costs.append({"nfe": n, "evaluations": res.evaluations, "score_evaluations": res.nfe, "seconds": round(res.seconds, 2),
+                          "start": res.start, "times": [round(float(t), 5) for t in res.times], "kept": res.kept})
+        for m, fn in metrics.items():
+            rows[m][label] = [fn(x) for x in tuned]
+        cost[label] = costs
         out[target.name] = {"rows": rows, "tuning": cost}
     return out
 

@@ -47,6 +47,13 @@ def models_command(
             if row["recommended"]:
                 rec = row["recommended"]
                 print(f"{'':<26} recommends: {rec['sampler']}, {rec['steps']} steps (what `diffuse sample` runs when given neither)")
+            if row["tuned_grids"]:
+                grids = row["tuned_grids"]
+                kept = [str(g["steps"]) for g in grids if g["kept"]]
+                cost = sum(g["seconds"] or 0.0 for g in grids)
+                print(f"{'':<26} tuned grids: {grids[0]['sampler']} at {', '.join(str(g['steps']) for g in grids)} steps "
+                      f"({cost:.0f} s to make); used by default at {', '.join(kept) if kept else 'none'} "
+                      "(elsewhere the default grid won)")
             if row["quality"]:
                 print(f"{'':<26} measured: {_quality_line(row['quality'])}")
 

@@ -141,7 +141,7 @@ OBJECTIVES: dict[str, Objective] = {o.name: o for o in (
 )}
 
 #: The objective `diffuse tune` minimises unless told otherwise (the study's pick; see the module docstring).
-DEFAULT_OBJECTIVE = "features"
+DEFAULT_OBJECTIVE = "mmd"
 
 
 def check_objective(name: str, stochastic: bool) -> Objective:

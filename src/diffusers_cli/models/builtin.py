@@ -6,12 +6,14 @@ quality sit in ``card.extra["builtin"]``, written by ``examples/builtin_models.p
 
 from __future__ import annotations
 
+import json
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from diffusers_cli.checkpoints.card import CheckpointError
 from diffusers_cli.checkpoints.weights import read_card
+from diffusers_cli.run.layout import GRIDS_NAME
 
 PREFIX = "builtin:"
 
@@ -65,4 +67,18 @@ def describe(name: str) -> dict[str, Any]:
         # What `diffuse sample` runs on it when given neither --sampler nor --steps.
         "recommended": None if card.recommended is None else {"sampler": card.recommended.sampler,
                                                               "steps": card.recommended.steps},
+        "tuned_grids": shipped_grids(name),
     }
+
+
+def shipped_grids(name: str) -> list[dict[str, Any]]:
+    """The tuned grids shipped for ``builtin:NAME`` (the package's grids.json, made by examples/builtin_models.py):
+    sampler, steps, whether each is used by default (kept: it beat the default grid on held-out noise and under the
+    judge), and what it cost. Read as JSON alone: no weights are loaded."""
+    path = weights_dir() / GRIDS_NAME
+    try:
+        entries = json.loads(path.read_text(encoding="utf-8"))["grids"] if path.is_file() else []
+    except (OSError, ValueError, KeyError, TypeError):
+        return []  # a damaged file is reported where grids are used (parts.tuned_grids), not in a listing
+    return [{"sampler": e.get("sampler"), "steps": e.get("steps"), "kept": e.get("kept") is True,
+             "seconds": (e.get("cost") or {}).get("seconds")} for e in entries if e.get("model") == PREFIX + name]
