@@ -23,6 +23,7 @@ BUILTIN_MODELS: dict[str, str] = {
     "shapes-classifier": "shapes-classifier.safetensors",
     "mnist": "mnist.safetensors",
     "mnist-classifier": "mnist-classifier.safetensors",
+    "mnist-judge": "mnist-judge.safetensors",
 }
 
 
@@ -56,7 +57,9 @@ def describe(name: str) -> dict[str, Any]:
     info = dict(card.extra.get("builtin", {}))
     return {
         "name": PREFIX + name, "kind": card.kind, "description": info.get("description", ""),
-        "image_shape": list(card.image_shape), "classes": list(card.class_names), "sde": card.sde.model_dump(mode="json"),
+        "image_shape": list(card.image_shape), "classes": list(card.class_names),
+        # A judge reads clean images: the SDE its card must carry means nothing, and is not shown.
+        "sde": {"kind": "no"} if card.kind == "judge" else card.sde.model_dump(mode="json"),
         "dataset": card.dataset, "parameterization": card.parameterization, "training_steps": card.step,
         "parameters": info.get("parameters"), "size_bytes": path.stat().st_size, "dtype": info.get("dtype"),
         "recipe": info.get("recipe"), "commit": info.get("commit"), "data": info.get("data"),
