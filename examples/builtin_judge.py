@@ -96,6 +96,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     ds, _ = load_dataset("mnist", 28, data_dir=args.data_dir, split="test")
     x, y = ds.images.float() / 127.5 - 1, ds.labels.long()
+    at = commit()  # the code the judge is trained by, before anything this run writes
     t0 = time.perf_counter()
     judge = train(x[:TRAIN], y[:TRAIN], args.steps, args.seed)
     seconds = time.perf_counter() - t0
@@ -105,7 +106,7 @@ def main() -> None:
         "recipe": f"python examples/builtin_judge.py --steps {args.steps} --seed {args.seed} --threads {args.threads}",
         "data": f"the first {TRAIN:,} digits of the MNIST test split (../shared/data/mnist); "
                 f"the last {len(x) - TRAIN:,} held out to measure it",
-        "commit": commit(), "dtype": "fp16", "parameters": sum(p.numel() for p in judge.parameters()),
+        "commit": at, "dtype": "fp16", "parameters": sum(p.numel() for p in judge.parameters()),
         "train_seconds": round(seconds, 1), "train_threads": args.threads, "cpu": platform.processor() or platform.machine(),
     }
     card = ModelCard(kind="judge", arch="judge", network=dict(judge.config),

@@ -46,7 +46,8 @@ def resolve(ref: str) -> Path:
     path = weights_dir() / BUILTIN_MODELS[name]
     if not path.is_file():
         raise CheckpointError(f"the weights of {PREFIX}{name} are missing from this installation ({path}); "
-                              "reinstall diffusers-cli, or rebuild them with `python examples/builtin_models.py`")
+                              "reinstall diffusers-cli, or rebuild them with `python examples/"
+                              f"{'builtin_judge.py' if name == 'mnist-judge' else 'builtin_models.py'}`")
     return path
 
 

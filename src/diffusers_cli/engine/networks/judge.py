@@ -35,6 +35,12 @@ class Judge(nn.Sequential):
         # A model card stores this and rebuilds the judge from it (models.ours.NETWORKS["judge"]).
         self.config = {"in_channels": in_channels, "num_classes": num_classes, "width": width}
 
+    def __getitem__(self, idx: int | slice) -> nn.Module:  # type: ignore[override]
+        """A layer, or a slice of layers as a plain ``nn.Sequential`` (a slice is no longer a judge)."""
+        if isinstance(idx, slice):
+            return nn.Sequential(*list(self)[idx])
+        return super().__getitem__(idx)
+
     @property
     def reject_class(self) -> int:
         """The index of "none of them" (the last output)."""
