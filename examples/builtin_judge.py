@@ -43,6 +43,17 @@ def commit() -> str:
     return at + ("+changes" if dirty else "")
 
 
+def cpu_name() -> str:
+    """The CPU's model name (Linux's /proc/cpuinfo), else what platform knows, for the card's training time."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def train(x: torch.Tensor, y: torch.Tensor, steps: int, seed: int) -> Judge:
     """A judge trained on images ``x`` in [-1, 1] with labels ``y``; returns its EMA weights (eval mode)."""
     torch.manual_seed(seed)  # the initial weights
@@ -81,7 +92,7 @@ def measure(judge: Judge, x: torch.Tensor, y: torch.Tensor) -> dict[str, float |
     return {"n": len(x), "accuracy": round((cls == y).float().mean().item(), 4),
             "recognised": round(recognised.float().mean().item(), 4),
             "recognised_correct": round((recognised & (cls == y)).float().mean().item(), 4),
-            "threshold": THRESHOLD, "noise_read_as_none": round((noise_cls == 10).float().mean().item(), 4)}
+            "threshold": THRESHOLD, "noise_recognised_as_none": round((noise_cls == 10).float().mean().item(), 4)}
 
 
 def main() -> None:
@@ -107,7 +118,7 @@ def main() -> None:
         "data": f"the first {TRAIN:,} digits of the MNIST test split (../shared/data/mnist); "
                 f"the last {len(x) - TRAIN:,} held out to measure it",
         "commit": at, "dtype": "fp16", "parameters": sum(p.numel() for p in judge.parameters()),
-        "train_seconds": round(seconds, 1), "train_threads": args.threads, "cpu": platform.processor() or platform.machine(),
+        "train_seconds": round(seconds, 1), "train_threads": args.threads, "cpu": cpu_name(),
     }
     card = ModelCard(kind="judge", arch="judge", network=dict(judge.config),
                      sde=VPConfig(),  # the card format requires one; a judge reads clean images and never uses it
