@@ -12,57 +12,13 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
-from torch import Tensor, nn
+from torch import nn
 
 from diffusers_cli.data import load_dataset
-
-
-def make_judge(channels: int, num_classes: int) -> nn.Module:
-    """A small conv net (resolution-agnostic through global pooling); give it num_classes + 1 outputs for the reject class."""
-    return nn.Sequential(
-        nn.Conv2d(channels, 32, 3, padding=1), nn.SiLU(), nn.Conv2d(32, 32, 3, padding=1), nn.SiLU(), nn.MaxPool2d(2),
-        nn.Conv2d(32, 64, 3, padding=1), nn.SiLU(), nn.Conv2d(64, 64, 3, padding=1), nn.SiLU(), nn.MaxPool2d(2),
-        nn.Conv2d(64, 128, 3, padding=1), nn.SiLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(128, num_classes),
-    )
-
-
-def negatives(x: Tensor, y: Tensor, n: int, g: torch.Generator) -> Tensor:
-    """``n`` images in [-1, 1] that are no class: a quarter each of noise, smooth blobs, blank colours, two-class blends.
-
-    ``x`` / ``y`` are real images and labels to draw colours and blends from.
-    """
-    b, c, h, w = x.shape
-    kind = torch.arange(n) % 4
-    colour = torch.rand(n, c, 1, 1, generator=g) * 2 - 1
-    # White noise of any strength around a random colour.
-    noise = colour + torch.rand(n, 1, 1, 1, generator=g) * torch.randn(n, c, h, w, generator=g)
-    # Smooth blobs: coarse noise upsampled, the texture a half-trained model smears.
-    coarse = torch.randn(n, c, max(2, h // 4), max(2, w // 4), generator=g)
-    blobs = colour + 0.7 * F.interpolate(coarse, size=(h, w), mode="bilinear", align_corners=False)
-    blank = colour + 0.05 * torch.randn(n, c, h, w, generator=g)
-    # Blends of two real images of different classes, neither weight dominant.
-    i = torch.randint(0, b, (n,), generator=g)
-    j = torch.randint(0, b, (n,), generator=g)
-    j = torch.where(y[i] == y[j], (j + 1) % b, j)  # a retry would be exact; a neighbour is enough here
-    lam = 0.3 + 0.4 * torch.rand(n, 1, 1, 1, generator=g)
-    blend = lam * x[i] + (1 - lam) * x[j]
-    out = torch.where((kind == 0).view(-1, 1, 1, 1), noise, blobs)
-    out = torch.where((kind == 2).view(-1, 1, 1, 1), blank, out)
-    out = torch.where((kind == 3).view(-1, 1, 1, 1), blend, out)
-    return out.clamp(-1, 1)
-
-
-def warp(x: Tensor, g: torch.Generator, pixels: float = 1.0) -> Tensor:
-    """Smoothly deform images by up to about ``pixels``: a wobbly edge does not change what a shape is."""
-    n, _, h, w = x.shape
-    coarse = torch.randn(n, 2, 4, 4, generator=g) * (pixels * 2 / max(h, w))
-    flow = F.interpolate(coarse, size=(h, w), mode="bicubic", align_corners=False).permute(0, 2, 3, 1)
-    ys, xs = torch.meshgrid(torch.linspace(-1, 1, h), torch.linspace(-1, 1, w), indexing="ij")
-    grid = torch.stack([xs, ys], dim=-1).unsqueeze(0) + flow
-    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=True)
+# The judge's network, its training negatives and its reading live in the package (one source): re-exported here.
+from diffusers_cli.engine.networks.judge import judge_images, make_judge, negatives, warp  # noqa: F401
 
 
 def train_judge(
@@ -133,18 +89,6 @@ def cached_judge(
                   metadata={"accuracy": str(acc), "real_recognised_share": str(share), "dataset": dataset,
                             "image_size": str(image_size)})
     return judge, acc, share
-
-
-@torch.no_grad()
-def judge_images(judge: nn.Module, x: Tensor, threshold: float = 0.9) -> tuple[Tensor, Tensor]:
-    """(predicted class, recognised?) for images in [-1, 1]: recognised = a real class with probability >= threshold.
-
-    The predicted class may be the reject class (the judge's last output), which is never recognised.
-    """
-    logits = judge(x.clamp(-1, 1))
-    p = torch.softmax(logits, dim=1)
-    conf, cls = p.max(dim=1)
-    return cls, (conf >= threshold) & (cls < logits.shape[1] - 1)
 
 
 if __name__ == "__main__":

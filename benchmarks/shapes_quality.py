@@ -44,7 +44,7 @@ REAL_SEED = 7
 def features(judge: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     """The judge's penultimate features (float64, for the covariance)."""
     with torch.no_grad():
-        return judge[:-1](x).double()
+        return judge.features(x).double()
 
 
 def judge_fd(judge: torch.nn.Module, x: torch.Tensor, real: torch.Tensor) -> float:

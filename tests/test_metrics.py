@@ -419,7 +419,8 @@ def test_metrics_compute_their_figures() -> None:
     mean, std = inception_score(logits, splits=5)
     assert METRICS["is"].compute(inputs).values == {"mean": mean, "std": std, "std_method": "splits", "splits": 5}
     assert METRICS["bpd"].compute(inputs).values == {
-        "mean": 4.0, "std": pytest.approx(0.0), "per_run": [4.0, 4.0], "runs": 2, "examples": 3, "data": "shapes test at 8x8"}
+        "mean": 4.0, "std": pytest.approx(0.0), "se": pytest.approx(np.std([3.25, 4.25, 4.5], ddof=1) / 3**0.5), "per_run": [4.0, 4.0], "runs": 2, "examples": 3,
+        "data": "shapes test at 8x8"}
     assert METRICS["bpd"].describe(METRICS["bpd"].compute(inputs).values, "", None) == (
         "bits/dim 4.0000 +- 0.0000  (std over 2 run(s); 3 examples of shapes test at 8x8)")
     # Too few images for the splits: refused before any work, or (--allow-few) one split with a warning.

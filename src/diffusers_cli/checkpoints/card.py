@@ -18,7 +18,7 @@ FORMAT_VERSION = 2
 
 
 #: The network classes a card may name (models.own.NETWORKS builds them).
-ARCHS: tuple[str, ...] = ("unet", "wrn", "diffusers")
+ARCHS: tuple[str, ...] = ("unet", "wrn", "diffusers", "judge")
 
 
 class CheckpointError(UsageError):
@@ -56,8 +56,8 @@ class ModelCard:
     Written and read only here (``save_model``, ``read_card``); jobs read its typed fields.
     """
 
-    kind: Literal["score", "classifier"]  # a score network, or a noise-aware classifier
-    arch: Literal["unet", "wrn", "diffusers"]  # which network class ``network`` configures (models.own.NETWORKS)
+    kind: Literal["score", "classifier", "judge"]  # a score network, a noise-aware classifier, or a judge of clean images
+    arch: Literal["unet", "wrn", "diffusers", "judge"]  # which network class ``network`` configures (models.own.NETWORKS)
     network: dict[str, Any]  # the network's own constructor config (its ``config`` attribute)
     sde: VEConfig | VPConfig | SubVPConfig | DDPMConfig  # the SDE the model was trained for (config.SDE_CONFIGS)
     image_shape: tuple[int, int, int]  # (C, H, W) of the images
@@ -146,7 +146,7 @@ class ModelCard:
             )
         except (KeyError, TypeError, ValueError, OverflowError) as err:
             raise CheckpointError(f"{path} has an invalid model card ({type(err).__name__}: {err}); re-export it from its run") from None
-        if card.kind not in ("score", "classifier") or card.arch not in ARCHS or len(card.image_shape) != 3:
+        if card.kind not in ("score", "classifier", "judge") or card.arch not in ARCHS or len(card.image_shape) != 3:
             raise CheckpointError(f"{path} has an invalid model card (kind {card.kind!r}, arch {card.arch!r}, "
                                   f"image shape {card.image_shape}); re-export it from its run")
         if card.kind == "score" and card.parameterization is None:

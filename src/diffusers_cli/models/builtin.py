@@ -25,6 +25,7 @@ BUILTIN_MODELS: dict[str, str] = {
     "shapes-classifier": "shapes-classifier.safetensors",
     "mnist": "mnist.safetensors",
     "mnist-classifier": "mnist-classifier.safetensors",
+    "mnist-judge": "mnist-judge.safetensors",
 }
 
 
@@ -47,7 +48,8 @@ def resolve(ref: str) -> Path:
     path = weights_dir() / BUILTIN_MODELS[name]
     if not path.is_file():
         raise CheckpointError(f"the weights of {PREFIX}{name} are missing from this installation ({path}); "
-                              "reinstall diffusers-cli, or rebuild them with `python examples/builtin_models.py`")
+                              "reinstall diffusers-cli, or rebuild them with `python examples/"
+                              f"{'builtin_judge.py' if name == 'mnist-judge' else 'builtin_models.py'}`")
     return path
 
 
@@ -58,7 +60,9 @@ def describe(name: str) -> dict[str, Any]:
     info = dict(card.extra.get("builtin", {}))
     return {
         "name": PREFIX + name, "kind": card.kind, "description": info.get("description", ""),
-        "image_shape": list(card.image_shape), "classes": list(card.class_names), "sde": card.sde.model_dump(mode="json"),
+        "image_shape": list(card.image_shape), "classes": list(card.class_names),
+        # A judge reads clean images: the SDE its card must carry means nothing, and is not shown.
+        "sde": {"kind": "no"} if card.kind == "judge" else card.sde.model_dump(mode="json"),
         "dataset": card.dataset, "parameterization": card.parameterization, "training_steps": card.step,
         "parameters": info.get("parameters"), "size_bytes": path.stat().st_size, "dtype": info.get("dtype"),
         "recipe": info.get("recipe"), "commit": info.get("commit"), "data": info.get("data"),

@@ -11,13 +11,14 @@ from torch import nn
 from diffusers_cli.checkpoints.weights import WEIGHTS_NAME, check_fits, load_into, load_model, read_card, stored_shapes, subset
 from diffusers_cli.checkpoints.card import CheckpointError, ModelCard
 from diffusers_cli.engine.networks.classifier import WideResNet
+from diffusers_cli.engine.networks.judge import Judge
 from diffusers_cli.engine.networks.unet import UNet
 from diffusers_cli.engine.sde import SDE
 from diffusers_cli.models.diffusers_folder import DiffusersUNet
 from diffusers_cli.run.reader import RunFiles
 
 #: Network classes by the ``arch`` a model card names (checkpoints.ARCHS).
-NETWORKS: dict[str, Callable[..., nn.Module]] = {"unet": UNet, "wrn": WideResNet, "diffusers": DiffusersUNet}
+NETWORKS: dict[str, Callable[..., nn.Module]] = {"unet": UNet, "wrn": WideResNet, "diffusers": DiffusersUNet, "judge": Judge}
 
 
 def arch_of(net: nn.Module) -> str:
@@ -72,8 +73,10 @@ def load_net(path: Path, kind: str, use_ema: bool = True, checked: bool = False)
     """
     card = read_card(path)
     if card.kind != kind:
-        hint = "pass the score model's run" if kind == "score" else "pass a run of `diffuse train --task classifier`"
-        raise CheckpointError(f"{path} holds a {card.kind} model, not a {'score model' if kind == 'score' else 'classifier'}; {hint}")
+        wanted = {"score": ("score model", "pass the score model's run"),
+                  "classifier": ("classifier", "pass a run of `diffuse train --task classifier`"),
+                  "judge": ("judge", "pass builtin:mnist-judge or a file of examples/builtin_judge.py")}[kind]
+        raise CheckpointError(f"{path} holds a {card.kind} model, not a {wanted[0]}; {wanted[1]}")
     prefix = "ema" if use_ema else "online"
     if not use_ema and not any(k.startswith("online.") for k in stored_shapes(path)):
         # The ready-made models and snapshots ship their EMA weights alone (half the size).

@@ -92,13 +92,20 @@ class BitsPerDim:
         return None
 
     def compute(self, inputs: Inputs) -> Figures:
-        """{"mean", "std", "per_run", "runs", "examples", "data"}: std is that of the runs' means (ddof 0)."""
+        """{"mean", "std", "se", "per_run", "runs", "examples", "data"}: std is that of the runs' means (ddof 0).
+
+        ``se`` is the standard error of the mean over examples (each example's runs averaged first; ddof 1): the
+        spread that decides whether two models' bits/dim on this many examples differ at all. 0 for one example.
+        """
         assert inputs.likelihood is not None
         table = inputs.likelihood.bits
         per_run = table.mean(axis=1)
+        per_example = table.mean(axis=0)
+        n = int(table.shape[1])
+        se = float(per_example.std(ddof=1) / n**0.5) if n > 1 else 0.0
         return Figures({
-            "mean": float(per_run.mean()), "std": float(per_run.std()), "per_run": [float(v) for v in per_run],
-            "runs": int(table.shape[0]), "examples": int(table.shape[1]), "data": inputs.likelihood.data,
+            "mean": float(per_run.mean()), "std": float(per_run.std()), "se": se, "per_run": [float(v) for v in per_run],
+            "runs": int(table.shape[0]), "examples": n, "data": inputs.likelihood.data,
         })
 
     def describe(self, values: Mapping[str, Any], scored: str, reference: str | None) -> str:
