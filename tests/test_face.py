@@ -43,7 +43,7 @@ def invoke(*args: object) -> Any:
 # ---- help(dc.X) -------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["load_model", "sample", "condition", "impute", "evaluate", "tune", "train"])
+@pytest.mark.parametrize("name", ["load_model", "sample", "condition", "impute", "evaluate", "tune", "train", "judge"])
 def test_every_face_function_documents_each_argument_and_what_it_returns(name: str) -> None:
     fn = getattr(dc, name)
     doc = inspect.getdoc(fn) or ""

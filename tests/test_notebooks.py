@@ -14,7 +14,7 @@ nbclient = pytest.importorskip("nbclient", reason="the notebooks extra is not in
 NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "examples" / "notebooks").glob("*.ipynb"))
 #: What a lesson may import from this package: the Python face and the engine (DESIGN.md, "The Python face"), and,
 #: until the face exports it as ``dc.judge``, the independent judge's reader.
-ALLOWED = ("diffusers_cli", "diffusers_cli.engine", "diffusers_cli.parts.judging")
+ALLOWED = ("diffusers_cli", "diffusers_cli.engine")
 
 
 def test_there_are_seven_lessons() -> None:

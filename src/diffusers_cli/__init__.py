@@ -13,7 +13,7 @@ from typing import Any
 __version__ = "0.1.0"
 
 #: The names ``diffusers_cli.api`` offers at the top level.
-API = ("load_model", "list_models", "sample", "condition", "impute", "evaluate", "tune", "train", "grid", "to_pil", "Model", "ModelLike",
+API = ("load_model", "list_models", "sample", "condition", "impute", "evaluate", "tune", "train", "judge", "grid", "to_pil", "Model", "ModelLike",
        "RunInfo")
 
 __all__ = ["__version__", *API]

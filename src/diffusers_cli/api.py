@@ -462,6 +462,30 @@ def tune(
     return tune_grids(cfg, _reporter(progress)).entries
 
 
+def judge(images: Tensor, model: str | Path = "builtin:mnist-judge") -> tuple[Tensor, Tensor]:
+    """Read images with an independent judge: which class each is, and how sure the judge is.
+
+    Count a sample as recognised when its class is not the last ("none of them") and its confidence is
+    >= 0.9; a judge that did not steer the samples grades them honestly (a guiding classifier grades its
+    own guidance).
+
+    Args:
+        images: [n, C, H, W] in [-1, 1], as ``dc.sample`` returns them, of the judge's image shape.
+        model: the judge: ``builtin:mnist-judge`` (a plain CNN of clean MNIST digits; its card gives its
+            recipe and held-out accuracy) or a judge's .safetensors file.
+
+    Returns:
+        (classes [n], confidence [n]): class indices into the judge card's ``class_names`` (the last is
+        "none"), and the judge's probability of that class.
+
+    Raises:
+        UsageError: the judge file is missing or holds no judge, or the images are not of its shape.
+    """
+    from diffusers_cli.parts.judging import judge as read
+
+    return read(images, model)
+
+
 def train(*, progress: bool = False, **settings: Any) -> Loaded:
     """``diffuse train``: train a run and return the trained model.
 
