@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
-import subprocess
 import time
 from pathlib import Path
 
@@ -29,29 +27,13 @@ from diffusers_cli.config.sde import VPConfig
 from diffusers_cli.data import load_dataset
 from diffusers_cli.engine.networks.judge import Judge, judge_images, negatives, warp
 
+from builtin_models import commit, cpu_name  # the recipes' shared provenance (this folder is on sys.path when run)
+
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "src" / "diffusers_cli" / "models" / "weights" / "mnist-judge.safetensors"
 #: Digits 0 .. TRAIN-1 of the test split train the judge; the rest (2,000) are held out to measure it.
 TRAIN = 8000
 THRESHOLD = 0.9
-
-
-def commit() -> str:
-    """The commit the recipe ran at (with '+changes' when src/ had uncommitted changes)."""
-    at = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-    dirty = subprocess.run(["git", "status", "--porcelain", "src"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-    return at + ("+changes" if dirty else "")
-
-
-def cpu_name() -> str:
-    """The CPU's model name (Linux's /proc/cpuinfo), else what platform knows, for the card's training time."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def train(x: torch.Tensor, y: torch.Tensor, steps: int, seed: int) -> Judge:
