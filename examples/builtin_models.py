@@ -5,6 +5,7 @@ Anyone can rerun them; each stage reads what the one before wrote under ``--work
     python examples/builtin_models.py train [--only mnist]   # diffuse train, one CPU thread per model
     python examples/builtin_models.py pack  [--only mnist]   # EMA weights in fp16 + card, measured, -> the package
     python examples/builtin_models.py grids [--only mnist]   # tuned grids at 3-10 steps, judged, -> the package's grids.json
+    python examples/builtin_models.py judge [--only mnist]   # judge the package's tuned grids not judged yet
 
 ``pack`` keeps the EMA weights alone, in fp16, writes the card (recipe, data, commit, parameters), then
 measures the packed file itself, as users get it: the judge's recognised share and judge FD of 256
@@ -270,6 +271,31 @@ def grids(name: str, work: Path, n: int = 256) -> None:
     it is marked not kept too. `sample`, `condition` and `evaluate` use a kept grid when none is asked for; a grid
     not kept stays in the file (`--grid tuned` reaches it) with the figures that rejected it.
     """
+    from diffusers_cli.models import load_score_model
+
+    if RECIPES[name].goes_with is not None:
+        return  # a classifier has no sampler of its own
+    target = PACKAGE_DIR / "grids.json"
+    sampler = grid_sampler(load_score_model(f"builtin:{name}")[1])
+    t0 = time.perf_counter()
+    entries = dc.tune(f"builtin:{name}", sampler=sampler, steps=list(GRID_STEPS), grids=target, **GRID_TUNING.get(name, {}))
+    judge_entries(name, entries, target, work, n)
+    print(f"builtin:{name}: {len(entries)} grids in {time.perf_counter() - t0:.0f} s -> {target}")
+
+
+def judge_shipped(name: str, work: Path) -> None:
+    """The ``judge`` stage: judge the package's grids of ``builtin:NAME`` that are kept but not yet judged."""
+    from diffusers_cli.parts.tuned_grids import read_entries
+
+    target = PACKAGE_DIR / "grids.json"
+    judge_entries(name, [e for e in read_entries(target) if e.get("model") == f"builtin:{name}"], target, work)
+
+
+def judge_entries(name: str, entries: list[dict[str, Any]], target: Path, work: Path, n: int = 256) -> None:
+    """Judge each kept grid of ``builtin:NAME`` beside the default grid on the same noise; a grid that loses is not kept.
+
+    (``grids``' second check; the ``judge`` stage runs it alone on the entries already in the package's grids.json.)
+    """
     from shapes_judge import cached_judge
     from shapes_quality import load_real
 
@@ -280,21 +306,15 @@ def grids(name: str, work: Path, n: int = 256) -> None:
     from diffusers_cli.models import load_score_model
     from diffusers_cli.parts.tuned_grids import write_entry
 
-    if RECIPES[name].goes_with is not None:
-        return  # a classifier has no sampler of its own
-    target = PACKAGE_DIR / "grids.json"
     model, card = load_score_model(f"builtin:{name}")
     model.requires_grad_(False)
-    sampler = grid_sampler(card)
-    t0 = time.perf_counter()
-    entries = dc.tune(f"builtin:{name}", sampler=sampler, steps=list(GRID_STEPS), grids=target, **GRID_TUNING.get(name, {}))
     judge, _, _ = cached_judge(card.image_hw[0], work / f"judge-{card.dataset}-{card.image_hw[0]}.safetensors", card.dataset, MNIST)
     real = load_real(card.dataset, card.image_hw[0], card.channels, MNIST, n)
     score_fn = classifier_free(model, cycle_labels(0, n, card.num_classes), DEFAULT_GUIDANCE)
     for entry in entries:
-        if entry["kept"]:
+        if entry["kept"] and "judged" not in entry:
             with torch.no_grad():
-                x = {grid: sample(model.sde, score_fn, (n, *card.image_shape), sampler, entry["steps"],
+                x = {grid: sample(model.sde, score_fn, (n, *card.image_shape), entry["sampler"], entry["steps"],
                                   ImageGenerators.for_images(0, 0, n), grid=times)
                      for grid, times in (("tuned", torch.tensor(entry["times"], dtype=torch.float64)), ("default", None))}
             j = judged_gap(x["tuned"], x["default"], judge, real)
@@ -302,10 +322,8 @@ def grids(name: str, work: Path, n: int = 256) -> None:
                     or j["judge_fd"] - j["default_judge_fd"] > j["judge_fd_gap_se"])
             entry = {**entry, "judged": j, "kept": not lost}
             write_entry(target, entry)
-        print(f"builtin:{name} {sampler} {entry['steps']} steps: kept {entry['kept']} "
+        print(f"builtin:{name} {entry['sampler']} {entry['steps']} steps: kept {entry['kept']} "
               f"{json.dumps(entry.get('judged') or entry.get('held_out'))}", flush=True)
-    print(f"builtin:{name}: {len(entries)} grids in {time.perf_counter() - t0:.0f} s -> {target}")
-
 
 def recommendation(recipe: Recipe) -> Any:
     """The card's recommended sampler: the recipe's judged one for a score model (its figures are of that sampler)."""
@@ -337,11 +355,11 @@ def selected(only: str | None) -> list[str]:
 def main() -> None:
     """Run one stage of the recipes."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("stage", choices=["train", "pack", "grids"])
+    ap.add_argument("stage", choices=["train", "pack", "grids", "judge"])
     ap.add_argument("--only", default=None, help="comma-separated recipe names (default: all)")
     ap.add_argument("--work", type=Path, default=ROOT / "runs" / "builtin")
     args = ap.parse_args()
-    stages = {"train": train, "pack": pack, "grids": grids}
+    stages = {"train": train, "pack": pack, "grids": grids, "judge": judge_shipped}
     for name in selected(args.only):
         stages[args.stage](name, args.work)
 

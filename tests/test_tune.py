@@ -292,3 +292,30 @@ def test_a_kept_grid_is_used_when_no_grid_is_asked_and_the_output_says_so(tiny_r
     assert summary["grid"] == "logsnr" and (png_pixels(out) == grid_pixels(default)).all()
     summary, out = draw("--grid", "tuned")
     assert summary["grid"] == "tuned" and (png_pixels(out) == grid_pixels(want)).all()
+
+
+def test_shipped_grids_fit_their_models_and_a_kept_one_never_lost_to_the_judge(tmp_path: Path) -> None:
+    """The package's grids.json: each entry is for a ready-made model's weights as shipped; a kept one passed both checks."""
+    from diffusers_cli.models import load_score_model
+    from diffusers_cli.models.builtin import weights_dir
+    from diffusers_cli.parts.tuned_grids import read_entries, weights_hash
+
+    entries = read_entries(weights_dir() / "grids.json")
+    assert entries, "the ready-made models ship tuned grids (examples/builtin_models.py grids)"
+    hashes = {m: weights_hash(load_score_model(m)[0].net) for m in {e["model"] for e in entries}}
+    for e in entries:
+        assert e["weights_sha256"] == hashes[e["model"]] and e["sampler"] == "ei", e["model"]
+        held = e["held_out"]
+        if e["kept"]:
+            j = e["judged"]
+            assert held["default"] - held["tuned"] > held["se"]
+            assert j["default_recognised"] - j["recognised"] <= j["recognised_gap_se"]
+            assert j["judge_fd"] - j["default_judge_fd"] <= j["judge_fd_gap_se"]
+    kept = sorted(e["steps"] for e in entries if e["kept"] and e["model"] == "builtin:shapes")
+    assert kept, "builtin:shapes has at least one grid that beat the default"
+    # The command uses the kept grid when given only the steps, and the card's default grid elsewhere.
+    for steps, grid in ((kept[0], "tuned"), (max(e["steps"] for e in entries) + 1, "logsnr")):
+        res = runner.invoke(app, ["sample", "--model", "builtin:shapes", "--steps", str(steps), "-n", "2",
+                                  "--out", str(tmp_path / f"{steps}.png"), "--json"])
+        assert res.exit_code == 0, res.output
+        assert json.loads(res.stdout.strip().splitlines()[-1])["grid"] == grid

@@ -48,12 +48,13 @@ def models_command(
                 rec = row["recommended"]
                 print(f"{'':<26} recommends: {rec['sampler']}, {rec['steps']} steps (what `diffuse sample` runs when given neither)")
             if row["tuned_grids"]:
-                grids = row["tuned_grids"]
+                grids = sorted(row["tuned_grids"], key=lambda g: g["steps"])
                 kept = [str(g["steps"]) for g in grids if g["kept"]]
                 cost = sum(g["seconds"] or 0.0 for g in grids)
+                used = (f"used by default at {', '.join(kept)} steps (elsewhere the default grid won)" if kept
+                        else "the default grid won at each, so it is what runs")
                 print(f"{'':<26} tuned grids: {grids[0]['sampler']} at {', '.join(str(g['steps']) for g in grids)} steps "
-                      f"({cost:.0f} s to make); used by default at {', '.join(kept) if kept else 'none'} "
-                      "(elsewhere the default grid won)")
+                      f"({cost:.0f} s to make); {used}")
             if row["quality"]:
                 print(f"{'':<26} measured: {_quality_line(row['quality'])}")
 
