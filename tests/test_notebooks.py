@@ -34,7 +34,7 @@ def test_notebook_is_committed_executed_and_imports_only_the_face(path: Path) ->
                 [node.module or ""] if isinstance(node, ast.ImportFrom) else []
             for name in names:
                 if name.startswith("diffusers_cli"):
-                    assert name in (ALLOWED[0], ALLOWED[2]) or name.startswith(ALLOWED[1]), f"{path.name} imports {name}"
+                    assert name == ALLOWED[0] or name.startswith(ALLOWED[1]), f"{path.name} imports {name}"
 
 
 @pytest.mark.slow
