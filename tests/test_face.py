@@ -203,7 +203,7 @@ def test_cards_without_a_recommendation_load_and_store_as_before(tmp_path: Path)
 def test_ready_made_score_models_recommend_the_sampler_their_quality_is_measured_with() -> None:
     for name in BUILTIN_MODELS:
         card = read_card(resolve(f"builtin:{name}"))
-        if card.kind == "classifier":
+        if card.kind != "score":  # a classifier or the judge samples nothing
             assert card.recommended is None
             continue
         assert card.recommended == Recommendation("ei", 20)
