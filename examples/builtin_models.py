@@ -261,8 +261,8 @@ def judged_gap(x_tuned: torch.Tensor, x_default: torch.Tensor, judge: torch.nn.M
 GRID_TUNING: dict[str, dict[str, int]] = {"mnist": {"rounds": 1, "holdout": 32}}
 
 
-def grids(name: str, work: Path, n: int = 256) -> None:
-    """Tuned grids of a score model at GRID_STEPS for its recommended sampler, judged, into the package's grids.json.
+def grids(name: str, work: Path, n: int = 256, steps: tuple[int, ...] = GRID_STEPS) -> None:
+    """Tuned grids of a score model at ``steps`` for its recommended sampler, judged, into the package's grids.json.
 
     Each grid is found by `diffuse tune` (its default objective, and its held-out check: a winner that does not
     beat the default grid on other noise is not kept). A grid the tuner keeps is then judged as `pack` judges the
@@ -278,7 +278,7 @@ def grids(name: str, work: Path, n: int = 256) -> None:
     target = PACKAGE_DIR / "grids.json"
     sampler = grid_sampler(load_score_model(f"builtin:{name}")[1])
     t0 = time.perf_counter()
-    entries = dc.tune(f"builtin:{name}", sampler=sampler, steps=list(GRID_STEPS), grids=target, **GRID_TUNING.get(name, {}))
+    entries = dc.tune(f"builtin:{name}", sampler=sampler, steps=list(steps), grids=target, **GRID_TUNING.get(name, {}))
     judge_entries(name, entries, target, work, n)
     print(f"builtin:{name}: {len(entries)} grids in {time.perf_counter() - t0:.0f} s -> {target}")
 
@@ -358,8 +358,17 @@ def main() -> None:
     ap.add_argument("stage", choices=["train", "pack", "grids", "judge"])
     ap.add_argument("--only", default=None, help="comma-separated recipe names (default: all)")
     ap.add_argument("--work", type=Path, default=ROOT / "runs" / "builtin")
+    ap.add_argument("--steps", default=None,
+                    help="grids stage: comma-separated step counts (default: %s), to make the grids a few at a time"
+                    % ",".join(map(str, GRID_STEPS)))
     args = ap.parse_args()
-    stages = {"train": train, "pack": pack, "grids": grids, "judge": judge_shipped}
+    if args.steps is not None and args.stage != "grids":
+        raise SystemExit("--steps is for the grids stage only")
+    steps = GRID_STEPS if args.steps is None else tuple(int(s) for s in args.steps.split(","))
+    if not set(steps) <= set(GRID_STEPS):
+        raise SystemExit(f"--steps must be among {', '.join(map(str, GRID_STEPS))}")
+    stages = {"train": train, "pack": pack, "grids": lambda name, work: grids(name, work, steps=steps),
+              "judge": judge_shipped}
     for name in selected(args.only):
         stages[args.stage](name, args.work)
 
