@@ -11,6 +11,7 @@ import torch
 from typer.testing import CliRunner
 
 from diffusers_cli.cli import app
+from diffusers_cli.config.defaults import DEFAULT_GUIDANCE
 from diffusers_cli.engine.analytic import GaussianMixture, gaussian
 from diffusers_cli.engine.grid_objectives import DEFAULT_OBJECTIVE, OBJECTIVES, Context, held_out
 from diffusers_cli.engine.grid_tuning import evaluation_budget, tune
@@ -286,6 +287,10 @@ def test_a_kept_grid_is_used_when_no_grid_is_asked_and_the_output_says_so(tiny_r
     human = runner.invoke(app, ["sample", "--model", str(run), "--sampler", "ipndm", "--steps", "4", "-n", "2",
                                 "--out", str(tmp_path / "h.png")])
     assert human.exit_code == 0 and "ipndm, 4 steps, tuned grid," in human.output, human.output
+    # A grid tuned at a classifier-free scale is another score field's: not used by default on this one.
+    write_entry(run / "grids.json", {**entry, "guidance": 2.0})
+    summary, out = draw()
+    assert summary["grid"] == "logsnr" and (png_pixels(out) == grid_pixels(default)).all()
     # A grid the held-out check (or the judge) did not keep is reached by --grid tuned only.
     write_entry(run / "grids.json", {**entry, "kept": False})
     summary, out = draw()
@@ -314,8 +319,11 @@ def test_shipped_grids_fit_their_models_and_a_kept_one_never_lost_to_the_judge(t
     kept = sorted(e["steps"] for e in entries if e["kept"] and e["model"] == "builtin:shapes")
     assert kept, "builtin:shapes has at least one grid that beat the default"
     # The command uses the kept grid when given only the steps, and the card's default grid elsewhere.
-    for steps, grid in ((kept[0], "tuned"), (max(e["steps"] for e in entries) + 1, "logsnr")):
+    # The shipped models are class-conditional; their grids are tuned at the default guidance scale and used only there.
+    assert {e["guidance"] for e in entries} == {DEFAULT_GUIDANCE}
+    for steps, grid, more in ((kept[0], "tuned", []), (max(e["steps"] for e in entries) + 1, "logsnr", []),
+                              (kept[0], "logsnr", ["--guidance", str(DEFAULT_GUIDANCE + 1)])):
         res = runner.invoke(app, ["sample", "--model", "builtin:shapes", "--steps", str(steps), "-n", "2",
-                                  "--out", str(tmp_path / f"{steps}.png"), "--json"])
+                                  "--out", str(tmp_path / f"{steps}.png"), "--json", *more])
         assert res.exit_code == 0, res.output
         assert json.loads(res.stdout.strip().splitlines()[-1])["grid"] == grid

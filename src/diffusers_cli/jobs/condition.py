@@ -79,6 +79,7 @@ def condition(cfg: ConditionConfig, reporter: Reporter | None = None, loaded: Lo
             names = card.class_names
             label = class_index(cfg.label, names)
             score_fn = classifier_free(model, label, cfg.scale)
+            free_scale: float | None = cfg.scale
         else:
             if classifier is None:
                 clf_path = resolve_model_path(cfg.classifier, cfg.runs_dir)
@@ -97,11 +98,13 @@ def condition(cfg: ConditionConfig, reporter: Reporter | None = None, loaded: Lo
                                  f"{list(clf_card.class_names)}, the model {list(card.class_names)}")
             # Dhariwal & Nichol 2021 steer a conditional model too: it starts from p(x | y), not p(x).
             base = make_score_fn(model) if cfg.guidance is None else classifier_free(model, label, cfg.guidance)
+            free_scale = cfg.guidance
             score_fn = guided(base, classifier_fn(net, model.sde), label, cfg.scale)
         shape = card.image_shape
         choice = choose_sampler(cfg.sampler, card)
         t0 = time.perf_counter()
-        times = tuned_times(choice.sampler, model_path, model.net, cfg.grids, cfg.model)
+        # A grid is tuned at a classifier-free scale (free_scale); a classifier's gradient, where one steers, adds to it.
+        times = tuned_times(choice.sampler, model_path, model.net, cfg.grids, cfg.model, free_scale)
         choice = choice.on_grid(grid_name(choice.sampler, times))
         images, nfe = draw(model.sde, score_fn, shape, cfg.n, cfg.batch_size, cfg.seed, choice.sampler, device, world, reporter,
                            times=times)

@@ -46,6 +46,7 @@ from diffusers_cli.engine.metrics import (
     image_batches,
 )
 from diffusers_cli.engine.score import ScoreModel, make_score_fn
+from diffusers_cli.parts.drawing import guidance_plan
 from diffusers_cli.parts.tuned_grids import grid_name, tuned_times
 from diffusers_cli.parts.evaluation import (
     DATA_SEED,
@@ -302,7 +303,8 @@ def _evaluate(cfg: EvaluateConfig, metrics: dict[str, Metric], device: torch.dev
     if generate or bpd_data is not None:
         assert model_path is not None
         _, model, card = open_model(cfg, device, located=located)
-        times = tuned_times(cfg.sampler, model_path, model.net, cfg.grids, cfg.model) if generate else None
+        times = (tuned_times(cfg.sampler, model_path, model.net, cfg.grids, cfg.model,
+                             guidance_plan(card, None, cfg.guidance, model_path)[1]) if generate else None)
         model.requires_grad_(False)
     if note is not None:
         reporter.message(note)

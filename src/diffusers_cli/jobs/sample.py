@@ -71,7 +71,7 @@ def sample_images(cfg: SampleConfig, reporter: Reporter | None = None, loaded: L
         s = choice.sampler
         traj = Trajectory(s.steps) if trajectory or cfg.trajectory is not None else None
         t0 = time.perf_counter()
-        times = tuned_times(s, path, model.net, cfg.grids, cfg.model)
+        times = tuned_times(s, path, model.net, cfg.grids, cfg.model, scale)
         choice = choice.on_grid(grid_name(s, times))
         images, nfe = draw(model.sde, make_score_fn(model), shape, cfg.n, cfg.batch_size, cfg.seed, s,
                            device, world, reporter, (lambda b: traj if b == 0 else None) if traj else None, score_fn_for,

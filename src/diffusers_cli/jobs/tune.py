@@ -12,6 +12,7 @@ from diffusers_cli.checkpoints.weights import WEIGHTS_NAME
 from diffusers_cli.checkpoints.card import CheckpointError
 from diffusers_cli.config.schema import SamplerConfig, TuneConfig
 from diffusers_cli.engine.grid_tuning import evaluation_budget
+from diffusers_cli.parts.drawing import guidance_plan
 from diffusers_cli.parts.evaluation import tune_for
 from diffusers_cli.parts.opening import locate, open_model
 from diffusers_cli.support.progress import Reporter, SilentReporter
@@ -44,6 +45,8 @@ def tune_grids(cfg: TuneConfig, reporter: Reporter | None = None) -> TuneResult:
     in_run = path.name == WEIGHTS_NAME and target.parent == path.parent
     lock = hold_run(path.parent, "tuned", reporter.message) if in_run else contextlib.nullcontext()
     entries: list[dict[str, Any]] = []
+    # The classifier-free scale the grid is tuned at (None: an unconditional model), as a job resolves it.
+    _, scale = guidance_plan(card, None, cfg.guidance, path)
     with lock:
         for steps in cfg.steps:
             sampler = SamplerConfig(name=cfg.sampler, steps=steps, eps=cfg.eps, final_denoise=cfg.final_denoise,
@@ -59,7 +62,7 @@ def tune_grids(cfg: TuneConfig, reporter: Reporter | None = None) -> TuneResult:
                                held_out=asdict(res.held_out) if res.held_out is not None else None,
                                cost={"evaluations": res.evaluations, "nfe": res.nfe, "reference_nfe": res.reference_nfe,
                                      "batch": cfg.batch_size, "seconds": round(res.seconds, 3), "device": str(device)},
-                               model=str(cfg.model or path), seed=cfg.seed, guidance=cfg.guidance,
+                               model=str(cfg.model or path), seed=cfg.seed, guidance=scale,
                                eps=cfg.eps, final_denoise=cfg.final_denoise)
             write_entry(target, entry)
             entries.append(entry)

@@ -141,12 +141,13 @@ def find_times(model_path: Path, net: nn.Module, sampler: str, steps: int, optio
 
 
 def tuned_times(sampler: "SamplerConfig", model_path: Path, net: nn.Module, grids: Path | None = None,
-                model_spec: object = None) -> Tensor | None:
+                model_spec: object = None, guidance: float | None = None) -> Tensor | None:
     """The times a job samples on instead of a named grid, or None for the named grid.
 
     ``--grid tuned``: this model's tuned grid, or a UsageError saying how to make one. No ``--grid``:
-    the tuned grid when one exists for this sampler, step count and options and it beat the default
-    grid on held-out noise (``kept``; the shipped models carry theirs); otherwise the sampler's default.
+    the tuned grid when one exists for this sampler, step count and options, it beat the default
+    grid on held-out noise (``kept``; the shipped models carry theirs), and it was tuned at the
+    classifier-free ``guidance`` scale the job samples at (None: none); otherwise the sampler's default.
     An explicitly named grid is always used as named.
     """
     if sampler.grid == TUNED:
@@ -155,6 +156,9 @@ def tuned_times(sampler: "SamplerConfig", model_path: Path, net: nn.Module, grid
         return None
     found = lookup(model_path, net, sampler.name, sampler.steps, dict(sampler.options), grids)
     if found is None or found.get("kept") is not True:  # grids from before the held-out check: --grid tuned only
+        return None
+    # Another guidance scale is another score field, where the grid was never compared with the default.
+    if found.get("guidance") != guidance:
         return None
     return torch.tensor(found["times"], dtype=torch.float64)
 
