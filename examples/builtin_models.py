@@ -291,10 +291,10 @@ def judge_shipped(name: str, work: Path) -> None:
     judge_entries(name, [e for e in read_entries(target) if e.get("model") == f"builtin:{name}"], target, work)
 
 
-def judge_entries(name: str, entries: list[dict[str, Any]], target: Path, work: Path, n: int = 256) -> None:
-    """Judge each kept grid of ``builtin:NAME`` beside the default grid on the same noise; a grid that loses is not kept.
+def grid_judge(name: str, work: Path, n: int = 256) -> Any:
+    """A function (sampler, steps, times) -> ``judged_gap`` of that grid against the default grid on ``builtin:NAME``.
 
-    (``grids``' second check; the ``judge`` stage runs it alone on the entries already in the package's grids.json.)
+    As ``pack`` judges the model: n samples, per-image seeds 0..n-1, every class in turn, at the default guidance.
     """
     from shapes_judge import cached_judge
     from shapes_quality import load_real
@@ -304,26 +304,41 @@ def judge_entries(name: str, entries: list[dict[str, Any]], target: Path, work: 
     from diffusers_cli.engine.rng import ImageGenerators
     from diffusers_cli.engine.samplers import sample
     from diffusers_cli.models import load_score_model
-    from diffusers_cli.parts.tuned_grids import write_entry
 
     model, card = load_score_model(f"builtin:{name}")
     model.requires_grad_(False)
     judge, _, _ = cached_judge(card.image_hw[0], work / f"judge-{card.dataset}-{card.image_hw[0]}.safetensors", card.dataset, MNIST)
     real = load_real(card.dataset, card.image_hw[0], card.channels, MNIST, n)
     score_fn = classifier_free(model, cycle_labels(0, n, card.num_classes), DEFAULT_GUIDANCE)
+
+    def judged(sampler: str, steps: int, times: list[float]) -> dict[str, Any]:
+        with torch.no_grad():
+            x = {grid: sample(model.sde, score_fn, (n, *card.image_shape), sampler, steps,
+                              ImageGenerators.for_images(0, 0, n), grid=grid_times)
+                 for grid, grid_times in (("tuned", torch.tensor(times, dtype=torch.float64)), ("default", None))}
+        return judged_gap(x["tuned"], x["default"], judge, real)
+
+    return judged
+
+
+def judge_entries(name: str, entries: list[dict[str, Any]], target: Path, work: Path, n: int = 256) -> None:
+    """Judge each kept grid of ``builtin:NAME`` beside the default grid on the same noise; a grid that loses is not kept.
+
+    (``grids``' second check; the ``judge`` stage runs it alone on the entries already in the package's grids.json.)
+    """
+    from diffusers_cli.parts.tuned_grids import write_entry
+
+    judge_grid = grid_judge(name, work, n)
     for entry in entries:
         if entry["kept"] and "judged" not in entry:
-            with torch.no_grad():
-                x = {grid: sample(model.sde, score_fn, (n, *card.image_shape), entry["sampler"], entry["steps"],
-                                  ImageGenerators.for_images(0, 0, n), grid=times)
-                     for grid, times in (("tuned", torch.tensor(entry["times"], dtype=torch.float64)), ("default", None))}
-            j = judged_gap(x["tuned"], x["default"], judge, real)
+            j = judge_grid(entry["sampler"], entry["steps"], entry["times"])
             lost = (j["default_recognised"] - j["recognised"] > j["recognised_gap_se"]
                     or j["judge_fd"] - j["default_judge_fd"] > j["judge_fd_gap_se"])
             entry = {**entry, "judged": j, "kept": not lost}
             write_entry(target, entry)
         print(f"builtin:{name} {entry['sampler']} {entry['steps']} steps: kept {entry['kept']} "
               f"{json.dumps(entry.get('judged') or entry.get('held_out'))}", flush=True)
+
 
 def recommendation(recipe: Recipe) -> Any:
     """The card's recommended sampler: the recipe's judged one for a score model (its figures are of that sampler)."""
