@@ -144,6 +144,18 @@ def test_resume_refuses_a_run_with_a_link_out_of_it_and_writes_nothing_there(str
     assert (outside / "metrics.jsonl").read_bytes() == before
 
 
+def test_resume_refuses_a_folder_it_would_write_into_that_links_out(stranger: tuple[Path, Path]) -> None:
+    # Nothing of samples/ is read on resume, only written: the whole-run check is what keeps the writes inside.
+    run, outside = stranger
+    (outside / "grids").mkdir()
+    _link(run, "samples", outside / "grids")
+    res = invoke("train", "--resume", "--out", run.parent, "--name", run.name, "--steps", "22", "--sample-every", "1")
+    assert res.exit_code == 2 and one_error_line(res) == (
+        f"diffuse: error: {run / 'samples'} links to {outside / 'grids'}, outside the run {run}; "
+        "a run's files must lie inside it (replace the link with the file it names)")
+    assert list((outside / "grids").iterdir()) == []
+
+
 def test_a_lock_file_that_links_out_is_not_read_and_a_hostile_one_is_one_line(stranger: tuple[Path, Path]) -> None:
     from diffusers_cli.run.lock import read_holder
 
@@ -159,6 +171,27 @@ def test_a_lock_file_that_links_out_is_not_read_and_a_hostile_one_is_one_line(st
     with hold_run(run, "trained", messages.append):
         pass
     assert messages == [f"took over {run} from pid 1?2 on {'h' * 64} since an unknown time, which is gone"]
+
+
+def test_evaluate_snapshots_refuses_a_snapshot_that_links_out_and_opens_nothing_outside(
+        stranger: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    run, outside = stranger
+    # A file of our format (the run's weights): only the link gives it away.
+    _link(run, "snapshots/snapshot_00000010.safetensors", outside / "model.safetensors")
+    line = (f"diffuse: error: {run / 'snapshots' / 'snapshot_00000010.safetensors'} links to {outside / 'model.safetensors'}, "
+            f"outside the run {run}; a run's files must lie inside it (replace the link with the file it names)")
+    for args in (("evaluate", "--model", run, "--snapshots", "--metrics", "fid", "-n", "4"),
+                 ("sample", "--model", f"{run}@10", "--sampler", "ddpm", "--steps", "2", "-n", "2", "--out", "s.png")):
+        with watching(monkeypatch) as opened:
+            res = invoke(*args)
+        assert one_error_line(res) == line and res.exit_code == 2, args
+        assert read_outside(opened, outside) == [] and not (run / "snapshot_scores.json").exists()
+    # A snapshots folder that is itself a link out of the run is refused the same way.
+    _link(run, "snapshots", outside)
+    res = invoke("evaluate", "--model", run, "--snapshots", "--metrics", "fid", "-n", "4")
+    assert res.exit_code == 2 and one_error_line(res) == (
+        f"diffuse: error: {run / 'snapshots'} links to {outside}, outside the run {run}; a run's files must lie inside it "
+        "(replace the link with the file it names)")
 
 
 # ---- the model card's SDE, typed -----------------------------------------------------------------------------

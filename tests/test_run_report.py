@@ -433,6 +433,48 @@ def test_a_file_that_is_not_a_png_of_the_run_is_not_embedded(tiny_run: Path, tmp
     assert len(res.stderr.splitlines()) == 3 and "step_0000003.png is not a readable image (truncated or corrupt)" in res.stderr
 
 
+def test_a_grids_file_or_snapshot_table_linked_outside_the_run_is_left_out_and_said_so(tiny_run: Path, tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    # Files of the right shape (a grids file, a snapshot table) whose values are secrets: only the link gives them away.
+    (outside / "g.json").write_text(json.dumps({"grids": [{"sampler": "SECRET-GRID", "steps": 3, "times": [1, 0.5, 0]}]}))
+    (outside / "s.json").write_text(json.dumps({"snapshots": [{"step": 7, "SECRET-METRIC": {"mean": 1.0}}]}))
+    run = tmp_path / "evil"
+    shutil.copytree(tiny_run, run)
+    for name, target in (("grids.json", "g.json"), ("snapshot_scores.json", "s.json")):
+        (run / name).unlink(missing_ok=True)
+        (run / name).symlink_to(outside / target)
+    res = invoke("report", run)
+    assert res.exit_code == 0, res.stderr
+    assert res.stdout.strip().endswith("2 file(s) left out)")
+    assert res.stderr.splitlines() == [
+        f"diffuse: warning: {run / name} links to {outside / target}, outside the run {run}; a run's files must "
+        "lie inside it (replace the link with the file it names); left out of the report"
+        for name, target in (("grids.json", "g.json"), ("snapshot_scores.json", "s.json"))]
+    text = (run / "report.html").read_text(encoding="utf-8")
+    assert "SECRET" not in text and str(outside) not in text  # neither the values nor where the links lead
+    notes = [n for n in Elements(text).text if "was left out" in n or "was not read" in n]
+    assert notes == ["grids.json was left out: it links outside the run.",
+                     "snapshot_scores.json was left out: it links outside the run.",
+                     "grids.json was not read: it links outside the run."]
+
+
+def test_a_sample_grid_over_the_pixel_limit_is_left_out(tiny_run: Path, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    run = tmp_path / "r"
+    shutil.copytree(tiny_run, run)
+    (run / "samples").mkdir(exist_ok=True)
+    _png(run / "samples" / "step_0000001.png", (30, 20), (9, 9, 9))  # 600 pixels
+    monkeypatch.setenv("DIFFUSE_MAX_PIXELS", "500")
+    res = invoke("report", run)
+    assert res.exit_code == 0, res.stderr
+    text = (run / "report.html").read_text(encoding="utf-8")
+    assert (30, 20) not in [im.size for im in _embedded(text)]
+    assert "samples/step_0000001.png was left out: it is not a readable image (truncated, corrupt or over the pixel limit)." \
+        in Elements(text).text
+    assert "step_0000001.png" in res.stderr and "600 pixels" in res.stderr and len(res.stderr.splitlines()) >= 1
+
+
 def test_the_sample_command_of_the_report_takes_the_configs_own_defaults(tiny_run: Path, tmp_path: Path) -> None:
     from diffusers_cli.config.schema import TrainConfig
 

@@ -28,7 +28,7 @@ from diffusers_cli.support.errors import UsageError
 from diffusers_cli.support.files import write_text_atomic
 from diffusers_cli.models import builtin
 from diffusers_cli.run.layout import GRIDS_NAME
-from diffusers_cli.run.reader import RunFiles
+from diffusers_cli.run.reader import MAX_TEXT_BYTES, RunFiles
 
 if TYPE_CHECKING:
     from diffusers_cli.config.schema import SamplerConfig
@@ -75,6 +75,8 @@ def read_entries(path: Path) -> list[dict[str, Any]]:
     if not path.is_file():
         return []
     try:
+        if path.stat().st_size > MAX_TEXT_BYTES:  # never read a file no tuner wrote into memory whole
+            raise ValueError(f"it is larger than {MAX_TEXT_BYTES:,} bytes")
         data = json.loads(path.read_text(encoding="utf-8"))
         entries = data["grids"]
         if not isinstance(entries, list) or not all(isinstance(e, dict) and "times" in e for e in entries):

@@ -124,22 +124,24 @@ def _samples(files: RunFiles) -> tuple[list[tuple[int | None, str]], list[tuple[
     return found, []
 
 
-def _grids(files: RunFiles) -> tuple[list[dict[str, Any]], str | None]:
-    """grids.json's entries (the first list of objects in it, or the file itself if it is one), or a note why not."""
+def _grids(files: RunFiles) -> tuple[list[dict[str, Any]], str | None, list[tuple[str, str]]]:
+    """grids.json's entries (the first list of objects in it, or the file itself if it is one), or a note why not;
+    and, for a file the reader refused, what was left out as (message, the page's line), as ``_samples`` gives it."""
     try:
         text = files.read_text(GRIDS_NAME)
         if text is None:
-            return [], None
+            return [], None, []
         data = json.loads(text)
-    except RunFileError as err:
-        return [], f"{GRIDS_NAME} was not read: {err}"
+    except RunFileError as err:  # the page gets the reason alone: the message names where a link leads
+        return [], f"{GRIDS_NAME} was not read: {err.reason}.", [(f"{err}; left out of the report",
+                                                                     f"{GRIDS_NAME} was left out: {err.reason}.")]
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        return [], f"{GRIDS_NAME} could not be read ({type(err).__name__}); run `diffuse tune` again"
+        return [], f"{GRIDS_NAME} could not be read ({type(err).__name__}); run `diffuse tune` again", []
     lists = [data] if isinstance(data, list) else [v for v in data.values() if isinstance(v, list)] if isinstance(data, dict) else []
     entries = next((items for items in lists if all(isinstance(e, dict) for e in items)), None)
     if entries is None:
-        return [], f"{GRIDS_NAME} holds no list of entries"
-    return [dict(e) for e in entries], None
+        return [], f"{GRIDS_NAME} holds no list of entries", []
+    return [dict(e) for e in entries], None, []
 
 
 def _config(files: RunFiles) -> tuple[TrainConfig, dict[str, Any]]:
@@ -189,9 +191,9 @@ def read_run(path: Path) -> Run:
         best_file = files.file(BEST_NAME)
         if best_file is not None:
             best = _best(read_card(best_file).extra.get("best"))
-    grids, note = _grids(files)
+    grids, note, grids_left = _grids(files)
     samples, left_out = _samples(files)
-    return Run(path, config, rows, card, parameters, best, samples, grids, note, saved, left_out)
+    return Run(path, config, rows, card, parameters, best, samples, grids, note, saved, [*grids_left, *left_out])
 
 
 def _best(mark: Any) -> dict[str, Any] | None:

@@ -2,8 +2,9 @@
 
 Run directories travel (a colleague's ``runs/x``, an archive from a paper, a CI artifact), so nothing in one is
 trusted. Everything that reads a run's files goes through ``RunFiles``: the report (``run.facts``,
-``run.report``), ``train --resume``, ``--model runs/x``, tuned grids beside a model (``parts.tuned_grids``) and
-the lock file (``run.lock``). It
+``run.report``), ``train --resume``, ``--model runs/x`` and ``runs/x@STEP``, the snapshot list and table of
+``evaluate --snapshots`` (``run.snapshots``), tuned grids beside a model (``parts.tuned_grids``) and the lock file
+(``run.lock``). It
 - resolves each path and refuses one that leaves the run (a symbolic link to ``~/.ssh/id_rsa``) or that is not a
   plain file (a FIFO would block the reader for ever, a device would never end): ``RunFileError``, one line naming
   the file;

@@ -25,11 +25,11 @@ from typing import Any
 
 from diffusers_cli import __version__
 from diffusers_cli.run.facts import GRID_COLUMNS, Run, counts_epochs, facts, read_run
-from diffusers_cli.run.layout import REPORT_NAME
+from diffusers_cli.run.layout import REPORT_NAME, SNAPSHOT_SCORES_NAME
 from diffusers_cli.run.reader import RunFileError
+from diffusers_cli.run.snapshots import read_scores
 from diffusers_cli.support.files import write_text_atomic
 from diffusers_cli.support.image_files import ImageError
-from diffusers_cli.run.snapshots import read_scores
 
 #: At most this many sample grids side by side (evenly chosen, the first and last always among them).
 MAX_GRIDS = 10
@@ -190,13 +190,12 @@ def chosen_grids(samples: Sequence[Any], limit: int = MAX_GRIDS) -> list[Any]:
     return [samples[i] for i in idx]
 
 
-def _grids_section(grids: Sequence[tuple[str, bytes]], left_out: Sequence[str] = ()) -> str:
-    gone = "".join(f'<p class="note left-out">{_e(line)}</p>' for line in left_out)
+def _grids_section(grids: Sequence[tuple[str, bytes]]) -> str:
     if not grids:
-        return '<p class="note">No sample grids in this run yet (--sample-every N writes one every N steps).</p>' + gone
+        return '<p class="note">No sample grids in this run yet (--sample-every N writes one every N steps).</p>'
     figs = "".join(f'<figure><img src="{data_uri(png)}" alt="{_e(caption)}"><figcaption>{_e(caption)}</figcaption></figure>'
                    for caption, png in grids)
-    return f'<div class="grids">{figs}</div>{gone}'
+    return f'<div class="grids">{figs}</div>'
 
 
 def snapshots_section(rows: Sequence[Mapping[str, Any]], png: bytes | None, headlines: Mapping[str, str]) -> str:
@@ -220,7 +219,7 @@ def render(f: Mapping[str, Any], curves: Sequence[tuple[str, bytes]], grids: Seq
     imgs = "".join(f'<p><img src="{data_uri(png)}" alt="{_e(alt)}"></p>' for alt, png in curves)
     sections = [("card", "Model card", _card_section(f)), ("timing", "Timing", _timing_section(f)),
                 ("curves", "Curves", f'<div class="curves">{imgs}</div>'),
-                ("samples", "Samples over training", _grids_section(grids, f.get("left_out", ()))),
+                ("samples", "Samples over training", _grids_section(grids)),
                 ("evaluations", "Evaluations", evaluation_table(f, headlines)),
                 ("snapshots", "Snapshots", snapshots if snapshots is not None else snapshots_section([], None, headlines)),
                 ("grids", "Tuned time grids", grids_table(f)),
@@ -228,9 +227,12 @@ def render(f: Mapping[str, Any], curves: Sequence[tuple[str, bytes]], grids: Seq
                 ("config", "Config", f"<pre>{_e(json.dumps(f['config'], indent=2))}</pre>")]
     nav = "".join(f'<a href="#{s}">{_e(title)}</a>' for s, title, _ in sections)
     body = "".join(f'<section id="{s}"><h2>{_e(title)}</h2>{content}</section>' for s, title, content in sections)
+    # Files of the run the page does not show (a link out of it, a picture that is not a PNG of ours), said first:
+    # a grid, a grids.json or a snapshot table may be missing, and the reader should know before reading on.
+    gone = "".join(f'<p class="note left-out">{_e(line)}</p>' for line in f.get("left_out", ()))
     return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
             f'<meta http-equiv="Content-Security-Policy" content="{_e(CSP)}"><title>{_e(f["name"])}: diffusers-cli run report</title>'
-            f"<style>{_CSS}</style></head><body><h1>{_e(f['name'])}</h1><p class=\"lead\">{_e(f['description'])}</p>"
+            f"<style>{_CSS}</style></head><body><h1>{_e(f['name'])}</h1><p class=\"lead\">{_e(f['description'])}</p>{gone}"
             f"<nav>{nav}</nav>{body}<p class=\"note\">Written by diffusers-cli {_e(__version__)} from {_e(f['run'])}.</p>"
             "</body></html>\n")
 
@@ -266,7 +268,12 @@ def write_report(run_dir: Path, loss_png: bytes | None = None, warn: Callable[[s
             reason = getattr(err, "reason", "it is not a readable image (truncated, corrupt or over the pixel limit)")
             f["left_out"].append(f"{name} was left out: {reason}.")
     headlines = {name: m.headline for name, m in METRICS.items()}
-    scores = read_scores(run.path)
+    try:
+        scores = read_scores(run.path)
+    except RunFileError as err:  # a link out of the run: said on stderr and on the page, as a left-out picture is
+        scores = []
+        lines.append(f"{err}; left out of the report")
+        f["left_out"].append(f"{SNAPSHOT_SCORES_NAME} was left out: {err.reason}.")
     snapshots = snapshots_section(scores, png_bytes(snapshots_figure(scores, METRICS)) if scores else None, headlines)
     path = run.path / REPORT_NAME
     write_text_atomic(path, render(f, curves, grids, headlines, snapshots))

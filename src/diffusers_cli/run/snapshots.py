@@ -15,20 +15,29 @@ from typing import TYPE_CHECKING, Any
 
 from diffusers_cli.checkpoints.card import ModelCard
 from diffusers_cli.run.layout import SNAPSHOT_SCORES_NAME, SNAPSHOTS_DIR, snapshot_name
+from diffusers_cli.run.reader import RunFiles
 from diffusers_cli.support.files import write_text_atomic
 
 if TYPE_CHECKING:  # the report and the listings read snapshots without torch
     from torch import Tensor, nn
 
-_NAME = re.compile(r"snapshot_(\d+)\.safetensors")
+_NAME = re.compile(r"snapshot_([0-9]+)\.safetensors")  # ASCII digits: \d would take other scripts' digits too
+#: The most bytes snapshot_scores.json may have: a table of figures per snapshot, far below this.
+SCORES_LIMIT = 2**24
 
 
 def list_snapshots(run_dir: Path) -> dict[int, Path]:
-    """The run's snapshot files by step, oldest first ({} when it keeps none)."""
-    folder = Path(run_dir) / SNAPSHOTS_DIR
-    if not folder.is_dir():
-        return {}
-    found = {int(m.group(1)): p for p in folder.iterdir() if (m := _NAME.fullmatch(p.name)) and p.is_file()}
+    """The run's snapshot files by step, oldest first ({} when it keeps none).
+
+    Read through the run's reader: RunFileError (one line) for a snapshots folder or a snapshot that leads out of
+    the run, or a snapshot that is not a plain file, so ``evaluate --snapshots`` never opens a file outside the run.
+    """
+    files = RunFiles.of(run_dir)
+    found: dict[int, Path] = {}
+    for name in files.names(SNAPSHOTS_DIR, "snapshot_*.safetensors"):
+        m = _NAME.fullmatch(Path(name).name)
+        if m and files.file(name) is not None:
+            found[int(m.group(1))] = Path(run_dir) / name
     return dict(sorted(found.items()))
 
 
@@ -75,10 +84,13 @@ def write_scores(run_dir: Path, rows: list[dict[str, Any]]) -> Path:
 
 
 def read_scores(run_dir: Path) -> list[dict[str, Any]]:
-    """The table ``write_scores`` wrote, rows with an integer step and figure dicts only; [] if absent or not ours."""
-    path = Path(run_dir) / SNAPSHOT_SCORES_NAME
+    """The table ``write_scores`` wrote, rows with an integer step and figure dicts only; [] if absent or not ours.
+
+    RunFileError (from the run's reader) if the file leads out of the run, is not a plain file or is too large.
+    """
     try:
-        data = json.loads(path.read_text(encoding="utf-8")) if path.is_file() and path.stat().st_size < 2**24 else {}
+        text = RunFiles.of(run_dir).read_text(SNAPSHOT_SCORES_NAME, limit=SCORES_LIMIT)
+        data = json.loads(text) if text is not None else {}
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         return []
     rows = data.get("snapshots") if isinstance(data, dict) else None
