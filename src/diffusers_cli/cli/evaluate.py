@@ -13,6 +13,8 @@ from diffusers_cli.cli.common import (
     SamplerOpt, SeedOpt, SetOpt, SnrOpt, StepsOpt, emit_json, make_reporter, parse_kv, run_job, sampler_overrides,
 )
 
+from diffusers_cli.data.spec import Split  # torch-free, as the two below
+from diffusers_cli.engine.choices import Probe, listed
 from diffusers_cli.engine.metrics import METRICS  # the registry alone: no torch, numpy or scipy
 
 if TYPE_CHECKING:  # the job imports torch; the CLI imports it only when a command runs
@@ -29,7 +31,7 @@ def evaluate_command(
     n: Annotated[Optional[int], typer.Option("-n", "--num-samples", help="Images to generate (default 50,000), or the first N of --images.")] = None,
     reference: Annotated[Optional[str], typer.Option(help="FID reference: dataset name, image folder or statistics .npz (default: the model's dataset).")] = None,
     data_dir: Annotated[Optional[Path], typer.Option(help="Where the reference (and bits/dim) dataset's files are.")] = None,
-    split: Annotated[Optional[str], typer.Option(help="Reference dataset split: train, test or all (default train).")] = None,
+    split: Annotated[Optional[str], typer.Option(help=f"Reference dataset split: {listed(Split)} (default train).")] = None,
     image_size: Annotated[Optional[int], typer.Option(help="Resolution of the reference dataset (default: the model's).")] = None,
     reference_examples: Annotated[Optional[int], typer.Option(help="Use a seeded subset of this many reference dataset images.")] = None,
     download: Annotated[bool, typer.Option("--download", help="Fetch what is missing: a reference or bits/dim dataset (torchvision), an hf: --model (huggingface_hub), pytorch-fid's Inception weights (checked by SHA-256).")] = False,
@@ -58,10 +60,10 @@ def evaluate_command(
     bpd_runs: Annotated[Optional[int], typer.Option(help="Runs of the bits/dim trace estimator; reports their mean and spread.")] = None,
     bpd_examples: Annotated[Optional[int], typer.Option(help="Dataset examples for bits/dim (default: the whole split).")] = None,
     bpd_dataset: Annotated[Optional[str], typer.Option(help="Dataset for bits/dim (default: the model's own).")] = None,
-    bpd_split: Annotated[Optional[str], typer.Option(help="Split for bits/dim: train, test or all (default test).")] = None,
+    bpd_split: Annotated[Optional[str], typer.Option(help=f"Split for bits/dim: {listed(Split)} (default test).")] = None,
     bpd_rtol: Annotated[Optional[float], typer.Option(help="Relative tolerance of the bits/dim ODE solve (default 1e-5).")] = None,
     bpd_atol: Annotated[Optional[float], typer.Option(help="Absolute tolerance of the bits/dim ODE solve (default 1e-5).")] = None,
-    bpd_probe: Annotated[Optional[str], typer.Option(help="Trace estimator: rademacher, gaussian or exact.")] = None,
+    bpd_probe: Annotated[Optional[str], typer.Option(help=f"Trace estimator: {listed(Probe)} (default rademacher).")] = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
     seed: SeedOpt = None,

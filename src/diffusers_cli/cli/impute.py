@@ -23,7 +23,7 @@ def impute_command(
     mask_fraction: Annotated[Optional[float], typer.Option(help="box/outpaint: area fraction; random-pixels: fraction kept.")] = None,
     mask_side: Annotated[Optional[str], typer.Option(help=f"half: the side to fill ({', '.join(HALF_SIDES)}).")] = None,
     model: ModelOpt = None,
-    method: Annotated[Optional[str], typer.Option(help="auto (default: smc for <= 32 known pixels, else repaint), smc (asymptotically exact), replacement (fast, biased), repaint.")] = None,
+    method: Annotated[Optional[str], typer.Option(help="auto (default: chosen by the mask, and the output says which and why) or a method `diffuse samplers` lists under imputation methods, with its options.")] = None,
     particles: Annotated[Optional[int], typer.Option(help="twisted / smc: particles per candidate (more is closer to the exact posterior); = -o particles=N.")] = None,
     option: Annotated[Optional[list[str]], typer.Option("-o", "--option", help="Method option KEY=VALUE, repeatable (e.g. -o resample=5); replacement passes the rest to its sampler. `diffuse samplers` lists them.")] = None,
     sampler: Annotated[Optional[str], typer.Option(help="replacement: any sampler of `diffuse sample`.")] = None,

@@ -8,6 +8,8 @@ from typing import Annotated, Optional
 import typer
 
 from diffusers_cli.data.registry import DATASETS  # torch-free: the names for the help text
+from diffusers_cli.data.spec import Split
+from diffusers_cli.engine.choices import listed
 
 from diffusers_cli.cli.common import JsonOpt, emit_json, make_reporter, run_job
 
@@ -19,7 +21,7 @@ def prepare_command(
     out: Annotated[Optional[Path], typer.Option("--out", help="The .safetensors file to write (train with --dataset FILE).")] = None,
     image_size: Annotated[Optional[str], typer.Option(help="The resolution training will use: a side (64) or HEIGHTxWIDTH (32x48).")] = None,
     data_dir: Annotated[Optional[Path], typer.Option(help="Where the dataset's files are.")] = None,
-    split: Annotated[Optional[str], typer.Option(help="Dataset split: train (default), test or all.")] = None,
+    split: Annotated[Optional[str], typer.Option(help=f"Dataset split: {listed(Split)} (default train).")] = None,
     channels: Annotated[Optional[int], typer.Option(help="1 (greyscale) or 3 (RGB); default: the dataset's own.")] = None,
     num_examples: Annotated[Optional[int], typer.Option(help="A seeded random subset of this many examples (default: all).")] = None,
     crop_boxes: Annotated[bool, typer.Option("--crop-boxes", help="Crop Stanford Cars to its annotated boxes first.")] = False,

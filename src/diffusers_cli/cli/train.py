@@ -9,8 +9,11 @@ from typing import Annotated, Optional
 import typer
 
 # The registries that the help texts list (each torch-free; config.sde costs only pydantic's import).
+from diffusers_cli.config.defaults import LogKind, Precision
 from diffusers_cli.config.sde import SCHEDULES, SDE_KINDS
+from diffusers_cli.data.spec import Split
 from diffusers_cli.data.registry import DATASETS
+from diffusers_cli.engine.choices import EmaProfile, LrDecay, TimeSampling, listed
 from diffusers_cli.engine.metrics import METRICS
 from diffusers_cli.engine.metrics.metric import scores_samples_alone
 from diffusers_cli.engine.networks.presets import UNET_PRESETS, WRN_PRESETS
@@ -47,7 +50,7 @@ def _count_or_auto(value: str | None, flag: str) -> int | str | None:
 def train_command(
     dataset: Annotated[Optional[str], typer.Option(help=f"{', '.join(DATASETS)}, a folder path, or a file of `diffuse prepare` (`diffuse datasets` describes them).")] = None,
     data_dir: Annotated[Optional[Path], typer.Option(help="Where the dataset's files are.")] = None,
-    split: Annotated[Optional[str], typer.Option(help="Dataset split: train, test or all.")] = None,
+    split: Annotated[Optional[str], typer.Option(help=f"Dataset split: {listed(Split)}.")] = None,
     image_size: Annotated[Optional[str], typer.Option(help="Train at this resolution: a side (32) or HEIGHTxWIDTH (32x48).")] = None,
     task: Annotated[Optional[str], typer.Option(help="score (the diffusion model) or classifier (for `diffuse condition`).")] = None,
     sde: Annotated[Optional[str], typer.Option(help=f"{', '.join(SDE_KINDS)}.")] = None,
@@ -57,10 +60,10 @@ def train_command(
     epochs: Annotated[Optional[float], typer.Option(help="Instead of --steps: passes over the dataset at the global batch size.")] = None,
     batch_size: Annotated[Optional[int], typer.Option(help="Global batch size (split across processes under torchrun).")] = None,
     lr: Annotated[Optional[float], typer.Option(help="Peak learning rate of AdamW.")] = None,
-    lr_decay: Annotated[Optional[str], typer.Option(help="After warm-up: none (constant), cosine or linear (to 0 at the last step).")] = None,
+    lr_decay: Annotated[Optional[str], typer.Option(help=f"After warm-up: {listed(LrDecay)} (none: constant; the others reach 0 at the last step).")] = None,
     loss_weighting: Annotated[Optional[str], typer.Option(help=f"{', '.join(WEIGHTINGS)} (default {DEFAULT_WEIGHTING}); min-snr's gamma: --set min_snr_gamma=5.")] = None,
-    time_sampling: Annotated[Optional[str], typer.Option(help="Noise levels: lognormal (default; --set lognormal_mean, lognormal_std), uniform, or importance (--set importance_widen=1.5).")] = None,
-    ema_profile: Annotated[Optional[str], typer.Option(help="EMA of the weights: exponential (default; --set optim.ema_decay) or power (EDM2; --set optim.ema_sigma_rel).")] = None,
+    time_sampling: Annotated[Optional[str], typer.Option(help=f"Noise levels: {listed(TimeSampling)}. lognormal is the default (--set lognormal_mean, lognormal_std); importance draws a wider log-normal and weights each loss back (--set importance_widen=1.5).")] = None,
+    ema_profile: Annotated[Optional[str], typer.Option(help=f"EMA of the weights: {listed(EmaProfile)}. exponential is the default (--set optim.ema_decay); power is EDM2's (--set optim.ema_sigma_rel).")] = None,
     class_conditional: Annotated[bool, typer.Option("--class-conditional", help="Also learn p(x | class), for classifier-free guidance (`diffuse sample --guidance`).")] = False,
     label_dropout: Annotated[Optional[float], typer.Option(help="With --class-conditional: share of labels dropped to 'no class' (default 0.1).")] = None,
     out: Annotated[Optional[Path], typer.Option(help="Folder that holds run directories.")] = None,
@@ -71,7 +74,7 @@ def train_command(
     set_: SetOpt = None,
     seed: SeedOpt = None,
     device: DeviceOpt = None,
-    precision: Annotated[Optional[str], typer.Option(help="fp32 (default), bf16, fp16 (autocast; fp16 with a grad scaler, CUDA only) or auto: bf16 where the device computes it natively (CUDA Ampere+, CPUs with AVX512-BF16 or AMX), else fp32.")] = None,
+    precision: Annotated[Optional[str], typer.Option(help=f"{listed(Precision)}. fp32 is the default; bf16 and fp16 autocast (fp16 with a grad scaler, CUDA only); auto is bf16 where the device computes it natively (CUDA Ampere+, CPUs with AVX512-BF16 or AMX), else fp32.")] = None,
     compile_: Annotated[bool, typer.Option("--compile", help="torch.compile the training step.")] = False,
     channels_last: Annotated[bool, typer.Option("--channels-last", help="Use the channels-last memory format.")] = False,
     num_workers: Annotated[Optional[str], typer.Option(help="Data-loading worker processes: N, or auto (default: some for datasets that decode files, folders and Cars; none for tensors in memory).")] = None,
@@ -91,7 +94,7 @@ def train_command(
     eval_reference: Annotated[Optional[str], typer.Option(help="Evaluation reference: dataset name, image folder or statistics .npz (default: the training data); its statistics are computed once and cached in the run.")] = None,
     keep_best: Annotated[Optional[str], typer.Option(help="Keep best.safetensors by this metric (default: the first of --eval-metrics; none: off).")] = None,
     inception_weights: Annotated[Optional[Path], typer.Option(help="pytorch-fid's Inception weights for --eval-every (default: $DIFFUSE_INCEPTION_WEIGHTS, then torch's hub cache).")] = None,
-    log: Annotated[Optional[str], typer.Option(help="jsonl (default) or tensorboard: also write TensorBoard events in the run (needs the tensorboard extra).")] = None,
+    log: Annotated[Optional[str], typer.Option(help=f"{listed(LogKind)}: jsonl (default) writes the run's metrics.jsonl alone, tensorboard also TensorBoard events in the run (needs the tensorboard extra).")] = None,
     json_: JsonOpt = False,
 ) -> None:
     """Train a score model (or a classifier) and write a run directory with weights, state, logs and grids."""
@@ -134,13 +137,14 @@ def train_command(
             overrides.update({"name": run.name, "out": str(run.parent), "resume": True})
         overrides.update(parse_kv(set_))
         cfg = build_config(TrainConfig, file, overrides)
+        from diffusers_cli.checkpoints.weights import WEIGHTS_NAME
         from diffusers_cli.jobs.train import train
 
         result = train(cfg, make_reporter(json_))
         summary = {
             "run_dir": str(result.run_dir), "task": cfg.task, "steps": result.step, "start_step": result.start_step,
             "loss": result.loss, "seconds": round(result.seconds, 3), "parameters": result.parameters,
-            "interrupted": result.interrupted, "weights": str(result.run_dir / "model.safetensors"),
+            "interrupted": result.interrupted, "weights": str(result.run_dir / WEIGHTS_NAME),
             **result.extra,
         }
         if not result.is_main:

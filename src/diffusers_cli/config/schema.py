@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from diffusers_cli.support.files import check_run_name
-
 import json
 import math
 import sys
@@ -25,9 +23,12 @@ from pydantic import (
 )
 
 from diffusers_cli.config.base import ConfigError, Strict
-from diffusers_cli.config.defaults import DEFAULT_SAMPLER, DEFAULT_STEPS
+from diffusers_cli.config.defaults import DEFAULT_SAMPLER, DEFAULT_STEPS, LogKind, Precision
 from diffusers_cli.config.sde import SDE_KINDS, SDEConfig, VPConfig
+from diffusers_cli.data.spec import Split  # torch-free
+from diffusers_cli.engine.choices import EmaProfile, LrDecay, Probe, TimeSampling  # torch-free
 from diffusers_cli.engine.weightings import DEFAULT_WEIGHTING  # torch-free
+from diffusers_cli.support.files import check_run_name
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -92,7 +93,7 @@ class DataConfig(Strict):
     dataset: str = "shapes"
     data_dir: Path | None = None
     image_size: ImageSize = 32
-    split: Literal["train", "test", "all"] = "train"
+    split: Split = "train"
     num_examples: PositiveInt | None = None
     channels: Literal[1, 3] | None = None
     flip: bool = False
@@ -114,7 +115,7 @@ class PrepareConfig(Strict):
     out: Path                                       # the .safetensors file to write
     image_size: ImageSize                           # the resolution training will use
     data_dir: Path | None = None
-    split: Literal["train", "test", "all"] = "train"
+    split: Split = "train"
     channels: Literal[1, 3] | None = None           # None: the dataset's own
     num_examples: PositiveInt | None = None         # a seeded subset; None: every example
     crop_boxes: bool = False                        # crop Stanford Cars to its boxes first
@@ -168,8 +169,6 @@ class SamplerConfig(Strict):
 
 
 Device = str
-#: "auto": bf16 where the device computes it natively (support.hardware.resolve_precision), else fp32.
-Precision = Literal["fp32", "bf16", "fp16", "auto"]
 
 
 # ---- jobs ----------------------------------------------------------------------------
@@ -183,7 +182,7 @@ class OptimConfig(Strict):
     betas: tuple[float, float] = (0.9, 0.999)
     warmup: int = Field(200, ge=0)
     # Annealing to 0 at the last step; "none" keeps the rate, so a run can be resumed longer as is.
-    decay: Literal["none", "cosine", "linear"] = "none"
+    decay: LrDecay = "none"
     grad_clip: float = Field(1.0, ge=0.0)
     # With ema_warmup the decay is min(ema_decay, (1 + n) / (10 + n)): 0.999 is reached only after ~9,000
     # updates, so shorter runs (the 2,000-step Quickstart ends at 0.9955) average over a growing window.
@@ -191,7 +190,7 @@ class OptimConfig(Strict):
     ema_warmup: bool = True
     # "power": EDM2's power-function profile (Karras et al. 2024), whose averaging window grows with the run:
     # its width is ema_sigma_rel of the run's length at any step (ema_decay and ema_warmup are then unused).
-    ema_profile: Literal["exponential", "power"] = "exponential"
+    ema_profile: EmaProfile = "exponential"
     ema_sigma_rel: float = Field(0.10, gt=0.0, lt=0.28)
 
 
@@ -238,7 +237,7 @@ class TrainEvalConfig(Strict):
     samples: PositiveInt = 1000  # images per evaluation; few are fast but biased (FID, KID's spread)
     sampler: SamplerConfig = Field(default_factory=lambda: SamplerConfig(name="ei", steps=20))
     reference: str | None = None  # dataset name, image folder or statistics .npz; None: the training data
-    split: Literal["train", "test", "all"] = "train"  # of a reference dataset
+    split: Split = "train"  # of a reference dataset
     reference_examples: PositiveInt | None = None  # a seeded subset of the reference dataset
     keep_best: str | None = None  # metric whose best value keeps best.safetensors (None: the first; "none": off)
     inception_weights: Path | None = None  # None: $DIFFUSE_INCEPTION_WEIGHTS, then torch's hub cache
@@ -266,7 +265,7 @@ class TrainConfig(Strict):
     min_snr_gamma: PositiveFloat = 5.0  # "min-snr": weight min(SNR, gamma) on the x0 error (Hang et al. 2023)
     # "importance": ln(sigma) from a log-normal importance_widen times wider, each loss weighted by the density
     # ratio, so the objective is the "lognormal" one with less gradient noise (engine.objectives).
-    time_sampling: Literal["lognormal", "uniform", "importance"] = "lognormal"
+    time_sampling: TimeSampling = "lognormal"
     # ln(sigma) ~ N(mean, std^2) for "lognormal", sigma = std(t) / mean(t): EDM's -1.2 / 1.2 by default;
     # a higher mean spends more of training at the noise levels that decide an image's layout (on 16x16
     # shapes -0.4 and +0.2 measured worse than -1.2: benchmarks/README.md).
@@ -308,7 +307,7 @@ class TrainConfig(Strict):
     epochs: PositiveFloat | None = None
     eval: TrainEvalConfig = Field(default_factory=lambda: TrainEvalConfig())
     # "tensorboard" also writes TensorBoard event files in the run; metrics.jsonl is always written.
-    log: Literal["jsonl", "tensorboard"] = "jsonl"
+    log: LogKind = "jsonl"
     # A non-finite loss or gradient: "stop" the run (the last checkpoint stays intact), or "skip" the step and
     # count it in metrics.jsonl, stopping after max_skips consecutive skips (a run that stays broken).
     on_nonfinite: Literal["stop", "skip"] = "stop"
@@ -601,7 +600,7 @@ class EvaluateConfig(ModelSource):
     num_samples: PositiveInt | None = None                # images to generate (None: 50,000) or to take from --images
     reference: str | None = None                          # dataset name, image folder or statistics .npz
     data_dir: Path | None = None                          # where the reference (and bits/dim) dataset's files are
-    split: Literal["train", "test", "all"] = "train"      # reference dataset split
+    split: Split = "train"      # reference dataset split
     image_size: ImageSize | None = None                   # reference dataset resolution (None: the model's)
     reference_examples: PositiveInt | None = None         # a seeded subset of the reference dataset
     save_reference_stats: Path | None = None              # cache of the reference statistics (.npz, pytorch-fid keys)
@@ -617,12 +616,12 @@ class EvaluateConfig(ModelSource):
     batch_size: PositiveInt = 64
     seed: int = 0
     bpd_dataset: str | None = None                        # None: the model's own dataset
-    bpd_split: Literal["train", "test", "all"] = "test"
+    bpd_split: Split = "test"
     bpd_examples: PositiveInt | None = None               # None: the whole split
     bpd_runs: PositiveInt = 1                             # runs of the trace estimator (mean and spread over runs)
     bpd_rtol: PositiveFloat = 1e-5
     bpd_atol: PositiveFloat = 1e-5
-    bpd_probe: Literal["rademacher", "gaussian", "exact"] = "rademacher"
+    bpd_probe: Probe = "rademacher"
 
     @model_validator(mode="before")
     @classmethod

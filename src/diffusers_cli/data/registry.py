@@ -1,69 +1,27 @@
 """The datasets `diffuse` knows: one DatasetSpec each in DATASETS, importable without torch.
 
-Each loader is a three-line trampoline that imports its dataset's module only when called, so that
-listing datasets, resolving names and `--help` texts never import torch, numpy or PIL.
+Each loader is named by its module and function (``_lazy``) and imported only when called, so that listing
+datasets, resolving names and `--help` texts never import torch, numpy or PIL.
 """
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
+from typing import Any, Callable
 
 from diffusers_cli.data import fixed_names as names
-from diffusers_cli.data.spec import DatasetSpec, Loaded, LoadRequest
+from diffusers_cli.data.spec import DatasetSpec
 
 
-def _load_shapes(request: LoadRequest) -> Loaded:
-    from diffusers_cli.data import shapes
+def _lazy(module: str, function: str) -> Callable[..., Any]:
+    """``diffusers_cli.data.<module>.<function>``, imported when first called (the module may import torch)."""
 
-    return shapes.load(request)
+    def call(*args: Any) -> Any:
+        return getattr(importlib.import_module(f"diffusers_cli.data.{module}"), function)(*args)
 
-
-def _load_idx(request: LoadRequest) -> Loaded:
-    from diffusers_cli.data import idx
-
-    return idx.load(request)
-
-
-def _load_cifar10(request: LoadRequest) -> Loaded:
-    from diffusers_cli.data import cifar
-
-    return cifar.load(request)
-
-
-def _cifar10_class_names(root: Path) -> tuple[str, ...]:
-    from diffusers_cli.data import cifar
-
-    return cifar.data_dir_class_names(root)
-
-
-def _load_cars(request: LoadRequest) -> Loaded:
-    from diffusers_cli.data import cars
-
-    return cars.load(request)
-
-
-def _cars_class_names(root: Path) -> tuple[str, ...]:
-    from diffusers_cli.data import cars
-
-    return cars.cars_class_names(root)
-
-
-def _load_folder(request: LoadRequest) -> Loaded:
-    from diffusers_cli.data import folder
-
-    return folder.load(request)
-
-
-def _folder_class_names(root: Path) -> tuple[str, ...]:
-    from diffusers_cli.data import folder
-
-    return folder.folder_class_names(root)
-
-
-def _load_prepared(request: LoadRequest) -> Loaded:
-    from diffusers_cli.data import prepared
-
-    return prepared.load(request)
+    call.__name__ = call.__qualname__ = f"{module}.{function}"
+    return call
 
 
 def _prepared_class_names(path: Path) -> tuple[str, ...]:
@@ -84,7 +42,7 @@ SHAPES = DatasetSpec(
     channels=3,
     class_names=names.SHAPES,
     download="not needed",
-    loader=_load_shapes,
+    loader=_lazy("shapes", "load"),
 )
 MNIST = DatasetSpec(
     name="mnist",
@@ -92,7 +50,7 @@ MNIST = DatasetSpec(
     channels=1,
     class_names=names.DIGITS,
     download="--download",
-    loader=_load_idx,
+    loader=_lazy("idx", "load"),
 )
 FASHION_MNIST = DatasetSpec(
     name="fashion-mnist",
@@ -101,7 +59,7 @@ FASHION_MNIST = DatasetSpec(
     channels=1,
     class_names=names.FASHION_MNIST,
     download="--download",
-    loader=_load_idx,
+    loader=_lazy("idx", "load"),
 )
 CIFAR10 = DatasetSpec(
     name="cifar10",
@@ -109,9 +67,9 @@ CIFAR10 = DatasetSpec(
     description="32x32 colour photos, 10 classes; the binary version in --data-dir (50k train, 10k test)",
     channels=3,
     class_names=names.CIFAR10,
-    read_class_names=_cifar10_class_names,
+    read_class_names=_lazy("cifar", "data_dir_class_names"),
     download="--download",
-    loader=_load_cifar10,
+    loader=_lazy("cifar", "load"),
 )
 CARS = DatasetSpec(
     name="cars",
@@ -119,18 +77,18 @@ CARS = DatasetSpec(
     description="Stanford Cars, 196 car models, colour photos; devkit layout or class subfolders in --data-dir",
     channels=3,
     num_classes=196,
-    read_class_names=_cars_class_names,
+    read_class_names=_lazy("cars", "cars_class_names"),
     download="by hand only",
-    loader=_load_cars,
+    loader=_lazy("cars", "load"),
 )
 FOLDER = DatasetSpec(
     name="folder",
     aliases=("images",),
     description="any folder of images (png, jpg, bmp, webp, gif), recursive; subfolders are classes",
     channels=3,
-    read_class_names=_folder_class_names,
+    read_class_names=_lazy("folder", "folder_class_names"),
     download="not applicable",
-    loader=_load_folder,
+    loader=_lazy("folder", "load"),
     from_path=True,
 )
 PREPARED = DatasetSpec(
@@ -141,7 +99,7 @@ PREPARED = DatasetSpec(
     read_channels=_prepared_channels,
     read_class_names=_prepared_class_names,
     download="not applicable",
-    loader=_load_prepared,
+    loader=_lazy("prepared", "load"),
     from_path=True,
     path_suffix=".safetensors",
 )

@@ -12,7 +12,9 @@ from diffusers_cli.support.errors import UsageError
 if TYPE_CHECKING:
     from torch.utils.data import Dataset
 
-SPLITS: tuple[str, ...] = ("train", "test", "all")
+#: Which part of a dataset: its train or test split, or both.
+Split = Literal["train", "test", "all"]
+SPLITS: tuple[str, ...] = get_args(Split)
 
 #: How a dataset's files are obtained, as `diffuse datasets` shows it.
 Download = Literal["not needed", "--download", "by hand only", "not applicable"]

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import torch
 from torch import Tensor
 
-from diffusers_cli.engine.options import Opt, OptionError, validate_options
+from diffusers_cli.engine.options import Opt, OptionError, registry_entry, validate_options
 from diffusers_cli.engine.sde import SDE
 
 #: ``grid(sde, steps, eps, **options) -> ts``; keyword-only parameters are the grid's options (engine.options).
@@ -69,9 +69,7 @@ def check_grid(kind: str) -> Grid:
     """The grid function named ``kind``; OptionError listing the grids otherwise."""
     if kind == TUNED:
         raise OptionError("the 'tuned' grid belongs to one model: pass its times (from engine.grid_tuning.tune_grid) as the grid")
-    if kind not in GRIDS:
-        raise OptionError(f"unknown time grid {kind!r}; use one of {', '.join(GRIDS)}")
-    return GRIDS[kind]
+    return registry_entry(GRIDS, kind, "time grid")
 
 
 def check_times(sde: SDE, ts: Tensor, steps: int) -> Tensor:

@@ -66,6 +66,7 @@ from diffusers_cli.engine.options import (
     OptionError,
     OptionSpec,
     option_specs,
+    registry_entry,
     validate_options,
 )
 from diffusers_cli.engine.rng import RNG, multinomial, rand
@@ -83,13 +84,17 @@ from diffusers_cli.engine.score import ScoreFn
 from diffusers_cli.engine.sde import SDE
 from diffusers_cli.engine.utils import append_dims, randn_like, time_vector
 
-#: The method ``impute`` uses unless told otherwise: "auto" picks smc or repaint by the mask (see ``choose_method``).
+#: The method ``impute`` uses unless told otherwise: "auto" picks twisted or repaint by the mask (see ``choose_method``).
 DEFAULT_METHOD = "auto"
 #: "auto" uses twisted up to this many known pixels per image, repaint above: smc wins on one observed pixel and
 #: repaint on a known half-image (the measured ends are in benchmarks/README.md); in between is unmeasured, so
 #: 32 pixels is a judgement, not a tuned value.
 SMC_MAX_KNOWN_PIXELS = 32
 RESAMPLING = ("systematic", "multinomial")
+# The options the particle methods share (each method sets its own default for particles).
+ParticlesOpt = Annotated[int, Opt("chains per image, evaluated as one batch of B * particles", ge=1)]
+EssOpt = Annotated[float, Opt("resample when the ESS falls below this fraction of particles", ge=0, le=1)]
+ResamplingOpt = Annotated[str, Opt("how ancestors are drawn", choices=RESAMPLING)]
 #: Methods that run several chains per draw (their ``particles`` option).
 PARTICLE_METHODS = ("twisted", "smc")
 
@@ -275,6 +280,22 @@ def effective_sample_size(log_w: Tensor) -> Tensor:
     return 1.0 / (w * w).sum(dim=1)
 
 
+def resample_low(log_w: Tensor, threshold: float, resampling: str, generator: RNG, offsets: Tensor) -> tuple[Tensor | None, Tensor]:
+    """Resample the images whose particles' ESS fell below ``threshold`` x particles (log_w is [B, particles]).
+
+    Returns the flat indices [B * particles] that pick each particle's ancestor (the others keep their own), or None
+    when no image needs it, and the log weights after: zero (uniform) where an image was resampled.
+    """
+    b, p = log_w.shape
+    low = effective_sample_size(log_w) < threshold * p
+    if not bool(low.any()):
+        return None, log_w
+    idx = resample_indices(log_w, resampling, generator)
+    keep = torch.arange(p, device=log_w.device).expand(b, p)
+    flat = (torch.where(low[:, None], idx, keep) + offsets).reshape(-1)
+    return flat, torch.where(low[:, None], torch.zeros_like(log_w), log_w)
+
+
 def impute_smc(
     sde: SDE,
     score_fn: ScoreFn,
@@ -282,9 +303,9 @@ def impute_smc(
     mask: Tensor,
     *,
     steps: int = 1000,
-    particles: Annotated[int, Opt("chains per image, evaluated as one batch of B * particles", ge=1)] = 16,
-    ess_threshold: Annotated[float, Opt("resample when the ESS falls below this fraction of particles", ge=0, le=1)] = 0.5,
-    resampling: Annotated[str, Opt("how ancestors are drawn", choices=RESAMPLING)] = "systematic",
+    particles: ParticlesOpt = 16,
+    ess_threshold: EssOpt = 0.5,
+    resampling: ResamplingOpt = "systematic",
     generator: RNG = None,
     grid: str = "uniform",
     eps: float | None = None,
@@ -310,13 +331,9 @@ def impute_smc(
             ahead = _log_normal_known(append_dims(m_s, y.ndim) * y, mean, std**2 + std_s**2, known_p)
             here = _log_normal_known(x, append_dims(m_t, y.ndim) * y, std_t**2, known_p)
             log_w = log_w + (ahead - here).double().reshape(b, p)
-            low = effective_sample_size(log_w) < ess_threshold * p
-            if bool(low.any()):
-                idx = resample_indices(log_w, resampling, generator)
-                keep = torch.arange(p, device=y.device).expand(b, p)
-                flat = (torch.where(low[:, None], idx, keep) + offsets).reshape(-1)
+            flat, log_w = resample_low(log_w, ess_threshold, resampling, generator, offsets)
+            if flat is not None:
                 mean, x_prev, score = mean[flat], x[flat], score[flat]
-                log_w = torch.where(low[:, None], torch.zeros_like(log_w), log_w)
             else:
                 x_prev = x
             x = _propose(mean, std, append_dims(m_s, y.ndim) * y, std_s**2, known_p, generator)
@@ -356,9 +373,9 @@ def impute_twisted(
     mask: Tensor,
     *,
     steps: int = 1000,
-    particles: Annotated[int, Opt("chains per image, evaluated as one batch of B * particles", ge=1)] = 5,
-    ess_threshold: Annotated[float, Opt("resample when the ESS falls below this fraction of particles", ge=0, le=1)] = 0.5,
-    resampling: Annotated[str, Opt("how ancestors are drawn", choices=RESAMPLING)] = "systematic",
+    particles: ParticlesOpt = 5,
+    ess_threshold: EssOpt = 0.5,
+    resampling: ResamplingOpt = "systematic",
     twist_scale: Annotated[float, Opt("the twist's width: the std of a pixel given the image's kind (see the module doc)", gt=0)] = 0.4,
     generator: RNG = None,
     grid: str = "uniform",
@@ -380,13 +397,9 @@ def impute_twisted(
         score, log_h, grad = _twist(sde, score_fn, x, t, y, known_p, twist_scale)
         assert grad is not None
         log_w = log_w + (pending + log_h.double()).reshape(b, p)
-        low = effective_sample_size(log_w) < ess_threshold * p
-        if bool(low.any()):
-            idx = resample_indices(log_w, resampling, generator)
-            keep = torch.arange(p, device=y.device).expand(b, p)
-            flat = (torch.where(low[:, None], idx, keep) + offsets).reshape(-1)
+        flat, log_w = resample_low(log_w, ess_threshold, resampling, generator, offsets)
+        if flat is not None:
             x, score, grad, log_h = x[flat], score[flat], grad[flat], log_h[flat]
-            log_w = torch.where(low[:, None], torch.zeros_like(log_w), log_w)
         with torch.no_grad():
             mean, std = ancestral_kernel(sde, x, t, s, score)
             std_b = append_dims(std, nd)
@@ -430,9 +443,7 @@ METHODS: dict[str, MethodSpec] = {
 
 def check_method(method: str) -> MethodSpec:
     """The METHODS entry ``method``; OptionError listing the methods otherwise."""
-    if method not in METHODS:
-        raise OptionError(f"unknown imputation method {method!r}; use auto or one of {', '.join(METHODS)}")
-    return METHODS[method]
+    return registry_entry(METHODS, method, "imputation method", also="auto or ")
 
 
 def method_options(method: str) -> dict[str, Any]:

@@ -15,13 +15,13 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from diffusers_cli.engine.choices import Probe, names
 from diffusers_cli.engine.ode import dopri5
 from diffusers_cli.engine.samplers import probability_flow
 from diffusers_cli.engine.score import ScoreFn
 from diffusers_cli.engine.sde import SDE
 
-Probe = Literal["rademacher", "gaussian", "exact"]
-PROBES: tuple[str, ...] = ("rademacher", "gaussian", "exact")
+PROBES: tuple[str, ...] = names(Probe)
 DataRange = Literal["[-1,1]", "[0,1]"]
 #: Width of the data interval of each range: the Jacobian of [0, 1] -> range is width^D.
 DATA_RANGES: dict[str, float] = {"[-1,1]": 2.0, "[0,1]": 1.0}

@@ -55,3 +55,12 @@ def classifier_loss(
 def eps_loss(model: ScoreModel, x0: Tensor, generator: torch.Generator | None = None, class_labels: Tensor | None = None) -> Tensor:
     """DDPM's simple loss ||eps_hat - eps||^2: DSM with lambda(t) = std(t)^2 on the SDE's training times."""
     return dsm_loss(model, x0, generator, "eps", class_labels)
+
+
+def __getattr__(name: str) -> tuple[str, ...]:
+    """``WEIGHTINGS``, the names that lived here before the weightings became a registry: read from it."""
+    if name == "WEIGHTINGS":  # code written before the refold imports it from here
+        from diffusers_cli.engine.weightings import WEIGHTINGS
+
+        return tuple(WEIGHTINGS)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -164,3 +164,10 @@ def mask_from_image(image: Tensor, like: Tensor | None = None, threshold: float 
 def mask_to_image(known: Tensor) -> Tensor:
     """A mask image [B, 1, H, W] in {0, 1} (white = fill) from an engine mask, for saving as PNG."""
     return known_from_fill(known)  # the flip is its own inverse
+
+
+def __getattr__(name: str) -> tuple[str, ...]:
+    """``MASK_KINDS``, the mask names as this module gave them before MASKS became a registry: read from it."""
+    if name == "MASK_KINDS":  # code written before the refold imports it
+        return tuple(MASKS)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

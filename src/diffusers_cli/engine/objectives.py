@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 from diffusers_cli.engine.losses import classifier_loss, dsm_loss
 from diffusers_cli.engine.weightings import DEFAULT_WEIGHTING
+from diffusers_cli.engine.choices import TimeSampling, names
 from diffusers_cli.engine.score import ScoreModel
 from diffusers_cli.engine.sde import SDE
 
@@ -24,7 +25,7 @@ from diffusers_cli.engine.sde import SDE
 Batch = dict[str, Tensor]
 #: Accuracy of a classifier is logged per noise level in these bins of t.
 T_BINS = (0.0, 0.25, 0.5, 0.75, 1.0001)
-TIME_SAMPLINGS = ("lognormal", "uniform", "importance")
+TIME_SAMPLINGS = names(TimeSampling)
 
 
 def lognormal_importance_weights(sde: SDE, t: Tensor, p_mean: float, p_std: float, widen: float) -> Tensor:

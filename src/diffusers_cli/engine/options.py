@@ -17,7 +17,7 @@ import math
 import typing
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal, get_args, get_origin
+from typing import Any, Literal, TypeVar, get_args, get_origin
 
 from diffusers_cli.support.errors import UsageError
 
@@ -153,3 +153,14 @@ def validate_options(fn: Callable[..., Any], options: Mapping[str, Any], owner: 
         listed = ", ".join(f"{k} (default {_show(s.default)})" for k, s in specs.items()) or "none"
         raise OptionError(f"{owner} has no option {unknown[0]!r}; its options are: {listed}")
     return {k: coerce(specs[k], v, owner) for k, v in options.items()}
+
+
+V = TypeVar("V")
+
+
+def registry_entry(registry: Mapping[str, V], name: str, what: str, *, error: type[Exception] = OptionError,
+                   also: str = "", after: str = "") -> V:
+    """``registry[name]``, or ``error`` "unknown <what> 'name'; use <also>one of <names><after>" naming every entry."""
+    if name not in registry:
+        raise error(f"unknown {what} {name!r}; use {also}one of {', '.join(registry)}{after}")
+    return registry[name]

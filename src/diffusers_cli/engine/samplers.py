@@ -24,7 +24,7 @@ from torch import Tensor
 
 from diffusers_cli.engine.grids import check_grid, check_times, time_grid
 from diffusers_cli.engine.ode import OdeStats, dopri5
-from diffusers_cli.engine.options import Opt, OptionError, OptionSpec, option_specs, validate_options
+from diffusers_cli.engine.options import Opt, OptionError, OptionSpec, option_specs, registry_entry, validate_options
 from diffusers_cli.engine.rng import RNG
 from diffusers_cli.engine.score import ScoreFn
 from diffusers_cli.engine.sde import SDE
@@ -581,9 +581,7 @@ SAMPLERS: dict[str, SamplerSpec] = {
 
 def check_sampler(name: str) -> SamplerSpec:
     """The SAMPLERS entry ``name``; OptionError listing the samplers otherwise."""
-    if name not in SAMPLERS:
-        raise OptionError(f"unknown sampler {name!r}; use one of {', '.join(SAMPLERS)} (`diffuse samplers` lists their options)")
-    return SAMPLERS[name]
+    return registry_entry(SAMPLERS, name, "sampler", after=" (`diffuse samplers` lists their options)")
 
 
 def sampler_options(name: str) -> dict[str, Any]:

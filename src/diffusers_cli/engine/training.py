@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from diffusers_cli.engine.choices import EmaProfile, LrDecay, listed, names
 from diffusers_cli.engine.objectives import Objective
 
 
@@ -48,8 +49,8 @@ class EMA:
         profile: str = "exponential",  # or "power"
         sigma_rel: float = 0.10,  # the power profile's relative width
     ) -> None:
-        if profile not in ("exponential", "power"):
-            raise ValueError(f"unknown EMA profile {profile!r}; use exponential or power")
+        if profile not in names(EmaProfile):
+            raise ValueError(f"unknown EMA profile {profile!r}; use {listed(EmaProfile)}")
         self.module = copy.deepcopy(module).eval().requires_grad_(False)
         self.decay = decay
         self.warmup = warmup
@@ -92,7 +93,7 @@ def warmup_lr(step: int, base_lr: float, warmup: int, decay: str = "none", total
         return lr * 0.5 * (1.0 + math.cos(math.pi * frac))
     if decay == "linear":
         return lr * (1.0 - frac)
-    raise ValueError(f"unknown learning-rate decay {decay!r}; use none, cosine or linear")
+    raise ValueError(f"unknown learning-rate decay {decay!r}; use {listed(LrDecay)}")
 
 
 def batch_indices(num_examples: int, batch_size: int, seed: int, step: int) -> Tensor:

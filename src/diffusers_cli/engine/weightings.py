@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
+from diffusers_cli.engine.options import registry_entry  # torch-free, as this module must stay
+
 if TYPE_CHECKING:
     from torch import Tensor
 
@@ -73,6 +75,4 @@ WEIGHTINGS: dict[str, Weighting] = {
 
 def check_weighting(name: str) -> Weighting:
     """The weighting called ``name``; ValueError naming the known ones otherwise."""
-    if name not in WEIGHTINGS:
-        raise ValueError(f"unknown loss weighting {name!r}; use one of {', '.join(WEIGHTINGS)}")
-    return WEIGHTINGS[name]
+    return registry_entry(WEIGHTINGS, name, "loss weighting", error=ValueError)

@@ -52,12 +52,14 @@ from diffusers_cli.run.layout import (
     BEST_NAME,
     CONFIG_NAME,
     EVAL_REFERENCE_NAME,
+    FINAL_SAMPLES_NAME,
     LOSS_PLOT_NAME,
     METRICS_NAME,
     SAMPLES_DIR,
     MetricsLog,
     new_run_name,
     run_dir_inside,
+    step_grid_name,
 )
 from diffusers_cli.support.image_grids import make_grid, save_grid
 from diffusers_cli.run.plots import loss_figure, save_figure
@@ -433,7 +435,7 @@ class _Run:
         """A grid of EMA samples in samples/ (or at ``path``)."""
         if self.world.is_main and self.cfg.task == "score":
             images = _preview(self.ema.module, self.cfg, self.card(step), self.sde, self.device, self.run_dir)
-            save_grid(images, path or self.run_dir / SAMPLES_DIR / f"step_{step:07d}.png")
+            save_grid(images, path or self.run_dir / SAMPLES_DIR / step_grid_name(step))
             if self.tb is not None:
                 self.tb.grid(step, make_grid(images))
 
@@ -545,7 +547,7 @@ def _train_held(cfg: TrainConfig, init: Any, run_dir: Path, dataset: Any, info: 
     reporter.finish()
     run.checkpoint(res.step)
     if not res.interrupted and res.step > start:
-        run.preview(res.step, run_dir / "samples.png")
+        run.preview(res.step, run_dir / FINAL_SAMPLES_NAME)
     if tb is not None:
         tb.close()
     extra: dict[str, Any] = {"epochs": round(res.step / steps_per_epoch, 4), "total_steps": steps, **run.extra,

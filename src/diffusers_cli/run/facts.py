@@ -21,11 +21,11 @@ from typing import Any
 from diffusers_cli.checkpoints.card import ModelCard
 from diffusers_cli.checkpoints.weights import WEIGHTS_NAME, read_card
 from diffusers_cli.config.schema import TrainConfig, dump_config
-from diffusers_cli.run.layout import BEST_NAME, CONFIG_NAME, GRIDS_NAME, METRICS_NAME, REPORT_NAME, SAMPLES_DIR
+from diffusers_cli.run.layout import (BEST_NAME, CONFIG_NAME, FINAL_SAMPLES_NAME, GRIDS_NAME, METRICS_NAME, REPORT_NAME,
+                                      SAMPLES_DIR, STEP_GRIDS)
 from diffusers_cli.run.reader import RunFileError, RunFiles, shown
 from diffusers_cli.support.errors import UsageError
 
-FINAL_SAMPLES = "samples.png"
 #: Columns of the tuned-grids table, in this order when present; other keys follow as found.
 GRID_COLUMNS = ("sampler", "steps", "options", "objective", "cost", "date", "weights_sha256", "times")
 
@@ -112,15 +112,15 @@ def _samples(files: RunFiles) -> tuple[list[tuple[int | None, str]], list[tuple[
     is read; and what was left out (a samples folder that leads out of the run) as (message, the page's line)."""
     found: list[tuple[int | None, str]] = []
     try:
-        names = files.names(SAMPLES_DIR, "step_*.png")
+        names = files.names(SAMPLES_DIR, STEP_GRIDS)
     except RunFileError as err:
         return [], [(str(err), f"{SAMPLES_DIR}/ was left out: {err.reason}.")]
     for name in names:
         digits = Path(name).stem.split("_", 1)[1]
         if digits.isascii() and digits.isdigit():  # int() would take "+1", " 1" and other scripts' digits too
             found.append((int(digits), name))
-    if os.path.lexists(files.root / FINAL_SAMPLES):
-        found.append((None, FINAL_SAMPLES))
+    if os.path.lexists(files.root / FINAL_SAMPLES_NAME):
+        found.append((None, FINAL_SAMPLES_NAME))
     return found, []
 
 

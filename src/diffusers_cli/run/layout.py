@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -29,9 +30,25 @@ SNAPSHOT_SCORES_NAME = "snapshot_scores.json"
 SNAPSHOT_PLOT_NAME = "snapshot_metrics.png"
 
 
+#: The preview grid at the end of training, in the run's own folder.
+FINAL_SAMPLES_NAME = "samples.png"
+#: Preview grids during training (``--sample-every``), one per step in SAMPLES_DIR: ``step_grid_name`` and its glob.
+STEP_GRIDS = "step_*.png"
+
+
+def step_grid_name(step: int) -> str:
+    """The file name of the preview grid of ``step`` in SAMPLES_DIR (zero-padded, so names sort by step)."""
+    return f"step_{step:07d}.png"
+
+
 def snapshot_name(step: int) -> str:
     """The file name of the snapshot of ``step`` (zero-padded, so names sort by step)."""
     return f"snapshot_{step:07d}.safetensors"
+
+
+#: The file names ``snapshot_name`` writes (ASCII digits: \d would take other scripts' digits too), and their glob.
+SNAPSHOT_FILE = re.compile(r"snapshot_([0-9]+)\.safetensors")
+SNAPSHOTS = "snapshot_*.safetensors"
 
 
 def _number(value: Any) -> bool:

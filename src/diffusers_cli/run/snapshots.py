@@ -9,19 +9,17 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from diffusers_cli.checkpoints.card import ModelCard
-from diffusers_cli.run.layout import SNAPSHOT_SCORES_NAME, SNAPSHOTS_DIR, snapshot_name
+from diffusers_cli.run.layout import SNAPSHOT_FILE, SNAPSHOT_SCORES_NAME, SNAPSHOTS, SNAPSHOTS_DIR, snapshot_name
 from diffusers_cli.run.reader import RunFiles
 from diffusers_cli.support.files import write_text_atomic
 
 if TYPE_CHECKING:  # the report and the listings read snapshots without torch
     from torch import Tensor, nn
 
-_NAME = re.compile(r"snapshot_([0-9]+)\.safetensors")  # ASCII digits: \d would take other scripts' digits too
 #: The most bytes snapshot_scores.json may have: a table of figures per snapshot, far below this.
 SCORES_LIMIT = 2**24
 
@@ -34,8 +32,8 @@ def list_snapshots(run_dir: Path) -> dict[int, Path]:
     """
     files = RunFiles.of(run_dir)
     found: dict[int, Path] = {}
-    for name in files.names(SNAPSHOTS_DIR, "snapshot_*.safetensors"):
-        m = _NAME.fullmatch(Path(name).name)
+    for name in files.names(SNAPSHOTS_DIR, SNAPSHOTS):
+        m = SNAPSHOT_FILE.fullmatch(Path(name).name)
         if m and files.file(name) is not None:
             found[int(m.group(1))] = Path(run_dir) / name
     return dict(sorted(found.items()))
