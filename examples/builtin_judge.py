@@ -1,6 +1,6 @@
 """The recipe of `builtin:mnist-judge`: an independent MNIST judge, trained on 8,000 real digits, measured on 2,000 more.
 
-    python examples/builtin_judge.py [--data-dir ../shared/data/mnist] [--steps 1500] [--threads 2]
+    python examples/builtin_judge.py [--data-dir DIR] [--steps 1500] [--threads 2]   # DIR: MNIST's IDX files (data/mnist)
 
 Trains ``engine.networks.judge.Judge`` (ten digits + "none of them") on the first 8,000 digits of MNIST's test split
 (the only MNIST this project holds), with the benchmarks' augmentations (small warps, mild noise) and negatives
@@ -97,7 +97,7 @@ def main() -> None:
         "description": "independent judge of clean MNIST digits (plain CNN, ten digits + 'none of them'): the lessons' "
                        "and benchmarks' reader of samples, never the model that steered them",
         "recipe": f"python examples/builtin_judge.py --steps {args.steps} --seed {args.seed} --threads {args.threads}",
-        "data": f"the first {TRAIN:,} digits of the MNIST test split (../shared/data/mnist); "
+        "data": f"the first {TRAIN:,} digits of the MNIST test split (data/mnist, as --download fetches it); "
                 f"the last {len(x) - TRAIN:,} held out to measure it",
         "commit": at, "dtype": "fp16", "parameters": sum(p.numel() for p in judge.parameters()),
         "train_seconds": round(seconds, 1), "train_threads": args.threads, "cpu": cpu_name(),

@@ -12,7 +12,7 @@ measures the packed file itself, as users get it: the judge's recognised share a
 samples (benchmarks/shapes_quality.py's measure; for a classifier, of builtin:mnist guided by it), and
 bits/dim by `diffuse evaluate --metrics bpd`. The figures go into the card, which `diffuse models` shows.
 
-MNIST models train on the real MNIST *test* split (../shared/data/mnist, 10,000 digits): that is all the
+MNIST models train on the real MNIST *test* split (10,000 digits; the IDX files `--download` fetches): that is all the
 data the project has offline, and each card says so. The judge (benchmarks/shapes_judge.py) is trained on
 9,000 of the same digits, so its figures say how legible samples are, not how well a model generalises.
 """
@@ -115,10 +115,19 @@ def commit() -> str:
     return head + ("+changes" if dirty else "")
 
 
+#: Where a user's copy of MNIST lies (`--download` fetches it there): cards name it, not this machine's path.
+USER_MNIST = "data/mnist"
+
+
+def as_user_runs(args: list[str]) -> list[str]:
+    """A recipe's arguments as a user runs them: MNIST from data/mnist, fetched by --download (the same IDX files)."""
+    return [a for arg in args for a in ([USER_MNIST, "--download"] if arg == str(MNIST) else [arg])]
+
+
 def data_line(card_dataset: str, train_args: list[str]) -> str:
     """What the model was trained on, in words."""
     if card_dataset == "mnist":
-        return "the MNIST test split (10,000 digits, ../shared/data/mnist)"
+        return f"the MNIST test split (10,000 digits; --download fetches it into {USER_MNIST})"
     return f"{card_dataset} generated in-process (seed 0)"
 
 
@@ -201,7 +210,7 @@ def pack(name: str, work: Path) -> Path:
     trained = json.loads((work / name / "recipe.json").read_text())
     info: dict[str, Any] = {
         "description": recipe.description,
-        "recipe": "diffuse train " + " ".join(recipe.train) + f"  (examples/builtin_models.py, recipe {name!r})",
+        "recipe": "diffuse train " + " ".join(as_user_runs(recipe.train)) + f"  (examples/builtin_models.py, recipe {name!r})",
         "train_seconds": trained["seconds"], "train_threads": trained["threads"], "cpu": cpu_name(),
         "data": data_line(card.dataset, recipe.train), "commit": trained["commit"], "dtype": "fp16",
         "goes_with": f"builtin:{recipe.goes_with}" if recipe.goes_with else None,
