@@ -149,3 +149,14 @@ def test_condition_steers_the_conditional_score_with_guidance(tmp_path: Path) ->
     assert torch.allclose(plain, dc.sample(mnist, 4, label=7, guidance=1, sampler="ei", steps=6, seed=0), atol=1e-5)
     result = invoke("condition", "--model", "builtin:mnist", "--class", "7", "--guidance", "1", "-n", "1")
     assert result.exit_code == 2 and "without --classifier, --scale alone" in result.stderr
+
+
+def test_what_a_user_reads_names_no_path_outside_the_repository() -> None:
+    # The cards (diffuse models), the README and the lessons: a user has data/mnist (--download), not our ../shared.
+    res = CliRunner().invoke(app, ["models", "--json"])
+    assert res.exit_code == 0
+    repo = Path(__file__).resolve().parents[1]
+    texts = {"diffuse models --json": res.stdout, "README.md": (repo / "README.md").read_text(encoding="utf-8")}
+    texts.update({p.name: p.read_text(encoding="utf-8") for p in (repo / "examples" / "notebooks").glob("*.ipynb")})
+    for name, text in texts.items():
+        assert "shared/data" not in text and str(repo.parent) + "/" not in text, name
