@@ -59,3 +59,12 @@ def test_upscale_below_one_exits_2_with_one_line(tiny_run: Path, tmp_path: Path)
     assert res.exit_code == 2
     assert res.stderr == "diffuse: error: invalid config: upscale: Input should be greater than 0 (got 0)\n"
     assert not (tmp_path / "x.png").exists()
+
+
+def test_condition_upscale(tmp_path: Path) -> None:
+    common = ["condition", "--model", "builtin:shapes", "--classifier", "builtin:shapes-classifier", "--class", "ring",
+              "--scale", 2, "--sampler", "ddim", "--steps", 3, "-n", 4, "--seed", 1, "--device", "cpu"]
+    _run(*common, "--out", tmp_path / "a.png")
+    _run(*common, "--out", tmp_path / "b.png", "--upscale", 4)
+    small, big = _pixels(tmp_path / "a.png"), _pixels(tmp_path / "b.png")
+    assert big.shape[:2] == (4 * small.shape[0], 4 * small.shape[1]) and np.array_equal(big, _blocks(small, 4))
