@@ -322,7 +322,8 @@ def test_shipped_grids_fit_their_models_and_a_kept_one_never_lost_to_the_judge(t
     # The shipped models are class-conditional; their grids are tuned at the default guidance scale and used only there.
     assert {e["guidance"] for e in entries} == {DEFAULT_GUIDANCE}
     for steps, grid, more in ((kept[0], "tuned", []), (max(e["steps"] for e in entries) + 1, "logsnr", []),
-                              (kept[0], "logsnr", ["--guidance", str(DEFAULT_GUIDANCE + 1)])):
+                              (kept[0], "logsnr", ["--guidance", str(DEFAULT_GUIDANCE + 1)]),
+                              (kept[0], "logsnr", ["--no-denoise"]), (kept[0], "logsnr", ["--eps", "0.002"])):
         res = runner.invoke(app, ["sample", "--model", "builtin:shapes", "--steps", str(steps), "-n", "2",
                                   "--out", str(tmp_path / f"{steps}.png"), "--json", *more])
         assert res.exit_code == 0, res.output

@@ -149,7 +149,8 @@ def tuned_times(sampler: "SamplerConfig", model_path: Path, net: nn.Module, grid
     ``--grid tuned``: this model's tuned grid, or a UsageError saying how to make one. No ``--grid``:
     the tuned grid when one exists for this sampler, step count and options, it beat the default
     grid on held-out noise (``kept``; the shipped models carry theirs), and it was tuned at the
-    classifier-free ``guidance`` scale the job samples at (None: none); otherwise the sampler's default.
+    classifier-free ``guidance`` scale, eps and final step the job samples with (None: none);
+    otherwise the sampler's default.
     An explicitly named grid is always used as named.
     """
     if sampler.grid == TUNED:
@@ -159,8 +160,10 @@ def tuned_times(sampler: "SamplerConfig", model_path: Path, net: nn.Module, grid
     found = lookup(model_path, net, sampler.name, sampler.steps, dict(sampler.options), grids)
     if found is None or found.get("kept") is not True:  # grids from before the held-out check: --grid tuned only
         return None
-    # Another guidance scale is another score field, where the grid was never compared with the default.
-    if found.get("guidance") != guidance:
+    # Another guidance scale is another score field, where the grid was never compared with the default; another
+    # eps or final step is another sampler (the grid's last time, what the last step does), never compared either.
+    if (found.get("guidance") != guidance or found.get("eps") != sampler.eps
+            or found.get("final_denoise", True) != sampler.final_denoise):
         return None
     return torch.tensor(found["times"], dtype=torch.float64)
 
