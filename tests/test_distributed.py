@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 import torch
 
+from test_scale import MICRO_TOL
 from typer.testing import CliRunner
 
 from diffusers_cli.checkpoints.weights import load_weights
@@ -49,6 +50,14 @@ def test_two_processes_equal_one_and_resume_with_one(tmp_path: Path) -> None:
     assert m1["step"] == m2["step"] == 4
     worst = max((w1[k] - w2[k]).abs().max().item() for k in w1)
     assert worst < 1e-5, worst  # same data, noise and flips per example; only the reduction order differs
+    # Micro-batches under torchrun: each rank runs its 4 examples in chunks of 2, and the weights are still one pass's
+    # (the same tolerance as one process's micro-batches, tests/test_scale.py: only the order of float sums differs).
+    micro = run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                 "-m", "diffusers_cli", *ARGS, "--steps", "4", "--out", str(tmp_path), "--name", "two-micro",
+                 "--micro-batch", "2"])
+    assert micro.returncode == 0, micro.stderr
+    wm, _ = load_weights(tmp_path / "two-micro" / "model.safetensors")
+    assert max((w1[k] - wm[k]).abs().max().item() for k in w1) < MICRO_TOL
     # The agreement is meaningful: two more training steps move the weights far more than the 1-vs-2 gap.
     short = invoke(*ARGS, "--steps", "2", "--out", tmp_path, "--name", "short")
     assert short.exit_code == 0, short.stderr
