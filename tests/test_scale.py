@@ -297,3 +297,27 @@ def test_sampling_out_of_memory_is_one_line(tiny_run: Path, tmp_path: Path) -> N
                         r"draw fewer images at once with a smaller --batch-size", last), res.stderr
     assert [ln for ln in res.stderr.splitlines() if ln.startswith("diffuse:")] == [last]
     assert not (tmp_path / "x.png").exists()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="RLIMIT_AS and /proc/self/status are Linux's")
+@pytest.mark.parametrize("command", ["condition", "impute"])
+def test_conditioning_and_imputation_out_of_memory_is_one_line(tiny_run: Path, tiny_classifier: Path, tmp_path: Path,
+                                                               command: str) -> None:
+    from PIL import Image
+
+    if command == "condition":
+        args = ["condition", "--model", str(tiny_run), "--classifier", str(tiny_classifier), "--class", "0",
+                "-n", "400000", "--batch-size", "400000", "--sampler", "ddim", "--steps", "1"]
+        fix = r"draw fewer images at once with a smaller --batch-size"
+    else:
+        Image.new("RGB", (8, 8), (200, 10, 10)).save(tmp_path / "img.png")
+        args = ["impute", "img.png", "--mask", "half", "--model", str(tiny_run), "-n", "400000",
+                "--method", "replacement", "--sampler", "ddim", "--steps", "1"]
+        fix = r"fill fewer candidates at once with a smaller -n or --particles"
+    res = _limited(tmp_path, 200, *args, "--device", "cpu", "--out", str(tmp_path / "x.png"))
+    assert res.returncode == 1, res.stderr
+    last = res.stderr.splitlines()[-1]
+    assert re.fullmatch(rf"diffuse: error: out of memory: the CPU's memory ran out( trying to allocate [\d.]+ (MiB|GiB))?; {fix}",
+                        last), res.stderr
+    assert [ln for ln in res.stderr.splitlines() if ln.startswith("diffuse:")] == [last]
+    assert not (tmp_path / "x.png").exists()
