@@ -12,8 +12,8 @@ nbformat = pytest.importorskip("nbformat", reason="the notebooks extra is not in
 nbclient = pytest.importorskip("nbclient", reason="the notebooks extra is not installed: pip install -e '.[notebooks]'")
 
 NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "examples" / "notebooks").glob("*.ipynb"))
-#: What a lesson may import from this package: the Python face and the engine (DESIGN.md, "The Python face"), and,
-#: until the face exports it as ``dc.judge``, the independent judge's reader.
+#: What a lesson may import from this package: the Python face (``dc.judge`` included) and the engine (DESIGN.md,
+#: "The Python face").
 ALLOWED = ("diffusers_cli", "diffusers_cli.engine")
 
 
