@@ -413,6 +413,11 @@ def test_kid_on_folders_and_its_reference_features(weights: Path, folders: tuple
     values = [mmd(fa[rng.choice(4, 2, replace=False)], fb[rng.choice(3, 2, replace=False)]) for _ in range(7)]
     assert (pairs["kid"]["subsets"], pairs["kid"]["subset_size"]) == (7, 2)
     assert pairs["kid"]["mean"] == pytest.approx(np.mean(values), rel=1e-6) and pairs["kid"]["std"] == pytest.approx(np.std(values), rel=1e-6)
+    # The same options by name (--metric-option, any MetricOptions field), winning over their flags: the same figures.
+    named = ok_json(invoke("--images", a, "--reference", stats, "--metrics", "kid", "--metric-option", "allow_few=true",
+                           "--inception-weights", weights, "--kid-subsets", 50, "--metric-option", "kid_subset_size=2",
+                           "--metric-option", "kid_subsets=7", "--json"))
+    assert named["kid"] == pairs["kid"]
     # A pytorch-fid statistics file (mu and sigma only) cannot: one line says what to pass instead.
     plain = tmp_path / "plain.npz"
     np.savez(plain, mu=fb.mean(axis=0), sigma=np.cov(fb, rowvar=False))

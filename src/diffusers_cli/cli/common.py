@@ -196,6 +196,11 @@ def sampler_overrides(
                            {**named, **_pairs(options, "-o", "corrector=true")}, section)
 
 
+def metric_option_pairs(items: list[str] | None) -> dict[str, Any]:
+    """``--metric-option KEY=VALUE`` pairs (engine.metrics' MetricOptions by name)."""
+    return _pairs(items, "--metric-option", "kid_subsets=50")
+
+
 def option_pairs(items: list[str] | None) -> dict[str, Any]:
     """``-o KEY=VALUE`` pairs (for commands whose options are not a sampler's, e.g. an imputation method's)."""
     return _pairs(items, "-o", "particles=32")

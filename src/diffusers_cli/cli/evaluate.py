@@ -10,12 +10,13 @@ import typer
 
 from diffusers_cli.cli.common import (
     AtolOpt, BatchOpt, ConfigOpt, DeviceOpt, EpsOpt, EtaOpt, GridOpt, GridsOpt, JsonOpt, ModelOpt, NoDenoiseOpt, OptionOpt, OrderOpt, RtolOpt,
-    SamplerOpt, SeedOpt, SetOpt, SnrOpt, StepsOpt, emit_json, make_reporter, parse_kv, run_job, sampler_overrides,
+    SamplerOpt, SeedOpt, SetOpt, SnrOpt, StepsOpt, emit_json, make_reporter, metric_option_pairs, parse_kv, run_job,
+    sampler_overrides,
 )
 
 from diffusers_cli.data.spec import Split  # torch-free, as the two below
 from diffusers_cli.engine.choices import Probe, listed
-from diffusers_cli.engine.metrics import METRICS  # the registry alone: no torch, numpy or scipy
+from diffusers_cli.engine.metrics import METRICS, metric_option_specs  # the registry alone: no torch, numpy or scipy
 
 if TYPE_CHECKING:  # the job imports torch; the CLI imports it only when a command runs
     from diffusers_cli.jobs.evaluate import EvaluateResult
@@ -42,6 +43,10 @@ def evaluate_command(
     kid_subsets: Annotated[Optional[int], typer.Option(help="KID: random subsets averaged (default 100); KID's std is over them.")] = None,
     kid_subset_size: Annotated[Optional[int], typer.Option(help="KID: images per subset at most (default 1000).")] = None,
     fid_bootstrap: Annotated[Optional[int], typer.Option(help="FID: bootstrap resamples of the scored images for its std (default 20; 0: none).")] = None,
+    metric_option: Annotated[Optional[list[str]], typer.Option("--metric-option", help=(
+        "A metric option NAME=VALUE, repeatable (wins over its flag above): "
+        + "; ".join(f"{name}={spec.default}: {spec.help}" for name, spec in metric_option_specs().items())
+        + "."))] = None,
     sampler: SamplerOpt = None,
     steps: StepsOpt = None,
     grid: GridOpt = None,
@@ -106,6 +111,7 @@ def evaluate_command(
             "inception_weights": str(inception_weights) if inception_weights else None,
             "allow_few": True if allow_few else None, "is_splits": is_splits, "batch_size": batch_size,
             "kid_subsets": kid_subsets, "kid_subset_size": kid_subset_size, "fid_bootstrap": fid_bootstrap,
+            "metric_options": metric_option_pairs(metric_option) or None,
             "bpd_runs": bpd_runs, "bpd_examples": bpd_examples, "bpd_dataset": bpd_dataset, "bpd_split": bpd_split,
             "bpd_rtol": bpd_rtol, "bpd_atol": bpd_atol, "bpd_probe": bpd_probe,
             "seed": seed, "device": device, "use_ema": False if no_ema else None, "guidance": guidance,

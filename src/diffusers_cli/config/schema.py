@@ -10,6 +10,7 @@ from typing import Annotated, Any, Iterable, Literal, Union
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -27,6 +28,7 @@ from diffusers_cli.config.defaults import DEFAULT_SAMPLER, DEFAULT_STEPS, LogKin
 from diffusers_cli.config.sde import SDE_KINDS, SDEConfig, VPConfig
 from diffusers_cli.data.spec import Split  # torch-free
 from diffusers_cli.engine.choices import EmaProfile, LrDecay, Probe, TimeSampling  # torch-free
+from diffusers_cli.engine.metrics.metric import check_metric_options  # torch-free
 from diffusers_cli.engine.weightings import DEFAULT_WEIGHTING  # torch-free
 from diffusers_cli.support.files import check_run_name
 
@@ -229,6 +231,10 @@ def steps_between(every: str, steps_per_epoch: float) -> int:
     return int(float(every))
 
 
+#: Metric options by name, checked and converted against engine.metrics.MetricOptions' fields (one line if not).
+MetricOptionValues = Annotated[dict[str, Any], AfterValidator(check_metric_options)]
+
+
 class TrainEvalConfig(Strict):
     """Evaluation during training: image metrics of EMA samples against a reference, every N steps or epochs."""
 
@@ -246,6 +252,8 @@ class TrainEvalConfig(Strict):
     kid_subsets: PositiveInt = 100  # as `diffuse evaluate --kid-subsets`
     kid_subset_size: int = Field(1000, ge=2)
     fid_bootstrap: int = Field(20, ge=0)  # resamples for FID's std (0: none)
+    # Any of engine.metrics' MetricOptions by name (the fields above are the long-standing ones); these win.
+    metric_options: MetricOptionValues = Field(default_factory=dict)
 
     def steps_between(self, steps_per_epoch: float) -> int:
         """Training steps between evaluations (0: never)."""
@@ -610,6 +618,7 @@ class EvaluateConfig(ModelSource):
     kid_subsets: PositiveInt = 100                        # KID: random subsets averaged (clean-fid's, torch-fidelity's 100)
     kid_subset_size: int = Field(1000, ge=2)              # KID: images per subset at most
     fid_bootstrap: int = Field(20, ge=0)                  # FID: bootstrap resamples for its std (0: none)
+    metric_options: MetricOptionValues = Field(default_factory=dict)  # any MetricOptions by name (--metric-option); these win
     sampler: SamplerConfig = Field(default_factory=SamplerConfig)
     grids: Path | None = None  # --grid tuned reads this file (None: beside the model, then the user's; tuned_grids)
     guidance: float | None = Field(None, ge=0.0)              # class-conditional models (None: DEFAULT_GUIDANCE)

@@ -147,12 +147,20 @@ def coerce(spec: OptionSpec, value: Any, owner: str) -> Any:
 
 def validate_options(fn: Callable[..., Any], options: Mapping[str, Any], owner: str) -> dict[str, Any]:
     """``options`` checked against ``fn``'s signature and converted to its types; OptionError names the real options."""
-    specs = option_specs(fn)
+    return checked_options(option_specs(fn), options, owner)
+
+
+def checked_options(specs: Mapping[str, OptionSpec], options: Mapping[str, Any], owner: str) -> dict[str, Any]:
+    """``options`` checked against ``specs`` and converted to their types; OptionError names the real options."""
     unknown = sorted(set(options) - set(specs))
     if unknown:
-        listed = ", ".join(f"{k} (default {_show(s.default)})" for k, s in specs.items()) or "none"
-        raise OptionError(f"{owner} has no option {unknown[0]!r}; its options are: {listed}")
+        raise OptionError(f"{owner} has no option {unknown[0]!r}; its options are: {described(specs)}")
     return {k: coerce(specs[k], v, owner) for k, v in options.items()}
+
+
+def described(specs: Mapping[str, OptionSpec]) -> str:
+    """"name (default value), ..." of each option, or "none"."""
+    return ", ".join(f"{k} (default {_show(s.default)})" for k, s in specs.items()) or "none"
 
 
 V = TypeVar("V")

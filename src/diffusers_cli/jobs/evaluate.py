@@ -38,12 +38,12 @@ from diffusers_cli.engine.metrics import (
     InceptionWeights,
     LikelihoodTable,
     Metric,
-    MetricOptions,
     MetricsError,
     ReferenceStatistics,
     check_metrics,
     folder_images,
     image_batches,
+    metric_options,
 )
 from diffusers_cli.engine.score import ScoreModel, make_score_fn
 from diffusers_cli.parts.drawing import guidance_plan
@@ -256,8 +256,7 @@ def _evaluate(cfg: EvaluateConfig, metrics: dict[str, Metric], device: torch.dev
     """One evaluation; ``memo`` carries the Inception network and reference statistics from one snapshot to the next."""
     memo = {} if memo is None else memo
     needs = needs_of(metrics)
-    options = MetricOptions(allow_few=cfg.allow_few, is_splits=cfg.is_splits, kid_subsets=cfg.kid_subsets,
-                            kid_subset_size=cfg.kid_subset_size, fid_bootstrap=cfg.fid_bootstrap, seed=cfg.seed)
+    options = metric_options(cfg, cfg.metric_options, cfg.seed)
     uses_reference = bool(needs & {REFERENCE, REFERENCE_FEATURES})
     generate = IMAGES in needs and cfg.images is None
     lines: list[str] = []

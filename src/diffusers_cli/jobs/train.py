@@ -43,7 +43,7 @@ from diffusers_cli.support.files import atomic_path, write_text_atomic
 from diffusers_cli.support.hardware import fast_math_state, resolve_precision
 from diffusers_cli.support.progress import Reporter, SilentReporter
 from diffusers_cli.run.lock import busy, hold_run
-from diffusers_cli.engine.metrics import MetricOptions, check_metrics
+from diffusers_cli.engine.metrics import check_metrics, metric_options
 from diffusers_cli.support.errors import MachineError, RunFailed, UsageError
 from diffusers_cli.support.memory import SMALLER_STEP, out_of_memory
 from diffusers_cli.parts.drawing import draw, guidance_plan, guided_score_fns
@@ -264,8 +264,7 @@ def _watch(cfg: TrainConfig, run_dir: Path, log: MetricsLog, card: ModelCard, st
         return None
     metrics, keep = checked
     # Few samples are allowed here: figures are compared between evaluations of one run, always of the same count.
-    options = MetricOptions(allow_few=True, kid_subsets=e.kid_subsets, kid_subset_size=e.kid_subset_size,
-                            fid_bootstrap=e.fid_bootstrap, seed=e.seed)
+    options = metric_options(e, e.metric_options, e.seed, allow_few=True)
     request = ReferenceRequest(e.reference, None, cfg.data.data_dir, e.split, e.reference_examples, cfg.data.download, e.batch_size)
     evaluator = prepare_evaluator(metrics, options, request, card, run_dir / EVAL_REFERENCE_NAME, e.samples, e.sampler,
                                   e.batch_size, e.seed, e.inception_weights, cfg.data.download, device, world, reporter)

@@ -23,6 +23,8 @@ from diffusers_cli.engine.metrics.metric import (
     Metric,
     MetricOptions,
     ReferenceStatistics,
+    metric_option_specs,
+    metric_options,
 )
 from diffusers_cli.engine.metrics.registry import METRICS, check_metrics
 
@@ -98,6 +100,8 @@ __all__ = [
     "Metric",
     "MetricOptions",
     "MetricsError",
+    "metric_option_specs",
+    "metric_options",
     "ReferenceStatistics",
     "check_metrics",
     *_HOMES,

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Annotated, Any, NamedTuple, Protocol
 
 from diffusers_cli.engine.metrics.errors import MetricsError
+from diffusers_cli.engine.options import Opt, OptionError, OptionSpec, checked_options, described, option_specs
 
 if TYPE_CHECKING:
     import numpy as np
@@ -29,16 +30,21 @@ LIKELIHOOD = "likelihood"
 NEEDS: tuple[str, ...] = (IMAGES, REFERENCE, REFERENCE_FEATURES, LIKELIHOOD)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class MetricOptions:
-    """The user's settings that metrics read (the rest of the job's configuration is not theirs)."""
+    """The user's settings that metrics read (the rest of the job's configuration is not theirs).
 
-    allow_few: bool = False       # accept too few images for a meaningful figure (to test a pipeline)
-    is_splits: int = 10           # Inception Score splits
-    kid_subsets: int = 100        # KID: random subsets averaged (clean-fid's and torch-fidelity's 100)
-    kid_subset_size: int = 1000   # KID: images per subset at most (theirs: 1000)
-    fid_bootstrap: int = 20       # FID: bootstrap resamples of the scored images for its std; 0 skips it
-    seed: int = 0                 # seeds KID's subsets and FID's bootstrap resamples
+    Each field is one option, written once with its help and range (the samplers' signature rule): the configs'
+    ``metric_options``, `diffuse evaluate --metric-option NAME=VALUE` and its help read them from here
+    (``metric_option_specs``), so a new option is a field here and the metric that reads it.
+    """
+
+    allow_few: Annotated[bool, Opt("accept too few images for a meaningful figure (to test a pipeline)")] = False
+    is_splits: Annotated[int, Opt("Inception Score splits; IS's std is over them", ge=1)] = 10
+    kid_subsets: Annotated[int, Opt("KID: random subsets averaged (clean-fid's and torch-fidelity's 100)", ge=1)] = 100
+    kid_subset_size: Annotated[int, Opt("KID: images per subset at most (theirs: 1000); MMD needs pairs", ge=2)] = 1000
+    fid_bootstrap: Annotated[int, Opt("FID: bootstrap resamples of the scored images for its std; 0 skips it", ge=0)] = 20
+    seed: int = 0  # the job's: seeds KID's subsets and FID's bootstrap resamples
 
     def __post_init__(self) -> None:
         """Refuse settings no metric can use, naming the flag."""
@@ -48,6 +54,28 @@ class MetricOptions:
             raise MetricsError(f"--kid-subset-size must be at least 2 (MMD needs pairs); got {self.kid_subset_size}")
         if self.fid_bootstrap < 0 or self.fid_bootstrap == 1:
             raise MetricsError(f"--fid-bootstrap must be 0 (no std) or at least 2 resamples; got {self.fid_bootstrap}")
+
+
+def metric_option_specs() -> dict[str, OptionSpec]:
+    """The options a user sets (``MetricOptions``' fields but the job's seed), with their types, defaults and help."""
+    return {name: spec for name, spec in option_specs(MetricOptions).items() if name != "seed"}
+
+
+def check_metric_options(values: Mapping[str, Any]) -> dict[str, Any]:
+    """``values`` by option name, converted to the options' types; OptionError naming the real ones or the range."""
+    specs = metric_option_specs()
+    unknown = sorted(set(values) - set(specs))
+    if unknown:
+        why = " (the evaluation's seed is --seed)" if unknown[0] == "seed" else ""
+        raise OptionError(f"no metric option {unknown[0]!r}{why}; the metric options are: {described(specs)}")
+    return checked_options(specs, values, "the metric")
+
+
+def metric_options(settings: Any, extra: Mapping[str, Any], seed: int, **fixed: Any) -> MetricOptions:
+    """The options of a job: the fields of ``settings`` (a config) named like options, then ``extra`` (its
+    ``metric_options``, which win), then ``fixed``; a new option needs no change here or in the jobs."""
+    named = {name: getattr(settings, name) for name in metric_option_specs() if hasattr(settings, name)}
+    return MetricOptions(**{**named, **check_metric_options(extra), **fixed, "seed": seed})
 
 
 class ReferenceStatistics(NamedTuple):
