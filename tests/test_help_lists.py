@@ -76,3 +76,12 @@ def test_samplers_methods_and_grids_are_listed_by_the_command_their_options_poin
     assert all(name in out for name in GRIDS)
     for command, option in (("sample", "--sampler"), ("sample", "--grid"), ("impute", "--method")):
         assert "`diffuse samplers`" in _help(command, option)
+
+
+def test_every_metric_option_is_in_the_help_of_metric_option() -> None:
+    from diffusers_cli.engine.metrics import metric_option_specs
+
+    text = _help("evaluate", "--metric-option")
+    specs = metric_option_specs()
+    assert len(specs) >= 5 and "seed" not in specs
+    assert all(f"{name}={spec.default}:" in text for name, spec in specs.items())
