@@ -473,14 +473,7 @@ def _train_held(cfg: TrainConfig, init: Any, run_dir: Path, dataset: Any, info: 
     start = _resume(run_dir, net, ema, opt, gen, scaler) if cfg.resume else 0
     steps = cfg.total_steps(len(dataset))  # type: ignore[arg-type]
     steps_per_epoch = len(dataset) / cfg.batch_size  # type: ignore[arg-type]
-    log = MetricsLog(run_dir / METRICS_NAME)
-    if world.is_main:
-        (run_dir / SAMPLES_DIR).mkdir(parents=True, exist_ok=True)
-        write_text_atomic(run_dir / CONFIG_NAME, json.dumps(dump_config(cfg), indent=2) + "\n")
-        if cfg.resume:
-            log.truncate_after(start)
-            drop_after(run_dir, start)
-    barrier(world)
+    log = _open_run_dir(cfg, run_dir, start, world)
     tb = TensorBoardLog(run_dir, purge_step=start + 1 if cfg.resume else None) if cfg.log == "tensorboard" and world.is_main else None
     run = _Run(cfg, run_dir, info, net, ema, opt, gen, scaler, sde, device, world, log, steps_per_epoch,
                start if cfg.resume else None, tb)
@@ -489,11 +482,7 @@ def _train_held(cfg: TrainConfig, init: Any, run_dir: Path, dataset: Any, info: 
     eval_every = cfg.eval.steps_between(steps_per_epoch) if run.watch is not None else 0
 
     objective = build.build_objective(cfg, net, sde)
-    forward: nn.Module = objective  # the module the loop calls: DDP and compile wrap it, the objective still draws
-    if world.distributed:
-        forward = DistributedDataParallel(objective, device_ids=[device.index] if device.type == "cuda" else None)
-    if cfg.compile:
-        forward = torch.compile(forward)
+    forward = _wrapped(objective, cfg, device, world)
     share = cfg.batch_size // world.size
     local = slice(world.rank * share, (world.rank + 1) * share)
     batches = _Batches(dataset, cfg.batch_size, cfg.seed, local, num_workers(d.num_workers, dataset, world))
@@ -550,18 +539,47 @@ def _train_held(cfg: TrainConfig, init: Any, run_dir: Path, dataset: Any, info: 
     if tb is not None:
         tb.close()
     extra: dict[str, Any] = {"epochs": round(res.step / steps_per_epoch, 4), "total_steps": steps, **run.extra,
-                             "examples_read": _gathered(batches.read, device, world)}
-    if world.is_main:
-        extra["report"] = str(write_report(run_dir, run.loss_png).path)  # the page `diffuse report RUN` writes, now up to date
-    watch = run.watch
-    if watch is not None and watch.best is not None:
-        extra["best"] = {"metric": watch.best.metric, "value": watch.best.value, "step": watch.best.step,
-                         "weights": str(run_dir / BEST_NAME)}
-    if watch is not None:
-        extra["evaluations"] = watch.evaluations
+                             "examples_read": _gathered(batches.read, device, world), **_finished(run, world)}
     n_params = sum(p.numel() for p in net.parameters())
     return TrainResult(run_dir, start, res.step, time.perf_counter() - t0, res.loss, res.interrupted, n_params, extra,
                        world.is_main)
+
+
+def _open_run_dir(cfg: TrainConfig, run_dir: Path, start: int, world: World) -> MetricsLog:
+    """The run's log, after rank 0 has written the config and, on resume, dropped what came after ``start``."""
+    log = MetricsLog(run_dir / METRICS_NAME)
+    if world.is_main:
+        (run_dir / SAMPLES_DIR).mkdir(parents=True, exist_ok=True)
+        write_text_atomic(run_dir / CONFIG_NAME, json.dumps(dump_config(cfg), indent=2) + "\n")
+        if cfg.resume:  # the steps after the checkpoint are trained again: their records and snapshots go
+            log.truncate_after(start)
+            drop_after(run_dir, start)
+    barrier(world)
+    return log
+
+
+def _wrapped(objective: nn.Module, cfg: TrainConfig, device: torch.device, world: World) -> nn.Module:
+    """The module the loop calls: DDP and compile wrap the objective, which still draws the noise."""
+    forward: nn.Module = objective
+    if world.distributed:
+        forward = DistributedDataParallel(objective, device_ids=[device.index] if device.type == "cuda" else None)
+    if cfg.compile:
+        forward = torch.compile(forward)
+    return forward
+
+
+def _finished(run: "_Run", world: World) -> dict[str, Any]:
+    """The summary's report page (rank 0 writes it, now up to date), best checkpoint and evaluations."""
+    extra: dict[str, Any] = {}
+    if world.is_main:
+        extra["report"] = str(write_report(run.run_dir, run.loss_png).path)  # the page `diffuse report RUN` writes
+    watch = run.watch
+    if watch is not None and watch.best is not None:
+        extra["best"] = {"metric": watch.best.metric, "value": watch.best.value, "step": watch.best.step,
+                         "weights": str(run.run_dir / BEST_NAME)}
+    if watch is not None:
+        extra["evaluations"] = watch.evaluations
+    return extra
 
 
 def _micro_batch(cfg: TrainConfig, objective: nn.Module, opt: torch.optim.Optimizer, dataset: Any, share: int,
