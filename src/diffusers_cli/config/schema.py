@@ -27,7 +27,7 @@ from diffusers_cli.config.base import ConfigError, Strict
 from diffusers_cli.config.defaults import DEFAULT_SAMPLER, DEFAULT_STEPS, LogKind, Precision
 from diffusers_cli.config.sde import SDE_KINDS, SDEConfig, VPConfig
 from diffusers_cli.data.spec import Split  # torch-free
-from diffusers_cli.engine.choices import EmaProfile, LrDecay, Probe, TimeSampling  # torch-free
+from diffusers_cli.engine.choices import EmaProfile, LrDecay, Parameterization, Probe, TimeSampling  # torch-free
 from diffusers_cli.engine.metrics.metric import check_metric_options  # torch-free
 from diffusers_cli.engine.weightings import DEFAULT_WEIGHTING  # torch-free
 from diffusers_cli.support.files import check_run_name
@@ -52,7 +52,7 @@ class NetworkConfig(Strict):
     dropout: float | None = Field(None, ge=0.0, lt=1.0)
     embedding: Literal["fourier", "positional"] | None = None
     fourier_scale: PositiveFloat | None = None
-    parameterization: Literal["edm", "eps", "score", "x0", "v"] = "edm"
+    parameterization: Parameterization = "edm"
 
 
 class ClassifierConfig(Strict):

@@ -1,4 +1,4 @@
-"""The engine's fixed choices (time sampling, learning-rate decay, EMA profile, trace probe), written once.
+"""The engine's fixed choices (time sampling, LR decay, EMA profile, parameterisation, trace probe), written once.
 
 Each is a ``Literal`` the engine checks against, the configs take as a field type and the CLI's help lists with
 ``listed``: importable without torch, so `diffuse train --help` reads them from here.
@@ -14,6 +14,8 @@ TimeSampling = Literal["lognormal", "uniform", "importance"]
 LrDecay = Literal["none", "cosine", "linear"]
 #: The EMA of the weights (engine.training.EMA): a fixed decay, or EDM2's power profile.
 EmaProfile = Literal["exponential", "power"]
+#: What a score network outputs (engine.score): EDM's preconditioned F, the noise, the score, x0 or v.
+Parameterization = Literal["edm", "eps", "score", "x0", "v"]
 #: The likelihood's trace estimator (engine.likelihood): Hutchinson's two, or the exact trace.
 Probe = Literal["rademacher", "gaussian", "exact"]
 

@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Callable, Literal
+from typing import Callable
 
 import torch
 from torch import Tensor, nn
 
+from diffusers_cli.engine.choices import Parameterization, names
 from diffusers_cli.engine.sde import SDE
 from diffusers_cli.engine.utils import append_dims
 
 #: (x [B, C, H, W], t [B]) -> grad_x log p_t(x): what every sampler, guidance and imputation takes.
 ScoreFn = Callable[[Tensor, Tensor], Tensor]
-Parameterization = Literal["edm", "eps", "score", "x0", "v"]
-PARAMETERIZATIONS: tuple[str, ...] = ("edm", "eps", "score", "x0", "v")
+PARAMETERIZATIONS: tuple[str, ...] = names(Parameterization)
 
 #: Assumed data std for input scaling (EDM's sigma_data); images live in [-1, 1].
 SIGMA_DATA = 0.5
