@@ -239,32 +239,6 @@ def grid_sampler(card: Any) -> str:
     return card.recommended.sampler if card.recommended is not None else "ipndm"
 
 
-def judged_gap(x_tuned: torch.Tensor, x_default: torch.Tensor, judge: torch.nn.Module, real: torch.Tensor,
-               resamples: int = 50) -> dict[str, Any]:
-    """The judge's view of two batches drawn from the same noise: recognised shares, judge FDs and the paired SE of each gap."""
-    from shapes_judge import judge_images
-    from shapes_quality import features
-
-    from diffusers_cli.engine.metrics.fid import frechet_distance
-
-    ok_t, ok_d = judge_images(judge, x_tuned)[1].double(), judge_images(judge, x_default)[1].double()
-    f_t, f_d, f_r = features(judge, x_tuned), features(judge, x_default), features(judge, real)
-
-    def fd(a: torch.Tensor) -> float:
-        return frechet_distance(a.mean(0).numpy(), torch.cov(a.T).numpy(), f_r.mean(0).numpy(), torch.cov(f_r.T).numpy())
-
-    gen = torch.Generator().manual_seed(0)
-    gaps = []
-    for _ in range(resamples):  # the same images on both sides of each resample: the SE of the gap, not of each FD
-        idx = torch.randint(0, len(f_t), (len(f_t),), generator=gen)
-        gaps.append(fd(f_t[idx]) - fd(f_d[idx]))
-    n = len(ok_t)
-    return {"n": n, "recognised": round(ok_t.mean().item(), 4), "default_recognised": round(ok_d.mean().item(), 4),
-            "recognised_gap_se": round(float((ok_t - ok_d).std() / n**0.5), 4),
-            "judge_fd": round(fd(f_t), 2), "default_judge_fd": round(fd(f_d), 2),
-            "judge_fd_gap_se": round(float(torch.tensor(gaps).std()), 2)}
-
-
 #: The tuner's settings per model, where not `diffuse tune`'s defaults: MNIST's 28x28 net costs 4x a 16x16 one per
 #: image, so one local-search round and a 32-image held-out check keep its grids to minutes on a CPU.
 GRID_TUNING: dict[str, dict[str, int]] = {"mnist": {"rounds": 1, "holdout": 32}}
@@ -313,6 +287,7 @@ def grid_judge(name: str, work: Path, n: int = 256) -> Any:
     from diffusers_cli.engine.rng import ImageGenerators
     from diffusers_cli.engine.samplers import sample
     from diffusers_cli.models import load_score_model
+    from diffusers_cli.parts.judging import judged_gap
 
     model, card = load_score_model(f"builtin:{name}")
     model.requires_grad_(False)
@@ -335,15 +310,14 @@ def judge_entries(name: str, entries: list[dict[str, Any]], target: Path, work: 
 
     (``grids``' second check; the ``judge`` stage runs it alone on the entries already in the package's grids.json.)
     """
+    from diffusers_cli.parts.judging import lost
     from diffusers_cli.parts.tuned_grids import write_entry
 
     judge_grid = grid_judge(name, work, n)
     for entry in entries:
         if entry["kept"] and "judged" not in entry:
             j = judge_grid(entry["sampler"], entry["steps"], entry["times"])
-            lost = (j["default_recognised"] - j["recognised"] > j["recognised_gap_se"]
-                    or j["judge_fd"] - j["default_judge_fd"] > j["judge_fd_gap_se"])
-            entry = {**entry, "judged": j, "kept": not lost}
+            entry = {**entry, "judged": j, "kept": not lost(j)}
             write_entry(target, entry)
         print(f"builtin:{name} {entry['sampler']} {entry['steps']} steps: kept {entry['kept']} "
               f"{json.dumps(entry.get('judged') or entry.get('held_out'))}", flush=True)

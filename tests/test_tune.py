@@ -328,3 +328,98 @@ def test_shipped_grids_fit_their_models_and_a_kept_one_never_lost_to_the_judge(t
                                   "--out", str(tmp_path / f"{steps}.png"), "--json", *more])
         assert res.exit_code == 0, res.output
         assert json.loads(res.stdout.strip().splitlines()[-1])["grid"] == grid
+
+
+def test_the_judges_rules_keep_a_clear_win_and_call_a_loss_beyond_its_error() -> None:
+    from diffusers_cli.parts.judging import lost, wins
+
+    def gap(share: float, d_share: float, share_se: float, fd: float, d_fd: float, fd_se: float) -> dict:
+        return {"recognised": share, "default_recognised": d_share, "recognised_gap_se": share_se,
+                "judge_fd": fd, "default_judge_fd": d_fd, "judge_fd_gap_se": fd_se}
+
+    fd_win = gap(0.91, 0.90, 0.02, 34.0, 57.7, 3.5)
+    assert wins(fd_win) and not lost(fd_win)
+    # The FD won by 5 SE and one image fewer was recognised, inside the share's SE: a win, nothing lost.
+    assert wins(gap(0.98, 0.984, 0.005, 30.0, 40.0, 2.0)) and not lost(gap(0.98, 0.984, 0.005, 30.0, 40.0, 2.0))
+    assert wins(gap(0.95, 0.90, 0.02, 41.9, 40.0, 2.0))  # the share by 2.5 SE, the FD worse inside its SE
+    assert not wins(gap(0.95, 0.90, 0.02, 42.1, 40.0, 2.0))  # ... but not with the FD worse beyond it
+    assert not wins(gap(0.90, 0.90, 0.02, 38.5, 40.0, 2.0))  # an FD gap inside its SE is no win
+    assert not wins(gap(0.86, 0.90, 0.02, 30.0, 40.0, 2.0))  # a clear FD win with the share lost beyond its SE
+    assert lost(gap(0.86, 0.90, 0.02, 30.0, 40.0, 2.0)) and lost(gap(0.90, 0.90, 0.02, 42.5, 40.0, 2.0))
+
+
+def test_the_judge_has_the_last_word_on_a_grid_the_held_out_check_kept() -> None:
+    """A winner that passes the held-out check is kept or dropped as the judge says, with its figures; a grid the
+    held-out check drops never reaches the judge."""
+    dist = _gaussian()
+    calls: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def judge(verdict: bool):
+        def check(tuned: torch.Tensor, default: torch.Tensor) -> tuple[bool, dict]:
+            calls.append((tuned, default))
+            return verdict, {"n": 7}
+        return check
+
+    kw = dict(objective="path", holdout=64, lattice=12, rounds=1)
+    free = tune(SDE, dist.score_fn(SDE), (16, *SHAPE), "ipndm", 3, generator=torch.Generator().manual_seed(0), **kw)
+    assert free.kept and free.judged is None  # on exact scores the tuned grid wins on held-out noise
+    yes = tune(SDE, dist.score_fn(SDE), (16, *SHAPE), "ipndm", 3, generator=torch.Generator().manual_seed(0),
+               judge=judge(True), **kw)
+    assert yes.kept and yes.judged == {"n": 7} and torch.equal(yes.times, free.times)
+    assert torch.equal(calls[0][0], free.times) and torch.equal(calls[0][1], time_grid(SDE, 3, "logsnr"))
+    no = tune(SDE, dist.score_fn(SDE), (16, *SHAPE), "ipndm", 3, generator=torch.Generator().manual_seed(0),
+              judge=judge(False), **kw)
+    assert not no.kept and no.judged == {"n": 7} and torch.equal(no.times, time_grid(SDE, 3, "logsnr"))
+    mix = GaussianMixture(torch.tensor([-1.0, 1.5], dtype=torch.float64).reshape(2, 1, 1, 1),
+                          torch.tensor([0.05, 0.3], dtype=torch.float64).reshape(2, 1, 1, 1),
+                          torch.tensor([0.3, 0.7], dtype=torch.float64))
+    before = len(calls)
+    over = tune(SDE, mix.score_fn(SDE), (1, 1, 1, 1), "ipndm", 3, generator=torch.Generator().manual_seed(7),
+                objective="path", holdout=256, lattice=40, judge=judge(True))
+    assert not over.kept and over.judged is None and len(calls) == before  # dropped on held-out noise, never judged
+
+
+def _judge_card(path: Path, channels: int, size: int, classes: int) -> Path:
+    from diffusers_cli.checkpoints.card import ModelCard
+    from diffusers_cli.checkpoints.weights import save_model
+    from diffusers_cli.config.sde import VPConfig
+    from diffusers_cli.engine.networks.judge import Judge
+
+    torch.manual_seed(0)
+    net = Judge(in_channels=channels, num_classes=classes + 1, width=8)
+    card = ModelCard(kind="judge", arch="judge", network=dict(net.config), sde=VPConfig(), image_shape=(channels, size, size),
+                     class_names=(*(str(k) for k in range(classes)), "none"), dataset="shapes", step=1, ema_updates=1)
+    save_model(path, {f"ema.{k}": v for k, v in net.state_dict().items()}, card)
+    return path
+
+
+def test_cli_tune_with_a_judge_records_its_verdict_and_refuses_a_judge_of_other_images(tiny_run: Path, tmp_path: Path) -> None:
+    from diffusers_cli.config.schema import SamplerConfig
+    from diffusers_cli.models import load_score_model
+    from diffusers_cli.parts.judging import CHECK_SEED, grid_check, load_judge, real_images, wins
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    judge_file = _judge_card(tmp_path / "judge.safetensors", 3, 8, 5)
+    # No held-out check, so the search's winner goes straight to the judge (a random-weight judge: its FD still differs).
+    res = _tune(run, "--steps", "3", "--judge", str(judge_file), "--judge-batch", "16", "--set", "holdout=0", "--json")
+    assert res.exit_code == 0, res.output
+    entry = json.loads((run / "grids.json").read_text())["grids"][0]
+    judged = entry["judged"]
+    assert judged["n"] == 16 and judged["seed"] == CHECK_SEED and judged["judge"] == str(judge_file)
+    assert entry["kept"] == wins(judged)
+    # The figures are parts.judging's on the same noise: draw both grids again and judge them here.
+    model, card = load_score_model(run)
+    net, _ = load_judge(judge_file)
+    real = real_images("shapes", 8, 3, 16)
+    default = time_grid(model.sde, 3, "logsnr")
+    times = torch.tensor(entry["times"], dtype=torch.float64)
+    if entry["kept"]:
+        kept, again = grid_check(model, card, SamplerConfig(name="ipndm", steps=3), net, real, 16, 0, DEFAULT_GUIDANCE)(times, default)
+        assert kept and again["judge_fd"] == pytest.approx(judged["judge_fd"], rel=1e-3)
+        assert again["default_judge_fd"] == pytest.approx(judged["default_judge_fd"], rel=1e-3)
+    # A judge of 28x28 digits cannot judge 8x8 shapes: one line, exit 2, nothing written.
+    before = (run / "grids.json").read_text()
+    res = _tune(run, "--steps", "4", "--judge", "builtin:mnist-judge")
+    assert res.exit_code == 2 and "judges images [1, 28, 28], the model makes [3, 8, 8]" in res.output
+    assert len(res.output.strip().splitlines()) == 1 and (run / "grids.json").read_text() == before

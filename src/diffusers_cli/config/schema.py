@@ -386,6 +386,12 @@ class TuneConfig(ModelSource):
     guidance: float | None = Field(None, ge=0.0)  # class-conditional models (None: DEFAULT_GUIDANCE)
     grids: Path | None = None  # where to write (None: beside the model, or the user's file; tuned_grids)
     seed: int = 0
+    # A judge of clean images (builtin:NAME or a judge's .safetensors): a winner is kept only if it beats the default
+    # grid in the judge's eyes too (parts.judging.grid_check). None: the objective's held-out check alone.
+    judge: str | None = None
+    judge_batch: PositiveInt = 256  # images each grid is drawn and judged on
+    reference: str | None = None  # the real images the judge FD is taken to: a dataset name (None: the model's dataset)
+    data_dir: Path | None = None  # where the reference dataset's files are
 
     @field_validator("objective")
     @classmethod
