@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from collections.abc import Callable
 from typing import Any
+
+import torch
 
 from diffusers_cli.parts import build
 from diffusers_cli.checkpoints.weights import WEIGHTS_NAME
-from diffusers_cli.checkpoints.card import CheckpointError
+from diffusers_cli.checkpoints.card import CheckpointError, ModelCard
 from diffusers_cli.config.schema import SamplerConfig, TuneConfig
 from diffusers_cli.engine.grid_tuning import GridCheck, evaluation_budget
+from diffusers_cli.engine.score import ScoreModel
 from diffusers_cli.support.errors import UsageError
 from diffusers_cli.parts.drawing import guidance_plan
 from diffusers_cli.parts.evaluation import tune_for
@@ -75,7 +78,8 @@ def tune_grids(cfg: TuneConfig, reporter: Reporter | None = None) -> TuneResult:
     return TuneResult(path, target, entries)
 
 
-def _judge(cfg: TuneConfig, model: Any, card: Any, scale: float | None, device: Any) -> Callable[[SamplerConfig], GridCheck] | None:
+def _judge(cfg: TuneConfig, model: ScoreModel, card: ModelCard, scale: float | None,
+           device: torch.device) -> Callable[[SamplerConfig], GridCheck] | None:
     """``--judge``: the judge and its real images, read once (bad input exits 2 before any tuning), as a check per sampler."""
     if cfg.judge is None:
         return None
