@@ -43,7 +43,7 @@ from diffusers_cli.engine.sde import VPSDE
 
 ROOT = Path(__file__).resolve().parents[1]
 MNIST = ROOT.parent / "shared" / "data" / "mnist"
-NFES = (3, 4, 5, 6, 8)
+NFES = (3, 4, 5, 6, 7, 8)
 #: (label, sampler, options) of our rows in part 1.
 OURS = (("ipndm", "ipndm", {}), ("ei (order 2) = DPM-Solver++(2M)", "ei", {}))
 #: (row suffix, tune() settings): the defaults of `diffuse tune`, and its moments objective with a larger search
@@ -51,7 +51,7 @@ OURS = (("ipndm", "ipndm", {}), ("ei (order 2) = DPM-Solver++(2M)", "ei", {}))
 TUNINGS = (("tuned grid", {}), ("tuned grid, moments objective, lattice 400, rounds 6", {"objective": "moments", "lattice": 400, "rounds": 6}))
 
 
-def analytic(batch: int, tune_batch: int) -> dict[str, Any]:
+def analytic(batch: int, tune_batch: int, nfes: tuple[int, ...] = NFES) -> dict[str, Any]:
     """Part 1: {target: {metric: {row: [error per NFE]}}} plus the tuner's cost per cell."""
     sde = VPSDE(LinearSchedule(0.1, 20.0))
     x_T = sde.prior_sample((batch, 1, 4, 4), torch.Generator().manual_seed(0))
@@ -64,16 +64,16 @@ def analytic(batch: int, tune_batch: int) -> dict[str, Any]:
             metrics["mode err"] = lambda x, d=target.dist, r=ref: mode_error(d, x, r)
         rows: dict[str, dict[str, list[float]]] = {m: {} for m in metrics}
         cost: dict[str, list[dict[str, Any]]] = {}
-        peer = [peer_sample(sde, score_fn, x_T, n, False) for n in NFES]
+        peer = [peer_sample(sde, score_fn, x_T, n, False) for n in nfes]
         for m, fn in metrics.items():
             rows[m]["diffusers DPM++(2M)"] = [fn(x) for x in peer]
         for label, name, opts in OURS:
-            default = [sample(sde, score_fn, x_T.shape, name, n - 1, None, x_init=x_T, **opts) for n in NFES]
+            default = [sample(sde, score_fn, x_T.shape, name, n - 1, None, x_init=x_T, **opts) for n in nfes]
             for m, fn in metrics.items():
                 rows[m][f"{label}, default grid"] = [fn(x) for x in default]
             for suffix, search in TUNINGS[:1] if name != "ipndm" else TUNINGS:
                 tuned, costs = [], []
-                for n in NFES:
+                for n in nfes:
                     res = tune(sde, score_fn, (tune_batch, 1, 4, 4), name, n - 1, generator=torch.Generator().manual_seed(1),
                                **search, **opts)
                     tuned.append(sample(sde, score_fn, x_T.shape, name, n - 1, None, grid=res.times, x_init=x_T, **opts))
@@ -87,7 +87,7 @@ def analytic(batch: int, tune_batch: int) -> dict[str, Any]:
         # third of the budget, and on a tuned grid a real step there is worth more than the denoise.
         label = f"ipndm, NFE steps, no final denoise, {TUNINGS[1][0]}"
         tuned, costs = [], []
-        for n in NFES:
+        for n in nfes:
             res = tune(sde, score_fn, (tune_batch, 1, 4, 4), "ipndm", n, generator=torch.Generator().manual_seed(1),
                        final_denoise=False, **TUNINGS[1][1])
             tuned.append(sample(sde, score_fn, x_T.shape, "ipndm", n, None, grid=res.times, x_init=x_T, final_denoise=False))
@@ -143,10 +143,11 @@ def models(names: list[str], n: int, **search: Any) -> dict[str, Any]:
 
 def print_tables(result: dict[str, Any]) -> None:
     """Markdown tables of both parts."""
+    nfes = result.get("nfes", NFES)
     for target, data in result.get("analytic", {}).items():
         for metric, rows in data["rows"].items():
             print(f"\n#### {target}: {metric} versus NFE\n")
-            print("| | " + " | ".join(str(n) for n in NFES) + " |\n|---|" + "---|" * len(NFES))
+            print("| | " + " | ".join(str(n) for n in nfes) + " |\n|---|" + "---|" * len(nfes))
             peer = rows["diffusers DPM++(2M)"]
             for label, vals in rows.items():
                 print(f"| {label} | " + " | ".join(f"{v:.2e}" for v in vals) + " |")
@@ -178,14 +179,16 @@ def main() -> None:
     ap.add_argument("--objective", choices=("path", "moments"), help="part 2: the tuner's objective (default: its own choice, path)")
     ap.add_argument("--lattice", type=int, default=80, help="part 2: the tuner's lattice budget")
     ap.add_argument("--rounds", type=int, default=3, help="part 2: the tuner's local-search rounds")
+    ap.add_argument("--nfe", default=",".join(map(str, NFES)), help="part 1: the NFE columns, comma-separated")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--json", type=Path, help="also write the figures here")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
-    result: dict[str, Any] = {"cpu": cpu_model(), "threads": args.threads, "torch": torch.__version__}
+    nfes = tuple(int(n) for n in args.nfe.split(","))
+    result: dict[str, Any] = {"cpu": cpu_model(), "threads": args.threads, "torch": torch.__version__, "nfes": nfes}
     if args.part in ("all", "analytic"):
-        result["analytic"] = analytic(args.batch, args.tune_batch)
+        result["analytic"] = analytic(args.batch, args.tune_batch, nfes)
     if args.part in ("all", "models"):
         result["models"] = models(args.models.split(","), args.n, objective=args.objective, lattice=args.lattice, rounds=args.rounds)
     print(f"# Tuned grids ({result['cpu']}, {args.threads} thread(s), {time.perf_counter() - t0:.0f} s)")
