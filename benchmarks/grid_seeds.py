@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "examples"))
 
 import diffusers_cli as dc  # noqa: E402
-from builtin_models import GRID_TUNING, MNIST, grid_judge  # noqa: E402
+from builtin_models import GRID_TUNING, grid_gate, grid_judge  # noqa: E402
 
 
 def searched(model: str, seed: int, steps: list[int], sampler: str, out: Path, reuse: Path | None) -> list[dict[str, Any]]:
@@ -54,27 +54,6 @@ def searched(model: str, seed: int, steps: list[int], sampler: str, out: Path, r
                    **GRID_TUNING.get(model, {}))
 
 
-def gate(model: str, check_judge: str | None, work: Path) -> Any:
-    """(sampler, steps, seed) -> the check `diffuse tune --judge` makes, with the evaluating judge or ``check_judge``."""
-    from shapes_judge import cached_judge
-
-    from diffusers_cli.config.defaults import DEFAULT_GUIDANCE
-    from diffusers_cli.config.schema import SamplerConfig
-    from diffusers_cli.models import load_score_model
-    from diffusers_cli.parts.judging import grid_check, load_judge, real_images
-
-    net, card = load_score_model(f"builtin:{model}")
-    net.requires_grad_(False)
-    if check_judge is None:
-        judge, _, _ = cached_judge(card.image_hw[0], work / f"judge-{card.dataset}-{card.image_hw[0]}.safetensors",
-                                   card.dataset, MNIST)
-    else:
-        judge, _ = load_judge(check_judge)
-    real = real_images(card.dataset, card.image_hw[0], card.channels, 256, MNIST if card.dataset == "mnist" else None)
-    return lambda sampler, steps, seed: grid_check(net, card, SamplerConfig(name=sampler, steps=steps), judge, real,
-                                                   256, seed, DEFAULT_GUIDANCE)
-
-
 def main() -> None:
     """Search (or reuse) at each seed and step count, gate if asked, judge each grid against the default, one JSON line a cell."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -91,7 +70,7 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     work = ROOT / "runs" / "builtin"
     judged = grid_judge(args.model, work)
-    check = gate(args.model, args.check_judge, work) if args.judge_check else None
+    check = grid_gate(args.model, work, args.check_judge) if args.judge_check else None
     for seed in (int(s) for s in args.seeds.split(",")):
         t0 = time.perf_counter()
         entries = searched(args.model, seed, steps, args.sampler, args.out, args.reuse)

@@ -248,10 +248,11 @@ def grids(name: str, work: Path, n: int = 256, steps: tuple[int, ...] = GRID_STE
     """Tuned grids of a score model at ``steps`` for its recommended sampler, judged, into the package's grids.json.
 
     Each grid is found by `diffuse tune` (its default objective, and its held-out check: a winner that does not
-    beat the default grid on other noise is not kept). A grid the tuner keeps is then judged as `pack` judges the
-    model (n samples, per-image seeds 0..n-1, every class in turn, guided), beside the default grid on the same
-    noise: if its recognised share is lower, or its judge FD higher, by more than the standard error of the gap,
-    it is marked not kept too. `sample`, `condition` and `evaluate` use a kept grid when none is asked for; a grid
+    beat the default grid on other noise is not kept). A grid the tuner keeps must then pass the judge's gate, as
+    `diffuse tune --judge` gates it (a clear win on noise of its own), and be judged as `pack` judges the model (n
+    samples, per-image seeds 0..n-1, every class in turn, guided) beside the default grid on the same noise: if its
+    recognised share is lower, or its judge FD higher, by more than the standard error of the gap, it is marked not
+    kept too (``judge_entries``). `sample`, `condition` and `evaluate` use a kept grid when none is asked for; a grid
     not kept stays in the file (`--grid tuned` reaches it) with the figures that rejected it.
     """
     from diffusers_cli.models import load_score_model
@@ -267,7 +268,7 @@ def grids(name: str, work: Path, n: int = 256, steps: tuple[int, ...] = GRID_STE
 
 
 def judge_shipped(name: str, work: Path) -> None:
-    """The ``judge`` stage: judge the package's grids of ``builtin:NAME`` that are kept but not yet judged."""
+    """The ``judge`` stage: gate and judge the package's grids of ``builtin:NAME`` that are kept but not yet gated or judged."""
     from diffusers_cli.parts.tuned_grids import read_entries
 
     target = PACKAGE_DIR / "grids.json"
@@ -305,22 +306,61 @@ def grid_judge(name: str, work: Path, n: int = 256) -> Any:
     return judged
 
 
-def judge_entries(name: str, entries: list[dict[str, Any]], target: Path, work: Path, n: int = 256) -> None:
-    """Judge each kept grid of ``builtin:NAME`` beside the default grid on the same noise; a grid that loses is not kept.
+def grid_gate(name: str, work: Path, judge_model: str | None = None, n: int = 256) -> Any:
+    """A function (sampler, steps, tuning seed) -> the gate `diffuse tune --judge` puts on a grid of ``builtin:NAME``.
 
-    (``grids``' second check; the ``judge`` stage runs it alone on the entries already in the package's grids.json.)
+    ``parts.judging.grid_check`` on n images of its own noise, with the benchmarks' judge of the model's data (or
+    ``judge_model``, a packaged judge such as builtin:mnist-judge) and n real test images.
     """
+    from shapes_judge import cached_judge
+
+    from diffusers_cli.config.defaults import DEFAULT_GUIDANCE
+    from diffusers_cli.config.schema import SamplerConfig
+    from diffusers_cli.models import load_score_model
+    from diffusers_cli.parts.judging import grid_check, load_judge, real_images
+
+    model, card = load_score_model(f"builtin:{name}")
+    model.requires_grad_(False)
+    if judge_model is None:
+        judge = cached_judge(card.image_hw[0], work / f"judge-{card.dataset}-{card.image_hw[0]}.safetensors", card.dataset, MNIST)[0]
+    else:
+        judge = load_judge(judge_model)[0]
+    real = real_images(card.dataset, card.image_hw[0], card.channels, n, MNIST if card.dataset == "mnist" else None)
+    return lambda sampler, steps, seed: grid_check(model, card, SamplerConfig(name=sampler, steps=steps), judge, real,
+                                                   n, seed, DEFAULT_GUIDANCE)
+
+
+def judge_entries(name: str, entries: list[dict[str, Any]], target: Path, work: Path, n: int = 256) -> None:
+    """Two checks of each kept grid of ``builtin:NAME``; a grid that fails either is not kept.
+
+    First the gate `diffuse tune --judge` makes (``grid_gate``: a clear win on n images of other noise), recorded as
+    ``judge_gate``; it reads only the grid and the tuning seed, so gating a grid tuned earlier equals tuning it with
+    the gate. Then the grid is judged beside the default grid on the evaluation's own noise (``grid_judge``), and a
+    loss beyond one SE there drops it too (``judged``). ``grids``' last step; the ``judge`` stage runs both on the
+    entries already in the package's grids.json.
+    """
+    from diffusers_cli.engine.grids import time_grid
+    from diffusers_cli.engine.samplers import check_sampler
+    from diffusers_cli.models import load_score_model
     from diffusers_cli.parts.judging import lost
     from diffusers_cli.parts.tuned_grids import write_entry
 
-    judge_grid = grid_judge(name, work, n)
+    gate, judge_grid = grid_gate(name, work, n=n), grid_judge(name, work, n)
+    sde = load_score_model(f"builtin:{name}")[0].sde
     for entry in entries:
+        if entry["kept"] and "judge_gate" not in entry:
+            default = time_grid(sde, entry["steps"], check_sampler(entry["sampler"]).grid, sde.eps)
+            ok, figures = gate(entry["sampler"], entry["steps"], entry.get("seed", 0))(
+                torch.tensor(entry["times"], dtype=torch.float64), default)
+            entry = {**entry, "judge_gate": {**figures, "judge": f"benchmarks/shapes_judge.py ({entry['model']}'s data)"},
+                     "kept": ok}
+            write_entry(target, entry)
         if entry["kept"] and "judged" not in entry:
             j = judge_grid(entry["sampler"], entry["steps"], entry["times"])
             entry = {**entry, "judged": j, "kept": not lost(j)}
             write_entry(target, entry)
         print(f"builtin:{name} {entry['sampler']} {entry['steps']} steps: kept {entry['kept']} "
-              f"{json.dumps(entry.get('judged') or entry.get('held_out'))}", flush=True)
+              f"{json.dumps(entry.get('judged') or entry.get('judge_gate') or entry.get('held_out'))}", flush=True)
 
 
 def recommendation(recipe: Recipe) -> Any:

@@ -300,8 +300,9 @@ def test_a_kept_grid_is_used_when_no_grid_is_asked_and_the_output_says_so(tiny_r
 
 
 def test_shipped_grids_fit_their_models_and_a_kept_one_never_lost_to_the_judge(tmp_path: Path) -> None:
-    """The package's grids.json: each entry is for a ready-made model's weights as shipped; a kept one passed both checks."""
+    """The package's grids.json: each entry is for a ready-made model's weights as shipped; a kept one passed all checks."""
     from diffusers_cli.models import load_score_model
+    from diffusers_cli.parts.judging import lost, wins
     from diffusers_cli.models.builtin import weights_dir
     from diffusers_cli.parts.tuned_grids import read_entries, weights_hash
 
@@ -314,6 +315,8 @@ def test_shipped_grids_fit_their_models_and_a_kept_one_never_lost_to_the_judge(t
         if e["kept"]:
             j = e["judged"]
             assert held["default"] - held["tuned"] > held["se"]
+            assert wins(e["judge_gate"]) and e["judge_gate"]["n"] == 256  # a clear win on noise of its own, ...
+            assert not lost(j)  # ... and no loss on the evaluation's noise:
             assert j["default_recognised"] - j["recognised"] <= j["recognised_gap_se"]
             assert j["judge_fd"] - j["default_judge_fd"] <= j["judge_fd_gap_se"]
     kept = sorted(e["steps"] for e in entries if e["kept"] and e["model"] == "builtin:shapes")
@@ -405,7 +408,7 @@ def test_cli_tune_with_a_judge_records_its_verdict_and_refuses_a_judge_of_other_
     res = _tune(run, "--steps", "3", "--judge", str(judge_file), "--judge-batch", "16", "--set", "holdout=0", "--json")
     assert res.exit_code == 0, res.output
     entry = json.loads((run / "grids.json").read_text())["grids"][0]
-    judged = entry["judged"]
+    judged = entry["judge_gate"]
     assert judged["n"] == 16 and judged["seed"] == CHECK_SEED and judged["judge"] == str(judge_file)
     assert entry["kept"] == wins(judged)
     # The figures are parts.judging's on the same noise: draw both grids again and judge them here.

@@ -69,7 +69,7 @@ def tune_command(
             else:
                 figures = (f"on {held['batch']} held-out images {held['tuned']:.3g} against the default grid's "
                            f"{held['default']:.3g} (standard error of the gap {held['se']:.2g})")
-                judged = e.get("judged")
+                judged = e.get("judge_gate")
                 if not held["kept"]:
                     verdict = f"the default grid is kept: the tuned grid did not beat it by more than the noise, {figures}"
                 elif judged is None:

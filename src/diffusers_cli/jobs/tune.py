@@ -68,7 +68,7 @@ def tune_grids(cfg: TuneConfig, reporter: Reporter | None = None) -> TuneResult:
                                objective=res.objective, error=res.error, default_error=res.default_error, start=res.start,
                                errors_of_named_grids=res.errors_of_named, kept=res.kept,
                                held_out=asdict(res.held_out) if res.held_out is not None else None,
-                               **({"judged": {**res.judged, "judge": cfg.judge}} if res.judged is not None else {}),
+                               **({"judge_gate": {**res.judged, "judge": cfg.judge}} if res.judged is not None else {}),
                                cost={"evaluations": res.evaluations, "nfe": res.nfe, "reference_nfe": res.reference_nfe,
                                      "batch": cfg.batch_size, "seconds": round(res.seconds, 3), "device": str(device)},
                                model=str(cfg.model or path), seed=cfg.seed, guidance=scale,
