@@ -29,13 +29,13 @@ from shapes_judge import cached_judge, judge_images
 
 from diffusers_cli.models import load_score_model
 from diffusers_cli.checkpoints.card import ModelCard
-from diffusers_cli.data import load_dataset
 from diffusers_cli.config.defaults import DEFAULT_GUIDANCE
 from diffusers_cli.engine.guidance import cycle_labels
 from diffusers_cli.engine.metrics.fid import frechet_distance
 from diffusers_cli.engine.samplers import sample
 from diffusers_cli.engine.score import ScoreFn, ScoreModel, make_score_fn
 from diffusers_cli.parts.drawing import guided_score_fns
+from diffusers_cli.parts.judging import real_images
 
 #: Seed of the real images judge_fd compares against (not the training seed 0, not the judge's).
 REAL_SEED = 7
@@ -64,8 +64,7 @@ def score_for(model: ScoreModel, card: ModelCard, n: int, guidance: float | None
 
 def load_real(dataset: str, image_size: int, channels: int, data_dir: Path, n: int) -> torch.Tensor:
     """n real images of a dataset in [-1, 1], from a seed neither the model nor the judge trained on."""
-    ds, _ = load_dataset(dataset, image_size, data_dir if dataset == "mnist" else None, "test", REAL_SEED, n, channels, False)
-    return torch.stack([ds[i][0] for i in range(n)])
+    return real_images(dataset, image_size, channels, n, data_dir if dataset == "mnist" else None, REAL_SEED)
 
 
 def main() -> None:
