@@ -28,8 +28,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import torch
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "examples"))
 
@@ -78,26 +76,15 @@ def main() -> None:
             held = e.get("held_out")
             candidate = held is not None and bool(held["kept"])  # the search's winner passed the held-out check
             kept, gated = candidate, None
-            default = dc_default(args.model, args.sampler, e["steps"])
             if candidate and check is not None:
-                kept, gated = check(args.sampler, e["steps"], seed)(torch.tensor(e["times"], dtype=torch.float64), default)
-            j = judged(e["sampler"], e["steps"], e["times"] if kept else default.tolist())
+                kept, gated = check(args.sampler, e["steps"], seed, e["times"])
+            j = judged(e["sampler"], e["steps"], e["times"] if kept else None)
             lost_share = j["default_recognised"] - j["recognised"] > j["recognised_gap_se"]
             lost_fd = j["judge_fd"] - j["default_judge_fd"] > j["judge_fd_gap_se"]
             print(json.dumps({"model": args.model, "steps": e["steps"], "seed": seed, "held_out_kept": candidate,
                               "kept": kept, "gate": gated, **j, "lost_share": lost_share, "lost_fd": lost_fd,
                               "tune_seconds": e["cost"]["seconds"]}), flush=True)
         print(f"# seed {seed}: {len(entries)} grids in {time.perf_counter() - t0:.0f} s", flush=True)
-
-
-def dc_default(model: str, sampler: str, steps: int) -> torch.Tensor:
-    """The sampler's default grid on ``builtin:MODEL`` at ``steps`` (what a grid not kept falls back to)."""
-    from diffusers_cli.engine.grids import time_grid
-    from diffusers_cli.engine.samplers import check_sampler
-    from diffusers_cli.models import load_score_model
-
-    net, _ = load_score_model(f"builtin:{model}")
-    return time_grid(net.sde, steps, check_sampler(sampler).grid, net.sde.eps)
 
 
 if __name__ == "__main__":

@@ -296,18 +296,21 @@ def grid_judge(name: str, work: Path, n: int = 256) -> Any:
     real = load_real(card.dataset, card.image_hw[0], card.channels, MNIST, n)
     score_fn = classifier_free(model, cycle_labels(0, n, card.num_classes), DEFAULT_GUIDANCE)
 
-    def judged(sampler: str, steps: int, times: list[float]) -> dict[str, Any]:
+    def judged(sampler: str, steps: int, times: list[float] | None) -> dict[str, Any]:
+        # times None: the default grid on both sides (a grid not kept), so every gap is zero.
+        tuned = torch.tensor(times, dtype=torch.float64) if times is not None else None
         with torch.no_grad():
             x = {grid: sample(model.sde, score_fn, (n, *card.image_shape), sampler, steps,
                               ImageGenerators.for_images(0, 0, n), grid=grid_times)
-                 for grid, grid_times in (("tuned", torch.tensor(times, dtype=torch.float64)), ("default", None))}
+                 for grid, grid_times in (("tuned", tuned), ("default", None))}
         return judged_gap(x["tuned"], x["default"], judge, real)
 
     return judged
 
 
 def grid_gate(name: str, work: Path, judge_model: str | None = None, n: int = 256) -> Any:
-    """A function (sampler, steps, tuning seed) -> the gate `diffuse tune --judge` puts on a grid of ``builtin:NAME``.
+    """A function (sampler, steps, tuning seed, tuned times) -> (kept?, figures): the gate `diffuse tune --judge`
+    puts on a grid of ``builtin:NAME``, against the sampler's default grid.
 
     ``parts.judging.grid_check`` on n images of its own noise, with the benchmarks' judge of the model's data (or
     ``judge_model``, a packaged judge such as builtin:mnist-judge) and n real test images.
@@ -316,6 +319,8 @@ def grid_gate(name: str, work: Path, judge_model: str | None = None, n: int = 25
 
     from diffusers_cli.config.defaults import DEFAULT_GUIDANCE
     from diffusers_cli.config.schema import SamplerConfig
+    from diffusers_cli.engine.grids import time_grid
+    from diffusers_cli.engine.samplers import check_sampler
     from diffusers_cli.models import load_score_model
     from diffusers_cli.parts.judging import grid_check, load_judge, real_images
 
@@ -326,8 +331,12 @@ def grid_gate(name: str, work: Path, judge_model: str | None = None, n: int = 25
     else:
         judge = load_judge(judge_model)[0]
     real = real_images(card.dataset, card.image_hw[0], card.channels, n, MNIST if card.dataset == "mnist" else None)
-    return lambda sampler, steps, seed: grid_check(model, card, SamplerConfig(name=sampler, steps=steps), judge, real,
-                                                   n, seed, DEFAULT_GUIDANCE)
+    def gate(sampler: str, steps: int, seed: int, times: list[float]) -> tuple[bool, dict[str, Any]]:
+        default = time_grid(model.sde, steps, check_sampler(sampler).grid, model.sde.eps)
+        check = grid_check(model, card, SamplerConfig(name=sampler, steps=steps), judge, real, n, seed, DEFAULT_GUIDANCE)
+        return check(torch.tensor(times, dtype=torch.float64), default)
+
+    return gate
 
 
 def judge_entries(name: str, entries: list[dict[str, Any]], target: Path, work: Path, n: int = 256) -> None:
@@ -339,19 +348,13 @@ def judge_entries(name: str, entries: list[dict[str, Any]], target: Path, work: 
     loss beyond one SE there drops it too (``judged``). ``grids``' last step; the ``judge`` stage runs both on the
     entries already in the package's grids.json.
     """
-    from diffusers_cli.engine.grids import time_grid
-    from diffusers_cli.engine.samplers import check_sampler
-    from diffusers_cli.models import load_score_model
     from diffusers_cli.parts.judging import lost
     from diffusers_cli.parts.tuned_grids import write_entry
 
     gate, judge_grid = grid_gate(name, work, n=n), grid_judge(name, work, n)
-    sde = load_score_model(f"builtin:{name}")[0].sde
     for entry in entries:
         if entry["kept"] and "judge_gate" not in entry:
-            default = time_grid(sde, entry["steps"], check_sampler(entry["sampler"]).grid, sde.eps)
-            ok, figures = gate(entry["sampler"], entry["steps"], entry.get("seed", 0))(
-                torch.tensor(entry["times"], dtype=torch.float64), default)
+            ok, figures = gate(entry["sampler"], entry["steps"], entry.get("seed", 0), entry["times"])
             entry = {**entry, "judge_gate": {**figures, "judge": f"benchmarks/shapes_judge.py ({entry['model']}'s data)"},
                      "kept": ok}
             write_entry(target, entry)
